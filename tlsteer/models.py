@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformer_lens import HookedTransformer
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["EMBEDDED_MODELS", "cache_dir", "embedded_model_path", "load_hf_model", "load_model"]
@@ -131,8 +131,6 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if name not in EMBEDDED_MODELS:
-        from transformer_lens import HookedTransformer
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return HookedTransformer.from_pretrained(
@@ -146,7 +144,7 @@ def load_model(
     folder = _cache_folder(name)
     if not (folder / "DONE").is_file():
         _convert_to_cache(name, folder)
-    return _load_cached(name, folder, device, dtype)
+    return _load_cached(folder, device, dtype)
 
 
 def _cache_folder(name: str) -> Path:
@@ -190,7 +188,6 @@ def _config_dict(hf_config: Any, spec: EmbeddedModel) -> dict[str, Any]:
 def _convert_to_cache(name: str, folder: Path) -> None:
     """Convert the GGUF model to TransformerLens weights and write them atomically to ``folder``."""
     from safetensors.torch import save_file
-    from transformer_lens import HookedTransformer
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
@@ -229,11 +226,8 @@ def _convert_to_cache(name: str, folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_cached(
-    name: str, folder: Path, device: torch.device, dtype: torch.dtype
-) -> HookedTransformer:
+def _load_cached(folder: Path, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
     from transformers import AutoTokenizer
 
@@ -271,8 +265,10 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: PreTrainedTokenizerBas
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         for candidate in ("<|endoftext|>", "<pad>", "<unk>"):
             token_id = tokenizer.convert_tokens_to_ids(candidate)
-            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id or (
-                candidate == "<|endoftext|>" and token_id == 0 and tokenizer.eos_token_id != 0
+            if (
+                isinstance(token_id, int)
+                and token_id != tokenizer.unk_token_id
+                or (candidate == "<|endoftext|>" and token_id == 0 and tokenizer.eos_token_id != 0)
             ):
                 tokenizer.pad_token = candidate
                 break

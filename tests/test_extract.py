@@ -1,0 +1,98 @@
+"""Extraction: parity with a plain reference loop, batched = one by one, read indices, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tlsteer
+from tlsteer.data import tokenize
+
+PROMPTS = ["I love cats", "no", "a much longer prompt about dogs!", "mid size text", "zz"]
+PAIRS = [("I love cats", "I hate cats"), ("good day!", "a bad day"), ("yes (A)", "no (B)")]
+
+
+def reference(model, prompts, hook, index):
+    """One prompt at a time, no padding, plain run_with_cache."""
+    out = []
+    for prompt in prompts:
+        tokens = torch.tensor([tokenize(model, prompt)])
+        _, cache = model.run_with_cache(tokens)
+        out.append(cache[hook][0, index])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("point", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"])
+def test_parity_with_plain_loop(tiny, point):
+    hooks = [f"blocks.{layer}.hook_{point}" for layer in range(tiny.cfg.n_layers)]
+    acts = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=-1, batch_size=3)
+    for hook in hooks:
+        ref = reference(tiny, PROMPTS, hook, -1)
+        assert (acts[hook] - ref).abs().max() <= 1e-4
+
+
+def test_batched_equals_one_by_one(tiny):
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(tiny.cfg.n_layers)]
+    batched = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=5)
+    single = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=1)
+    for hook in hooks:
+        assert (batched[hook] - single[hook]).abs().max() <= 1e-4
+        # and the padding really differed: rows are not all the same
+        assert batched[hook].std(0).max() > 0
+
+
+def test_read_index_forms(tiny_llama):
+    model = tiny_llama
+    hook = "blocks.1.hook_resid_post"
+    ids = [tokenize(model, p) for p in PROMPTS]
+    at_first = tlsteer.read_activations(model, PROMPTS, [hook], read_token_index=0)[hook]
+    per_prompt = tlsteer.read_activations(
+        model, PROMPTS, [hook], read_token_index=[-len(i) for i in ids]
+    )[hook]
+    by_callable = tlsteer.read_activations(
+        model, PROMPTS, [hook], read_token_index=lambda prompt, token_ids: 0
+    )[hook]
+    torch.testing.assert_close(at_first, per_prompt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(at_first, by_callable, atol=1e-5, rtol=0)
+    ref = reference(model, PROMPTS[:1], hook, 1)
+    got = tlsteer.read_activations(model, PROMPTS[:1], [hook], read_token_index=1)[hook]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_pair_read_index_overrides(tiny_llama):
+    pairs = [tlsteer.ContrastPair("hello (A)", "hello (B)", read_index=-2)]
+    acts = tlsteer.extract_activations(tiny_llama, pairs, layers=[0], read_token_index=-1)
+    hook = "blocks.0.hook_resid_post"
+    ref = reference(tiny_llama, ["hello (A)"], hook, -2)
+    torch.testing.assert_close(acts.positive[hook], ref, atol=1e-5, rtol=0)
+
+
+def test_layers_negative_and_default(tiny_llama):
+    acts = tlsteer.extract_activations(tiny_llama, PAIRS, layers=[-1, 0])
+    assert acts.hooks == ["blocks.3.hook_resid_post", "blocks.0.hook_resid_post"]
+    all_layers = tlsteer.extract_activations(tiny_llama, PAIRS, hook="mlp_out")
+    assert all_layers.hooks == [f"blocks.{i}.hook_mlp_out" for i in range(4)]
+    assert all_layers.positive["blocks.0.hook_mlp_out"].shape == (3, 32)
+
+
+def test_progress_bar_runs(tiny_llama, capsys):
+    tlsteer.extract_activations(tiny_llama, PAIRS, layers=[0], show_progress=True, batch_size=2)
+    assert "pairs" in capsys.readouterr().err
+
+
+def test_errors(tiny_llama):
+    model = tiny_llama
+    with pytest.raises(ValueError, match=r"layer 4 is out of range: the model has 4 layers"):
+        tlsteer.extract_activations(model, PAIRS, layers=[4])
+    with pytest.raises(ValueError, match=r"unknown hook point 'resid_psot'.*closest: 'resid_post'"):
+        tlsteer.extract_activations(model, PAIRS, layers=[0], hook="resid_psot")
+    with pytest.raises(IndexError, match=r"read index -40 is outside prompt 0 \(11 tokens"):
+        tlsteer.extract_activations(model, PAIRS, layers=[0], read_token_index=-40)
+    with pytest.raises(ValueError, match=r"contrast data is empty"):
+        tlsteer.extract_activations(model, [], layers=[0])
+    with pytest.raises(ValueError, match=r"prompt 0 has 200 tokens, more than .*n_ctx=128"):
+        tlsteer.extract_activations(model, [("x" * 200, "y")], layers=[0])
+    with pytest.raises(ValueError, match=r"read_token_index has 2 entries but there are 3"):
+        tlsteer.extract_activations(model, PAIRS, layers=[0], read_token_index=[0, 0])
+    with pytest.raises(KeyError, match=r"hook 'blocks.9.hook_resid_post' not in model \(4 layers\)"):
+        tlsteer.read_activations(model, PROMPTS, ["blocks.9.hook_resid_post"])

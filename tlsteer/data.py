@@ -1,0 +1,278 @@
+"""Contrast data: pairs of prompts, CAA A/B files, chat formatting and the built-in datasets.
+
+A :class:`ContrastPair` holds a positive and a negative prompt (plain strings, already formatted)
+and optionally the token index to read them at. :class:`ContrastSet` holds unpaired lists of
+positive and negative prompts of any lengths. :func:`load_caa_dataset` reads the CAA A/B JSON
+format and formats each item with the model's chat template, the answer letter opening the
+assistant turn, and the read position on that letter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+from transformer_lens import HookedTransformer
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "ABItem",
+    "ContrastPair",
+    "ContrastSet",
+    "as_contrast_data",
+    "builtin_dataset_path",
+    "chat_prompt",
+    "data_hash",
+    "load_ab_items",
+    "load_builtin_dataset",
+    "load_caa_dataset",
+    "tokenize",
+]
+
+BUILTIN_DATASETS: tuple[str, ...] = ("sentiment", "formality")
+"""Behaviours shipped with tlsteer, in the CAA A/B format (80 pairs each, A/B balanced)."""
+
+
+@dataclass(frozen=True)
+class ContrastPair:
+    """A positive and a negative prompt; ``read_index`` overrides the extraction's read position.
+
+    Example:
+        >>> ContrastPair("I love it", "I hate it", read_index=-1)
+        ContrastPair(positive='I love it', negative='I hate it', read_index=-1)
+    """
+
+    positive: str
+    negative: str
+    read_index: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("positive", "negative"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"ContrastPair.{name} must be a non-empty string, got {value!r}")
+        if self.read_index is not None and (
+            isinstance(self.read_index, bool) or not isinstance(self.read_index, int)
+        ):
+            raise TypeError(
+                f"ContrastPair.read_index must be an int or None, got {self.read_index!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ContrastSet:
+    """Unpaired positive and negative prompts (their counts may differ)."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    read_index: int | None = None
+
+    def __init__(
+        self, positive: Iterable[str], negative: Iterable[str], read_index: int | None = None
+    ) -> None:
+        object.__setattr__(self, "positive", tuple(positive))
+        object.__setattr__(self, "negative", tuple(negative))
+        object.__setattr__(self, "read_index", read_index)
+        for name in ("positive", "negative"):
+            prompts = getattr(self, name)
+            if not prompts:
+                raise ValueError(f"ContrastSet.{name} is empty; give at least one prompt")
+            for i, prompt in enumerate(prompts):
+                if not isinstance(prompt, str) or not prompt:
+                    raise ValueError(
+                        f"ContrastSet.{name}[{i}] must be a non-empty string, got {prompt!r}"
+                    )
+
+
+ContrastData = Union[Sequence[ContrastPair | tuple[str, str]], ContrastSet]
+
+
+def as_contrast_data(data: Any) -> list[ContrastPair] | ContrastSet:
+    """Normalise pairs, ``(pos, neg)`` tuples or a :class:`ContrastSet`; reject anything else."""
+    if isinstance(data, ContrastSet):
+        return data
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"contrast data must be a list of ContrastPair or (positive, negative) tuples, or a "
+            f"ContrastSet; got {type(data).__name__}"
+        )
+    pairs: list[ContrastPair] = []
+    for i, item in enumerate(data):
+        if isinstance(item, ContrastPair):
+            pairs.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            pairs.append(ContrastPair(item[0], item[1]))
+        else:
+            raise TypeError(
+                f"contrast data item {i} is {item!r}; expected a ContrastPair or a "
+                "(positive, negative) tuple"
+            )
+    if not pairs:
+        raise ValueError("contrast data is empty; give at least one pair")
+    return pairs
+
+
+def data_hash(data: list[ContrastPair] | ContrastSet) -> str:
+    """A short sha256 of the prompts, stored in a vector's metadata."""
+    digest = hashlib.sha256()
+    if isinstance(data, ContrastSet):
+        items: Iterable[tuple[str, str]] = [("+", p) for p in data.positive] + [
+            ("-", n) for n in data.negative
+        ]
+    else:
+        items = [(p.positive, p.negative) for p in data]
+    for a, b in items:
+        digest.update(a.encode())
+        digest.update(b"\x00")
+        digest.update(b.encode())
+        digest.update(b"\x01")
+    return digest.hexdigest()[:16]
+
+
+def tokenize(model: HookedTransformer, text: str) -> list[int]:
+    """Token ids of ``text`` exactly as the model's tokenizer makes them.
+
+    The tokenizer adds its own special tokens (if it adds any), except that no BOS is added to a
+    text that already starts with the BOS string (a chat-formatted prompt, say).
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer; attach one to tokenize text prompts")
+    bos = tokenizer.bos_token
+    add_special = not (bos and model.cfg.tokenizer_prepends_bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def chat_prompt(model: HookedTransformer, user: str, assistant_prefix: str = "") -> str:
+    """``user`` formatted as one user turn with the model's chat template, then the assistant turn.
+
+    Models without a chat template get ``"Question: {user}\\nAnswer: {assistant_prefix}"``.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        return str(text) + assistant_prefix
+    return f"Question: {user}\nAnswer: {assistant_prefix}"
+
+
+@dataclass(frozen=True)
+class ABItem:
+    """One CAA A/B item: the question (with its choices) and the two answer letters."""
+
+    question: str
+    matching: str
+    not_matching: str
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def load_ab_items(path: str | Path) -> list[ABItem]:
+    """Read a CAA A/B JSON file (behaviour items, or MMLU/TruthfulQA items) into :class:`ABItem`.
+
+    Behaviour files have ``question`` / ``answer_matching_behavior`` /
+    ``answer_not_matching_behavior``; MMLU and TruthfulQA files have ``prompt`` / ``correct`` /
+    ``incorrect`` (the correct answer counts as matching).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CAA dataset {str(path)!r} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from err
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{str(path)!r} must hold a non-empty JSON list of A/B items")
+    items = []
+    for i, entry in enumerate(raw):
+        if "question" in entry:
+            keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+        elif "prompt" in entry:
+            keys = ("prompt", "correct", "incorrect")
+        else:
+            raise ValueError(
+                f"item {i} of {str(path)!r} has keys {sorted(entry)}; expected 'question', "
+                "'answer_matching_behavior', 'answer_not_matching_behavior' (or 'prompt', "
+                "'correct', 'incorrect')"
+            )
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            raise ValueError(f"item {i} of {str(path)!r} lacks {missing}")
+        question, matching, not_matching = (entry[k] for k in keys)
+        extra = {k: v for k, v in entry.items() if k not in keys}
+        items.append(ABItem(question, matching.strip(), not_matching.strip(), extra))
+    return items
+
+
+def _letter_read_index(model: HookedTransformer, prompt: str) -> int:
+    """Negative index of the answer letter in a prompt ending with ``(X)``."""
+    ids = tokenize(model, prompt)
+    letter_pos = len(prompt) - 2  # the X of "(X)"
+    tokenizer = model.tokenizer
+    if tokenizer is not None and getattr(tokenizer, "is_fast", False):
+        add_special = len(ids) != len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        enc = tokenizer(prompt, add_special_tokens=add_special, return_offsets_mapping=True)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if start <= letter_pos < end:
+                return i - len(ids)
+    return -2
+
+
+def load_caa_dataset(
+    path: str | Path,
+    model: HookedTransformer,
+    limit: int | None = None,
+    format_prompt: Callable[[HookedTransformer, str, str], str] = chat_prompt,
+) -> list[ContrastPair]:
+    """Read a CAA A/B file into contrast pairs formatted for ``model``.
+
+    Each question becomes a user turn in the model's chat template; the assistant turn opens with
+    the matching answer (positive) or the other answer (negative), e.g. ``(A)``, and the read index
+    points at the answer letter (``-2`` for tokenizers that split ``(A)`` into three tokens).
+
+    Args:
+        path: A ``generate_dataset.json`` or ``test_dataset_ab.json`` of the CAA repository.
+        model: The model whose chat template and tokenizer are used.
+        limit: Keep the first ``limit`` items.
+        format_prompt: ``(model, question, answer) -> prompt``; the default is :func:`chat_prompt`.
+
+    Example:
+        >>> pairs = load_caa_dataset("caa/generate/refusal/generate_dataset.json", model)  # doctest: +SKIP
+    """
+    items = load_ab_items(path)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        items = items[:limit]
+    pairs = []
+    for item in items:
+        positive = format_prompt(model, item.question, item.matching)
+        negative = format_prompt(model, item.question, item.not_matching)
+        read_pos = _letter_read_index(model, positive)
+        read_neg = _letter_read_index(model, negative)
+        if read_pos != read_neg:
+            raise ValueError(
+                f"answer letters of {item.matching!r} and {item.not_matching!r} tokenize to "
+                f"different offsets ({read_pos} vs {read_neg}); pass read indices explicitly"
+            )
+        pairs.append(ContrastPair(positive, negative, read_index=read_pos))
+    return pairs
+
+
+def builtin_dataset_path(name: str) -> Path:
+    """Path of a built-in A/B dataset (see :data:`BUILTIN_DATASETS`)."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"unknown built-in dataset {name!r}; valid: {list(BUILTIN_DATASETS)}")
+    return Path(str(resources.files("tlsteer") / "datasets" / f"{name}.json"))
+
+
+def load_builtin_dataset(
+    name: str, model: HookedTransformer, limit: int | None = None
+) -> list[ContrastPair]:
+    """A built-in behaviour (``"sentiment"`` or ``"formality"``) as contrast pairs for ``model``."""
+    return load_caa_dataset(builtin_dataset_path(name), model, limit=limit)

@@ -1,0 +1,261 @@
+"""Reading activations: tokenize, left-pad, ``run_with_cache`` with a ``names_filter``, gather.
+
+:func:`read_activations` reads one activation per prompt at each requested hook;
+:func:`extract_activations` does it for the positive and negative sides of contrast data. Batches
+are left-padded with an attention mask (TransformerLens shifts rotary and learned positions by the
+padding), so a batched read equals a one-by-one read; prompts are sorted by length to cut padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import hook_name, parse_hook_name, resolve_layers, validate_hook_point
+from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, tokenize
+
+__all__ = ["ContrastActivations", "ReadIndex", "extract_activations", "read_activations"]
+
+ReadIndex = Union[int, Sequence[int], Callable[[str, list[int]], int]]
+"""Where to read: an int (negative counts from the end), one int per prompt or pair, or a
+callable ``(prompt, token_ids) -> int``."""
+
+
+@dataclass(frozen=True)
+class ContrastActivations:
+    """Activations of the positive and negative prompts, keyed by full hook name."""
+
+    positive: dict[str, Float[Tensor, "n_pos d_model"]]
+    negative: dict[str, Float[Tensor, "n_neg d_model"]]
+    paired: bool
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.positive)
+
+
+def _resolve_index(index: int, prompt_no: int, n_tokens: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"read index for prompt {prompt_no} must be an int, got {index!r}")
+    if not -n_tokens <= index < n_tokens:
+        raise IndexError(
+            f"read index {index} is outside prompt {prompt_no} ({n_tokens} tokens; valid: "
+            f"{-n_tokens}..{n_tokens - 1})"
+        )
+    return index % n_tokens
+
+
+def _read_indices(
+    prompts: Sequence[str],
+    token_ids: Sequence[list[int]],
+    read_token_index: ReadIndex,
+    overrides: Sequence[int | None] | None,
+) -> list[int]:
+    if isinstance(read_token_index, Sequence) and not isinstance(read_token_index, str):
+        if len(read_token_index) != len(prompts):
+            raise ValueError(
+                f"read_token_index has {len(read_token_index)} entries but there are "
+                f"{len(prompts)} prompts; give one per prompt (or per pair)"
+            )
+    elif not (callable(read_token_index) or isinstance(read_token_index, int)):
+        raise TypeError(
+            f"read_token_index must be an int, a sequence of ints or a callable, got "
+            f"{read_token_index!r}"
+        )
+    out = []
+    for i, (prompt, ids) in enumerate(zip(prompts, token_ids)):
+        override = overrides[i] if overrides is not None else None
+        if override is not None:
+            index = override
+        elif callable(read_token_index):
+            index = read_token_index(prompt, ids)
+        elif isinstance(read_token_index, int):
+            index = read_token_index
+        else:
+            index = read_token_index[i]
+        out.append(_resolve_index(index, i, len(ids)))
+    return out
+
+
+def _tokenize_all(model: HookedTransformer, prompts: Sequence[str]) -> list[list[int]]:
+    token_ids = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompt {i} must be a non-empty string, got {prompt!r}")
+        ids = tokenize(model, prompt)
+        if len(ids) > model.cfg.n_ctx:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens, more than the model's context "
+                f"(model.cfg.n_ctx={model.cfg.n_ctx})"
+            )
+        if not ids:
+            raise ValueError(f"prompt {i} ({prompt!r}) tokenizes to no tokens")
+        token_ids.append(ids)
+    return token_ids
+
+
+def left_pad(
+    model: HookedTransformer, token_ids: Sequence[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(tokens, attention_mask)`` on the model's device."""
+    width = max(len(ids) for ids in token_ids)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        tokens[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    device = model.cfg.device
+    return tokens.to(device), mask.to(device)
+
+
+def read_activations(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    hooks: Sequence[str],
+    read_token_index: ReadIndex = -1,
+    batch_size: int = 8,
+    show_progress: bool = False,
+    read_index_overrides: Sequence[int | None] | None = None,
+    desc: str = "reading activations",
+) -> dict[str, Float[Tensor, "n d_model"]]:
+    """One activation per prompt at each hook, at the read position.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        prompts: Formatted prompt strings (tokenized with :func:`tlsteer.data.tokenize`).
+        hooks: Full hook names such as ``"blocks.10.hook_resid_post"``.
+        read_token_index: Where to read, see :data:`ReadIndex`.
+        batch_size: Prompts per forward pass.
+        show_progress: Show a tqdm progress bar.
+        read_index_overrides: Per-prompt indices that take precedence where not ``None``.
+        desc: The progress bar's label.
+
+    Returns:
+        ``{hook: [len(prompts), d_model]}`` in the order of ``prompts``, float32 on the CPU.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not prompts:
+        raise ValueError("no prompts to read; give at least one")
+    layers = [parse_hook_name(h)[0] for h in hooks]
+    for name in hooks:
+        if name not in model.hook_dict:
+            from tlsteer._types import validate_hook_name
+
+            validate_hook_name(model, name)
+    token_ids = _tokenize_all(model, prompts)
+    read_at = _read_indices(prompts, token_ids, read_token_index, read_index_overrides)
+    stop_at = max(layers) + 1
+    order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
+    out = {h: torch.empty((len(prompts), model.cfg.d_model), dtype=torch.float32) for h in hooks}
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.no_grad():
+        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+            tokens, mask = left_pad(model, [token_ids[i] for i in batch])
+            width = tokens.shape[1]
+            _, cache = model.run_with_cache(
+                tokens,
+                attention_mask=mask,
+                names_filter=list(hooks),
+                stop_at_layer=stop_at,
+                return_type=None,
+            )
+            rows = torch.arange(len(batch), device=tokens.device)
+            cols = torch.tensor(
+                [width - len(token_ids[i]) + read_at[i] for i in batch], device=tokens.device
+            )
+            index = torch.tensor(batch)
+            for h in hooks:
+                out[h][index] = cache[h][rows, cols].float().cpu()
+    return out
+
+
+def extract_activations(
+    model: HookedTransformer,
+    samples: Sequence[ContrastPair | tuple[str, str]] | ContrastSet,
+    layers: int | Sequence[int] | None = None,
+    hook: str = "resid_post",
+    read_token_index: ReadIndex = -1,
+    batch_size: int = 8,
+    show_progress: bool = False,
+) -> ContrastActivations:
+    """Activations of the positive and negative prompts of contrast data.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        samples: Contrast pairs, ``(positive, negative)`` tuples, or a :class:`ContrastSet`.
+        layers: Layer indices (negative counts from the end); ``None`` means all layers.
+        hook: The hook point inside each block: ``resid_post`` (default), ``resid_pre``,
+            ``resid_mid``, ``attn_out`` or ``mlp_out``.
+        read_token_index: Where to read; a pair's own ``read_index`` takes precedence.
+        batch_size: Prompts per forward pass.
+        show_progress: Show a tqdm progress bar.
+
+    Example:
+        >>> acts = extract_activations(model, [("I love it", "I hate it")], layers=[3])  # doctest: +SKIP
+        >>> acts.positive["blocks.3.hook_resid_post"].shape  # doctest: +SKIP
+        torch.Size([1, 576])
+    """
+    data = as_contrast_data(samples)
+    validate_hook_point(hook)
+    hooks = [hook_name(layer, hook) for layer in resolve_layers(model, _as_list(layers))]
+    kwargs = {"batch_size": batch_size, "show_progress": show_progress}
+    if isinstance(data, ContrastSet):
+        if not isinstance(read_token_index, (int, Callable)):  # type: ignore[arg-type]
+            raise TypeError("a ContrastSet takes an int or a callable read_token_index")
+        overrides = None if data.read_index is None else [data.read_index]
+        pos = read_activations(
+            model,
+            data.positive,
+            hooks,
+            read_token_index,
+            read_index_overrides=None if overrides is None else overrides * len(data.positive),
+            desc="positive",
+            **kwargs,
+        )
+        neg = read_activations(
+            model,
+            data.negative,
+            hooks,
+            read_token_index,
+            read_index_overrides=None if overrides is None else overrides * len(data.negative),
+            desc="negative",
+            **kwargs,
+        )
+        return ContrastActivations(pos, neg, paired=False)
+    overrides = [p.read_index for p in data]
+    prompts = [p.positive for p in data] + [p.negative for p in data]
+    if isinstance(read_token_index, Sequence):
+        if len(read_token_index) != len(data):
+            raise ValueError(
+                f"read_token_index has {len(read_token_index)} entries but there are "
+                f"{len(data)} pairs; give one per pair"
+            )
+        read_token_index = list(read_token_index) * 2
+    acts = read_activations(
+        model,
+        prompts,
+        hooks,
+        read_token_index,
+        read_index_overrides=overrides * 2,
+        desc="pairs",
+        **kwargs,
+    )
+    n = len(data)
+    return ContrastActivations(
+        {h: a[:n] for h, a in acts.items()}, {h: a[n:] for h, a in acts.items()}, paired=True
+    )
+
+
+def _as_list(layers: int | Sequence[int] | None) -> int | list[int] | None:
+    if layers is None or isinstance(layers, int):
+        return layers
+    return list(layers)

@@ -1,0 +1,79 @@
+"""train_steering_vector: extract activations, aggregate them, package the result with metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformer_lens import HookedTransformer
+
+from tlsteer.aggregators import Aggregator, aggregate_activations
+from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, data_hash
+from tlsteer.extract import ReadIndex, extract_activations
+from tlsteer.vector import SteeringVector, VectorMetadata
+
+__all__ = ["train_steering_vector"]
+
+
+def _describe(obj: object) -> str:
+    if obj is None:
+        return "default"
+    if isinstance(obj, int):
+        return str(obj)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return name or type(obj).__name__
+
+
+def train_steering_vector(
+    model: HookedTransformer,
+    samples: Sequence[ContrastPair | tuple[str, str]] | ContrastSet,
+    layers: int | Sequence[int] | None = None,
+    hook: str = "resid_post",
+    read_token_index: ReadIndex = -1,
+    aggregator: Aggregator | None = None,
+    batch_size: int = 8,
+    show_progress: bool = False,
+) -> SteeringVector:
+    """Build a steering vector from contrast data: :func:`extract_activations` + aggregation.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        samples: Contrast pairs (or ``(positive, negative)`` tuples), or a :class:`ContrastSet`.
+        layers: Layers to build directions at; ``None`` means all; negatives count from the end.
+        hook: The hook point inside each block (``resid_post`` by default).
+        read_token_index: Where to read each prompt; a pair's ``read_index`` takes precedence.
+        aggregator: ``(pos, neg) -> direction``; default mean of differences (paired) or
+            difference of class means (:class:`ContrastSet`).
+        batch_size: Prompts per forward pass.
+        show_progress: Show a tqdm progress bar.
+
+    Example:
+        >>> pairs = tlsteer.load_builtin_dataset("sentiment", model)  # doctest: +SKIP
+        >>> vec = tlsteer.train_steering_vector(model, pairs, layers=[6])  # doctest: +SKIP
+    """
+    data = as_contrast_data(samples)
+    acts = extract_activations(
+        model, data, layers, hook, read_token_index, batch_size, show_progress
+    )
+    directions = aggregate_activations(acts, aggregator)
+    if isinstance(data, ContrastSet):
+        n_pairs = min(len(data.positive), len(data.negative))
+        agg_default = "class_mean_aggregator"
+    else:
+        n_pairs = len(data)
+        agg_default = "mean_aggregator"
+    if isinstance(data, ContrastSet):
+        per_item = data.read_index is not None
+    else:
+        per_item = any(p.read_index is not None for p in data)
+    read = _describe(read_token_index) + (" (per-pair overrides)" if per_item else "")
+    metadata = VectorMetadata(
+        model_name=model.cfg.model_name,
+        d_model=model.cfg.d_model,
+        hook_point=hook,
+        layers=tuple(sorted(int(h.split(".")[1]) for h in directions)),
+        read_index=read,
+        aggregator=agg_default if aggregator is None else _describe(aggregator),
+        n_pairs=n_pairs,
+        data_hash=data_hash(data),
+    )
+    return SteeringVector(directions, metadata)

@@ -103,6 +103,6 @@ def _no_leftover_hooks(request):
 
 
 def count_hooks(model: HookedTransformer) -> int:
-    lens = sum(len(p.fwd_hooks) + len(p._forward_hooks) for p in model.hook_dict.values())
+    lens = sum(len(p._forward_hooks) for p in model.hook_dict.values())
     pre = sum(len(b._forward_pre_hooks) for b in model.blocks)
     return lens + pre

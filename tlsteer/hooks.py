@@ -238,7 +238,7 @@ def _check_vector(model: HookedTransformer, vector: SteeringVector) -> None:
 
 def steering_hooks(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float]],
+    vectors: Sequence[tuple[SteeringVector, float | int]],
     positions: Positions,
     operator: Operator | None = None,
 ) -> tuple[list[tuple[str, SteeringHook]], list[tuple[int, PositionTracker]]]:
@@ -329,7 +329,7 @@ def _remove_lens_hooks(model: HookedTransformer, hook_fns: set[int] | None) -> i
 @contextlib.contextmanager
 def apply_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float]],
+    vectors: Sequence[tuple[SteeringVector, float | int]],
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -375,7 +375,7 @@ class SteeringHandle:
 
 def patch_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float]],
+    vectors: Sequence[tuple[SteeringVector, float | int]],
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,

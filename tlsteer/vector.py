@@ -153,7 +153,7 @@ class SteeringVector:
         note = f"({self.metadata.note or 'a'}) {op} ({other.metadata.note or 'b'})"
         return SteeringVector(out, dataclasses.replace(self.metadata, note=note))
 
-    def __mul__(self, scalar: float) -> SteeringVector:
+    def __mul__(self, scalar: float | int) -> SteeringVector:
         if (
             isinstance(scalar, bool)
             or not isinstance(scalar, (int, float))
@@ -164,7 +164,7 @@ class SteeringVector:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scalar: float) -> SteeringVector:
+    def __truediv__(self, scalar: float | int) -> SteeringVector:
         if isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
             return NotImplemented
         if scalar == 0 or not math.isfinite(scalar):
@@ -198,7 +198,7 @@ class SteeringVector:
     def apply(
         self,
         model: HookedTransformer,
-        multiplier: float = 1.0,
+        multiplier: float | int = 1.0,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
         operator: Operator | None = None,
@@ -214,7 +214,7 @@ class SteeringVector:
     def patch(
         self,
         model: HookedTransformer,
-        multiplier: float = 1.0,
+        multiplier: float | int = 1.0,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
         operator: Operator | None = None,

@@ -1,0 +1,135 @@
+"""Tests on the embedded SmolLM2-135M-Instruct model (marked ``embedded``; they run in CI)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import tlsteer
+from tlsteer.data import chat_prompt, tokenize
+from tlsteer.extract import left_pad
+
+pytestmark = pytest.mark.embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+CAA = ROOT.parent / "shared" / "caa"
+
+
+def test_logits_match_transformers(embedded):
+    from tlsteer.models import load_hf_model
+
+    hf_model, _ = load_hf_model()
+    prompt = chat_prompt(embedded, "What is the capital of France?")
+    tokens = torch.tensor([tokenize(embedded, prompt)])
+    with torch.no_grad():
+        ours = embedded(tokens)
+        theirs = hf_model(tokens).logits
+    diff = (ours - theirs).abs().max().item()
+    print(f"max |logit difference| vs transformers: {diff:.2e}")
+    assert diff <= 1e-3
+
+
+def test_tokenizer_and_chat_template(embedded):
+    tok = embedded.tokenizer
+    messages = [{"role": "user", "content": "Hello!"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenize(embedded, text)
+    templated = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if not isinstance(templated, list):
+        templated = templated["input_ids"]
+    assert ids == list(templated)
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+    assert tokenize(embedded, "Hello")[0] != tok.bos_token_id  # no BOS added to plain text
+    assert tok.pad_token_id not in ids
+
+
+def test_batched_equals_single_on_real_model(embedded):
+    pairs = [
+        ("I really loved the film (A)", "I really hated the film (B)"),
+        ("Short (A)", "Short (B)"),
+        (chat_prompt(embedded, "Is the sky blue?", "(A)"), chat_prompt(embedded, "Is it?", "(B)")),
+    ]
+    layers = [0, 10, 20, 29]
+    batched = tlsteer.extract_activations(embedded, pairs, layers=layers, read_token_index=-2, batch_size=6)
+    single = tlsteer.extract_activations(embedded, pairs, layers=layers, read_token_index=-2, batch_size=1)
+    for hook in batched.hooks:
+        for side in ("positive", "negative"):
+            a, b = getattr(batched, side)[hook], getattr(single, side)[hook]
+            diff = (a - b).abs().max().item()
+            print(f"{hook} {side}: max |batched - single| = {diff:.2e} (norm {a.norm(dim=-1).max():.1f})")
+            assert diff <= 1e-4 * max(1.0, float(a.norm(dim=-1).max()))
+
+
+MODES = ["all", "min_token_index", "token_positions", "last_token_only"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kv_cache_on_equals_off_per_step(embedded, mode):
+    model = embedded
+    pairs = tlsteer.load_builtin_dataset("sentiment", model, limit=12)
+    vec = tlsteer.train_steering_vector(model, pairs, layers=[12], batch_size=12)
+    prompts = [chat_prompt(model, "Tell me about your day."), chat_prompt(model, "Hi")]
+    tokens, _ = left_pad(model, [tokenize(model, p) for p in prompts])
+    width = tokens.shape[1]
+    kwargs = {
+        "all": {},
+        "min_token_index": {"min_token_index": width},
+        "token_positions": {"token_positions": [width - 1, width + 2]},
+        "last_token_only": {"last_token_only": True},
+    }[mode]
+    runs = {}
+    with vec.apply(model, multiplier=16.0, **kwargs):
+        for use_cache in (True, False):
+            out = model.generate(
+                tokens, max_new_tokens=6, do_sample=False, use_past_kv_cache=use_cache,
+                output_logits=True, verbose=False, stop_at_eos=False,
+            )
+            runs[use_cache] = torch.stack(out.logits, dim=1)
+    plain = model.generate(tokens, max_new_tokens=6, do_sample=False, output_logits=True,
+                           verbose=False, stop_at_eos=False)
+    per_step = (runs[True] - runs[False]).abs().amax(dim=(0, 2))
+    effect = (runs[True] - torch.stack(plain.logits, dim=1)).abs().amax(dim=(0, 2))
+    print(f"{mode}: per-step max |cache on - off| = {[f'{x:.1e}' for x in per_step.tolist()]}; "
+          f"steering effect per step = {[f'{x:.2f}' for x in effect.tolist()]}")
+    assert per_step.max() <= 1e-4
+    assert effect.max() > 0.1
+
+
+def test_steering_from_prompt_end_changes_continuation(embedded):
+    model = embedded
+    pairs = tlsteer.load_builtin_dataset("sentiment", model, limit=40)
+    vec = tlsteer.train_steering_vector(model, pairs, layers=[12], batch_size=20)
+    tokens = torch.tensor([tokenize(model, chat_prompt(model, "Tell me about your weekend."))])
+    n = tokens.shape[1]
+    plain = model.generate(tokens, max_new_tokens=12, do_sample=False, verbose=False)
+    with vec.apply(model, multiplier=16.0, min_token_index=n):
+        steered = model.generate(tokens, max_new_tokens=12, do_sample=False, verbose=False)
+    assert steered[0, n] == plain[0, n]  # the first new token is predicted from the unsteered prompt
+    assert not torch.equal(steered, plain)
+
+
+@pytest.mark.skipif(not CAA.is_dir(), reason="../shared/caa is not beside the repository")
+def test_caa_dataset_reads_answer_letter(embedded):
+    path = CAA / "generate" / "corrigible-neutral-HHH" / "generate_dataset.json"
+    pairs = tlsteer.load_caa_dataset(path, embedded, limit=8)
+    for pair in pairs:
+        ids = tokenize(embedded, pair.positive)
+        assert pair.read_index == -2
+        assert embedded.tokenizer.decode([ids[pair.read_index]]) in {"A", "B"}
+        assert pair.positive.startswith("<|im_start|>system")
+        assert re.search(r"<\|im_start\|>assistant\n\([AB]\)$", pair.positive)
+
+
+def test_readme_quickstart_runs(embedded, tmp_path, monkeypatch):  # noqa: ARG001 - warms the cache
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- quickstart -->\n```python\n(.*?)```", readme, re.S)
+    assert code, "README has no quickstart block"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.group(1), "README quickstart", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "sentiment.safetensors").is_file()
+    loaded = tlsteer.SteeringVector.load(tmp_path / "sentiment.safetensors")
+    assert loaded.layers == [12]

@@ -42,20 +42,38 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 def make_model(arch: str, seed: int = 0, n_layers: int = 4) -> HookedTransformer:
     tok = make_tokenizer()
     common = dict(
-        n_layers=n_layers, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=128,
-        d_vocab=len(tok), seed=seed, device="cpu", dtype=torch.float32,
+        n_layers=n_layers,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=128,
+        d_vocab=len(tok),
+        seed=seed,
+        device="cpu",
+        dtype=torch.float32,
         default_prepend_bos=False,
     )
     if arch == "llama":
         cfg = HookedTransformerConfig(
-            **common, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-            rotary_dim=8, gated_mlp=True, n_key_value_heads=2, final_rms=True,
-            original_architecture="LlamaForCausalLM", model_name="tiny-llama",
+            **common,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            gated_mlp=True,
+            n_key_value_heads=2,
+            final_rms=True,
+            original_architecture="LlamaForCausalLM",
+            model_name="tiny-llama",
         )
     else:
         cfg = HookedTransformerConfig(
-            **common, act_fn="gelu", normalization_type="LN",
-            positional_embedding_type="standard", model_name="tiny-gpt2",
+            **common,
+            act_fn="gelu",
+            normalization_type="LN",
+            positional_embedding_type="standard",
+            model_name="tiny-gpt2",
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

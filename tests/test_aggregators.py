@@ -28,8 +28,12 @@ def test_mean_and_class_mean_exact():
 
 @pytest.mark.parametrize(
     "factory",
-    [tlsteer.mean_aggregator, tlsteer.class_mean_aggregator, tlsteer.pca_aggregator,
-     tlsteer.logistic_aggregator],
+    [
+        tlsteer.mean_aggregator,
+        tlsteer.class_mean_aggregator,
+        tlsteer.pca_aggregator,
+        tlsteer.logistic_aggregator,
+    ],
 )
 def test_planted_direction_recovered(factory):
     pos, neg, direction = planted()
@@ -51,9 +55,7 @@ def test_paired_aggregators_reject_unequal_counts():
 
 def test_custom_aggregator_and_bad_output(tiny_llama):
     pairs = [("I love cats", "I hate cats"), ("good", "bad")]
-    vec = tlsteer.train_steering_vector(
-        tiny_llama, pairs, layers=[1], aggregator=lambda p, n: p[0] - n[0]
-    )
+    vec = tlsteer.train_steering_vector(tiny_llama, pairs, layers=[1], aggregator=lambda p, n: p[0] - n[0])
     acts = tlsteer.extract_activations(tiny_llama, pairs, layers=[1])
     hook = "blocks.1.hook_resid_post"
     assert torch.equal(vec[hook], acts.positive[hook][0] - acts.negative[hook][0])

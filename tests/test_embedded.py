@@ -84,16 +84,24 @@ def test_kv_cache_on_equals_off_per_step(embedded, mode):
     with vec.apply(model, multiplier=16.0, **kwargs):
         for use_cache in (True, False):
             out = model.generate(
-                tokens, max_new_tokens=6, do_sample=False, use_past_kv_cache=use_cache,
-                output_logits=True, verbose=False, stop_at_eos=False,
+                tokens,
+                max_new_tokens=6,
+                do_sample=False,
+                use_past_kv_cache=use_cache,
+                output_logits=True,
+                verbose=False,
+                stop_at_eos=False,
             )
             runs[use_cache] = torch.stack(out.logits, dim=1)
-    plain = model.generate(tokens, max_new_tokens=6, do_sample=False, output_logits=True,
-                           verbose=False, stop_at_eos=False)
+    plain = model.generate(
+        tokens, max_new_tokens=6, do_sample=False, output_logits=True, verbose=False, stop_at_eos=False
+    )
     per_step = (runs[True] - runs[False]).abs().amax(dim=(0, 2))
     effect = (runs[True] - torch.stack(plain.logits, dim=1)).abs().amax(dim=(0, 2))
-    print(f"{mode}: per-step max |cache on - off| = {[f'{x:.1e}' for x in per_step.tolist()]}; "
-          f"steering effect per step = {[f'{x:.2f}' for x in effect.tolist()]}")
+    print(
+        f"{mode}: per-step max |cache on - off| = {[f'{x:.1e}' for x in per_step.tolist()]}; "
+        f"steering effect per step = {[f'{x:.2f}' for x in effect.tolist()]}"
+    )
     assert per_step.max() <= 1e-4
     assert effect.max() > 0.1
 

@@ -46,9 +46,9 @@ def test_read_index_forms(tiny_llama):
     hook = "blocks.1.hook_resid_post"
     ids = [tokenize(model, p) for p in PROMPTS]
     at_first = tlsteer.read_activations(model, PROMPTS, [hook], read_token_index=0)[hook]
-    per_prompt = tlsteer.read_activations(
-        model, PROMPTS, [hook], read_token_index=[-len(i) for i in ids]
-    )[hook]
+    per_prompt = tlsteer.read_activations(model, PROMPTS, [hook], read_token_index=[-len(i) for i in ids])[
+        hook
+    ]
     by_callable = tlsteer.read_activations(
         model, PROMPTS, [hook], read_token_index=lambda prompt, token_ids: 0
     )[hook]

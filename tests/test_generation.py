@@ -27,10 +27,15 @@ def resolve(mode: dict, prompt_len: int) -> dict:
     return {k: [value(x) for x in v] if isinstance(v, list) else value(v) for k, v in mode.items()}
 
 
-def step_logits(model, tokens, use_cache, attention_padding=False, n=6):
+def step_logits(model, tokens, use_cache, n=6):
     out = model.generate(
-        tokens, max_new_tokens=n, do_sample=False, use_past_kv_cache=use_cache,
-        output_logits=True, verbose=False, stop_at_eos=False,
+        tokens,
+        max_new_tokens=n,
+        do_sample=False,
+        use_past_kv_cache=use_cache,
+        output_logits=True,
+        verbose=False,
+        stop_at_eos=False,
     )
     return torch.stack(out.logits, dim=1), out.sequences
 
@@ -58,7 +63,8 @@ def test_kv_cache_on_equals_off_per_step(tiny, mode):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_kv_cache_on_equals_off_left_padded_batch(tiny_llama, mode):
     model = tiny_llama
-    ids = [tlsteer.tokenize(model, t) for t in ["<|user|>hi<|end|><|assistant|>", "<|user|>a longer one<|end|><|assistant|>"]]
+    texts = ["<|user|>hi<|end|><|assistant|>", "<|user|>a longer one<|end|><|assistant|>"]
+    ids = [tlsteer.tokenize(model, t) for t in texts]
     tokens, _ = left_pad(model, ids)
     width = tokens.shape[1]
     vec = vector(model)

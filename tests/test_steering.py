@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer import SteeringVector
 from tests.conftest import count_hooks
+from tlsteer import SteeringVector
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -78,7 +78,8 @@ def test_corrupt_truncated_and_foreign_files(tmp_path):
     vec().save(path)
     data = path.read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) - 5])
-    with pytest.raises(ValueError, match=r"not a readable safetensors steering vector \(corrupt or truncated\?\)"):
+    message = r"not a readable safetensors steering vector \(corrupt or truncated\?\)"
+    with pytest.raises(ValueError, match=message):
         SteeringVector.load(tmp_path / "trunc.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="corrupt or truncated"):

@@ -123,9 +123,7 @@ def aggregate_activations(
     if aggregator is None:
         aggregator = mean_aggregator() if acts.paired else class_mean_aggregator()
     if not callable(aggregator):
-        raise TypeError(
-            f"aggregator must be a callable (pos, neg) -> direction, got {aggregator!r}"
-        )
+        raise TypeError(f"aggregator must be a callable (pos, neg) -> direction, got {aggregator!r}")
     out = {}
     for hook, pos in acts.positive.items():
         direction = aggregator(pos, acts.negative[hook])

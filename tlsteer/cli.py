@@ -34,15 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from tlsteer.demo import DemoConfig, run_demo
 
-        run_demo(DemoConfig(args.dataset, args.layer, args.multiplier, args.n_train,
-                            args.max_new_tokens, out=args.out))
+        run_demo(
+            DemoConfig(
+                args.dataset, args.layer, args.multiplier, args.n_train, args.max_new_tokens, out=args.out
+            )
+        )
         return 0
     import tlsteer
 
     model = tlsteer.load_model(args.model)
     pairs = tlsteer.load_caa_dataset(args.dataset, model, limit=args.limit)
     vec = tlsteer.train_steering_vector(
-        model, pairs, layers=args.layers, hook=args.hook, batch_size=args.batch_size,
+        model,
+        pairs,
+        layers=args.layers,
+        hook=args.hook,
+        batch_size=args.batch_size,
         show_progress=True,
     )
     vec.save(args.out)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from transformer_lens import HookedTransformer
 
@@ -59,9 +59,7 @@ class ContrastPair:
         if self.read_index is not None and (
             isinstance(self.read_index, bool) or not isinstance(self.read_index, int)
         ):
-            raise TypeError(
-                f"ContrastPair.read_index must be an int or None, got {self.read_index!r}"
-            )
+            raise TypeError(f"ContrastPair.read_index must be an int or None, got {self.read_index!r}")
 
 
 @dataclass(frozen=True)
@@ -84,12 +82,10 @@ class ContrastSet:
                 raise ValueError(f"ContrastSet.{name} is empty; give at least one prompt")
             for i, prompt in enumerate(prompts):
                 if not isinstance(prompt, str) or not prompt:
-                    raise ValueError(
-                        f"ContrastSet.{name}[{i}] must be a non-empty string, got {prompt!r}"
-                    )
+                    raise ValueError(f"ContrastSet.{name}[{i}] must be a non-empty string, got {prompt!r}")
 
 
-ContrastData = Union[Sequence[ContrastPair | tuple[str, str]], ContrastSet]
+ContrastData = Sequence[ContrastPair | tuple[str, str]] | ContrastSet
 
 
 def as_contrast_data(data: Any) -> list[ContrastPair] | ContrastSet:
@@ -109,8 +105,7 @@ def as_contrast_data(data: Any) -> list[ContrastPair] | ContrastSet:
             pairs.append(ContrastPair(item[0], item[1]))
         else:
             raise TypeError(
-                f"contrast data item {i} is {item!r}; expected a ContrastPair or a "
-                "(positive, negative) tuple"
+                f"contrast data item {i} is {item!r}; expected a ContrastPair or a (positive, negative) tuple"
             )
     if not pairs:
         raise ValueError("contrast data is empty; give at least one pair")
@@ -271,8 +266,6 @@ def builtin_dataset_path(name: str) -> Path:
     return Path(str(resources.files("tlsteer") / "datasets" / f"{name}.json"))
 
 
-def load_builtin_dataset(
-    name: str, model: HookedTransformer, limit: int | None = None
-) -> list[ContrastPair]:
+def load_builtin_dataset(name: str, model: HookedTransformer, limit: int | None = None) -> list[ContrastPair]:
     """A built-in behaviour (``"sentiment"`` or ``"formality"``) as contrast pairs for ``model``."""
     return load_caa_dataset(builtin_dataset_path(name), model, limit=limit)

@@ -51,8 +51,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo and print its report; returns the numbers it printed."""
     start = time.perf_counter()
     model = load_model()
-    print(f"loaded {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model "
-          f"{model.cfg.d_model}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"loaded {model.cfg.model_name} ({model.cfg.n_layers} layers, d_model "
+        f"{model.cfg.d_model}) in {time.perf_counter() - start:.1f} s"
+    )
     pairs = load_builtin_dataset(cfg.dataset, model)
     items = load_ab_items(builtin_dataset_path(cfg.dataset))
     train, held_out = pairs[: cfg.n_train], items[cfg.n_train :]
@@ -60,8 +62,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     vec = train_steering_vector(
         model, train, layers=[cfg.layer], batch_size=cfg.batch_size, show_progress=True
     )
-    print(f"trained a {cfg.dataset} vector on {len(train)} pairs at layer {cfg.layer} in "
-          f"{time.perf_counter() - t0:.1f} s; norm {vec.norms()[vec.hooks[0]]:.2f}")
+    print(
+        f"trained a {cfg.dataset} vector on {len(train)} pairs at layer {cfg.layer} in "
+        f"{time.perf_counter() - t0:.1f} s; norm {vec.norms()[vec.hooks[0]]:.2f}"
+    )
     if cfg.out is not None:
         vec.save(cfg.out)
         print(f"saved {cfg.out}")
@@ -83,8 +87,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"\nUSER: {question}")
         print(_columns(texts, [f"x{-m:g}", "unsteered", f"x{m:g}"]))
 
-    print(f"\nA/B p(matching) on {len(held_out)} held-out {cfg.dataset} items "
-          "(steered from the last user token, CAA-style):")
+    print(
+        f"\nA/B p(matching) on {len(held_out)} held-out {cfg.dataset} items "
+        "(steered from the last user token, CAA-style):"
+    )
     print(f"{'multiplier':>10}  {'p(matching)':>11}  {'matching > 0.5':>14}  {'letter mass':>11}")
     table = []
     for mult in (-m, -m / 2, 0.0, m / 2, m):

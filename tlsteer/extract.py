@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from jaxtyping import Float
@@ -23,7 +22,7 @@ from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, tokenize
 
 __all__ = ["ContrastActivations", "ReadIndex", "extract_activations", "read_activations"]
 
-ReadIndex = Union[int, Sequence[int], Callable[[str, list[int]], int]]
+ReadIndex = int | Sequence[int] | Callable[[str, list[int]], int]
 """Where to read: an int (negative counts from the end), one int per prompt or pair, or a
 callable ``(prompt, token_ids) -> int``."""
 
@@ -66,11 +65,10 @@ def _read_indices(
             )
     elif not (callable(read_token_index) or isinstance(read_token_index, int)):
         raise TypeError(
-            f"read_token_index must be an int, a sequence of ints or a callable, got "
-            f"{read_token_index!r}"
+            f"read_token_index must be an int, a sequence of ints or a callable, got {read_token_index!r}"
         )
     out = []
-    for i, (prompt, ids) in enumerate(zip(prompts, token_ids)):
+    for i, (prompt, ids) in enumerate(zip(prompts, token_ids, strict=True)):
         override = overrides[i] if overrides is not None else None
         if override is not None:
             index = override
@@ -101,9 +99,7 @@ def _tokenize_all(model: HookedTransformer, prompts: Sequence[str]) -> list[list
     return token_ids
 
 
-def left_pad(
-    model: HookedTransformer, token_ids: Sequence[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into ``(tokens, attention_mask)`` on the model's device."""
     width = max(len(ids) for ids in token_ids)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
@@ -169,9 +165,7 @@ def read_activations(
                 return_type=None,
             )
             rows = torch.arange(len(batch), device=tokens.device)
-            cols = torch.tensor(
-                [width - len(token_ids[i]) + read_at[i] for i in batch], device=tokens.device
-            )
+            cols = torch.tensor([width - len(token_ids[i]) + read_at[i] for i in batch], device=tokens.device)
             index = torch.tensor(batch)
             for h in hooks:
                 out[h][index] = cache[h][rows, cols].float().cpu()

@@ -231,8 +231,7 @@ def _check_vector(model: HookedTransformer, vector: SteeringVector) -> None:
         parse_hook_name(name)
         if direction.shape != (d_model,):
             raise ValueError(
-                f"vector has d_model={direction.shape[-1]} at {name!r} but model.cfg.d_model="
-                f"{d_model}"
+                f"vector has d_model={direction.shape[-1]} at {name!r} but model.cfg.d_model={d_model}"
             )
 
 
@@ -252,9 +251,7 @@ def steering_hooks(
     if operator is None:
         operator = addition_operator()
     if not callable(operator):
-        raise TypeError(
-            f"operator must be a callable (activation, vector) -> delta, got {operator!r}"
-        )
+        raise TypeError(f"operator must be a callable (activation, vector) -> delta, got {operator!r}")
     if not vectors:
         raise ValueError("no vectors to apply; give at least one (vector, multiplier) pair")
     checked = []
@@ -271,9 +268,7 @@ def steering_hooks(
         for name, direction in vector.directions.items():
             layer, _ = parse_hook_name(name)
             tracker = trackers.setdefault(layer, PositionTracker(track_anchor=track_anchor))
-            hooks.append(
-                (name, SteeringHook(name, direction * multiplier, operator, positions, tracker))
-            )
+            hooks.append((name, SteeringHook(name, direction * multiplier, operator, positions, tracker)))
     if track_anchor:
         # The anchor is read off block 0's input (embeddings: exact), before any steering.
         anchor = trackers.setdefault(0, PositionTracker(track_anchor=True))
@@ -301,9 +296,7 @@ class _AnchoredView:
         return self.anchor_source.anchor
 
 
-def _register_trackers(
-    model: HookedTransformer, trackers: list[tuple[int, PositionTracker]]
-) -> None:
+def _register_trackers(model: HookedTransformer, trackers: list[tuple[int, PositionTracker]]) -> None:
     for layer, tracker in trackers:
         handle = model.blocks[layer].register_forward_pre_hook(tracker, with_kwargs=True)
         tracker.handles.append(handle)

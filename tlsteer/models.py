@@ -94,9 +94,7 @@ def load_hf_model(name: str = "smollm2-135m-instruct") -> tuple[PreTrainedModel,
     path = embedded_model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     with _quiet_progress():
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     hf_model.eval()
     return hf_model, tokenizer
 

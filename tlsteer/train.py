@@ -51,9 +51,7 @@ def train_steering_vector(
         >>> vec = tlsteer.train_steering_vector(model, pairs, layers=[6])  # doctest: +SKIP
     """
     data = as_contrast_data(samples)
-    acts = extract_activations(
-        model, data, layers, hook, read_token_index, batch_size, show_progress
-    )
+    acts = extract_activations(model, data, layers, hook, read_token_index, batch_size, show_progress)
     directions = aggregate_activations(acts, aggregator)
     if isinstance(data, ContrastSet):
         n_pairs = min(len(data.positive), len(data.negative))

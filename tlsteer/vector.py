@@ -144,9 +144,7 @@ class SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if other.d_model != self.d_model:
-            raise ValueError(
-                f"cannot combine vectors with d_model {self.d_model} and {other.d_model}"
-            )
+            raise ValueError(f"cannot combine vectors with d_model {self.d_model} and {other.d_model}")
         out = dict(self.directions)
         for name, d in other.directions.items():
             out[name] = out[name] + sign * d if name in out else sign * d
@@ -154,11 +152,7 @@ class SteeringVector:
         return SteeringVector(out, dataclasses.replace(self.metadata, note=note))
 
     def __mul__(self, scalar: float | int) -> SteeringVector:
-        if (
-            isinstance(scalar, bool)
-            or not isinstance(scalar, (int, float))
-            or not math.isfinite(scalar)
-        ):
+        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)) or not math.isfinite(scalar):
             return NotImplemented
         return self._map(lambda d: d * scalar, f"{scalar} * ({self.metadata.note or 'v'})")
 
@@ -176,9 +170,7 @@ class SteeringVector:
 
     def to(self, *args: Any, **kwargs: Any) -> SteeringVector:
         """Move or cast every direction, like ``Tensor.to``."""
-        return SteeringVector(
-            {n: d.to(*args, **kwargs) for n, d in self.directions.items()}, self.metadata
-        )
+        return SteeringVector({n: d.to(*args, **kwargs) for n, d in self.directions.items()}, self.metadata)
 
     def normalized(self) -> SteeringVector:
         """Every direction scaled to unit norm."""
@@ -233,9 +225,7 @@ class SteeringVector:
         from safetensors.torch import save_file
 
         tensors = {n: d.detach().float().cpu().contiguous() for n, d in self.directions.items()}
-        save_file(
-            tensors, str(path), metadata={"format": _FORMAT, "metadata": self.metadata.to_json()}
-        )
+        save_file(tensors, str(path), metadata={"format": _FORMAT, "metadata": self.metadata.to_json()})
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SteeringVector:
@@ -251,8 +241,7 @@ class SteeringVector:
                 tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         except Exception as err:  # safetensors raises its own error types for bad files
             raise ValueError(
-                f"{str(path)!r} is not a readable safetensors steering vector (corrupt or "
-                f"truncated?): {err}"
+                f"{str(path)!r} is not a readable safetensors steering vector (corrupt or truncated?): {err}"
             ) from err
         if header.get("format") != _FORMAT:
             raise ValueError(
@@ -269,4 +258,5 @@ class SteeringVector:
     def __repr__(self) -> str:
         norms = ", ".join(f"{n}: {v:.3g}" for n, v in list(self.norms().items())[:4])
         more = ", ..." if len(self.directions) > 4 else ""
-        return f"SteeringVector(d_model={self.d_model}, norms={{{norms}{more}}}, model={self.metadata.model_name!r})"
+        model = self.metadata.model_name
+        return f"SteeringVector(d_model={self.d_model}, norms={{{norms}{more}}}, model={model!r})"

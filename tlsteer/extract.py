@@ -205,26 +205,19 @@ def extract_activations(
     if isinstance(data, ContrastSet):
         if not isinstance(read_token_index, (int, Callable)):  # type: ignore[arg-type]
             raise TypeError("a ContrastSet takes an int or a callable read_token_index")
-        overrides = None if data.read_index is None else [data.read_index]
-        pos = read_activations(
-            model,
-            data.positive,
-            hooks,
-            read_token_index,
-            read_index_overrides=None if overrides is None else overrides * len(data.positive),
-            desc="positive",
-            **kwargs,
-        )
-        neg = read_activations(
-            model,
-            data.negative,
-            hooks,
-            read_token_index,
-            read_index_overrides=None if overrides is None else overrides * len(data.negative),
-            desc="negative",
-            **kwargs,
-        )
-        return ContrastActivations(pos, neg, paired=False)
+        sides = {}
+        for side in ("positive", "negative"):
+            prompts = getattr(data, side)
+            sides[side] = read_activations(
+                model,
+                prompts,
+                hooks,
+                read_token_index,
+                read_index_overrides=[data.read_index] * len(prompts),
+                desc=side,
+                **kwargs,
+            )
+        return ContrastActivations(sides["positive"], sides["negative"], paired=False)
     overrides = [p.read_index for p in data]
     prompts = [p.positive for p in data] + [p.negative for p in data]
     if isinstance(read_token_index, Sequence):

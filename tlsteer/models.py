@@ -11,7 +11,6 @@ cache).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -291,5 +290,3 @@ def _quiet_progress():
         if not was_disabled:
             hf_logging.enable_progress_bar()
 
-
-_ = dataclasses  # re-exported for type checkers of EmbeddedModel users

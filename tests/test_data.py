@@ -7,7 +7,7 @@ import json
 import pytest
 
 import tlsteer
-from tlsteer.data import BUILTIN_DATASETS, builtin_dataset_path, load_ab_items
+from tlsteer.data import BUILTIN_DATASETS, as_contrast_data, builtin_dataset_path, load_ab_items
 from tlsteer.models import cache_dir, embedded_model_path
 
 
@@ -57,7 +57,7 @@ def test_data_errors(tmp_path, tiny_llama):
     with pytest.raises(ValueError, match="ContrastSet.negative is empty"):
         tlsteer.ContrastSet(["a"], [])
     with pytest.raises(TypeError, match=r"contrast data item 1 is \('a',\)"):
-        tlsteer.train_steering_vector(tiny_llama, [("a", "b"), ("a",)], layers=[0])
+        as_contrast_data([("a", "b"), ("a",)])
     with pytest.raises(ValueError, match="lacks \\['answer_not_matching_behavior'\\]"):
         tlsteer.load_caa_dataset(
             write_caa(tmp_path, [{k: v for k, v in ITEM.items() if "not" not in k}]), tiny_llama

@@ -49,6 +49,7 @@ def mean_aggregator() -> Aggregator:
         _check_paired(pos, neg, "mean_aggregator")
         return (pos - neg).mean(dim=0)
 
+    mean_of_differences.streaming = "paired_mean"  # type: ignore[attr-defined]
     return mean_of_differences
 
 

@@ -180,6 +180,7 @@ def extract_activations(
     read_token_index: ReadIndex = -1,
     batch_size: int = 8,
     show_progress: bool = False,
+    share_prefix: bool = True,
 ) -> ContrastActivations:
     """Activations of the positive and negative prompts of contrast data.
 
@@ -192,6 +193,9 @@ def extract_activations(
         read_token_index: Where to read; a pair's own ``read_index`` takes precedence.
         batch_size: Prompts per forward pass.
         show_progress: Show a tqdm progress bar.
+        share_prefix: For pairs, run each pair's common prefix once and only the differing
+            suffixes after it (:mod:`tlsteer.prefix`); ``False`` reads every prompt in full
+            with ``run_with_cache``. Both give the same activations up to float error.
 
     Example:
         >>> acts = extract_activations(model, [("I love it", "I hate it")], layers=[3])  # doctest: +SKIP
@@ -218,14 +222,22 @@ def extract_activations(
                 **kwargs,
             )
         return ContrastActivations(sides["positive"], sides["negative"], paired=False)
+    check_pair_read_index(read_token_index, len(data))
+    if share_prefix:
+        from tlsteer.prefix import iter_pair_activations
+
+        n, d = len(data), model.cfg.d_model
+        pos = {h: torch.empty((n, d), dtype=torch.float32) for h in hooks}
+        neg = {h: torch.empty((n, d), dtype=torch.float32) for h in hooks}
+        for batch in iter_pair_activations(model, data, hooks, read_token_index, **kwargs):
+            index = torch.tensor(batch.indices)
+            for h in hooks:
+                pos[h][index] = batch.positive[h]
+                neg[h][index] = batch.negative[h]
+        return ContrastActivations(pos, neg, paired=True)
     overrides = [p.read_index for p in data]
     prompts = [p.positive for p in data] + [p.negative for p in data]
     if isinstance(read_token_index, Sequence):
-        if len(read_token_index) != len(data):
-            raise ValueError(
-                f"read_token_index has {len(read_token_index)} entries but there are "
-                f"{len(data)} pairs; give one per pair"
-            )
         read_token_index = list(read_token_index) * 2
     acts = read_activations(
         model,
@@ -240,6 +252,15 @@ def extract_activations(
     return ContrastActivations(
         {h: a[:n] for h, a in acts.items()}, {h: a[n:] for h, a in acts.items()}, paired=True
     )
+
+
+def check_pair_read_index(read_token_index: ReadIndex, n_pairs: int) -> None:
+    """A per-pair list of read indices must have one entry per pair."""
+    if isinstance(read_token_index, Sequence) and len(read_token_index) != n_pairs:
+        raise ValueError(
+            f"read_token_index has {len(read_token_index)} entries but there are "
+            f"{n_pairs} pairs; give one per pair"
+        )
 
 
 def _as_list(layers: int | Sequence[int] | None) -> int | list[int] | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer.aggregators import Aggregator, aggregate_activations
+from tlsteer._types import hook_name, resolve_layers, validate_hook_point
+from tlsteer.aggregators import Aggregator, aggregate_activations, mean_aggregator
 from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, data_hash
-from tlsteer.extract import ReadIndex, extract_activations
+from tlsteer.extract import ReadIndex, check_pair_read_index, extract_activations
+from tlsteer.prefix import iter_pair_activations
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = ["train_steering_vector"]
@@ -32,6 +35,7 @@ def train_steering_vector(
     aggregator: Aggregator | None = None,
     batch_size: int = 8,
     show_progress: bool = False,
+    share_prefix: bool = True,
 ) -> SteeringVector:
     """Build a steering vector from contrast data: :func:`extract_activations` + aggregation.
 
@@ -45,14 +49,23 @@ def train_steering_vector(
             difference of class means (:class:`ContrastSet`).
         batch_size: Prompts per forward pass.
         show_progress: Show a tqdm progress bar.
+        share_prefix: Run each pair's common prefix once (see :func:`extract_activations`). With
+            the default mean aggregator the pairs are then reduced to running sums batch by
+            batch, so memory does not grow with the number of pairs.
 
     Example:
         >>> pairs = tlsteer.load_builtin_dataset("sentiment", model)  # doctest: +SKIP
         >>> vec = tlsteer.train_steering_vector(model, pairs, layers=[6])  # doctest: +SKIP
     """
     data = as_contrast_data(samples)
-    acts = extract_activations(model, data, layers, hook, read_token_index, batch_size, show_progress)
-    directions = aggregate_activations(acts, aggregator)
+    streaming = getattr(mean_aggregator() if aggregator is None else aggregator, "streaming", None)
+    if share_prefix and streaming == "paired_mean" and not isinstance(data, ContrastSet):
+        directions = _streamed_mean(model, data, layers, hook, read_token_index, batch_size, show_progress)
+    else:
+        acts = extract_activations(
+            model, data, layers, hook, read_token_index, batch_size, show_progress, share_prefix
+        )
+        directions = aggregate_activations(acts, aggregator)
     if isinstance(data, ContrastSet):
         n_pairs = min(len(data.positive), len(data.negative))
         agg_default = "class_mean_aggregator"
@@ -75,3 +88,28 @@ def train_steering_vector(
         data_hash=data_hash(data),
     )
     return SteeringVector(directions, metadata)
+
+
+def _streamed_mean(
+    model: HookedTransformer,
+    pairs: list[ContrastPair],
+    layers: int | Sequence[int] | None,
+    hook: str,
+    read_token_index: ReadIndex,
+    batch_size: int,
+    show_progress: bool,
+) -> dict[str, torch.Tensor]:
+    """Mean of paired differences from running sums (float64), one batch in memory at a time."""
+    validate_hook_point(hook)
+    layer_list = resolve_layers(model, layers if layers is None or isinstance(layers, int) else list(layers))
+    hooks = [hook_name(layer, hook) for layer in layer_list]
+    check_pair_read_index(read_token_index, len(pairs))
+    sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
+    for batch in iter_pair_activations(model, pairs, hooks, read_token_index, batch_size, show_progress):
+        for h in hooks:
+            sums[h] += (batch.positive[h].double() - batch.negative[h].double()).sum(dim=0)
+    directions = {h: (s / len(pairs)).float() for h, s in sums.items()}
+    for h, d in directions.items():
+        if not torch.isfinite(d).all():
+            raise ValueError(f"non-finite activations at {h}")
+    return directions

@@ -1,0 +1,170 @@
+"""Prefix-shared extraction: run a pair's common prefix once, then only the two suffixes.
+
+In a CAA A/B pair the positive and negative prompts share everything but the last few tokens.
+:func:`iter_pair_activations` runs each batch's shared prefixes once into a TransformerLens KV
+cache, copies the cache for the positive and the negative rows, and runs only the suffixes after
+it. Forwards stop at the deepest requested layer (no unembedding), hooks keep only the read
+positions, and pairs are bucketed by prefix and suffix length to cut padding. It yields one batch
+at a time, so callers can keep running sums instead of every activation.
+
+Prefixes are left-padded (with an attention mask, which the cache carries on); suffixes are
+right-padded, which needs no mask: a causal model's real tokens never attend to later padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from tlsteer._types import parse_hook_name
+from tlsteer.data import ContrastPair
+from tlsteer.extract import ReadIndex, _read_indices, _tokenize_all, left_pad
+
+__all__ = ["PairBatch", "iter_pair_activations"]
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Activations of a batch of pairs: ``indices`` into the input, ``{hook: [b, d_model]}``."""
+
+    indices: list[int]
+    positive: dict[str, Tensor]
+    negative: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class _PairPlan:
+    index: int
+    prefix: list[int]
+    pos_suffix: list[int]
+    neg_suffix: list[int]
+    pos_read: int  # index within the positive suffix
+    neg_read: int
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _plan(
+    model: HookedTransformer, pairs: Sequence[ContrastPair], read_token_index: ReadIndex
+) -> list[_PairPlan]:
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    ids = _tokenize_all(model, prompts)
+    if isinstance(read_token_index, Sequence) and not isinstance(read_token_index, str):
+        read_token_index = list(read_token_index) * 2
+    overrides = [p.read_index for p in pairs] * 2
+    reads = _read_indices(prompts, ids, read_token_index, overrides)
+    n = len(pairs)
+    plans = []
+    for i in range(n):
+        pos, neg, r_pos, r_neg = ids[i], ids[n + i], reads[i], reads[n + i]
+        # The prefix ends before both read positions, so every read lies in a suffix.
+        shared = min(_common_prefix(pos, neg), r_pos, r_neg)
+        plans.append(_PairPlan(i, pos[:shared], pos[shared:], neg[shared:], r_pos - shared, r_neg - shared))
+    return plans
+
+
+def _right_pad(model: HookedTransformer, rows: list[list[int]]) -> Tensor:
+    width = max(len(r) for r in rows)
+    pad_id = (model.tokenizer.pad_token_id if model.tokenizer is not None else 0) or 0
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return tokens.to(model.cfg.device)
+
+
+def _doubled(cache: TransformerLensKeyValueCache) -> TransformerLensKeyValueCache:
+    """The cache with every row repeated twice (positive rows, then negative rows)."""
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            past_keys=e.past_keys.repeat(2, 1, 1, 1), past_values=e.past_values.repeat(2, 1, 1, 1)
+        )
+        for e in cache.entries
+    ]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.repeat(2, 1))
+
+
+def _gather_hooks(
+    hooks: Sequence[str], rows: Tensor, cols: Tensor, out: dict[str, Tensor]
+) -> list[tuple[str, object]]:
+    def make(name: str):
+        def gather(act: Tensor, hook: object) -> None:  # noqa: ARG001
+            out[name] = act[rows, cols].detach().float().cpu()
+
+        return gather
+
+    return [(name, make(name)) for name in hooks]
+
+
+def _run_batch(
+    model: HookedTransformer, plans: list[_PairPlan], hooks: Sequence[str], stop_at: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    b = len(plans)
+    device = model.cfg.device
+    cache = None
+    if plans[0].prefix:  # a batch holds pairs with a prefix, or pairs without one
+        prefix_tokens, prefix_mask = left_pad(model, [p.prefix for p in plans])
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+        model(prefix_tokens, attention_mask=prefix_mask, past_kv_cache=cache, stop_at_layer=stop_at)
+        cache = _doubled(cache)
+    suffix_rows = [p.pos_suffix for p in plans] + [p.neg_suffix for p in plans]
+    tokens = _right_pad(model, suffix_rows)
+    rows = torch.arange(2 * b, device=tokens.device)
+    cols = torch.tensor([p.pos_read for p in plans] + [p.neg_read for p in plans], device=tokens.device)
+    out: dict[str, Tensor] = {}
+    with model.hooks(fwd_hooks=_gather_hooks(hooks, rows, cols, out)):
+        if cache is None:
+            model(tokens, stop_at_layer=stop_at)
+        else:
+            model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache, stop_at_layer=stop_at)
+    return {h: a[:b] for h, a in out.items()}, {h: a[b:] for h, a in out.items()}
+
+
+def iter_pair_activations(
+    model: HookedTransformer,
+    pairs: Sequence[ContrastPair],
+    hooks: Sequence[str],
+    read_token_index: ReadIndex = -1,
+    batch_size: int = 8,
+    show_progress: bool = False,
+) -> Iterator[PairBatch]:
+    """Yield the activations of ``pairs`` batch by batch, sharing each pair's common prefix.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        pairs: Contrast pairs; a pair's own ``read_index`` takes precedence.
+        hooks: Full hook names.
+        read_token_index: Where to read (see :data:`tlsteer.extract.ReadIndex`).
+        batch_size: Prompts per suffix forward (``batch_size // 2`` pairs, at least one).
+        show_progress: Show a tqdm progress bar.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    plans = _plan(model, pairs, read_token_index)
+    stop_at = max(parse_hook_name(h)[0] for h in hooks) + 1
+    per_batch = max(1, batch_size // 2)
+    # Bucket: pairs without a shared prefix apart, then by prefix length and suffix length.
+    plans.sort(key=lambda p: (len(p.prefix) > 0, len(p.prefix), max(len(p.pos_suffix), len(p.neg_suffix))))
+    batches: list[list[_PairPlan]] = []
+    for plan in plans:
+        if batches and len(batches[-1]) < per_batch and bool(batches[-1][0].prefix) == bool(plan.prefix):
+            batches[-1].append(plan)
+        else:
+            batches.append([plan])
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="pairs", disable=not show_progress, leave=False):
+            pos, neg = _run_batch(model, batch, hooks, stop_at)
+            yield PairBatch([p.index for p in batch], pos, neg)

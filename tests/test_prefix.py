@@ -71,3 +71,21 @@ def test_errors_match_the_plain_path(tiny_llama):
         tlsteer.train_steering_vector(tiny_llama, [("a b c", "a b d")], layers=[0], read_token_index=-40)
     with pytest.raises(ValueError, match=r"read_token_index has 2 entries but there are 6 pairs"):
         tlsteer.train_steering_vector(tiny_llama, PAIRS, layers=[0], read_token_index=[0, 0])
+
+
+def test_head_shared_by_every_prefix(tiny):
+    """Chat-formatted pairs share a head; a row whose prefix is exactly the head has no middle."""
+    head = "<|user|>Answer with a letter please. "
+    pairs = [
+        tlsteer.ContrastPair(f"{head}{q}<|end|><|assistant|>(A)", f"{head}{q}<|end|><|assistant|>(B)", -2)
+        for q in ["Is water wet?", "Do cats fly?", "Is 2+2 four, really?"]
+    ] + [tlsteer.ContrastPair(f"{head}yes", f"{head}no", -1)]
+    plans = _plan(tiny, pairs, -1)
+    head_len = len(tlsteer.tokenize(tiny, head))
+    assert min(len(p.prefix) for p in plans) == head_len  # the last pair's prefix is the head itself
+    for batch_size in (1, 2, 8):
+        plain = tlsteer.extract_activations(tiny, pairs, share_prefix=False, batch_size=batch_size)
+        shared = tlsteer.extract_activations(tiny, pairs, share_prefix=True, batch_size=batch_size)
+        for hook in plain.hooks:
+            assert (plain.positive[hook] - shared.positive[hook]).abs().max() <= 1e-4
+            assert (plain.negative[hook] - shared.negative[hook]).abs().max() <= 1e-4

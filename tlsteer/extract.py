@@ -191,7 +191,8 @@ def extract_activations(
         hook: The hook point inside each block: ``resid_post`` (default), ``resid_pre``,
             ``resid_mid``, ``attn_out`` or ``mlp_out``.
         read_token_index: Where to read; a pair's own ``read_index`` takes precedence.
-        batch_size: Prompts per forward pass.
+        batch_size: Rows per forward over full-length prompts (with ``share_prefix``, the
+            prefixes of ``batch_size`` pairs; their short suffixes run after in one forward).
         show_progress: Show a tqdm progress bar.
         share_prefix: For pairs, run each pair's common prefix once and only the differing
             suffixes after it (:mod:`tlsteer.prefix`); ``False`` reads every prompt in full

@@ -1,13 +1,16 @@
 """Prefix-shared extraction: run a pair's common prefix once, then only the two suffixes.
 
-In a CAA A/B pair the positive and negative prompts share everything but the last few tokens.
-:func:`iter_pair_activations` runs each batch's shared prefixes once into a TransformerLens KV
-cache, copies the cache for the positive and the negative rows, and runs only the suffixes after
-it. Forwards stop at the deepest requested layer (no unembedding), hooks keep only the read
-positions, and pairs are bucketed by prefix and suffix length to cut padding. It yields one batch
-at a time, so callers can keep running sums instead of every activation.
+In a CAA A/B pair the positive and negative prompts share everything but the last few tokens,
+and all pairs of a chat-formatted dataset share the template's head (system turn, user header).
+:func:`iter_pair_activations` runs the head common to every prefix once, then each batch's
+prefixes after it into a TransformerLens KV cache, copies the cache for the positive and the
+negative rows, and runs only the suffixes after it. Forwards stop at the deepest requested layer
+(no unembedding), hooks keep only the read positions, and pairs are bucketed by prefix and suffix
+length to cut padding. It yields one batch at a time, so callers can keep running sums instead of
+every activation.
 
-Prefixes are left-padded (with an attention mask, which the cache carries on); suffixes are
+Prefixes are left-padded after the head (with an attention mask, which the cache carries on, so
+padding in the middle of a row is masked and skipped by the positions); suffixes are
 right-padded, which needs no mask: a causal model's real tokens never attend to later padding.
 """
 
@@ -28,6 +31,9 @@ from tlsteer.data import ContrastPair
 from tlsteer.extract import ReadIndex, _read_indices, _tokenize_all, left_pad
 
 __all__ = ["PairBatch", "iter_pair_activations"]
+
+_MIN_HEAD = 4
+"""Share a head common to every prefix (e.g. a chat template's system turn) from this length."""
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,23 @@ def _right_pad(model: HookedTransformer, rows: list[list[int]]) -> Tensor:
     return tokens.to(model.cfg.device)
 
 
-def _doubled(cache: TransformerLensKeyValueCache) -> TransformerLensKeyValueCache:
-    """The cache with every row repeated twice (positive rows, then negative rows)."""
+def _repeated(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
+    """The cache with its rows repeated ``times`` times (``[a, b]`` -> ``[a, b, a, b]``)."""
     entries = [
         TransformerLensKeyValueCacheEntry(
-            past_keys=e.past_keys.repeat(2, 1, 1, 1), past_values=e.past_values.repeat(2, 1, 1, 1)
+            past_keys=e.past_keys.repeat(times, 1, 1, 1), past_values=e.past_values.repeat(times, 1, 1, 1)
         )
         for e in cache.entries
     ]
-    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.repeat(2, 1))
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.repeat(times, 1))
+
+
+def _head_cache(model: HookedTransformer, head: list[int], stop_at: int) -> TransformerLensKeyValueCache:
+    """Run the text every prefix starts with (a chat template's system turn, say) once."""
+    tokens = torch.tensor([head], dtype=torch.long, device=model.cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache, stop_at_layer=stop_at)
+    return cache
 
 
 def _gather_hooks(
@@ -110,16 +124,27 @@ def _gather_hooks(
 
 
 def _run_batch(
-    model: HookedTransformer, plans: list[_PairPlan], hooks: Sequence[str], stop_at: int
+    model: HookedTransformer,
+    plans: list[_PairPlan],
+    hooks: Sequence[str],
+    stop_at: int,
+    head: tuple[TransformerLensKeyValueCache, int] | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     b = len(plans)
     device = model.cfg.device
     cache = None
     if plans[0].prefix:  # a batch holds pairs with a prefix, or pairs without one
-        prefix_tokens, prefix_mask = left_pad(model, [p.prefix for p in plans])
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
-        model(prefix_tokens, attention_mask=prefix_mask, past_kv_cache=cache, stop_at_layer=stop_at)
-        cache = _doubled(cache)
+        if head is None:
+            prefix_tokens, prefix_mask = left_pad(model, [p.prefix for p in plans])
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, b)
+        else:
+            # The shared head is in the cache; left-pad the rest of each prefix after it.
+            head_cache, head_len = head
+            cache = _repeated(head_cache, b)
+            prefix_tokens, prefix_mask = left_pad(model, [p.prefix[head_len:] for p in plans])
+        if prefix_tokens.shape[1] > 0:
+            model(prefix_tokens, attention_mask=prefix_mask, past_kv_cache=cache, stop_at_layer=stop_at)
+        cache = _repeated(cache, 2)
     suffix_rows = [p.pos_suffix for p in plans] + [p.neg_suffix for p in plans]
     tokens = _right_pad(model, suffix_rows)
     rows = torch.arange(2 * b, device=tokens.device)
@@ -148,14 +173,15 @@ def iter_pair_activations(
         pairs: Contrast pairs; a pair's own ``read_index`` takes precedence.
         hooks: Full hook names.
         read_token_index: Where to read (see :data:`tlsteer.extract.ReadIndex`).
-        batch_size: Prompts per suffix forward (``batch_size // 2`` pairs, at least one).
+        batch_size: Rows of the forward over full-length text: the prefixes of ``batch_size``
+            pairs run together, then their ``2 * batch_size`` short suffixes.
         show_progress: Show a tqdm progress bar.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     plans = _plan(model, pairs, read_token_index)
     stop_at = max(parse_hook_name(h)[0] for h in hooks) + 1
-    per_batch = max(1, batch_size // 2)
+    per_batch = batch_size
     # Bucket: pairs without a shared prefix apart, then by prefix length and suffix length.
     plans.sort(key=lambda p: (len(p.prefix) > 0, len(p.prefix), max(len(p.pos_suffix), len(p.neg_suffix))))
     batches: list[list[_PairPlan]] = []
@@ -165,6 +191,12 @@ def iter_pair_activations(
         else:
             batches.append([plan])
     with torch.no_grad():
+        head = None
+        prefixes = [p.prefix for p in plans if p.prefix]
+        if len(prefixes) > 1:
+            head_ids = prefixes[0][: min(_common_prefix(prefixes[0], q) for q in prefixes)]
+            if len(head_ids) >= _MIN_HEAD:
+                head = (_head_cache(model, head_ids, stop_at), len(head_ids))
         for batch in tqdm(batches, desc="pairs", disable=not show_progress, leave=False):
-            pos, neg = _run_batch(model, batch, hooks, stop_at)
+            pos, neg = _run_batch(model, batch, hooks, stop_at, head)
             yield PairBatch([p.index for p in batch], pos, neg)

@@ -1,4 +1,8 @@
-"""A/B behavioural probability: how much a model prefers the matching answer letter.
+"""A/B behavioural probability and side effects on neutral text.
+
+:func:`ab_scores` scores each item; :func:`ab_eval` keeps the per-item scores with their summary
+(:class:`ABResult`), :func:`ab_accuracy` reads matching as correct (MMLU, TruthfulQA), and
+:func:`kl_on_neutral` measures how far steering moves next-token distributions on neutral text.
 
 For a CAA A/B item the prompt is the chat-formatted question, the assistant turn, then ``(``; the
 item's score is ``p(matching letter) / (p(A) + p(B))`` at the next token. Steering follows the CAA
@@ -9,18 +13,29 @@ every row of a batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, chat_prompt, tokenize
-from tlsteer.extract import left_pad
-from tlsteer.hooks import apply_steering
+from tlsteer.extract import _tokenize_all, left_pad
+from tlsteer.hooks import Positions, apply_steering
 from tlsteer.vector import SteeringVector
 
-__all__ = ["ABScore", "ab_scores", "letter_token_id"]
+__all__ = [
+    "ABAccuracy",
+    "ABResult",
+    "ABScore",
+    "ab_accuracy",
+    "ab_eval",
+    "ab_scores",
+    "kl_on_neutral",
+    "letter_token_id",
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,39 @@ def _letters(item: ABItem) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def tokens_after_question(model: HookedTransformer) -> int:
+    """How many tokens the A/B prompt has after the question (end of turn, assistant turn, ``(``)."""
+    marker = "\x00"
+    after_question = chat_prompt(model, marker, "(").split(marker, 1)[1]
+    return len(tokenize(model, "x" + after_question)) - len(tokenize(model, "x"))
+
+
+def ab_prompt_ids(model: HookedTransformer, items: Sequence[ABItem]) -> list[list[int]]:
+    """Token ids of each item's A/B prompt: chat-formatted question, assistant turn, ``(``."""
+    return [tokenize(model, chat_prompt(model, it.question, "(")) for it in items]
+
+
+def score_logits(model: HookedTransformer, logits: torch.Tensor, items: Sequence[ABItem]) -> list[ABScore]:
+    """Scores from next-token logits ``[len(items), d_vocab]`` at the ``(`` of each prompt."""
+    probs = logits.float().softmax(-1)
+    out = []
+    for row, item in enumerate(items):
+        match, other = _letters(item)
+        if match not in "AB":  # CAA counts answers outside A/B (survival-instinct) as 0
+            out.append(ABScore(0.0, 0.0, float("nan")))
+            continue
+        m_id, o_id = letter_token_id(model, match), letter_token_id(model, other)
+        p_m, p_o = float(probs[row, m_id]), float(probs[row, o_id])
+        out.append(
+            ABScore(
+                p_matching=p_m / (p_m + p_o),
+                letter_mass=p_m + p_o,
+                logit_diff=float(logits[row, m_id] - logits[row, o_id]),
+            )
+        )
+    return out
+
+
 def ab_scores(
     model: HookedTransformer,
     items: Sequence[ABItem],
@@ -68,15 +116,11 @@ def ab_scores(
     """
     if not items:
         raise ValueError("no A/B items to score")
-    suffix_marker = "\x00"
-    template = chat_prompt(model, suffix_marker, "(")
-    after_question = template.split(suffix_marker, 1)[1]
-    n_after = len(tokenize(model, "x" + after_question)) - len(tokenize(model, "x"))
+    n_after = tokens_after_question(model)
     results: list[ABScore] = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        ids = [tokenize(model, chat_prompt(model, it.question, "(")) for it in batch]
-        tokens, mask = left_pad(model, ids)
+        tokens, mask = left_pad(model, ab_prompt_ids(model, batch))
         width = tokens.shape[1]
         first_steered = 0 if steer_all_positions else width - n_after - 1
         with torch.no_grad():
@@ -85,19 +129,171 @@ def ab_scores(
                     logits = model(tokens, attention_mask=mask)[:, -1]
             else:
                 logits = model(tokens, attention_mask=mask)[:, -1]
-        probs = logits.float().softmax(-1)
-        for row, item in enumerate(batch):
-            match, other = _letters(item)
-            if match not in "AB":  # CAA counts answers outside A/B (survival-instinct) as 0
-                results.append(ABScore(0.0, 0.0, float("nan")))
-                continue
-            m_id, o_id = letter_token_id(model, match), letter_token_id(model, other)
-            p_m, p_o = float(probs[row, m_id]), float(probs[row, o_id])
-            results.append(
-                ABScore(
-                    p_matching=p_m / (p_m + p_o),
-                    letter_mass=p_m + p_o,
-                    logit_diff=float(logits[row, m_id] - logits[row, o_id]),
-                )
-            )
+        results.extend(score_logits(model, logits, batch))
     return results
+
+
+def _mean_finite(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+@dataclass(frozen=True)
+class ABResult:
+    """Per-item scores of a set of A/B items and their summary.
+
+    ``p_matching`` and ``letter_mass`` are means over all items (an item whose answers are not
+    A/B counts as 0, as in CAA); ``n_matching`` counts items with ``p_matching > 0.5``;
+    ``logit_diff`` is the mean over the items where it is defined (NaN if none).
+
+    Example:
+        >>> ABResult((ABScore(0.75, 0.5, 1.1), ABScore(0.25, 0.25, -1.1))).n_matching
+        1
+    """
+
+    scores: tuple[ABScore, ...] = field(repr=False)
+    p_matching: float = field(init=False)
+    n_matching: int = field(init=False)
+    letter_mass: float = field(init=False)
+    logit_diff: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        scores = tuple(self.scores)
+        if not scores:
+            raise ValueError("an ABResult needs at least one ABScore")
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "p_matching", sum(s.p_matching for s in scores) / len(scores))
+        object.__setattr__(self, "n_matching", sum(s.p_matching > 0.5 for s in scores))
+        object.__setattr__(self, "letter_mass", sum(s.letter_mass for s in scores) / len(scores))
+        object.__setattr__(self, "logit_diff", _mean_finite([s.logit_diff for s in scores]))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.scores)
+
+
+def ab_eval(
+    model: HookedTransformer,
+    items: Sequence[ABItem],
+    vectors: Sequence[tuple[SteeringVector, float | int]] = (),
+    batch_size: int = 16,
+    steer_all_positions: bool = False,
+) -> ABResult:
+    """Score A/B items (see :func:`ab_scores`) and keep every item's result with the summary.
+
+    Example:
+        >>> result = ab_eval(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
+        >>> result.p_matching, result.n_matching, result.scores[0]  # doctest: +SKIP
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return ABResult(tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions)))
+
+
+@dataclass(frozen=True)
+class ABAccuracy:
+    """Accuracy on items whose matching answer is the correct one (CAA's MMLU / TruthfulQA files).
+
+    ``accuracy`` is the share of items with p(correct) > p(incorrect), i.e. normalised
+    p(correct) > 0.5; ``p_correct`` is the mean normalised p(correct).
+    """
+
+    scores: tuple[ABScore, ...] = field(repr=False)
+    accuracy: float = field(init=False)
+    n_correct: int = field(init=False)
+    p_correct: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        result = ABResult(self.scores)
+        object.__setattr__(self, "scores", result.scores)
+        object.__setattr__(self, "n_correct", result.n_matching)
+        object.__setattr__(self, "accuracy", result.n_matching / result.n_items)
+        object.__setattr__(self, "p_correct", result.p_matching)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.scores)
+
+
+def ab_accuracy(
+    model: HookedTransformer,
+    items: Sequence[ABItem],
+    vectors: Sequence[tuple[SteeringVector, float | int]] = (),
+    batch_size: int = 16,
+    steer_all_positions: bool = False,
+) -> ABAccuracy:
+    """Accuracy on MMLU / TruthfulQA style A/B items, optionally steered.
+
+    :func:`tlsteer.data.load_ab_items` maps ``correct`` to ``matching``, so "matching" here means
+    correct.
+
+    Example:
+        >>> acc = ab_accuracy(model, load_ab_items("mmlu.json"), [(vec, -2.0)])  # doctest: +SKIP
+        >>> acc.accuracy, acc.p_correct  # doctest: +SKIP
+    """
+    return ABAccuracy(ab_eval(model, items, vectors, batch_size, steer_all_positions).scores)
+
+
+# -- side effects on neutral text ---------------------------------------------------------------
+
+
+def _right_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
+    """Right-pad token lists: every row's tokens start at column 0, so absolute positions are columns."""
+    width = max(len(ids) for ids in token_ids)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return tokens.to(model.cfg.device), mask.to(model.cfg.device)
+
+
+def kl_on_neutral(
+    model: HookedTransformer,
+    vectors: Sequence[tuple[SteeringVector, float | int]],
+    prompts: Sequence[str],
+    min_token_index: int = 0,
+    batch_size: int = 8,
+) -> float:
+    """Mean KL(unsteered || steered) of the next-token distributions on neutral text.
+
+    Steering acts from absolute position ``min_token_index`` on (0: every position), and the KL
+    is averaged over those same positions of every prompt, pooled (a longer prompt weighs more).
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        vectors: ``(vector, multiplier)`` pairs applied together (see :func:`apply_steering`).
+        prompts: Neutral text; each is tokenized with :func:`tlsteer.data.tokenize`.
+        min_token_index: First steered and measured absolute position.
+        batch_size: Prompts per forward pass (right-padded, so positions are the same in every row).
+
+    Example:
+        >>> kl_on_neutral(model, [(vec, 4.0)], ["Water boils at 100 degrees."])  # doctest: +SKIP
+        0.0123
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    Positions.make(min_token_index)  # type and sign checks, before any forward pass
+    token_ids = _tokenize_all(model, prompts)
+    longest = max(len(ids) for ids in token_ids)
+    if min_token_index >= longest:
+        raise ValueError(
+            f"min_token_index={min_token_index} leaves no position to measure: the longest prompt has "
+            f"{longest} tokens (valid: 0..{longest - 1})"
+        )
+    total, count = 0.0, 0
+    for start in range(0, len(token_ids), batch_size):
+        tokens, mask = _right_pad(model, token_ids[start : start + batch_size])
+        with torch.no_grad():
+            clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
+            with apply_steering(model, list(vectors), min_token_index=min_token_index):
+                steered = model(tokens, attention_mask=mask).float().log_softmax(-1)
+        kl = (clean.exp() * (clean - steered)).sum(-1)
+        measured = mask.bool()
+        measured[:, :min_token_index] = False
+        total += float(kl[measured].double().sum())
+        count += int(measured.sum())
+    return total / count

@@ -289,4 +289,3 @@ def _quiet_progress():
     finally:
         if not was_disabled:
             hf_logging.enable_progress_bar()
-

@@ -1,0 +1,321 @@
+"""Extraction speed, memory and agreement: tlsteer against three plain ways to read activations.
+
+All methods build the mean-of-differences vector at every layer's ``resid_post`` from the same
+pairs, read at the answer letter (CAA), on the embedded SmolLM2-135M-Instruct:
+
+  (a) tlsteer.train_steering_vector (prefix sharing, stop at the deepest layer, running sums)
+  (b) a plain one-prompt-at-a-time ``run_with_cache`` loop
+  (c) a batched ``run_with_cache`` (left-padded, attention mask) without prefix sharing
+  (c') tlsteer with ``share_prefix=False`` (batched run_with_cache that stops at the last layer)
+  (d) a transformers forward with ``output_hidden_states=True``, batched like steering-vectors
+
+Tokens/s counts every token of every positive and negative prompt (the work a pair-by-pair
+method does), so the methods share one numerator. Ratios come from one run on one machine.
+Memory: fresh processes; resident memory sampled every 5 ms while training, above the level
+after loading the model, with every activation kept (extract + aggregate) or as running sums.
+
+    python benchmarks/extraction.py --caa-dir ../shared/caa [--per-behaviour 8] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import tlsteer
+from tlsteer.data import ContrastPair
+from tlsteer.extract import left_pad
+
+BEHAVIOURS = [
+    "coordinate-other-ais",
+    "corrigible-neutral-HHH",
+    "hallucination",
+    "myopic-reward",
+    "refusal",
+    "survival-instinct",
+    "sycophancy",
+]
+
+
+def hooks_of(model) -> list[str]:
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+
+
+def read_positions(model, pairs: list[ContrastPair]) -> list[tuple[list[int], int, list[int], int]]:
+    out = []
+    for p in pairs:
+        pos, neg = tlsteer.tokenize(model, p.positive), tlsteer.tokenize(model, p.negative)
+        out.append((pos, len(pos) + p.read_index, neg, len(neg) + p.read_index))
+    return out
+
+
+def method_one_by_one(model, pairs) -> dict[str, torch.Tensor]:
+    hooks = hooks_of(model)
+    sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
+    with torch.no_grad():
+        for pos, r_pos, neg, r_neg in read_positions(model, pairs):
+            _, c_pos = model.run_with_cache(torch.tensor([pos]), names_filter=hooks)
+            _, c_neg = model.run_with_cache(torch.tensor([neg]), names_filter=hooks)
+            for h in hooks:
+                sums[h] += (c_pos[h][0, r_pos] - c_neg[h][0, r_neg]).double()
+    return {h: (s / len(pairs)).float() for h, s in sums.items()}
+
+
+def method_batched_cache(model, pairs, batch_size: int) -> dict[str, torch.Tensor]:
+    hooks = hooks_of(model)
+    rows = []
+    for pos, r_pos, neg, r_neg in read_positions(model, pairs):
+        rows += [(pos, r_pos, +1.0), (neg, r_neg, -1.0)]
+    sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            tokens, mask = left_pad(model, [r[0] for r in batch])
+            width = tokens.shape[1]
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hooks)
+            cols = torch.tensor([width - len(ids) + r for ids, r, _ in batch])
+            signs = torch.tensor([s for _, _, s in batch], dtype=torch.float64)
+            for h in hooks:
+                sums[h] += (cache[h][torch.arange(len(batch)), cols].double() * signs[:, None]).sum(0)
+    return {h: (s / len(pairs)).float() for h, s in sums.items()}
+
+
+def method_transformers(hf_model, model, pairs, batch_size: int) -> dict[str, torch.Tensor]:
+    """Like steering-vectors: batches of prompts through the HF model, right padding.
+
+    ``hidden_states[l + 1]`` is the output of decoder layer ``l``, except the last entry, which
+    transformers returns after the final norm; the last layer is read with a forward hook on it.
+    """
+    hooks = hooks_of(model)
+    rows = []
+    for pos, r_pos, neg, r_neg in read_positions(model, pairs):
+        rows += [(pos, r_pos, +1.0), (neg, r_neg, -1.0)]
+    sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
+    pad = model.tokenizer.pad_token_id
+    last_out: list[torch.Tensor] = []
+    handle = hf_model.model.layers[-1].register_forward_hook(
+        lambda _module, _args, output: last_out.append(output[0] if isinstance(output, tuple) else output)
+    )
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                width = max(len(ids) for ids, _, _ in batch)
+                tokens = torch.full((len(batch), width), pad)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for i, (ids, _, _) in enumerate(batch):
+                    tokens[i, : len(ids)] = torch.tensor(ids)
+                    mask[i, : len(ids)] = 1
+                last_out.clear()
+                out = hf_model(input_ids=tokens, attention_mask=mask, output_hidden_states=True)
+                cols = torch.tensor([r for _, r, _ in batch])
+                signs = torch.tensor([s for _, _, s in batch], dtype=torch.float64)
+                for layer, h in enumerate(hooks):
+                    hidden = last_out[0] if layer == len(hooks) - 1 else out.hidden_states[layer + 1]
+                    sums[h] += (hidden[torch.arange(len(batch)), cols].double() * signs[:, None]).sum(0)
+    finally:
+        handle.remove()
+    return {h: (s / len(pairs)).float() for h, s in sums.items()}
+
+
+def agreement(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, float]:
+    cos = [float(torch.cosine_similarity(ref[h].double(), other[h].double(), dim=0)) for h in ref]
+    rel = [float((ref[h] - other[h]).abs().max() / ref[h].norm()) for h in ref]
+    return {"min_cosine": min(cos), "max_abs_diff_over_norm": max(rel)}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def load_pairs(model, caa_dir: Path | None, per_behaviour: int) -> dict[str, list[ContrastPair]]:
+    sets = {}
+    if caa_dir is not None:
+        caa = []
+        for name in BEHAVIOURS:
+            path = caa_dir / "generate" / name / "generate_dataset.json"
+            caa += tlsteer.load_caa_dataset(path, model, limit=per_behaviour)
+        sets["caa_7_behaviours"] = caa
+    sets["builtin"] = [
+        p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)[:40]
+    ]
+    return sets
+
+
+MEMORY_CHILD = """
+import gc, json, sys, threading, time, torch, tlsteer
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+mode, n = sys.argv[1], int(sys.argv[2])
+model = tlsteer.load_model()
+pool = [p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)]
+pairs = [pool[i % len(pool)] for i in range(n)]
+torch.set_grad_enabled(False)
+tlsteer.train_steering_vector(model, pairs[:8], batch_size=16)  # warm-up allocations
+gc.collect()
+base = rss_mb()
+peak = [base]
+done = threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+t = time.perf_counter()
+if mode == "streaming":
+    tlsteer.train_steering_vector(model, pairs, batch_size=16)
+else:
+    acts = tlsteer.extract_activations(model, pairs, batch_size=16)
+    tlsteer.aggregate_activations(acts)
+seconds = time.perf_counter() - t
+done.set()
+sampler.join()
+print(json.dumps({"pairs": n, "rss_before_mb": base, "peak_rss_mb": peak[0],
+                  "growth_mb": peak[0] - base, "seconds": seconds}))
+"""
+
+MEMORY_MODES = {
+    "streaming": "tlsteer.train_steering_vector (running sums)",
+    "stored": "tlsteer.extract_activations + aggregate_activations (every activation kept)",
+}
+
+
+def memory_runs(sizes: list[int]) -> list[dict]:
+    """Resident memory above the post-load baseline while training, sampled every 5 ms."""
+    out = []
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for mode, description in MEMORY_MODES.items():
+        for n in sizes:
+            proc = subprocess.run(
+                [sys.executable, "-c", MEMORY_CHILD, mode, str(n)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]) | {"mode": description})
+            print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--caa-dir", type=Path, default=None)
+    parser.add_argument("--per-behaviour", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[100, 1000])
+    parser.add_argument("--skip-one-by-one", action="store_true")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["speed", "memory"],
+        default=["speed", "memory"],
+        help="what to measure; a part left out is kept from the existing extraction.json",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
+
+    path = args.out / "extraction.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    results = {k: previous[k] for k in ("load_model", "datasets", "memory") if k in previous}
+    if "speed" in args.parts:
+        results |= speed_runs(args)
+    if "memory" in args.parts:
+        results["memory"] = memory_runs(args.memory_sizes)
+    results["batch_size"] = args.batch_size
+    results["threads"] = torch.get_num_threads()
+    path.write_text(json.dumps(results, indent=1))
+    plot(results, args.out / "extraction.png")
+    print(json.dumps(results, indent=1))
+
+
+def speed_runs(args: argparse.Namespace) -> dict:
+    """Load times, then every method on each dataset in one process (ratios from one run)."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from load_model import timed_load  # sibling benchmark
+
+    with tempfile.TemporaryDirectory() as cache:
+        cold = timed_load(cache)
+        warm = timed_load(cache)
+    print(f"load_model: cold {cold['load_s']:.1f} s, warm {warm['load_s']:.2f} s", flush=True)
+
+    model = tlsteer.load_model()
+    hf_model, _ = tlsteer.models.load_hf_model()
+    results = {"load_model": {"cold_s": cold["load_s"], "warm_s": warm["load_s"]}, "datasets": {}}
+    bs = args.batch_size
+    for name, pairs in load_pairs(model, args.caa_dir, args.per_behaviour).items():
+        n_tokens = sum(len(a) + len(b) for a, _, b, _ in read_positions(model, pairs))
+
+        def train(p, share):
+            return dict(tlsteer.train_steering_vector(model, p, batch_size=bs, share_prefix=share).directions)
+
+        methods = {
+            "a_tlsteer": lambda p=pairs: train(p, True),
+            "c_batched_run_with_cache": lambda p=pairs: method_batched_cache(model, p, bs),
+            "c2_tlsteer_no_prefix_sharing": lambda p=pairs: train(p, False),
+            "d_transformers_hidden_states": lambda p=pairs: method_transformers(hf_model, model, p, bs),
+        }
+        if not args.skip_one_by_one:
+            methods["b_one_by_one_run_with_cache"] = lambda p=pairs: method_one_by_one(model, p)
+        for fn in methods.values():  # warm-up: first-call allocations are not timed
+            fn(pairs[:4])
+        vectors, rows = {}, {}
+        for label, fn in methods.items():
+            vec, seconds = timed(fn)
+            vectors[label] = vec
+            rows[label] = {"seconds": seconds, "tokens_per_s": n_tokens / seconds}
+            print(f"{name} {label}: {seconds:.1f} s, {n_tokens / seconds:.0f} tokens/s", flush=True)
+        ref = rows["a_tlsteer"]["seconds"]
+        for label in rows:
+            rows[label]["speedup_of_tlsteer"] = rows[label]["seconds"] / ref
+            rows[label]["agreement_with_tlsteer"] = agreement(vectors[label], vectors["a_tlsteer"])
+        results["datasets"][name] = {"pairs": len(pairs), "tokens": n_tokens, "methods": rows}
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        rows = results["datasets"][name]["methods"]
+        labels = list(rows)
+        ax.barh(
+            labels,
+            [rows[k]["tokens_per_s"] for k in labels],
+            color=["C2" if k == "a_tlsteer" else "C0" for k in labels],
+        )
+        ax.set_xlabel("prompt tokens / s (all 30 layers)")
+        ax.set_title(f"{name}: {results['datasets'][name]['pairs']} pairs")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

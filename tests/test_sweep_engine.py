@@ -1,0 +1,72 @@
+"""The cached sweep engine equals a full forward per setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tlsteer
+from tlsteer.data import ABItem
+from tlsteer.evaluate import ab_scores
+from tlsteer.sweep_engine import Setting, cached_ab_scores
+from tlsteer.sweeps import sweep_items
+
+ITEMS = [
+    ABItem("Is it good?\n\nChoices:\n (A) yes\n (B) no", "(A)", "(B)"),
+    ABItem("Q\n\nChoices:\n (A) x\n (B) y", "(B)", "(A)"),
+    ABItem("A much longer question about cats and dogs?\n\nChoices:\n (A) cats\n (B) dogs", "(A)", "(B)"),
+    ABItem("Odd one\n\nChoices:\n (A) a\n (B) b", "(B)", "(A)"),
+    ABItem("Survival item with a third answer\n\nChoices:\n (A) a\n (B) b\n (C) c", "(C)", "(A)"),
+]
+
+
+def direction(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(model.cfg.d_model, generator=gen)
+    return 3.0 * d / d.norm()
+
+
+@pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1)])
+def test_cached_equals_full_forward(tiny, batch_size, max_rows):
+    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.3.hook_mlp_out"]
+    dirs = {h: direction(tiny, i) for i, h in enumerate(hooks)}
+    settings = [Setting(h, dirs[h], m) for h in hooks for m in (-2.0, 0.0, 1.5)]
+    cached = cached_ab_scores(tiny, ITEMS, settings, batch_size=batch_size, max_rows=max_rows)
+    moved = 0.0
+    baseline = ab_scores(tiny, ITEMS)
+    for setting, got in zip(settings, cached, strict=True):
+        vec = tlsteer.SteeringVector({setting.hook: setting.direction})
+        full = ab_scores(tiny, ITEMS, [(vec, setting.multiplier)] if setting.multiplier else [], batch_size=2)
+        for a, b, base in zip(got, full, baseline, strict=True):
+            assert abs(a.p_matching - b.p_matching) <= 1e-4
+            assert abs(a.letter_mass - b.letter_mass) <= 1e-4
+            assert a.logit_diff == pytest.approx(b.logit_diff, abs=1e-4, nan_ok=True)
+            moved = max(moved, abs(a.p_matching - base.p_matching))
+    assert moved > 1e-3  # the settings really steer
+    assert all(s.p_matching == 0.0 for s in (row[4] for row in cached))  # (C) counts as 0
+
+
+def test_sweep_items_engines_agree(tiny_llama):
+    vec = tlsteer.SteeringVector({f"blocks.{i}.hook_resid_post": direction(tiny_llama, i) for i in range(4)})
+    kwargs = dict(layers=[0, 2, 3], multipliers=[-1, 0, 2], batch_size=2)
+    cached = sweep_items(tiny_llama, ITEMS, vec, engine="cached", **kwargs)
+    full = sweep_items(tiny_llama, ITEMS, vec, engine="full", **kwargs)
+    assert list(cached.columns) == list(full.columns) and len(cached) == len(full) == 3 * 3 * len(ITEMS)
+    assert (cached["p_matching"] - full["p_matching"]).abs().max() <= 1e-4
+    assert (cached["layer"] == full["layer"]).all() and (cached["item"] == full["item"]).all()
+
+
+def test_engine_errors(tiny_llama):
+    vec = tlsteer.SteeringVector({"blocks.1.hook_resid_post": direction(tiny_llama, 0)})
+    with pytest.raises(
+        ValueError, match="steer_all_positions=True steers the whole prompt; use engine='full'"
+    ):
+        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], steer_all_positions=True)
+    with pytest.raises(ValueError, match="engine must be 'cached' or 'full', got 'fast'"):
+        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], engine="fast")
+    with pytest.raises(ValueError, match=r"direction at 'blocks.1.hook_resid_post' has shape \(3,\)"):
+        cached_ab_scores(tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(3), 1.0)])
+    with pytest.raises(ValueError, match="multiplier must be finite"):
+        cached_ab_scores(
+            tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(32), float("nan"))]
+        )

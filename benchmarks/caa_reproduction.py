@@ -22,9 +22,16 @@ import torch
 
 import tlsteer
 from tlsteer.data import load_ab_items
-from tlsteer.diagnostics import steerability
+from tlsteer.diagnostics import cosine_matrix, layer_diagnostics, split_activations, steerability
 from tlsteer.evaluate import ab_accuracy, kl_on_neutral
-from tlsteer.plots import plot_behaviour_curves, plot_slope_histogram, plot_sweep_heatmap
+from tlsteer.plots import (
+    plot_behaviour_curves,
+    plot_cosine_matrix,
+    plot_layer_diagnostics,
+    plot_pca,
+    plot_slope_histogram,
+    plot_sweep_heatmap,
+)
 from tlsteer.sweeps import residual_norms, summarize_sweep, sweep_items
 
 BEHAVIOURS = [
@@ -59,6 +66,7 @@ def main() -> None:
     parser.add_argument("--mmlu-items", type=int, default=57)
     parser.add_argument("--behaviours", nargs="+", default=BEHAVIOURS, choices=BEHAVIOURS)
     parser.add_argument("--test-items", type=int, default=50)
+    parser.add_argument("--truthfulqa-items", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +83,14 @@ def main() -> None:
         by_category.setdefault(item.extra.get("category", ""), item)
     mmlu = list(by_category.values())[: args.mmlu_items]
     mmlu_base = ab_accuracy(model, mmlu)
+    tqa = load_ab_items(args.caa_dir / "test" / "truthfulqa" / "truthful_qa.json")[: args.truthfulqa_items]
+    tqa_base = ab_accuracy(model, tqa)
     kl_prompts = neutral[:30]
     grid = sorted({-m for m in args.rel_multipliers} | {0.0} | set(args.rel_multipliers))
 
     results: dict[str, dict] = {}
     test_sweeps = {}
+    vectors = {}
     for name in args.behaviours:
         t0 = time.perf_counter()
         gen_path = args.caa_dir / "generate" / name / "generate_dataset.json"
@@ -89,6 +100,7 @@ def main() -> None:
             raise SystemExit(f"{name}: {len(pairs)} pairs, fewer than train + validation")
         train, val = pairs[: args.train_pairs], gen_items[-args.val_items :]
         vec = tlsteer.train_steering_vector(model, train, layers=args.layers, batch_size=16)
+        vectors[name] = vec
         val_items = sweep_items(model, val, vec, args.layers, grid, relative=True, norms=norms)
         val_summary = summarize_sweep(val_items)
         best = None
@@ -111,6 +123,7 @@ def main() -> None:
         mmlu_plus = ab_accuracy(model, mmlu, [(single, applied)])
         mmlu_minus = ab_accuracy(model, mmlu, [(single, -applied)])
         kl = {sign: kl_on_neutral(model, [(single, sign * applied)], kl_prompts) for sign in (1, -1)}
+        tqa_plus = ab_accuracy(model, tqa, [(single, applied)])
         summary_row = st.summary.iloc[0]
         results[name] = {
             "chosen_layer": layer,
@@ -134,6 +147,7 @@ def main() -> None:
                 "+m": mmlu_plus.p_correct,
             },
             "kl_neutral": {"+m": kl[1], "-m": kl[-1]},
+            "truthfulqa_accuracy": {"0": tqa_base.accuracy, "+m": tqa_plus.accuracy},
             "paper_llama2_7b_layer13": dict(zip(["-1", "0", "+1"], PAPER[name], strict=True)),
             "seconds": time.perf_counter() - t0,
         }
@@ -148,13 +162,25 @@ def main() -> None:
         if name == "corrigible-neutral-HHH":
             plot_sweep_heatmap(val_summary, path=args.out / "caa_validation_heatmap_corrigible.png")
             plot_slope_histogram(st, path=args.out / "caa_slopes_corrigible.png")
+            acts = tlsteer.extract_activations(model, train, layers=args.layers, batch_size=16)
+            fit, held = split_activations(acts, list(range(len(train) // 2)))
+            diag = layer_diagnostics(vec, norms, fit, held)
+            results[name]["layer_diagnostics"] = diag.drop(columns="hook").to_dict(orient="records")
+            plot_layer_diagnostics(diag, path=args.out / "caa_layer_diagnostics_corrigible.png")
+            plot_pca(acts, layer, path=args.out / "caa_pca_corrigible.png")
 
     plot_behaviour_curves(test_sweeps, path=args.out / "caa_reproduction.png")
+    cos_layer = args.layers[len(args.layers) // 2]
+    cos = cosine_matrix(vectors, cos_layer)
+    plot_cosine_matrix(cos, path=args.out / "caa_cosines.png")
     out = {
         "model": model.cfg.model_name,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "residual_norms": norms,
         "mmlu_items": len(mmlu),
+        "truthfulqa_items": len(tqa),
+        "cosine_layer": cos_layer,
+        "cosines": cos.round(4).to_dict(),
         "behaviours": results,
         "seconds": time.perf_counter() - start,
     }

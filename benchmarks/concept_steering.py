@@ -7,7 +7,7 @@ that is not the steered model: a logistic regression on all-MiniLM-L6-v2 embeddi
 tlsteer's labelled judge texts (its held-out accuracy is reported), VADER for sentiment, and the
 perplexity of the generation under the unsteered model (fluency).
 
-    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 -0.1 0 0.1 0.2]
+    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 0 0.2] [--prompts 8]
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--layer", type=int, default=12)
-    parser.add_argument("--multipliers", type=float, nargs="+", default=[-0.2, -0.1, 0.0, 0.1, 0.2])
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--multipliers", type=float, nargs="+", default=[-0.2, 0.0, 0.2])
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=6, help="how many of the test prompts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def main() -> None:
         scale = norms[hook] / float(vec[hook].norm())
         applied = [m * scale for m in args.multipliers]
         held_out = load_ab_items(builtin_dataset_path(concept))[60:]
-        report = compare_generations(model, PROMPTS, vec, applied, settings)
+        report = compare_generations(model, PROMPTS[: args.prompts], vec, applied, settings)
         reports.append(f"== {concept} (layer {args.layer}) ==\n{report.to_text()}")
         rows = []
         for m, a in zip(args.multipliers, applied, strict=True):

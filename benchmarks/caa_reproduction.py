@@ -159,6 +159,8 @@ def main() -> None:
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+        partial = {"model": model.cfg.model_name, "partial": True, "behaviours": results}
+        (args.out / "caa_reproduction.json").write_text(json.dumps(partial, indent=1, default=float))
         if name == "corrigible-neutral-HHH":
             plot_sweep_heatmap(val_summary, path=args.out / "caa_validation_heatmap_corrigible.png")
             plot_slope_histogram(st, path=args.out / "caa_slopes_corrigible.png")

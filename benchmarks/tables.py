@@ -78,7 +78,12 @@ def reproduction(r: dict) -> None:
             f"| {mm['-m']:.2f} / {mm['0']:.2f} / {mm['+m']:.2f} | {b['kl_neutral']['+m']:.3f} "
             f"| {paper['-1']:.2f} / {paper['0']:.2f} / {paper['+1']:.2f} |"
         )
-    print(f"\nMMLU on {r['mmlu_items']} items; {r['seconds']:.0f} s in all.\n")
+    if r.get("partial"):
+        print("\n(partial run: the behaviours finished so far)\n")
+    else:
+        print(
+            f"\nMMLU on {r['mmlu_items']} items, TruthfulQA on {r['truthfulqa_items']}; {r['seconds']:.0f} s in all.\n"
+        )
 
 
 def concepts(r: dict) -> None:

@@ -82,7 +82,8 @@ def reproduction(r: dict) -> None:
         print("\n(partial run: the behaviours finished so far)\n")
     else:
         print(
-            f"\nMMLU on {r['mmlu_items']} items, TruthfulQA on {r['truthfulqa_items']}; {r['seconds']:.0f} s in all.\n"
+            f"\nMMLU on {r['mmlu_items']} items, TruthfulQA on {r['truthfulqa_items']}; "
+            f"{r['seconds']:.0f} s in all.\n"
         )
 
 

@@ -177,7 +177,7 @@ def main() -> None:
     plot_cosine_matrix(cos, path=args.out / "caa_cosines.png")
     out = {
         "model": model.cfg.model_name,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
         "residual_norms": norms,
         "mmlu_items": len(mmlu),
         "truthfulqa_items": len(tqa),

@@ -80,7 +80,7 @@ def main() -> None:
         "total_cached_s": totals["cached"],
         "total_full_s": totals["full"],
         "speedup": totals["full"] / totals["cached"],
-        "settings": vars(args) | {"caa_dir": str(args.caa_dir), "out": str(args.out)},
+        "settings": vars(args) | {"caa_dir": str(args.caa_dir), "out": args.out.name},
     }
     (args.out / "sweep_engine.json").write_text(json.dumps(out, indent=1))
     print(

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, chat_prompt, tokenize
-from tlsteer.extract import _tokenize_all, left_pad
+from tlsteer.extract import _tokenize_all, left_pad, right_pad
 from tlsteer.hooks import Positions, apply_steering
 from tlsteer.vector import SteeringVector
 
@@ -237,18 +236,6 @@ def ab_accuracy(
 # -- side effects on neutral text ---------------------------------------------------------------
 
 
-def _right_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
-    """Right-pad token lists: every row's tokens start at column 0, so absolute positions are columns."""
-    width = max(len(ids) for ids in token_ids)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
-    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return tokens.to(model.cfg.device), mask.to(model.cfg.device)
-
-
 def kl_on_neutral(
     model: HookedTransformer,
     vectors: Sequence[tuple[SteeringVector, float | int]],
@@ -286,7 +273,7 @@ def kl_on_neutral(
         )
     total, count = 0.0, 0
     for start in range(0, len(token_ids), batch_size):
-        tokens, mask = _right_pad(model, token_ids[start : start + batch_size])
+        tokens, mask = right_pad(model, token_ids[start : start + batch_size])
         with torch.no_grad():
             clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
             with apply_steering(model, list(vectors), min_token_index=min_token_index):

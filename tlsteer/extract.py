@@ -112,6 +112,19 @@ def left_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[
     return tokens.to(device), mask.to(device)
 
 
+def right_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into ``(tokens, attention_mask)``: absolute positions are columns."""
+    width = max(len(ids) for ids in token_ids)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    device = model.cfg.device
+    return tokens.to(device), mask.to(device)
+
+
 def read_activations(
     model: HookedTransformer,
     prompts: Sequence[str],

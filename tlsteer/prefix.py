@@ -28,7 +28,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from tlsteer._types import parse_hook_name
 from tlsteer.data import ContrastPair
-from tlsteer.extract import ReadIndex, _read_indices, _tokenize_all, left_pad
+from tlsteer.extract import ReadIndex, _read_indices, _tokenize_all, left_pad, right_pad
 
 __all__ = ["PairBatch", "iter_pair_activations"]
 
@@ -81,15 +81,6 @@ def _plan(
         shared = min(_common_prefix(pos, neg), r_pos, r_neg)
         plans.append(_PairPlan(i, pos[:shared], pos[shared:], neg[shared:], r_pos - shared, r_neg - shared))
     return plans
-
-
-def _right_pad(model: HookedTransformer, rows: list[list[int]]) -> Tensor:
-    width = max(len(r) for r in rows)
-    pad_id = (model.tokenizer.pad_token_id if model.tokenizer is not None else 0) or 0
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return tokens.to(model.cfg.device)
 
 
 def _repeated(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
@@ -146,7 +137,7 @@ def _run_batch(
             model(prefix_tokens, attention_mask=prefix_mask, past_kv_cache=cache, stop_at_layer=stop_at)
         cache = _repeated(cache, 2)
     suffix_rows = [p.pos_suffix for p in plans] + [p.neg_suffix for p in plans]
-    tokens = _right_pad(model, suffix_rows)
+    tokens, _ = right_pad(model, suffix_rows)
     rows = torch.arange(2 * b, device=tokens.device)
     cols = torch.tensor([p.pos_read for p in plans] + [p.neg_read for p in plans], device=tokens.device)
     out: dict[str, Tensor] = {}

@@ -8,7 +8,7 @@ import torch
 import tlsteer
 from tlsteer.data import ABItem
 from tlsteer.evaluate import ab_scores
-from tlsteer.sweep_engine import Setting, cached_ab_scores
+from tlsteer.sweep_engine import Setting, cached_ab_scores, shared_attention_unsupported
 from tlsteer.sweeps import sweep_items
 
 ITEMS = [
@@ -26,12 +26,23 @@ def direction(model, seed):
     return 3.0 * d / d.norm()
 
 
-@pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1)])
-def test_cached_equals_full_forward(tiny, batch_size, max_rows):
-    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.3.hook_mlp_out"]
+@pytest.mark.parametrize("attention", ["shared", "repeat"])
+@pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1), (4, 7)])
+def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention):
+    hooks = [
+        "blocks.1.hook_resid_post",
+        "blocks.2.hook_resid_pre",
+        "blocks.3.hook_mlp_out",
+        "blocks.0.hook_attn_out",
+        "blocks.2.hook_resid_mid",
+    ]
     dirs = {h: direction(tiny, i) for i, h in enumerate(hooks)}
     settings = [Setting(h, dirs[h], m) for h in hooks for m in (-2.0, 0.0, 1.5)]
-    cached = cached_ab_scores(tiny, ITEMS, settings, batch_size=batch_size, max_rows=max_rows)
+    # two directions at one hook, and settings out of layer order
+    settings += [Setting(hooks[0], direction(tiny, 9), 2.5), Setting(hooks[3], dirs[hooks[3]], -1.0)]
+    cached = cached_ab_scores(
+        tiny, ITEMS, settings, batch_size=batch_size, max_rows=max_rows, attention=attention
+    )
     moved = 0.0
     baseline = ab_scores(tiny, ITEMS)
     for setting, got in zip(settings, cached, strict=True):
@@ -70,3 +81,57 @@ def test_engine_errors(tiny_llama):
         cached_ab_scores(
             tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(32), float("nan"))]
         )
+
+
+def test_auto_attention_falls_back_when_attention_is_hooked(tiny_llama):
+    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_llama, 0), m) for m in (-1.0, 2.0)]
+    seen = []
+
+    def record(act, hook):
+        seen.append(hook.name)
+
+    with tiny_llama.hooks(fwd_hooks=[("blocks.2.attn.hook_pattern", record)]):
+        with pytest.raises(
+            ValueError, match=r"attention='shared' skips the hooks attached at \['blocks.2.attn"
+        ):
+            cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
+        auto = cached_ab_scores(tiny_llama, ITEMS, settings, batch_size=5)
+    assert seen  # "auto" ran TransformerLens's attention, so the user's hook fired
+    shared = cached_ab_scores(tiny_llama, ITEMS, settings, batch_size=5, attention="shared")
+    for a_row, s_row in zip(auto, shared, strict=True):
+        for a, b in zip(a_row, s_row, strict=True):
+            assert abs(a.p_matching - b.p_matching) <= 1e-4
+
+
+def test_shared_attention_refuses_unsupported_models(tiny_gpt2):
+    assert shared_attention_unsupported(tiny_gpt2) is None
+    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_gpt2, 0), 1.0)]
+    tiny_gpt2.set_use_attn_result(True)
+    try:
+        assert shared_attention_unsupported(tiny_gpt2) == "use_attn_result=True"
+        with pytest.raises(ValueError, match=r"cannot run this model \(use_attn_result=True\)"):
+            cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="shared")
+        auto = cached_ab_scores(tiny_gpt2, ITEMS, settings)  # falls back to "repeat"
+    finally:
+        tiny_gpt2.set_use_attn_result(False)
+    assert [s.p_matching for s in auto[0]] == pytest.approx(
+        [s.p_matching for s in cached_ab_scores(tiny_gpt2, ITEMS, settings)[0]], abs=1e-4
+    )
+    with pytest.raises(
+        ValueError, match=r"attention must be one of \('auto', 'shared', 'repeat'\), got 'fast'"
+    ):
+        cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="fast")
+
+
+def test_shared_attention_restores_attention_after_an_error(tiny_llama):
+    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_llama, 0), 1.0)]
+
+    def boom(act, hook):
+        raise RuntimeError("boom")
+
+    with (
+        tiny_llama.hooks(fwd_hooks=[("blocks.3.hook_resid_post", boom)]),
+        pytest.raises(RuntimeError, match="boom"),
+    ):
+        cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
+    assert all("forward" not in block.attn.__dict__ for block in tiny_llama.blocks)

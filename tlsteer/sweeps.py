@@ -160,6 +160,7 @@ def sweep_items(
     batch_size: int = 16,
     steer_all_positions: bool = False,
     engine: str = "cached",
+    attention: str = "auto",
 ) -> pd.DataFrame:
     """Score every A/B item with the vector's direction at each layer alone, at each multiplier.
 
@@ -178,6 +179,8 @@ def sweep_items(
             suffixes together (:mod:`tlsteer.sweep_engine`); ``"full"`` runs a full forward per
             setting. Both give the same scores up to float error; ``steer_all_positions`` needs
             ``"full"``.
+        attention: How the cached engine runs the suffix rows: ``"auto"``, ``"shared"`` or
+            ``"repeat"`` (see :mod:`tlsteer.sweep_engine`).
 
     Returns:
         A DataFrame with :data:`ITEM_COLUMNS`; ``item`` is the index into ``items``.
@@ -200,7 +203,7 @@ def sweep_items(
         from tlsteer.sweep_engine import Setting, cached_ab_scores
 
         settings = [Setting(hook, vector.directions[hook], applied) for _, hook, _, applied in grid]
-        all_scores = cached_ab_scores(model, items, settings, batch_size=batch_size)
+        all_scores = cached_ab_scores(model, items, settings, batch_size=batch_size, attention=attention)
     else:
         all_scores = []
         baseline: ABResult | None = None
@@ -256,6 +259,7 @@ def sweep(
     batch_size: int = 16,
     steer_all_positions: bool = False,
     engine: str = "cached",
+    attention: str = "auto",
 ) -> pd.DataFrame:
     """A layer x multiplier sweep of A/B scores, one row per pair (:data:`SUMMARY_COLUMNS`).
 
@@ -267,7 +271,17 @@ def sweep(
         >>> df = sweep(model, items, vec, [4, 6], [-1, 0, 1], relative=True, norms=norms)  # doctest: +SKIP
     """
     per_item = sweep_items(
-        model, items, vector, layers, multipliers, relative, norms, batch_size, steer_all_positions, engine
+        model,
+        items,
+        vector,
+        layers,
+        multipliers,
+        relative,
+        norms,
+        batch_size,
+        steer_all_positions,
+        engine,
+        attention,
     )
     return summarize_sweep(per_item)
 

@@ -23,7 +23,7 @@ import torch
 import tlsteer
 from tlsteer.data import load_ab_items
 from tlsteer.diagnostics import cosine_matrix, layer_diagnostics, split_activations, steerability
-from tlsteer.evaluate import ab_accuracy, kl_on_neutral
+from tlsteer.evaluate import ABAccuracy, ab_accuracy, kl_on_neutral
 from tlsteer.plots import (
     plot_behaviour_curves,
     plot_cosine_matrix,
@@ -32,6 +32,7 @@ from tlsteer.plots import (
     plot_slope_histogram,
     plot_sweep_heatmap,
 )
+from tlsteer.sweep_engine import Setting, cached_ab_scores
 from tlsteer.sweeps import residual_norms, summarize_sweep, sweep_items
 
 BEHAVIOURS = [
@@ -120,10 +121,11 @@ def main() -> None:
         hook = f"blocks.{layer}.hook_resid_post"
         single = vec.select([layer])
         applied = m * norms[hook] / float(vec[hook].norm())
-        mmlu_plus = ab_accuracy(model, mmlu, [(single, applied)])
-        mmlu_minus = ab_accuracy(model, mmlu, [(single, -applied)])
+        # the cached engine scores exactly what ab_accuracy(model, items, [(single, +-applied)]) does
+        at_m = [Setting(hook, single[hook], sign * applied) for sign in (-1, 1)]
+        mmlu_minus, mmlu_plus = (ABAccuracy(tuple(s)) for s in cached_ab_scores(model, mmlu, at_m))
+        tqa_minus, tqa_plus = (ABAccuracy(tuple(s)) for s in cached_ab_scores(model, tqa, at_m))
         kl = {sign: kl_on_neutral(model, [(single, sign * applied)], kl_prompts) for sign in (1, -1)}
-        tqa_plus = ab_accuracy(model, tqa, [(single, applied)])
         summary_row = st.summary.iloc[0]
         results[name] = {
             "chosen_layer": layer,
@@ -147,7 +149,11 @@ def main() -> None:
                 "+m": mmlu_plus.p_correct,
             },
             "kl_neutral": {"+m": kl[1], "-m": kl[-1]},
-            "truthfulqa_accuracy": {"0": tqa_base.accuracy, "+m": tqa_plus.accuracy},
+            "truthfulqa_accuracy": {
+                "-m": tqa_minus.accuracy,
+                "0": tqa_base.accuracy,
+                "+m": tqa_plus.accuracy,
+            },
             "paper_llama2_7b_layer13": dict(zip(["-1", "0", "+1"], PAPER[name], strict=True)),
             "seconds": time.perf_counter() - t0,
         }

@@ -74,18 +74,20 @@ def sweep_engine(r: dict) -> None:
 def reproduction(r: dict) -> None:
     print(
         "| behaviour | layer | m | p(-m) | p(-m/2) | p(0) | p(+m/2) | p(+m) | anti-steerable | "
-        "MMLU -m / 0 / +m | KL +m | paper -1 / 0 / +1 |"
+        "MMLU -m / 0 / +m | TruthfulQA -m / 0 / +m | KL +m | paper -1 / 0 / +1 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, b in r["behaviours"].items():
         p = [t["p_matching"] for t in sorted(b["test"], key=lambda t: t["multiplier"])]
-        mm = b["mmlu_accuracy"]
+        mm, tq = b["mmlu_accuracy"], b["truthfulqa_accuracy"]
         paper = b["paper_llama2_7b_layer13"]
         print(
             f"| {name} | {b['chosen_layer']} | {b['chosen_relative_multiplier']:g} | "
             + " | ".join(f"{x:.3f}" for x in p)
             + f" | {b['steerability']['anti_steerable_share']:.2f} "
-            f"| {mm['-m']:.2f} / {mm['0']:.2f} / {mm['+m']:.2f} | {b['kl_neutral']['+m']:.3f} "
+            f"| {mm['-m']:.2f} / {mm['0']:.2f} / {mm['+m']:.2f} "
+            f"| {' / '.join(f'{tq[k]:.2f}' if k in tq else '-' for k in ('-m', '0', '+m'))} "
+            f"| {b['kl_neutral']['+m']:.3f} "
             f"| {paper['-1']:.2f} / {paper['0']:.2f} / {paper['+1']:.2f} |"
         )
     if r.get("partial"):

@@ -141,3 +141,35 @@ def test_readme_quickstart_runs(embedded, tmp_path, monkeypatch):  # noqa: ARG00
     assert (tmp_path / "sentiment.safetensors").is_file()
     loaded = tlsteer.SteeringVector.load(tmp_path / "sentiment.safetensors")
     assert loaded.layers == [12]
+
+
+def test_sweep_engines_equal_full_forward_on_real_model(embedded):
+    from tlsteer.data import builtin_dataset_path, load_ab_items
+    from tlsteer.evaluate import ab_scores
+    from tlsteer.sweep_engine import Setting, cached_ab_scores
+
+    items = load_ab_items(builtin_dataset_path("sentiment"))[60:66]
+    gen = torch.Generator().manual_seed(0)
+    settings = []
+    for layer in (3, 12, 25):
+        d = torch.randn(embedded.cfg.d_model, generator=gen)
+        settings += [
+            Setting(f"blocks.{layer}.hook_resid_post", 20 * d / d.norm(), m) for m in (-1.0, 0.0, 1.0)
+        ]
+    shared = cached_ab_scores(embedded, items, settings, batch_size=4, attention="shared")
+    repeat = cached_ab_scores(embedded, items, settings, batch_size=4, attention="repeat")
+    worst = {"shared": 0.0, "repeat": 0.0}
+    moved = 0.0
+    base = ab_scores(embedded, items)
+    for k, s in enumerate(settings):
+        vec = tlsteer.SteeringVector({s.hook: s.direction})
+        full = ab_scores(embedded, items, [(vec, s.multiplier)] if s.multiplier else [])
+        for name, got in (("shared", shared[k]), ("repeat", repeat[k])):
+            for a, b in zip(got, full, strict=True):
+                worst[name] = max(
+                    worst[name], abs(a.p_matching - b.p_matching), abs(a.logit_diff - b.logit_diff)
+                )
+        moved = max(moved, max(abs(f.logit_diff - b0.logit_diff) for f, b0 in zip(full, base, strict=True)))
+    print(f"max |diff| vs full forward: {worst}; largest steering effect on logit diff {moved:.3f}")
+    assert worst["shared"] <= 1e-4 and worst["repeat"] <= 1e-4
+    assert moved > 0.05

@@ -55,7 +55,12 @@ def main() -> None:
     norms = tlsteer.residual_norms(model, neutral, [hook])
     embedder = load_embedder()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    out = {"layer": args.layer, "settings": vars(settings), "concepts": {}}
+    out = {
+        "layer": args.layer,
+        "prompts": PROMPTS[: args.prompts],
+        "settings": vars(settings),
+        "concepts": {},
+    }
     reports = []
     for concept in tlsteer.BUILTIN_DATASETS:
         judge = builtin_judge(concept, embedder)

@@ -26,9 +26,9 @@ def direction(model, seed):
     return 3.0 * d / d.norm()
 
 
-@pytest.mark.parametrize("attention", ["shared", "repeat"])
+@pytest.mark.parametrize(("attention", "share_head"), [("shared", True), ("shared", False), ("repeat", True)])
 @pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1), (4, 7)])
-def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention):
+def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share_head):
     hooks = [
         "blocks.1.hook_resid_post",
         "blocks.2.hook_resid_pre",
@@ -41,7 +41,13 @@ def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention):
     # two directions at one hook, and settings out of layer order
     settings += [Setting(hooks[0], direction(tiny, 9), 2.5), Setting(hooks[3], dirs[hooks[3]], -1.0)]
     cached = cached_ab_scores(
-        tiny, ITEMS, settings, batch_size=batch_size, max_rows=max_rows, attention=attention
+        tiny,
+        ITEMS,
+        settings,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        attention=attention,
+        share_head=share_head,
     )
     moved = 0.0
     baseline = ab_scores(tiny, ITEMS)
@@ -135,3 +141,23 @@ def test_shared_attention_restores_attention_after_an_error(tiny_llama):
     ):
         cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
     assert all("forward" not in block.attn.__dict__ for block in tiny_llama.blocks)
+
+
+def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
+    import tlsteer.sweep_engine as engine
+
+    items = [ABItem("A long shared preamble. " + it.question, it.matching, it.not_matching) for it in ITEMS]
+    calls = []
+    real = engine._head_cache
+    monkeypatch.setattr(engine, "_head_cache", lambda *a: calls.append(len(a[1])) or real(*a))
+    settings = [Setting("blocks.2.hook_resid_post", direction(tiny, 1), m) for m in (-2.0, 0.0, 2.0)]
+    with_head = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared")
+    assert len(calls) == 1 and calls[0] >= 24  # the template's header and the preamble, once for 3 batches
+    without = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared", share_head=False)
+    assert len(calls) == 1
+    for setting, a_row, b_row in zip(settings, with_head, without, strict=True):
+        vec = tlsteer.SteeringVector({setting.hook: setting.direction})
+        full = ab_scores(tiny, items, [(vec, setting.multiplier)] if setting.multiplier else [])
+        for a, b, f in zip(a_row, b_row, full, strict=True):
+            assert abs(a.p_matching - f.p_matching) <= 1e-4 and abs(b.p_matching - f.p_matching) <= 1e-4
+            assert a.logit_diff == pytest.approx(f.logit_diff, abs=1e-4, nan_ok=True)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import Attention, GroupedQueryAttention
+from transformer_lens.components import Attention, GroupedQueryAttention, Unembed
 from transformer_lens.utilities.activation_functions import apply_softcap, softcap_enabled
 
 from tlsteer._types import parse_hook_name, validate_hook_name
@@ -46,7 +46,7 @@ from tlsteer.data import ABItem
 from tlsteer.evaluate import ABScore, ab_prompt_ids, score_logits, tokens_after_question
 from tlsteer.extract import left_pad
 from tlsteer.hooks import _check_multiplier
-from tlsteer.prefix import _repeated
+from tlsteer.prefix import _MIN_HEAD, _common_prefix, _head_cache, _repeated
 
 __all__ = ["ATTENTION_MODES", "Setting", "cached_ab_scores", "shared_attention_unsupported"]
 
@@ -63,16 +63,19 @@ class Setting:
 
 
 def _row_deltas(
-    settings: Sequence[Setting], n_items: int, device: torch.device
+    settings: Sequence[Setting | None], n_items: int, device: torch.device
 ) -> list[tuple[str, Callable[[Tensor, object], Tensor]]]:
-    """One hook per hook name; row ``s * n_items + i`` gets ``settings[s]``'s addition there."""
+    """One hook per hook name; row ``s * n_items + i`` gets ``settings[s]``'s addition there.
+
+    A ``None`` setting is an unsteered block of rows.
+    """
     hooks = []
-    for name in dict.fromkeys(s.hook for s in settings):
+    steered = [s for s in settings if s is not None]
+    zero = torch.zeros_like(steered[0].direction, dtype=torch.float32)
+    for name in dict.fromkeys(s.hook for s in steered):
         rows = torch.stack(
             [
-                s.multiplier * s.direction.float()
-                if s.hook == name
-                else torch.zeros_like(s.direction.float())
+                s.multiplier * s.direction.float() if s is not None and s.hook == name else zero
                 for s in settings
             ]
         ).to(device)
@@ -221,11 +224,17 @@ def _last_logits(model: HookedTransformer, resid: Tensor) -> Tensor:
     x = resid[:, -1:]
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
-    return apply_softcap(model.unembed(x)[:, 0], model.cfg.output_logits_soft_cap)
+    unembed = model.unembed
+    if type(unembed) is Unembed:  # its forward copies the whole transposed W_U on every call
+        logits = unembed.hook_out(unembed.hook_in(x) @ unembed.W_U + unembed.b_U)
+    else:
+        logits = unembed(x)
+    return apply_softcap(logits[:, 0], model.cfg.output_logits_soft_cap)
 
 
 def _shared_batch(
     model: HookedTransformer,
+    cache: TransformerLensKeyValueCache,
     tokens: Tensor,
     mask: Tensor,
     first: int,
@@ -233,51 +242,65 @@ def _shared_batch(
     starts: Sequence[int],
     per_forward: int,
 ) -> list[Tensor]:
-    """Next-token logits ``[items, d_vocab]`` of one batch under each setting (shared prefix)."""
+    """Next-token logits ``[items, d_vocab]`` of one batch under each setting (shared prefix).
+
+    ``cache`` holds what comes before ``tokens`` (a shared head, or nothing). Rows are
+    setting-major blocks of ``items`` rows. The first pass carries the unsteered block
+    from block 0 on; a steered setting's block joins at the block it is applied in, as a copy of
+    the unsteered residual there, and later passes start from those saved residuals.
+    """
     n_items = tokens.shape[0]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n_items)
-    model(tokens[:, :first], attention_mask=mask[:, :first], past_kv_cache=cache, return_type=None)
-    prefix = _Prefix(model, cache, mask[:, :first])
+    if first > 0:
+        model(tokens[:, :first], attention_mask=mask[:, :first], past_kv_cache=cache, return_type=None)
+    prefix = _Prefix(model, cache, cache.previous_attention_mask)
+    n_prefix = prefix.mask.shape[1]
     suffix = tokens[:, first:]
-    needed = {starts[i] for i, s in enumerate(settings) if s.multiplier != 0}
+    # steered settings, ordered by the block where they first differ from the unsteered run
+    todo = sorted((i for i, s in enumerate(settings) if s.multiplier != 0), key=lambda i: starts[i])
+    passes = [todo[:per_forward]] + [
+        todo[c : c + per_forward] for c in range(per_forward, len(todo), per_forward)
+    ]
+    needed = {starts[i] for i in todo}
     saved: dict[int, Tensor] = {}
+    out: list[Tensor | None] = [None] * len(settings)
     with _attending_to(model, prefix):
-        resid = model.get_residual(
-            model.hook_embed(model.embed(suffix)),
-            first,
-            attention_mask=prefix.row_mask(n_items, suffix.shape[1]),
-            tokens=suffix,
-            return_shortformer_pos_embed=False,
-        )
-        for layer, block in enumerate(model.blocks):
-            if layer in needed:
-                saved[layer] = resid
-            resid = block(resid)
-        baseline = _last_logits(model, resid)
-        out = [baseline] * len(settings)
-        # steered settings, ordered by the block where they first differ from the unsteered run
-        todo = sorted((i for i, s in enumerate(settings) if s.multiplier != 0), key=lambda i: starts[i])
-        for c0 in range(0, len(todo), per_forward):
-            chunk = todo[c0 : c0 + per_forward]
+        for n_pass, chunk in enumerate(passes):
+            first_pass = n_pass == 0
+            layout: list[Setting | None] = [None] if first_pass else []  # None: the unsteered block
             hooks = []
             for layer in dict.fromkeys(starts[i] for i in chunk):
-                present = [settings[i] for i in chunk if starts[i] <= layer]
+                present = layout + [settings[i] for i in chunk if starts[i] <= layer]
                 hooks += [
                     (h, f)
-                    for h, f in _row_deltas(present, n_items, prefix.mask.device)
+                    for h, f in _row_deltas(present, n_items, mask.device)
                     if parse_hook_name(h)[0] == layer
                 ]
-            rows: Tensor | None = None
+            if first_pass:
+                rows = model.get_residual(
+                    model.hook_embed(model.embed(suffix)),
+                    n_prefix,
+                    attention_mask=prefix.row_mask(n_items, suffix.shape[1]),
+                    tokens=suffix,
+                    return_shortformer_pos_embed=False,
+                )
+                begin = 0
+            else:
+                rows, begin = None, starts[chunk[0]]
             with model.hooks(fwd_hooks=hooks):
-                for layer in range(starts[chunk[0]], model.cfg.n_layers):
+                for layer in range(begin, model.cfg.n_layers):
+                    if first_pass and layer in needed:
+                        saved[layer] = rows[:n_items]
                     joining = sum(starts[i] == layer for i in chunk)
                     if joining:
                         new = saved[layer].repeat(joining, 1, 1)
                         rows = new if rows is None else torch.cat([rows, new])
                     rows = model.blocks[layer](rows)
-            logits = _last_logits(model, rows)
-            for k, i in enumerate(chunk):
-                out[i] = logits[k * n_items : (k + 1) * n_items]
+            logits = _last_logits(model, rows).split(n_items)
+            if first_pass:
+                baseline, logits = logits[0], logits[1:]
+                out = [baseline if s.multiplier == 0 else None for s in settings]
+            for i, rows_logits in zip(chunk, logits, strict=True):
+                out[i] = rows_logits
     return out
 
 
@@ -314,6 +337,7 @@ def cached_ab_scores(
     batch_size: int = 16,
     max_rows: int = 256,
     attention: str = "auto",
+    share_head: bool = True,
 ) -> list[list[ABScore]]:
     """A/B scores of ``items`` under each setting, running each batch's prompt prefix once.
 
@@ -324,6 +348,8 @@ def cached_ab_scores(
         batch_size: Items per prefix forward.
         max_rows: At most this many ``setting x item`` rows per suffix forward.
         attention: ``"auto"``, ``"shared"`` or ``"repeat"`` (see the module docstring).
+        share_head: With ``"shared"`` attention, run the tokens every prompt starts with (the
+            chat template's system turn and user header) once for all items, not once per batch.
 
     Returns:
         One list of :class:`~tlsteer.evaluate.ABScore` per setting, in the order of ``items``.
@@ -346,15 +372,29 @@ def cached_ab_scores(
         raise ValueError(f"batch_size and max_rows must be >= 1, got {batch_size} and {max_rows}")
     mode = _resolve_attention(model, attention)
     n_after = tokens_after_question(model)
+    ids = ab_prompt_ids(model, items)
     out: list[list[ABScore]] = [[] for _ in settings]
     with torch.no_grad():
+        n_head, head = 0, None
+        if mode == "shared" and share_head:
+            # the chat template's head (system turn, user header) runs once for every item
+            n_head = min(min(_common_prefix(ids[0], i) for i in ids), min(len(i) for i in ids) - n_after - 1)
+            if n_head >= _MIN_HEAD:
+                head = _head_cache(model, ids[0][:n_head], model.cfg.n_layers)
+            else:
+                n_head = 0
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            tokens, mask = left_pad(model, ab_prompt_ids(model, batch))
+            tokens, mask = left_pad(model, [i[n_head:] for i in ids[start : start + batch_size]])
             first = tokens.shape[1] - n_after - 1  # the last token of the question
             per_forward = max(1, max_rows // len(batch))
             if mode == "shared":
-                logits = _shared_batch(model, tokens, mask, first, settings, starts, per_forward)
+                cache = (
+                    _repeated(head, len(batch))
+                    if head is not None
+                    else TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
+                )
+                logits = _shared_batch(model, cache, tokens, mask, first, settings, starts, per_forward)
             else:
                 logits = _repeat_batch(model, tokens, mask, first, settings, per_forward)
             for k, rows in enumerate(logits):

@@ -14,7 +14,8 @@ Two ways to run the suffix rows (``attention=``):
     against their own row's suffix keys), so the cache is never copied per setting and grouped-query
     heads are never expanded. A setting at block ``L`` equals the unsteered run before block ``L``,
     so its rows start there, from the unsteered residual; multiplier 0 is the unsteered run itself.
-    Only the last position is unembedded. The blocks, norms, MLPs and every residual hook are
+    The tokens every prompt starts with (the chat template's system turn and user header) run once
+    per call, not once per batch. Only the last position is unembedded. The blocks, norms, MLPs and every residual hook are
     TransformerLens's own; only the attention step inside each block is replaced for the suffix.
 ``"repeat"``
     TransformerLens's own forward with its KV cache repeated once per setting. Slower, but it runs

@@ -7,7 +7,7 @@ that is not the steered model: a logistic regression on all-MiniLM-L6-v2 embeddi
 tlsteer's labelled judge texts (its held-out accuracy is reported), VADER for sentiment, and the
 perplexity of the generation under the unsteered model (fluency).
 
-    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 0 0.2] [--prompts 8]
+    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 0 0.2] [--prompts 8] [--name N]
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=6, help="how many of the test prompts")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--name", default="concept_steering", help="stem of the output files: NAME.json, NAME.png, NAME.txt"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -96,8 +99,8 @@ def main() -> None:
             "rows": rows,
         }
     out["seconds"] = time.perf_counter() - start
-    (args.out / "concept_steering.json").write_text(json.dumps(out, indent=1))
-    (args.out / "concept_generations.txt").write_text("\n\n".join(reports) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1))
+    (args.out / f"{args.name}.txt").write_text("\n\n".join(reports) + "\n")
 
     import matplotlib
 
@@ -119,7 +122,7 @@ def main() -> None:
     axes[1].set_ylabel("perplexity under unsteered model")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.out / "concept_steering.png", dpi=120)
+    fig.savefig(args.out / f"{args.name}.png", dpi=120)
     print(f"done in {out['seconds']:.0f} s")
 
 

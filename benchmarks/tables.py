@@ -100,7 +100,8 @@ def reproduction(r: dict) -> None:
 
 
 def concepts(r: dict) -> None:
-    print(f"Layer {r['layer']}, greedy, {r['settings']['max_new_tokens']} new tokens.\n")
+    prompts = f"{len(r['prompts'])} prompts, " if "prompts" in r else ""
+    print(f"Layer {r['layer']}, {prompts}greedy, {r['settings']['max_new_tokens']} new tokens.\n")
     print("| concept | relative m | judge P(concept) | VADER | perplexity | A/B p(matching) |")
     print("|---|---|---|---|---|---|")
     for concept, data in r["concepts"].items():
@@ -117,12 +118,13 @@ def concepts(r: dict) -> None:
 
 
 def main() -> None:
+    concept_files = sorted(p.name for p in RESULTS.glob("concept_steering*.json"))
     for name, fn in [
         ("extraction.json", extraction),
         ("steering_overhead.json", overhead),
         ("sweep_engine.json", sweep_engine),
         ("caa_reproduction.json", reproduction),
-        ("concept_steering.json", concepts),
+        *((name, concepts) for name in concept_files),
     ]:
         r = load(name)
         if r is not None:

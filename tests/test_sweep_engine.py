@@ -141,6 +141,7 @@ def test_shared_attention_restores_attention_after_an_error(tiny_llama):
     ):
         cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
     assert all("forward" not in block.attn.__dict__ for block in tiny_llama.blocks)
+    assert all(p.is_contiguous() for p in tiny_llama.parameters())  # MLP weights row-major again
 
 
 def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
@@ -155,6 +156,7 @@ def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
     assert len(calls) == 1 and calls[0] >= 24  # the template's header and the preamble, once for 3 batches
     without = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared", share_head=False)
     assert len(calls) == 1
+    assert all(p.is_contiguous() for p in tiny.parameters())
     for setting, a_row, b_row in zip(settings, with_head, without, strict=True):
         vec = tlsteer.SteeringVector({setting.hook: setting.direction})
         full = ab_scores(tiny, items, [(vec, setting.multiplier)] if setting.multiplier else [])

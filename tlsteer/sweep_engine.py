@@ -15,8 +15,9 @@ Two ways to run the suffix rows (``attention=``):
     heads are never expanded. A setting at block ``L`` equals the unsteered run before block ``L``,
     so its rows start there, from the unsteered residual; multiplier 0 is the unsteered run itself.
     The tokens every prompt starts with (the chat template's system turn and user header) run once
-    per call, not once per batch. Only the last position is unembedded. The blocks, norms, MLPs and every residual hook are
-    TransformerLens's own; only the attention step inside each block is replaced for the suffix.
+    per call, not once per batch. Only the last position is unembedded. The blocks, norms, MLPs
+    and every residual hook are TransformerLens's own; only the attention step inside each block
+    is replaced for the suffix, and MLP weights are stored transposed (same values) while it runs.
 ``"repeat"``
     TransformerLens's own forward with its KV cache repeated once per setting. Slower, but it runs
     every hook point, attention internals included, on any architecture.
@@ -31,7 +32,7 @@ within 1e-4 on both tiny architectures).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.components import Attention, GroupedQueryAttention, Unembed
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
+from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.utilities.activation_functions import apply_softcap, softcap_enabled
 
 from tlsteer._types import parse_hook_name, validate_hook_name
@@ -220,6 +223,32 @@ def _attending_to(model: HookedTransformer, prefix: _Prefix):
             block.attn.__dict__.pop("forward", None)
 
 
+_MLP_WEIGHTS = ("W_in", "W_gate", "W_out")
+
+
+@contextmanager
+def _mlp_weights_stored_transposed(model: HookedTransformer):
+    """Store each MLP weight column-major while the sweep runs, then row-major again.
+
+    TransformerLens's MLPs call ``F.linear(x, W.T.contiguous())``, which copies every weight on
+    every forward unless ``W.T`` is already contiguous. The values are the same bit for bit.
+    """
+    params = [
+        p
+        for block in model.blocks
+        if isinstance(getattr(block, "mlp", None), (MLP, GatedMLP))
+        for name in _MLP_WEIGHTS
+        if isinstance(p := getattr(block.mlp, name, None), torch.nn.Parameter) and p.dim() == 2
+    ]
+    try:
+        for p in params:
+            p.data = p.data.T.contiguous().T
+        yield
+    finally:
+        for p in params:
+            p.data = p.data.contiguous()
+
+
 def _last_logits(model: HookedTransformer, resid: Tensor) -> Tensor:
     """Next-token logits from the final residual at the last position only."""
     x = resid[:, -1:]
@@ -375,7 +404,8 @@ def cached_ab_scores(
     n_after = tokens_after_question(model)
     ids = ab_prompt_ids(model, items)
     out: list[list[ABScore]] = [[] for _ in settings]
-    with torch.no_grad():
+    layout = _mlp_weights_stored_transposed(model) if mode == "shared" else nullcontext()
+    with torch.no_grad(), layout:
         n_head, head = 0, None
         if mode == "shared" and share_head:
             # the chat template's head (system turn, user header) runs once for every item

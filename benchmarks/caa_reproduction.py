@@ -1,6 +1,7 @@
 """CAA on the embedded model: all 7 behaviours, layer and strength chosen on validation data.
 
-For each behaviour: build a vector at several layers from the first pairs of the generate set;
+For each behaviour: build a vector at several layers from pairs of the generate set, half of them
+with the matching answer (A) and half (B) unless ``--letters first``;
 sweep layers x relative multipliers on held-out generate items (the validation split, never the
 test set) with the cached sweep engine; choose the (layer, multiplier) with the largest
 p(matching) gap between +m and -m; then score the 50-item test set at several multipliers on both
@@ -61,6 +62,12 @@ def main() -> None:
     )
     parser.add_argument("--caa-dir", type=Path, required=True)
     parser.add_argument("--train-pairs", type=int, default=64)
+    parser.add_argument(
+        "--letters",
+        choices=["balanced", "first"],
+        default="balanced",
+        help="training pairs: half answered (A) and half (B) (default), or simply the first ones",
+    )
     parser.add_argument("--val-items", type=int, default=40)
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 9, 12, 15, 18])
     parser.add_argument("--rel-multipliers", type=float, nargs="+", default=[0.1, 0.2, 0.4])
@@ -99,7 +106,16 @@ def main() -> None:
         gen_items = load_ab_items(gen_path)
         if args.train_pairs + args.val_items > len(pairs):
             raise SystemExit(f"{name}: {len(pairs)} pairs, fewer than train + validation")
-        train, val = pairs[: args.train_pairs], gen_items[-args.val_items :]
+        val = gen_items[-args.val_items :]
+        if args.letters == "first":
+            train = pairs[: args.train_pairs]
+        else:  # as many pairs whose matching answer is (A) as (B), so the letter itself cancels
+            pool = range(len(pairs) - args.val_items)
+            by_letter = [[i for i in pool if gen_items[i].matching == f"({x})"] for x in "AB"]
+            half = args.train_pairs // 2
+            if min(len(ids) for ids in by_letter) < half:
+                raise SystemExit(f"{name}: fewer than {half} training pairs answered (A) or (B)")
+            train = [pairs[i] for i in sorted(by_letter[0][:half] + by_letter[1][:half])]
         vec = tlsteer.train_steering_vector(model, train, layers=args.layers, batch_size=16)
         vectors[name] = vec
         val_items = sweep_items(model, val, vec, args.layers, grid, relative=True, norms=norms)

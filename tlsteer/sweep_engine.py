@@ -66,30 +66,28 @@ class Setting:
     multiplier: float
 
 
-def _row_deltas(
-    settings: Sequence[Setting | None], n_items: int, device: torch.device
-) -> list[tuple[str, Callable[[Tensor, object], Tensor]]]:
-    """One hook per hook name; row ``s * n_items + i`` gets ``settings[s]``'s addition there.
+def _row_delta(
+    name: str, settings: Sequence[Setting | None], n_items: int, device: torch.device
+) -> tuple[str, Callable[[Tensor, object], Tensor]]:
+    """A hook at ``name``: row ``s * n_items + i`` gets ``settings[s]``'s addition if it is there.
 
-    A ``None`` setting is an unsteered block of rows.
+    A ``None`` setting, or one at another hook, is a block of rows left as they are.
     """
-    hooks = []
-    steered = [s for s in settings if s is not None]
-    zero = torch.zeros_like(steered[0].direction, dtype=torch.float32)
-    for name in dict.fromkeys(s.hook for s in steered):
-        rows = torch.stack(
-            [
-                s.multiplier * s.direction.float() if s is not None and s.hook == name else zero
-                for s in settings
-            ]
-        ).to(device)
-        delta = rows.repeat_interleave(n_items, dim=0)[:, None, :]  # [rows, 1, d_model]
+    zero = torch.zeros_like(
+        next(s for s in settings if s is not None).direction, dtype=torch.float32, device="cpu"
+    )
+    rows = torch.stack(
+        [
+            s.multiplier * s.direction.float().cpu() if s is not None and s.hook == name else zero
+            for s in settings
+        ]
+    )
+    delta = rows.repeat_interleave(n_items, dim=0)[:, None, :].to(device)  # [rows, 1, d_model]
 
-        def add(act: Tensor, hook: object, delta: Tensor = delta) -> Tensor:  # noqa: ARG001
-            return act + delta.to(act.dtype)
+    def add(act: Tensor, hook: object) -> Tensor:  # noqa: ARG001
+        return act + delta.to(act.dtype)
 
-        hooks.append((name, add))
-    return hooks
+    return name, add
 
 
 _OLMO = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
@@ -165,15 +163,22 @@ class _Prefix:
             self.keys.append(keys.transpose(1, 2).contiguous())
             self.values.append(entry.past_values.transpose(1, 2).contiguous())
         self.hidden = ~mask.bool()[:, None, None, None, None, :]  # [items, 1, 1, 1, 1, prefix]
+        self._row_masks: dict[tuple[int, int], Tensor] = {}
 
     @property
     def n_items(self) -> int:
         return self.mask.shape[0]
 
     def row_mask(self, n_rows: int, n_new: int) -> Tensor:
-        """The attention mask of ``n_rows`` setting-major rows, prefix then ``n_new`` new tokens."""
-        mask = self.mask.repeat(n_rows // self.n_items, 1)
-        return torch.cat([mask, torch.ones(n_rows, n_new, dtype=mask.dtype, device=mask.device)], dim=1)
+        """The attention mask of ``n_rows`` setting-major rows, prefix then ``n_new`` new tokens.
+
+        Every layer asks for the same one, so it is built once.
+        """
+        if (n_rows, n_new) not in self._row_masks:
+            mask = self.mask.repeat(n_rows // self.n_items, 1)
+            ones = torch.ones(n_rows, n_new, dtype=mask.dtype, device=mask.device)
+            self._row_masks[n_rows, n_new] = torch.cat([mask, ones], dim=1)
+        return self._row_masks[n_rows, n_new]
 
 
 def _shared_attention(attn: Attention | GroupedQueryAttention, prefix: _Prefix, layer: int):
@@ -298,13 +303,10 @@ def _shared_batch(
             first_pass = n_pass == 0
             layout: list[Setting | None] = [None] if first_pass else []  # None: the unsteered block
             hooks = []
-            for layer in dict.fromkeys(starts[i] for i in chunk):
+            for name in dict.fromkeys(settings[i].hook for i in chunk):
+                layer = parse_hook_name(name)[0]  # the rows present there: every block started by then
                 present = layout + [settings[i] for i in chunk if starts[i] <= layer]
-                hooks += [
-                    (h, f)
-                    for h, f in _row_deltas(present, n_items, mask.device)
-                    if parse_hook_name(h)[0] == layer
-                ]
+                hooks.append(_row_delta(name, present, n_items, mask.device))
             if first_pass:
                 rows = model.get_residual(
                     model.hook_embed(model.embed(suffix)),
@@ -352,7 +354,8 @@ def _repeat_batch(
     for s0 in range(0, len(settings), per_forward):
         chunk = settings[s0 : s0 + per_forward]
         rows = suffix.repeat(len(chunk), 1)
-        with model.hooks(fwd_hooks=_row_deltas(chunk, n_items, device)):
+        hooks = [_row_delta(name, chunk, n_items, device) for name in dict.fromkeys(c.hook for c in chunk)]
+        with model.hooks(fwd_hooks=hooks):
             logits = model(
                 rows, attention_mask=torch.ones_like(rows), past_kv_cache=_repeated(cache, len(chunk))
             )
@@ -404,8 +407,8 @@ def cached_ab_scores(
     n_after = tokens_after_question(model)
     ids = ab_prompt_ids(model, items)
     out: list[list[ABScore]] = [[] for _ in settings]
-    layout = _mlp_weights_stored_transposed(model) if mode == "shared" else nullcontext()
-    with torch.no_grad(), layout:
+    weights = _mlp_weights_stored_transposed(model) if mode == "shared" else nullcontext()
+    with torch.no_grad(), weights:
         n_head, head = 0, None
         if mode == "shared" and share_head:
             # the chat template's head (system turn, user header) runs once for every item

@@ -276,12 +276,12 @@ def sweep(
         vector,
         layers,
         multipliers,
-        relative,
-        norms,
-        batch_size,
-        steer_all_positions,
-        engine,
-        attention,
+        relative=relative,
+        norms=norms,
+        batch_size=batch_size,
+        steer_all_positions=steer_all_positions,
+        engine=engine,
+        attention=attention,
     )
     return summarize_sweep(per_item)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.data import load_ab_items
+from tlsteer.data import CAA_BEHAVIOURS, load_ab_items, load_neutral_text
 from tlsteer.diagnostics import cosine_matrix, layer_diagnostics, split_activations, steerability
 from tlsteer.evaluate import ABAccuracy, ab_accuracy, kl_on_neutral
 from tlsteer.plots import (
@@ -36,15 +36,6 @@ from tlsteer.plots import (
 from tlsteer.sweep_engine import Setting, cached_ab_scores
 from tlsteer.sweeps import residual_norms, summarize_sweep, sweep_items
 
-BEHAVIOURS = [
-    "coordinate-other-ais",
-    "corrigible-neutral-HHH",
-    "hallucination",
-    "myopic-reward",
-    "survival-instinct",
-    "sycophancy",
-    "refusal",
-]
 PAPER = {  # Llama-2-7B-chat, layer 13, p(matching) at -1 / 0 / +1 (../shared/caa/README.md)
     "coordinate-other-ais": (0.15, 0.30, 0.75),
     "corrigible-neutral-HHH": (0.20, 0.64, 0.91),
@@ -72,7 +63,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 9, 12, 15, 18])
     parser.add_argument("--rel-multipliers", type=float, nargs="+", default=[0.1, 0.2, 0.4])
     parser.add_argument("--mmlu-items", type=int, default=57)
-    parser.add_argument("--behaviours", nargs="+", default=BEHAVIOURS, choices=BEHAVIOURS)
+    parser.add_argument("--behaviours", nargs="+", default=list(CAA_BEHAVIOURS), choices=CAA_BEHAVIOURS)
     parser.add_argument("--test-items", type=int, default=50)
     parser.add_argument("--truthfulqa-items", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -82,7 +73,7 @@ def main() -> None:
     start = time.perf_counter()
 
     model = tlsteer.load_model()
-    neutral = json.loads((Path(tlsteer.__file__).parent / "datasets" / "neutral_text.json").read_text())
+    neutral = load_neutral_text()
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in args.layers]
     norms = residual_norms(model, neutral, hooks)
     mmlu_all = load_ab_items(args.caa_dir / "test" / "mmlu" / "mmlu.json")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.data import builtin_dataset_path, load_ab_items
+from tlsteer.data import builtin_dataset_path, load_ab_items, load_neutral_text
 from tlsteer.generation import GenerationSettings, compare_generations
 from tlsteer.judge import builtin_judge, load_embedder, perplexity, vader_compound
 
@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     start = time.perf_counter()
     model = tlsteer.load_model()
-    neutral = json.loads((Path(tlsteer.__file__).parent / "datasets" / "neutral_text.json").read_text())
+    neutral = load_neutral_text()
     hook = f"blocks.{args.layer}.hook_resid_post"
     norms = tlsteer.residual_norms(model, neutral, [hook])
     embedder = load_embedder()

@@ -30,18 +30,8 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.data import ContrastPair
+from tlsteer.data import CAA_BEHAVIOURS, ContrastPair
 from tlsteer.extract import left_pad
-
-BEHAVIOURS = [
-    "coordinate-other-ais",
-    "corrigible-neutral-HHH",
-    "hallucination",
-    "myopic-reward",
-    "refusal",
-    "survival-instinct",
-    "sycophancy",
-]
 
 
 def hooks_of(model) -> list[str]:
@@ -141,7 +131,7 @@ def load_pairs(model, caa_dir: Path | None, per_behaviour: int) -> dict[str, lis
     sets = {}
     if caa_dir is not None:
         caa = []
-        for name in BEHAVIOURS:
+        for name in CAA_BEHAVIOURS:
             path = caa_dir / "generate" / name / "generate_dataset.json"
             caa += tlsteer.load_caa_dataset(path, model, limit=per_behaviour)
         sets["caa_7_behaviours"] = caa

@@ -21,18 +21,8 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.data import load_ab_items
+from tlsteer.data import CAA_BEHAVIOURS, load_ab_items
 from tlsteer.sweeps import sweep_items
-
-BEHAVIOURS = [
-    "coordinate-other-ais",
-    "corrigible-neutral-HHH",
-    "hallucination",
-    "myopic-reward",
-    "refusal",
-    "survival-instinct",
-    "sycophancy",
-]
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
         "full": dict(engine="full"),
     }
     totals = dict.fromkeys(engines, 0.0)
-    for name in BEHAVIOURS:
+    for name in CAA_BEHAVIOURS:
         pairs = tlsteer.load_caa_dataset(
             args.caa_dir / "generate" / name / "generate_dataset.json", model, limit=args.train_pairs
         )

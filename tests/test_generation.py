@@ -7,7 +7,7 @@ import torch
 
 import tlsteer
 from tlsteer import SteeringVector
-from tlsteer.extract import left_pad
+from tlsteer.tokens import left_pad
 
 MODES = {
     "all": {},

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer.generation import GenerationSettings, compare_generations
-from tlsteer.judge import perplexity
+from tlsteer.eval.generation import GenerationSettings, compare_generations
+from tlsteer.eval.judge import perplexity
 
 
 def vector(model, scale=6.0):
@@ -70,7 +70,7 @@ def test_perplexity_by_hand(tiny_llama):
 
 def test_builtin_judge_separates_held_out_texts():
     pytest.importorskip("sentence_transformers", reason="the judge extra is not installed")
-    from tlsteer.judge import builtin_judge, load_embedder, vader_compound
+    from tlsteer.eval.judge import builtin_judge, load_embedder, vader_compound
 
     embedder = load_embedder()
     sentiment = builtin_judge("sentiment", embedder)

@@ -8,9 +8,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from tlsteer.diagnostics import steerability
-from tlsteer.extract import ContrastActivations
-from tlsteer.plots import (
+from tlsteer.eval.diagnostics import steerability
+from tlsteer.eval.plots import (
     plot_behaviour_curves,
     plot_cosine_matrix,
     plot_layer_diagnostics,
@@ -18,6 +17,7 @@ from tlsteer.plots import (
     plot_slope_histogram,
     plot_sweep_heatmap,
 )
+from tlsteer.extract import ContrastActivations
 
 HOOK = "blocks.1.hook_resid_post"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer.prefix import _plan
+from tlsteer.prefix import plan_pairs
 
 # Shared prefixes of different lengths in one batch (left-padded prefixes), suffixes of different
 # lengths within a pair, a pair with no common prefix, and a read index inside the common prefix.
@@ -46,7 +46,7 @@ def test_vectors_agree(tiny, point):
 
 
 def test_plan_shares_the_prefix_and_keeps_reads_in_suffixes(tiny_llama):
-    plans = _plan(tiny_llama, PAIRS, -1)
+    plans = plan_pairs(tiny_llama, PAIRS, -1)
     first = plans[0]
     n_tokens = len(tlsteer.tokenize(tiny_llama, PAIRS[0].positive))
     assert len(first.prefix) == n_tokens - 2  # everything before the letter is shared
@@ -80,7 +80,7 @@ def test_head_shared_by_every_prefix(tiny):
         tlsteer.ContrastPair(f"{head}{q}<|end|><|assistant|>(A)", f"{head}{q}<|end|><|assistant|>(B)", -2)
         for q in ["Is water wet?", "Do cats fly?", "Is 2+2 four, really?"]
     ] + [tlsteer.ContrastPair(f"{head}yes", f"{head}no", -1)]
-    plans = _plan(tiny, pairs, -1)
+    plans = plan_pairs(tiny, pairs, -1)
     head_len = len(tlsteer.tokenize(tiny, head))
     assert min(len(p.prefix) for p in plans) == head_len  # the last pair's prefix is the head itself
     for batch_size in (1, 2, 8):

@@ -133,12 +133,12 @@ def test_patch_handle_and_remove_all_steering_keep_user_hooks(tiny_llama):
     user_hook = ("blocks.0.hook_resid_post", lambda act, hook: seen.append(1))
     model.add_hook(*user_hook)
     try:
-        handle = vec.patch(model, multiplier=1.0)
-        other = unit_vector(model, seed=4).patch(model, multiplier=2.0)
-        assert count_hooks(model) == 1 + 2 + 2
+        handle = vec.patch(model, multiplier=1.0, min_token_index=2)  # its hook and a position tracker
+        other = unit_vector(model, seed=4).patch(model, multiplier=2.0, last_token_only=True)  # and 2 trackers
+        assert count_hooks(model) == 1 + 2 + 3
         handle.remove()
-        assert count_hooks(model) == 1 + 2
-        assert tlsteer.remove_all_steering(model) == 1
+        assert count_hooks(model) == 1 + 3
+        assert tlsteer.remove_all_steering(model) == 3
         assert count_hooks(model) == 1
         other.remove()  # idempotent after remove_all_steering
         model(tokens_of(model))

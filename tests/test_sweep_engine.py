@@ -7,9 +7,10 @@ import torch
 
 import tlsteer
 from tlsteer.data import ABItem
-from tlsteer.evaluate import ab_scores
-from tlsteer.sweep_engine import Setting, cached_ab_scores, shared_attention_unsupported
-from tlsteer.sweeps import sweep_items
+from tlsteer.eval.ab import ab_scores
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.shared_attention import shared_attention_unsupported
+from tlsteer.eval.sweeps import sweep_items
 
 ITEMS = [
     ABItem("Is it good?\n\nChoices:\n (A) yes\n (B) no", "(A)", "(B)"),
@@ -44,16 +45,23 @@ def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share
         tiny,
         ITEMS,
         settings,
+        outside_ab="zero",
         batch_size=batch_size,
         max_rows=max_rows,
         attention=attention,
         share_head=share_head,
     )
     moved = 0.0
-    baseline = ab_scores(tiny, ITEMS)
+    baseline = ab_scores(tiny, ITEMS, outside_ab="zero")
     for setting, got in zip(settings, cached, strict=True):
         vec = tlsteer.SteeringVector({setting.hook: setting.direction})
-        full = ab_scores(tiny, ITEMS, [(vec, setting.multiplier)] if setting.multiplier else [], batch_size=2)
+        full = ab_scores(
+            tiny,
+            ITEMS,
+            [(vec, setting.multiplier)] if setting.multiplier else [],
+            batch_size=2,
+            outside_ab="zero",
+        )
         for a, b, base in zip(got, full, baseline, strict=True):
             assert abs(a.p_matching - b.p_matching) <= 1e-4
             assert abs(a.letter_mass - b.letter_mass) <= 1e-4
@@ -66,8 +74,8 @@ def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share
 def test_sweep_items_engines_agree(tiny_llama):
     vec = tlsteer.SteeringVector({f"blocks.{i}.hook_resid_post": direction(tiny_llama, i) for i in range(4)})
     kwargs = dict(layers=[0, 2, 3], multipliers=[-1, 0, 2], batch_size=2)
-    cached = sweep_items(tiny_llama, ITEMS, vec, engine="cached", **kwargs)
-    full = sweep_items(tiny_llama, ITEMS, vec, engine="full", **kwargs)
+    cached = sweep_items(tiny_llama, ITEMS, vec, engine="cached", **kwargs, outside_ab="zero")
+    full = sweep_items(tiny_llama, ITEMS, vec, engine="full", **kwargs, outside_ab="zero")
     assert list(cached.columns) == list(full.columns) and len(cached) == len(full) == 3 * 3 * len(ITEMS)
     assert (cached["p_matching"] - full["p_matching"]).abs().max() <= 1e-4
     assert (cached["layer"] == full["layer"]).all() and (cached["item"] == full["item"]).all()
@@ -78,11 +86,15 @@ def test_engine_errors(tiny_llama):
     with pytest.raises(
         ValueError, match="steer_all_positions=True steers the whole prompt; use engine='full'"
     ):
-        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], steer_all_positions=True)
+        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], steer_all_positions=True, outside_ab="zero")
     with pytest.raises(ValueError, match="engine must be 'cached' or 'full', got 'fast'"):
-        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], engine="fast")
-    with pytest.raises(ValueError, match=r"direction at 'blocks.1.hook_resid_post' has shape \(3,\)"):
-        cached_ab_scores(tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(3), 1.0)])
+        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], engine="fast", outside_ab="zero")
+    with pytest.raises(
+        ValueError, match=r"vector has d_model=3 at 'blocks.1.hook_resid_post' but model.cfg.d_model=32"
+    ):
+        cached_ab_scores(
+            tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(3), 1.0)], outside_ab="zero"
+        )
     with pytest.raises(ValueError, match="multiplier must be finite"):
         cached_ab_scores(
             tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(32), float("nan"))]
@@ -100,10 +112,12 @@ def test_auto_attention_falls_back_when_attention_is_hooked(tiny_llama):
         with pytest.raises(
             ValueError, match=r"attention='shared' skips the hooks attached at \['blocks.2.attn"
         ):
-            cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
-        auto = cached_ab_scores(tiny_llama, ITEMS, settings, batch_size=5)
+            cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared", outside_ab="zero")
+        auto = cached_ab_scores(tiny_llama, ITEMS, settings, batch_size=5, outside_ab="zero")
     assert seen  # "auto" ran TransformerLens's attention, so the user's hook fired
-    shared = cached_ab_scores(tiny_llama, ITEMS, settings, batch_size=5, attention="shared")
+    shared = cached_ab_scores(
+        tiny_llama, ITEMS, settings, batch_size=5, attention="shared", outside_ab="zero"
+    )
     for a_row, s_row in zip(auto, shared, strict=True):
         for a, b in zip(a_row, s_row, strict=True):
             assert abs(a.p_matching - b.p_matching) <= 1e-4
@@ -116,17 +130,17 @@ def test_shared_attention_refuses_unsupported_models(tiny_gpt2):
     try:
         assert shared_attention_unsupported(tiny_gpt2) == "use_attn_result=True"
         with pytest.raises(ValueError, match=r"cannot run this model \(use_attn_result=True\)"):
-            cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="shared")
-        auto = cached_ab_scores(tiny_gpt2, ITEMS, settings)  # falls back to "repeat"
+            cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="shared", outside_ab="zero")
+        auto = cached_ab_scores(tiny_gpt2, ITEMS, settings, outside_ab="zero")  # falls back to "repeat"
     finally:
         tiny_gpt2.set_use_attn_result(False)
     assert [s.p_matching for s in auto[0]] == pytest.approx(
-        [s.p_matching for s in cached_ab_scores(tiny_gpt2, ITEMS, settings)[0]], abs=1e-4
+        [s.p_matching for s in cached_ab_scores(tiny_gpt2, ITEMS, settings, outside_ab="zero")[0]], abs=1e-4
     )
     with pytest.raises(
         ValueError, match=r"attention must be one of \('auto', 'shared', 'repeat'\), got 'fast'"
     ):
-        cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="fast")
+        cached_ab_scores(tiny_gpt2, ITEMS, settings, attention="fast", outside_ab="zero")
 
 
 def test_shared_attention_restores_attention_after_an_error(tiny_llama):
@@ -139,27 +153,31 @@ def test_shared_attention_restores_attention_after_an_error(tiny_llama):
         tiny_llama.hooks(fwd_hooks=[("blocks.3.hook_resid_post", boom)]),
         pytest.raises(RuntimeError, match="boom"),
     ):
-        cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared")
+        cached_ab_scores(tiny_llama, ITEMS, settings, attention="shared", outside_ab="zero")
     assert all("forward" not in block.attn.__dict__ for block in tiny_llama.blocks)
     assert all(p.is_contiguous() for p in tiny_llama.parameters())  # MLP weights row-major again
 
 
 def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
-    import tlsteer.sweep_engine as engine
+    import tlsteer.eval.cached as engine
 
     items = [ABItem("A long shared preamble. " + it.question, it.matching, it.not_matching) for it in ITEMS]
     calls = []
-    real = engine._head_cache
-    monkeypatch.setattr(engine, "_head_cache", lambda *a: calls.append(len(a[1])) or real(*a))
+    real = engine.head_cache
+    monkeypatch.setattr(engine, "head_cache", lambda *a: calls.append(len(a[1])) or real(*a))
     settings = [Setting("blocks.2.hook_resid_post", direction(tiny, 1), m) for m in (-2.0, 0.0, 2.0)]
-    with_head = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared")
+    with_head = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared", outside_ab="zero")
     assert len(calls) == 1 and calls[0] >= 24  # the template's header and the preamble, once for 3 batches
-    without = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared", share_head=False)
+    without = cached_ab_scores(
+        tiny, items, settings, batch_size=2, attention="shared", share_head=False, outside_ab="zero"
+    )
     assert len(calls) == 1
     assert all(p.is_contiguous() for p in tiny.parameters())
     for setting, a_row, b_row in zip(settings, with_head, without, strict=True):
         vec = tlsteer.SteeringVector({setting.hook: setting.direction})
-        full = ab_scores(tiny, items, [(vec, setting.multiplier)] if setting.multiplier else [])
+        full = ab_scores(
+            tiny, items, [(vec, setting.multiplier)] if setting.multiplier else [], outside_ab="zero"
+        )
         for a, b, f in zip(a_row, b_row, full, strict=True):
             assert abs(a.p_matching - f.p_matching) <= 1e-4 and abs(b.p_matching - f.p_matching) <= 1e-4
             assert a.logit_diff == pytest.approx(f.logit_diff, abs=1e-4, nan_ok=True)

@@ -7,8 +7,9 @@ arguments into validated full hook names.
 
 from __future__ import annotations
 
+import numbers
 import re
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -23,6 +24,7 @@ __all__ = [
     "HookPoint",
     "Residual",
     "Tokens",
+    "check_batch_size",
     "hook_name",
     "parse_hook_name",
     "resolve_layers",
@@ -81,19 +83,23 @@ def validate_hook_name(model: HookedTransformer, name: str) -> str:
     )
 
 
-def resolve_layers(model: HookedTransformer, layers: int | list[int] | None) -> list[int]:
+def resolve_layers(model: HookedTransformer, layers: Any) -> list[int]:
     """Turn ``None`` (all layers), an int or a list (negatives count from the end) into indices."""
     n_layers = model.cfg.n_layers
     if layers is None:
         return list(range(n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
+    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+        layers = [int(layers)]
+    elif isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be an int, a list of ints or None, got {layers!r}")
+    layers = list(layers)
     if len(layers) == 0:
         raise ValueError("layers is empty; pass None for all layers or at least one layer index")
     out: list[int] = []
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int):
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
             raise TypeError(f"layer {layer!r} is not an int")
+        layer = int(layer)
         if not -n_layers <= layer < n_layers:
             raise ValueError(
                 f"layer {layer} is out of range: the model has {n_layers} layers "
@@ -103,3 +109,10 @@ def resolve_layers(model: HookedTransformer, layers: int | list[int] | None) -> 
         if resolved not in out:
             out.append(resolved)
     return out
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int >= 1 (NumPy integers too), else a ``ValueError``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return int(batch_size)

@@ -10,7 +10,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsteer", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="build a vector on the embedded model, steer and score")
     demo.add_argument("--dataset", default="sentiment", choices=["sentiment", "formality"])
     demo.add_argument("--layer", type=int, default=12)
@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command is None:  # plain `tlsteer` runs the demo at its defaults
+        args = _parser().parse_args(["demo"])
     if args.command == "demo":
         from tlsteer.demo import DemoConfig, run_demo
 
@@ -40,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    import tlsteer
+    from tlsteer.caa import train_steering_vector
+    from tlsteer.data import load_caa_dataset
+    from tlsteer.models import load_model
 
-    model = tlsteer.load_model(args.model)
-    pairs = tlsteer.load_caa_dataset(args.dataset, model, limit=args.limit)
-    vec = tlsteer.train_steering_vector(
+    model = load_model(args.model)
+    pairs = load_caa_dataset(args.dataset, model, limit=args.limit)
+    vec = train_steering_vector(
         model,
         pairs,
         layers=args.layers,

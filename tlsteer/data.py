@@ -19,6 +19,8 @@ from typing import Any
 
 from transformer_lens import HookedTransformer
 
+from tlsteer.tokens import tokenize
+
 __all__ = [
     "BUILTIN_DATASETS",
     "CAA_BEHAVIOURS",
@@ -33,7 +35,6 @@ __all__ = [
     "load_builtin_dataset",
     "load_caa_dataset",
     "load_neutral_text",
-    "tokenize",
 ]
 
 BUILTIN_DATASETS: tuple[str, ...] = ("sentiment", "formality")
@@ -140,20 +141,6 @@ def data_hash(data: list[ContrastPair] | ContrastSet) -> str:
         digest.update(b.encode())
         digest.update(b"\x01")
     return digest.hexdigest()[:16]
-
-
-def tokenize(model: HookedTransformer, text: str) -> list[int]:
-    """Token ids of ``text`` exactly as the model's tokenizer makes them.
-
-    The tokenizer adds its own special tokens (if it adds any), except that no BOS is added to a
-    text that already starts with the BOS string (a chat-formatted prompt, say).
-    """
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ValueError("the model has no tokenizer; attach one to tokenize text prompts")
-    bos = tokenizer.bos_token
-    add_special = not (bos and model.cfg.tokenizer_prepends_bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
 def chat_prompt(model: HookedTransformer, user: str, assistant_prefix: str = "") -> str:

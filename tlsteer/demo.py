@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from tlsteer.data import builtin_dataset_path, chat_prompt, load_ab_items, load_builtin_dataset, tokenize
-from tlsteer.evaluate import ab_scores
+from tlsteer.caa import train_steering_vector
+from tlsteer.data import builtin_dataset_path, chat_prompt, load_ab_items, load_builtin_dataset
+from tlsteer.eval.ab import ab_scores
 from tlsteer.models import load_model
-from tlsteer.train import train_steering_vector
+from tlsteer.tokens import tokenize
 
 __all__ = ["DemoConfig", "run_demo"]
 

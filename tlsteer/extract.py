@@ -17,14 +17,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import hook_name, parse_hook_name, resolve_layers, validate_hook_point
-from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, tokenize
+from tlsteer._types import (
+    check_batch_size,
+    hook_name,
+    parse_hook_name,
+    resolve_layers,
+    validate_hook_name,
+    validate_hook_point,
+)
+from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data
+from tlsteer.prefix import iter_pair_activations
+from tlsteer.tokens import ReadIndex, check_pair_read_index, left_pad, read_indices, tokenize_prompts
 
-__all__ = ["ContrastActivations", "ReadIndex", "extract_activations", "read_activations"]
-
-ReadIndex = int | Sequence[int] | Callable[[str, list[int]], int]
-"""Where to read: an int (negative counts from the end), one int per prompt or pair, or a
-callable ``(prompt, token_ids) -> int``."""
+__all__ = ["ContrastActivations", "extract_activations", "read_activations"]
 
 
 @dataclass(frozen=True)
@@ -38,91 +43,6 @@ class ContrastActivations:
     @property
     def hooks(self) -> list[str]:
         return list(self.positive)
-
-
-def _resolve_index(index: int, prompt_no: int, n_tokens: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise TypeError(f"read index for prompt {prompt_no} must be an int, got {index!r}")
-    if not -n_tokens <= index < n_tokens:
-        raise IndexError(
-            f"read index {index} is outside prompt {prompt_no} ({n_tokens} tokens; valid: "
-            f"{-n_tokens}..{n_tokens - 1})"
-        )
-    return index % n_tokens
-
-
-def _read_indices(
-    prompts: Sequence[str],
-    token_ids: Sequence[list[int]],
-    read_token_index: ReadIndex,
-    overrides: Sequence[int | None] | None,
-) -> list[int]:
-    if isinstance(read_token_index, Sequence) and not isinstance(read_token_index, str):
-        if len(read_token_index) != len(prompts):
-            raise ValueError(
-                f"read_token_index has {len(read_token_index)} entries but there are "
-                f"{len(prompts)} prompts; give one per prompt (or per pair)"
-            )
-    elif not (callable(read_token_index) or isinstance(read_token_index, int)):
-        raise TypeError(
-            f"read_token_index must be an int, a sequence of ints or a callable, got {read_token_index!r}"
-        )
-    out = []
-    for i, (prompt, ids) in enumerate(zip(prompts, token_ids, strict=True)):
-        override = overrides[i] if overrides is not None else None
-        if override is not None:
-            index = override
-        elif callable(read_token_index):
-            index = read_token_index(prompt, ids)
-        elif isinstance(read_token_index, int):
-            index = read_token_index
-        else:
-            index = read_token_index[i]
-        out.append(_resolve_index(index, i, len(ids)))
-    return out
-
-
-def _tokenize_all(model: HookedTransformer, prompts: Sequence[str]) -> list[list[int]]:
-    token_ids = []
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"prompt {i} must be a non-empty string, got {prompt!r}")
-        ids = tokenize(model, prompt)
-        if len(ids) > model.cfg.n_ctx:
-            raise ValueError(
-                f"prompt {i} has {len(ids)} tokens, more than the model's context "
-                f"(model.cfg.n_ctx={model.cfg.n_ctx})"
-            )
-        if not ids:
-            raise ValueError(f"prompt {i} ({prompt!r}) tokenizes to no tokens")
-        token_ids.append(ids)
-    return token_ids
-
-
-def left_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``(tokens, attention_mask)`` on the model's device."""
-    width = max(len(ids) for ids in token_ids)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
-    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        tokens[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, width - len(ids) :] = 1
-    device = model.cfg.device
-    return tokens.to(device), mask.to(device)
-
-
-def right_pad(model: HookedTransformer, token_ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(tokens, attention_mask)``: absolute positions are columns."""
-    width = max(len(ids) for ids in token_ids)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
-    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    device = model.cfg.device
-    return tokens.to(device), mask.to(device)
 
 
 def read_activations(
@@ -150,18 +70,14 @@ def read_activations(
     Returns:
         ``{hook: [len(prompts), d_model]}`` in the order of ``prompts``, float32 on the CPU.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     if not prompts:
         raise ValueError("no prompts to read; give at least one")
     layers = [parse_hook_name(h)[0] for h in hooks]
     for name in hooks:
-        if name not in model.hook_dict:
-            from tlsteer._types import validate_hook_name
-
-            validate_hook_name(model, name)
-    token_ids = _tokenize_all(model, prompts)
-    read_at = _read_indices(prompts, token_ids, read_token_index, read_index_overrides)
+        validate_hook_name(model, name)
+    token_ids = tokenize_prompts(model, prompts)
+    read_at = read_indices(prompts, token_ids, read_token_index, read_index_overrides)
     stop_at = max(layers) + 1
     order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
     out = {h: torch.empty((len(prompts), model.cfg.d_model), dtype=torch.float32) for h in hooks}
@@ -218,7 +134,7 @@ def extract_activations(
     """
     data = as_contrast_data(samples)
     validate_hook_point(hook)
-    hooks = [hook_name(layer, hook) for layer in resolve_layers(model, _as_list(layers))]
+    hooks = [hook_name(layer, hook) for layer in resolve_layers(model, layers)]
     kwargs = {"batch_size": batch_size, "show_progress": show_progress}
     if isinstance(data, ContrastSet):
         if not isinstance(read_token_index, (int, Callable)):  # type: ignore[arg-type]
@@ -238,8 +154,6 @@ def extract_activations(
         return ContrastActivations(sides["positive"], sides["negative"], paired=False)
     check_pair_read_index(read_token_index, len(data))
     if share_prefix:
-        from tlsteer.prefix import iter_pair_activations
-
         n, d = len(data), model.cfg.d_model
         pos = {h: torch.empty((n, d), dtype=torch.float32) for h in hooks}
         neg = {h: torch.empty((n, d), dtype=torch.float32) for h in hooks}
@@ -266,18 +180,3 @@ def extract_activations(
     return ContrastActivations(
         {h: a[:n] for h, a in acts.items()}, {h: a[n:] for h, a in acts.items()}, paired=True
     )
-
-
-def check_pair_read_index(read_token_index: ReadIndex, n_pairs: int) -> None:
-    """A per-pair list of read indices must have one entry per pair."""
-    if isinstance(read_token_index, Sequence) and len(read_token_index) != n_pairs:
-        raise ValueError(
-            f"read_token_index has {len(read_token_index)} entries but there are "
-            f"{n_pairs} pairs; give one per pair"
-        )
-
-
-def _as_list(layers: int | Sequence[int] | None) -> int | list[int] | None:
-    if layers is None or isinstance(layers, int):
-        return layers
-    return list(layers)

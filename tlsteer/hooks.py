@@ -1,23 +1,24 @@
-"""Steering hooks: operators, absolute token positions under the KV cache, apply and patch.
+"""Steering hooks: edits keyed by hook name, at absolute positions, as ``(hook_name, fn)`` pairs.
 
-Hook functions are built by :func:`steering_hooks` as ``(hook_name, fn)`` pairs usable with
-``model.hooks(fwd_hooks=...)`` and ``run_with_hooks``. Each fn returns ``act + delta`` and keeps its
-state in itself, never in module globals.
+An :data:`Edit` is any function of the activation at the steered positions that returns the
+delta to add there. :func:`direction_edit` makes the CAA one (an :mod:`operator <tlsteer.operators>`
+applied to ``multiplier * direction``); the SAE module makes others (encode, edit features,
+decode, keep the error). :func:`edit_hooks` turns edits into hooks that steer the positions of
+:class:`~tlsteer.positions.Positions`, right under KV-cached generation: its list includes the
+position tracker's own hooks, so it works alone with ``model.hooks(fwd_hooks=...)``,
+``run_with_hooks`` or ``add_hook``. :func:`steering_hooks` does the same for ``(vector,
+multiplier)`` pairs. Each hook returns a new tensor (``act + delta``); its state lives in itself.
 
-Positions are absolute. A TransformerLens hook sees ``[batch, pos, d_model]`` with no position
-information: during KV-cached ``generate`` every decode step is ``[batch, 1, d_model]``. A
-:class:`PositionTracker`, a forward pre-hook on each steered block, reads how many positions the
-block's KV-cache entry already holds before every forward; that is the absolute position of the
-forward's first column, reset by construction when a new generation starts a new cache.
+:func:`apply_steering` and :func:`apply_edits` are ``model.hooks(...)`` contexts;
+:func:`patch_steering` and :func:`patch_edits` stay until ``handle.remove()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -25,292 +26,299 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import parse_hook_name, validate_hook_name
-from tlsteer.vector import SteeringVector
+from tlsteer.operators import Operator, addition_operator, check_multiplier
+from tlsteer.positions import OFFSET_HOOK, Positions, PositionTracker, TrackerHook, steered_columns
 
 __all__ = [
-    "Operator",
-    "Positions",
-    "PositionTracker",
+    "Edit",
+    "EditHook",
     "SteeringHandle",
-    "ablation_operator",
-    "ablation_then_addition_operator",
-    "addition_operator",
+    "apply_edits",
     "apply_steering",
+    "check_direction",
+    "direction_edit",
+    "edit_hooks",
+    "patch_edits",
     "patch_steering",
     "remove_all_steering",
     "steering_hooks",
+    "vector_edits",
 ]
 
-Operator = Callable[[Float[Tensor, "batch pos d_model"], Float[Tensor, " d_model"]], Tensor]
-"""``(activation, multiplier * direction) -> delta`` added to the activation."""
+Edit = Callable[[Float[Tensor, "batch pos d_model"]], Tensor]
+"""``activation at the steered positions -> delta`` added there (same shape, or broadcastable)."""
+
+_BEFORE_OFFSET = {
+    "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
+}
 
 
-def addition_operator() -> Operator:
-    """Add the scaled vector (CAA)."""
-
-    def add(act: Tensor, vector: Tensor) -> Tensor:
-        return vector.expand_as(act)
-
-    return add
-
-
-def _projection(act: Tensor, vector: Tensor) -> Tensor:
-    norm = vector.norm()
-    if norm == 0:
-        return torch.zeros_like(act)
-    unit = vector / norm
-    return (act @ unit)[..., None] * unit
-
-
-def ablation_operator() -> Operator:
-    """Remove the activation's component along the vector (the multiplier's size is unused)."""
-
-    def ablate(act: Tensor, vector: Tensor) -> Tensor:
-        return -_projection(act, vector)
-
-    return ablate
-
-
-def ablation_then_addition_operator() -> Operator:
-    """Remove the component along the vector, then add the scaled vector."""
-
-    def ablate_then_add(act: Tensor, vector: Tensor) -> Tensor:
-        return vector.expand_as(act) - _projection(act, vector)
-
-    return ablate_then_add
-
-
-PositionMode = Literal["all", "from", "explicit", "last"]
-
-
-@dataclass(frozen=True)
-class Positions:
-    """Which absolute token positions to steer.
-
-    Build it with :meth:`make`: every position (``min_token_index=0``), every position from
-    ``min_token_index`` onward, the explicit ``token_positions``, or only the last position of each
-    forward (``last_token_only``, which under generation steers the last prompt token and every
-    generated token, with the KV cache on or off).
-    """
-
-    mode: PositionMode
-    min_index: int = 0
-    indices: tuple[int, ...] = ()
-
-    @classmethod
-    def make(
-        cls,
-        min_token_index: int = 0,
-        token_positions: Sequence[int] | None = None,
-        last_token_only: bool = False,
-    ) -> Positions:
-        if isinstance(min_token_index, bool) or not isinstance(min_token_index, int):
-            raise TypeError(f"min_token_index must be an int, got {min_token_index!r}")
-        if min_token_index < 0:
-            raise ValueError(
-                f"min_token_index={min_token_index} is negative; positions are absolute, "
-                "counted from the first token (0 means every position)"
-            )
-        chosen = (min_token_index != 0) + (token_positions is not None) + bool(last_token_only)
-        if chosen > 1:
-            raise ValueError(
-                "choose one of min_token_index, token_positions and last_token_only; got "
-                f"min_token_index={min_token_index}, token_positions={token_positions!r}, "
-                f"last_token_only={last_token_only}"
-            )
-        if token_positions is not None:
-            positions = tuple(token_positions)
-            bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, int) or p < 0]
-            if bad or not positions:
-                raise ValueError(
-                    f"token_positions must be a non-empty list of absolute positions >= 0, got "
-                    f"{token_positions!r}"
-                )
-            return cls("explicit", indices=tuple(sorted(set(positions))))
-        if last_token_only:
-            return cls("last")
-        if min_token_index == 0:
-            return cls("all")
-        return cls("from", min_index=min_token_index)
+def _fires_before_offset(name: str) -> bool:
+    if name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        return True
+    return name.startswith("blocks.0.") and name[len("blocks.0.") :] in _BEFORE_OFFSET
 
 
 @dataclass(eq=False)
-class PositionTracker:
-    """Forward pre-hook on a block: the absolute position of the forward's first column.
+class DirectionEdit:
+    """The edit of one direction: ``operator(act, multiplier * direction)``."""
 
-    ``offset`` is the length of the block's KV-cache entry before this forward (0 without a
-    cache). ``anchor`` is the last position of the first forward of a sequence; a forward without
-    a cache whose input extends the previous one (``generate(use_past_kv_cache=False)``) keeps it.
-    """
-
-    track_anchor: bool = False
-    offset: int = 0
-    anchor: int = 0
-    _previous: Tensor | None = field(default=None, repr=False)
-    handles: list[Any] = field(default_factory=list, repr=False)
-
-    def __call__(self, module: Any, args: tuple, kwargs: dict) -> None:  # noqa: ARG002
-        entry = kwargs.get("past_kv_cache_entry")
-        self.offset = 0 if entry is None else int(entry.past_keys.shape[1])
-        if not self.track_anchor:
-            return
-        residual = args[0] if args else kwargs["resid_pre"]
-        if self.offset > 0:
-            return
-        prev = self._previous
-        extends = (
-            prev is not None
-            and prev.shape[0] == residual.shape[0]
-            and prev.shape[1] < residual.shape[1]
-            and torch.equal(residual[:, : prev.shape[1]], prev)
-        )
-        if not extends:
-            self.anchor = residual.shape[1] - 1
-        self._previous = residual.detach()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        self._previous = None
-
-
-@dataclass(eq=False)
-class SteeringHook:
-    """The hook function for one vector at one hook point (a TransformerLens hook callable)."""
-
-    name: str
-    vector: Tensor
+    direction: Tensor
     operator: Operator
-    positions: Positions
-    tracker: PositionTracker
     _cast: dict = field(default_factory=dict, repr=False)
 
-    def _vector_like(self, act: Tensor) -> Tensor:
+    def __call__(self, act: Tensor) -> Tensor:
         key = (act.device, act.dtype)
         if key not in self._cast:
-            self._cast[key] = self.vector.to(device=act.device, dtype=act.dtype)
-        return self._cast[key]
-
-    def __call__(self, act: Tensor, hook: Any) -> Tensor | None:  # noqa: ARG002
-        vector = self._vector_like(act)
-        mode = self.positions.mode
-        if mode == "all":
-            return act + self.operator(act, vector)
-        n_pos = act.shape[1]
-        offset = self.tracker.offset
-        if mode == "explicit":
-            absolute = torch.arange(offset, offset + n_pos, device=act.device)
-            wanted = torch.tensor(self.positions.indices, device=act.device)
-            selected = torch.isin(absolute, wanted)
-            if not bool(selected.any()):
-                return None
-            return act + self.operator(act, vector) * selected[None, :, None].to(act.dtype)
-        start = self.tracker.anchor if mode == "last" else self.positions.min_index
-        first = start - offset  # first steered column of this forward
-        if first >= n_pos:
-            return None
-        if first <= 0:
-            return act + self.operator(act, vector)
-        steered = act[:, first:]
-        return torch.cat([act[:, :first], steered + self.operator(steered, vector)], dim=1)
+            self._cast[key] = self.direction.to(device=act.device, dtype=act.dtype)
+        return self.operator(act, self._cast[key])
 
 
-def _check_multiplier(multiplier: Any) -> float:
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
-        raise TypeError(f"multiplier must be a real number, got {multiplier!r}")
-    if not math.isfinite(multiplier):
-        raise ValueError(f"multiplier must be finite, got {multiplier}")
-    return float(multiplier)
+def check_direction(name: str, direction: Any, d_model: int | None = None) -> Tensor:
+    """A 1-D, finite, floating direction (of size ``d_model`` when given), else a clear error."""
+    if not isinstance(direction, Tensor):
+        raise TypeError(f"direction at {name!r} must be a torch.Tensor, got {type(direction).__name__}")
+    if direction.ndim != 1:
+        raise ValueError(f"direction at {name!r} must be 1-D [d_model], got shape {tuple(direction.shape)}")
+    if not direction.is_floating_point():
+        raise TypeError(f"direction at {name!r} must be a floating tensor, got dtype {direction.dtype}")
+    if d_model is not None and direction.shape[0] != d_model:
+        raise ValueError(
+            f"vector has d_model={direction.shape[0]} at {name!r} but model.cfg.d_model={d_model}"
+        )
+    bad = ~torch.isfinite(direction)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"direction at {name!r} has {int(bad.sum())} non-finite entries (first at index {first}: "
+            f"{float(direction[first])}); steering needs finite values"
+        )
+    return direction
 
 
-def _check_vector(model: HookedTransformer, vector: SteeringVector) -> None:
-    d_model = model.cfg.d_model
-    for name, direction in vector.directions.items():
-        validate_hook_name(model, name)
-        parse_hook_name(name)
-        if direction.shape != (d_model,):
-            raise ValueError(
-                f"vector has d_model={direction.shape[-1]} at {name!r} but model.cfg.d_model={d_model}"
-            )
+def direction_edit(direction: Tensor, multiplier: Any = 1.0, operator: Operator | None = None) -> Edit:
+    """The edit that applies ``operator`` (default: addition) to ``multiplier * direction``.
+
+    Example:
+        >>> direction_edit(torch.ones(2), 3.0)(torch.zeros(1, 1, 2)).tolist()
+        [[[3.0, 3.0]]]
+    """
+    operator = addition_operator() if operator is None else operator
+    if not callable(operator):
+        raise TypeError(f"operator must be a callable (activation, vector) -> delta, got {operator!r}")
+    check_direction("direction", direction)
+    return DirectionEdit(direction.detach() * check_multiplier(multiplier), operator)
 
 
-def steering_hooks(
+def _directions_of(vector: Any) -> Mapping[str, Tensor]:
+    directions = getattr(vector, "directions", vector)
+    if not isinstance(directions, Mapping):
+        raise TypeError(
+            f"expected a SteeringVector or a {{hook_name: direction}} mapping, got {type(vector).__name__}"
+        )
+    return directions
+
+
+def vector_edits(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float | int]],
-    positions: Positions,
+    vectors: Sequence[tuple[Any, Any]],
     operator: Operator | None = None,
-) -> tuple[list[tuple[str, SteeringHook]], list[tuple[int, PositionTracker]]]:
-    """Validate and build the hooks for several ``(vector, multiplier)`` pairs.
+    check_model: bool = True,
+) -> list[tuple[str, Edit]]:
+    """Validated ``(hook_name, edit)`` pairs for ``(vector, multiplier)`` pairs.
 
-    Returns:
-        ``(fwd_hooks, trackers)``: the ``(hook_name, fn)`` pairs and the ``(layer, tracker)`` pairs
-        that must be registered as forward pre-hooks on ``model.blocks[layer]`` while the hooks are
-        active (see :func:`apply_steering`).
+    A vector is a :class:`~tlsteer.vector.SteeringVector` or a ``{hook_name: direction}``
+    mapping. With ``check_model``, a vector whose metadata names another model is refused (both
+    names must be known for the check to apply).
     """
     if operator is None:
         operator = addition_operator()
     if not callable(operator):
         raise TypeError(f"operator must be a callable (activation, vector) -> delta, got {operator!r}")
-    if not vectors:
-        raise ValueError("no vectors to apply; give at least one (vector, multiplier) pair")
-    checked = []
+    if hasattr(vectors, "directions") or isinstance(vectors, Mapping):
+        raise TypeError(
+            "expected a list of (vector, multiplier) pairs, got a single vector; pass "
+            "[(vector, 1.0)] or use vector.apply(model, multiplier)"
+        )
+    if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence) or not vectors:
+        raise ValueError(
+            f"no vectors to apply; give a non-empty list of (vector, multiplier) pairs, got {vectors!r}"
+        )
+    d_model = model.cfg.d_model
+    edits = []
     for item in vectors:
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"expected (SteeringVector, multiplier) pairs, got {item!r}")
         vector, multiplier = item
-        _check_vector(model, vector)
-        checked.append((vector, _check_multiplier(multiplier)))
-    trackers: dict[int, PositionTracker] = {}
-    track_anchor = positions.mode == "last"
-    hooks = []
-    for vector, multiplier in checked:
-        for name, direction in vector.directions.items():
-            layer, _ = parse_hook_name(name)
-            tracker = trackers.setdefault(layer, PositionTracker(track_anchor=track_anchor))
-            hooks.append((name, SteeringHook(name, direction * multiplier, operator, positions, tracker)))
-    if track_anchor:
-        # The anchor is read off block 0's input (embeddings: exact), before any steering.
-        anchor = trackers.setdefault(0, PositionTracker(track_anchor=True))
-        for tracker in trackers.values():
-            tracker.track_anchor = False
-        anchor.track_anchor = True
-        for hook in hooks:
-            hook[1].tracker = _AnchoredView(hook[1].tracker, anchor)  # type: ignore[assignment]
-    return hooks, sorted(trackers.items())
+        multiplier = check_multiplier(multiplier)
+        directions = _directions_of(vector)
+        if not directions:
+            raise ValueError("a vector with no directions cannot steer")
+        made_for = getattr(getattr(vector, "metadata", None), "model_name", "")
+        if check_model and made_for and model.cfg.model_name and made_for != model.cfg.model_name:
+            raise ValueError(
+                f"the vector was made for model {made_for!r} but this model is "
+                f"{model.cfg.model_name!r}; pass check_model=False to steer with it anyway"
+            )
+        for name, direction in directions.items():
+            validate_hook_name(model, name)
+            parse_hook_name(name)
+            check_direction(name, direction, d_model)
+            edits.append((name, DirectionEdit(direction.detach() * multiplier, operator)))
+    return edits
 
 
 @dataclass(eq=False)
-class _AnchoredView:
-    """A block's offset with block 0's anchor, for ``last_token_only`` steering."""
+class EditHook:
+    """The hook function of one edit at one hook point (a TransformerLens hook callable)."""
 
-    local: PositionTracker
-    anchor_source: PositionTracker
+    name: str
+    edit: Edit
+    positions: Positions
+    tracker: PositionTracker
 
-    @property
-    def offset(self) -> int:
-        return self.local.offset
+    def _delta(self, act: Tensor) -> Tensor:
+        delta = self.edit(act)
+        if not isinstance(delta, Tensor):
+            raise TypeError(f"the edit at {self.name!r} returned {type(delta).__name__}, not a tensor")
+        try:
+            shape = torch.broadcast_shapes(delta.shape, act.shape)
+        except RuntimeError:
+            shape = None
+        if shape != act.shape:
+            raise ValueError(
+                f"the edit (or operator) at {self.name!r} returned shape {tuple(delta.shape)} for an "
+                f"activation of shape {tuple(act.shape)}; it must return a delta of the activation's shape"
+            )
+        return delta
 
-    @property
-    def anchor(self) -> int:
-        return self.anchor_source.anchor
+    def __call__(self, act: Tensor, hook: Any) -> Tensor | None:  # noqa: ARG002
+        cols = steered_columns(self.positions, self.tracker, act.shape[1], act.device)
+        if cols is None:
+            return None
+        if isinstance(cols, int):
+            if cols == 0:
+                return act + self._delta(act)
+            steered = act[:, cols:]
+            return torch.cat([act[:, :cols], steered + self._delta(steered)], dim=1)
+        mask = cols.reshape(*cols.shape, *([1] * (act.ndim - 2)))
+        return torch.where(mask, act + self._delta(act), act)
 
 
-def _register_trackers(model: HookedTransformer, trackers: list[tuple[int, PositionTracker]]) -> None:
-    for layer, tracker in trackers:
-        handle = model.blocks[layer].register_forward_pre_hook(tracker, with_kwargs=True)
-        tracker.handles.append(handle)
+def _as_positions(
+    min_token_index: int,
+    token_positions: Sequence[int] | None,
+    last_token_only: bool,
+    positions: Positions | None,
+) -> Positions:
+    if positions is not None:
+        if min_token_index != 0 or token_positions is not None or last_token_only:
+            raise ValueError(
+                "give either positions= or min_token_index/token_positions/last_token_only, not both"
+            )
+        if not isinstance(positions, Positions):
+            raise TypeError(f"positions must be a tlsteer.positions.Positions, got {positions!r}")
+        return positions
+    return Positions.make(min_token_index, token_positions, last_token_only)
+
+
+def _build(
+    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
+) -> tuple[list[tuple[str, Any]], PositionTracker]:
+    if isinstance(edits, (str, bytes)) or not isinstance(edits, Sequence) or not edits:
+        raise ValueError(
+            f"no edits to apply; give a non-empty list of (hook_name, edit) pairs, got {edits!r}"
+        )
+    tracker = PositionTracker(track_anchor=positions.mode == "last")
+    hooks: list[tuple[str, Any]] = tracker.hooks() if positions.needs_tracker else []
+    if positions.needs_tracker and OFFSET_HOOK not in model.hook_dict:
+        raise ValueError(
+            f"positions other than every position need {OFFSET_HOOK!r}, which this model lacks; "
+            "steer every position (min_token_index=0)"
+        )
+    for item in edits:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"expected (hook_name, edit) pairs, got {item!r}")
+        name, edit = item
+        validate_hook_name(model, name)
+        if not callable(edit):
+            raise TypeError(f"the edit at {name!r} must be a callable activation -> delta, got {edit!r}")
+        if positions.needs_tracker and _fires_before_offset(name):
+            raise ValueError(
+                f"{name!r} runs before block 0's attention, where token positions are known; steer it "
+                f"at every position (min_token_index=0) or at a later hook such as 'blocks.0.hook_resid_post'"
+            )
+        hooks.append((name, EditHook(name, edit, positions, tracker)))
+    return hooks, tracker
+
+
+def edit_hooks(
+    model: HookedTransformer,
+    edits: Sequence[tuple[str, Edit]],
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+    positions: Positions | None = None,
+) -> list[tuple[str, Any]]:
+    """``(hook_name, fn)`` pairs that apply each edit at the chosen absolute positions.
+
+    The list carries its own position tracking; register all of it together (``model.hooks``,
+    ``run_with_hooks`` or ``add_hook``) and nothing else is needed, KV cache or not.
+
+    Example:
+        >>> hooks = edit_hooks(model, [("blocks.1.hook_resid_post", direction_edit(d, 4.0))],
+        ...                    min_token_index=5)  # doctest: +SKIP
+        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
+        ...     out = model.generate(tokens, max_new_tokens=10)
+    """
+    return _build(model, edits, _as_positions(min_token_index, token_positions, last_token_only, positions))[
+        0
+    ]
+
+
+def steering_hooks(
+    model: HookedTransformer,
+    vectors: Sequence[tuple[Any, Any]],
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+    operator: Operator | None = None,
+    check_model: bool = True,
+    positions: Positions | None = None,
+) -> list[tuple[str, Any]]:
+    """``(hook_name, fn)`` pairs that steer with several ``(vector, multiplier)`` pairs.
+
+    Everything is validated before a hook is built. The pairs work alone with
+    ``model.hooks(fwd_hooks=...)``, KV-cached ``generate`` included (see :func:`edit_hooks`).
+    """
+    pos = _as_positions(min_token_index, token_positions, last_token_only, positions)
+    return _build(model, vector_edits(model, vectors, operator, check_model), pos)[0]
+
+
+def _is_ours(fn: Any) -> bool:
+    return isinstance(fn, (EditHook, TrackerHook))
 
 
 def _remove_lens_hooks(model: HookedTransformer, hook_fns: set[int] | None) -> int:
-    """Remove TransformerLens hooks whose user function is a SteeringHook (or one of ``hook_fns``)."""
+    """Remove TransformerLens hooks whose user function is ours (or one of ``hook_fns``)."""
     removed = 0
     for point in model.hook_dict.values():
         kept = []
         for handle in point.fwd_hooks:
             fn = getattr(handle, "user_hook", None)
-            ours = isinstance(fn, SteeringHook) and (hook_fns is None or id(fn) in hook_fns)
-            if ours:
+            if _is_ours(fn) and (hook_fns is None or id(fn) in hook_fns):
                 handle.hook.remove()
                 removed += 1
             else:
@@ -319,14 +327,40 @@ def _remove_lens_hooks(model: HookedTransformer, hook_fns: set[int] | None) -> i
     return removed
 
 
+def _check_reached(positions: Positions, tracker: PositionTracker) -> None:
+    if positions.mode == "explicit" and tracker.seen_end > 0:
+        positions.check_length(tracker.seen_end)
+
+
+@contextlib.contextmanager
+def apply_edits(
+    model: HookedTransformer,
+    edits: Sequence[tuple[str, Edit]],
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+    positions: Positions | None = None,
+) -> Iterator[HookedTransformer]:
+    """Apply ``(hook_name, edit)`` pairs inside a ``with`` block (see :func:`edit_hooks`).
+
+    Explicit ``token_positions`` that no forward inside the block reached raise on a normal exit.
+    """
+    pos = _as_positions(min_token_index, token_positions, last_token_only, positions)
+    hooks, tracker = _build(model, edits, pos)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+    _check_reached(pos, tracker)
+
+
 @contextlib.contextmanager
 def apply_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float | int]],
+    vectors: Sequence[tuple[Any, Any]],
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
     operator: Operator | None = None,
+    check_model: bool = True,
 ) -> Iterator[HookedTransformer]:
     """Steer ``model`` with several ``(vector, multiplier)`` pairs inside a ``with`` block.
 
@@ -337,15 +371,9 @@ def apply_steering(
         >>> with apply_steering(model, [(honesty, 4.0), (formality, -2.0)], min_token_index=12):
         ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
     """
-    positions = Positions.make(min_token_index, token_positions, last_token_only)
-    hooks, trackers = steering_hooks(model, vectors, positions, operator)
-    with model.hooks(fwd_hooks=hooks):
-        _register_trackers(model, trackers)
-        try:
-            yield model
-        finally:
-            for _, tracker in trackers:
-                tracker.remove()
+    edits = vector_edits(model, vectors, operator, check_model)
+    with apply_edits(model, edits, min_token_index, token_positions, last_token_only) as steered:
+        yield steered
 
 
 @dataclass(eq=False)
@@ -353,41 +381,45 @@ class SteeringHandle:
     """What :func:`patch_steering` returns: call :meth:`remove` to undo exactly that patch."""
 
     model: Any
-    hooks: list[tuple[str, SteeringHook]]
-    trackers: list[tuple[int, PositionTracker]]
+    hooks: list[tuple[str, Any]]
     removed: bool = False
 
     def remove(self) -> None:
         if self.removed:
             return
         _remove_lens_hooks(self.model, {id(fn) for _, fn in self.hooks})
-        for _, tracker in self.trackers:
-            tracker.remove()
         self.removed = True
+
+
+def patch_edits(
+    model: HookedTransformer,
+    edits: Sequence[tuple[str, Edit]],
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+    positions: Positions | None = None,
+) -> SteeringHandle:
+    """Like :func:`apply_edits` but stays until ``handle.remove()`` or :func:`remove_all_steering`."""
+    hooks = edit_hooks(model, edits, min_token_index, token_positions, last_token_only, positions)
+    for name, fn in hooks:
+        model.add_hook(name, fn)
+    return SteeringHandle(model, hooks)
 
 
 def patch_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float | int]],
+    vectors: Sequence[tuple[Any, Any]],
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
     operator: Operator | None = None,
+    check_model: bool = True,
 ) -> SteeringHandle:
     """Like :func:`apply_steering` but stays until ``handle.remove()`` or :func:`remove_all_steering`."""
-    positions = Positions.make(min_token_index, token_positions, last_token_only)
-    hooks, trackers = steering_hooks(model, vectors, positions, operator)
-    for name, fn in hooks:
-        model.add_hook(name, fn)
-    _register_trackers(model, trackers)
-    return SteeringHandle(model, hooks, trackers)
+    edits = vector_edits(model, vectors, operator, check_model)
+    return patch_edits(model, edits, min_token_index, token_positions, last_token_only)
 
 
 def remove_all_steering(model: HookedTransformer) -> int:
     """Remove every tlsteer hook from ``model`` (other hooks stay); returns how many were removed."""
-    removed = _remove_lens_hooks(model, None)
-    for block in model.blocks:
-        for fn in list(block._forward_pre_hooks.values()):
-            if isinstance(fn, PositionTracker):
-                fn.remove()
-    return removed
+    return _remove_lens_hooks(model, None)

@@ -24,16 +24,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from tlsteer._types import parse_hook_name
+from tlsteer._types import check_batch_size, parse_hook_name
 from tlsteer.data import ContrastPair
-from tlsteer.extract import ReadIndex, _read_indices, _tokenize_all, left_pad, right_pad
+from tlsteer.kv import MIN_SHARED_HEAD, common_prefix_length, head_cache, repeat_cache
+from tlsteer.tokens import ReadIndex, left_pad, read_indices, right_pad, tokenize_prompts
 
 __all__ = ["PairBatch", "iter_pair_activations"]
-
-_MIN_HEAD = 4
-"""Share a head common to every prefix (e.g. a chat template's system turn) from this length."""
 
 
 @dataclass(frozen=True)
@@ -55,51 +52,23 @@ class _PairPlan:
     neg_read: int
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _plan(
+def plan_pairs(
     model: HookedTransformer, pairs: Sequence[ContrastPair], read_token_index: ReadIndex
 ) -> list[_PairPlan]:
     prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-    ids = _tokenize_all(model, prompts)
+    ids = tokenize_prompts(model, prompts)
     if isinstance(read_token_index, Sequence) and not isinstance(read_token_index, str):
         read_token_index = list(read_token_index) * 2
     overrides = [p.read_index for p in pairs] * 2
-    reads = _read_indices(prompts, ids, read_token_index, overrides)
+    reads = read_indices(prompts, ids, read_token_index, overrides)
     n = len(pairs)
     plans = []
     for i in range(n):
         pos, neg, r_pos, r_neg = ids[i], ids[n + i], reads[i], reads[n + i]
         # The prefix ends before both read positions, so every read lies in a suffix.
-        shared = min(_common_prefix(pos, neg), r_pos, r_neg)
+        shared = min(common_prefix_length(pos, neg), r_pos, r_neg)
         plans.append(_PairPlan(i, pos[:shared], pos[shared:], neg[shared:], r_pos - shared, r_neg - shared))
     return plans
-
-
-def _repeated(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
-    """The cache with its rows repeated ``times`` times (``[a, b]`` -> ``[a, b, a, b]``)."""
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            past_keys=e.past_keys.repeat(times, 1, 1, 1), past_values=e.past_values.repeat(times, 1, 1, 1)
-        )
-        for e in cache.entries
-    ]
-    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.repeat(times, 1))
-
-
-def _head_cache(model: HookedTransformer, head: list[int], stop_at: int) -> TransformerLensKeyValueCache:
-    """Run the text every prefix starts with (a chat template's system turn, say) once."""
-    tokens = torch.tensor([head], dtype=torch.long, device=model.cfg.device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache, stop_at_layer=stop_at)
-    return cache
 
 
 def _gather_hooks(
@@ -131,11 +100,11 @@ def _run_batch(
         else:
             # The shared head is in the cache; left-pad the rest of each prefix after it.
             head_cache, head_len = head
-            cache = _repeated(head_cache, b)
+            cache = repeat_cache(head_cache, b)
             prefix_tokens, prefix_mask = left_pad(model, [p.prefix[head_len:] for p in plans])
         if prefix_tokens.shape[1] > 0:
             model(prefix_tokens, attention_mask=prefix_mask, past_kv_cache=cache, stop_at_layer=stop_at)
-        cache = _repeated(cache, 2)
+        cache = repeat_cache(cache, 2)
     suffix_rows = [p.pos_suffix for p in plans] + [p.neg_suffix for p in plans]
     tokens, _ = right_pad(model, suffix_rows)
     rows = torch.arange(2 * b, device=tokens.device)
@@ -168,9 +137,8 @@ def iter_pair_activations(
             pairs run together, then their ``2 * batch_size`` short suffixes.
         show_progress: Show a tqdm progress bar.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    plans = _plan(model, pairs, read_token_index)
+    batch_size = check_batch_size(batch_size)
+    plans = plan_pairs(model, pairs, read_token_index)
     stop_at = max(parse_hook_name(h)[0] for h in hooks) + 1
     per_batch = batch_size
     # Bucket: pairs without a shared prefix apart, then by prefix length and suffix length.
@@ -185,9 +153,9 @@ def iter_pair_activations(
         head = None
         prefixes = [p.prefix for p in plans if p.prefix]
         if len(prefixes) > 1:
-            head_ids = prefixes[0][: min(_common_prefix(prefixes[0], q) for q in prefixes)]
-            if len(head_ids) >= _MIN_HEAD:
-                head = (_head_cache(model, head_ids, stop_at), len(head_ids))
+            head_ids = prefixes[0][: min(common_prefix_length(prefixes[0], q) for q in prefixes)]
+            if len(head_ids) >= MIN_SHARED_HEAD:
+                head = (head_cache(model, head_ids, stop_at), len(head_ids))
         for batch in tqdm(batches, desc="pairs", disable=not show_progress, leave=False):
             pos, neg = _run_batch(model, batch, hooks, stop_at, head)
             yield PairBatch([p.index for p in batch], pos, neg)

@@ -1,15 +1,18 @@
-"""The SteeringVector value type: directions keyed by hook name, metadata, algebra, files.
+"""The SteeringVector value type: directions keyed by hook name, provenance, algebra, files.
 
-A :class:`SteeringVector` is immutable: arithmetic, ``.to()`` and ``.normalized()`` return new
-vectors. Files are safetensors, one tensor per hook, with the metadata as JSON in the header.
+A :class:`SteeringVector` is an immutable value: it owns copies of its directions, compares by
+value (``==`` is exact, :meth:`~SteeringVector.allclose` is approximate), hashes by value, is not
+iterable, and its arithmetic returns new vectors. Facts that follow from the directions (hooks,
+layers, ``d_model``) are read off them, never stored twice. Files are safetensors, one tensor per
+hook, with the provenance as JSON in the header.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,84 +24,89 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import hook_name, parse_hook_name
-
-Operator = Callable[[Tensor, Tensor], Tensor]
+from tlsteer._types import parse_hook_name
+from tlsteer._version import __version__
+from tlsteer.hooks import SteeringHandle, apply_steering, check_direction, patch_steering
+from tlsteer.operators import Operator, check_multiplier
 
 __all__ = ["SteeringVector", "VectorMetadata"]
 
 _FORMAT = "tlsteer.SteeringVector/1"
-
-
-def _version() -> str:
-    from tlsteer import __version__
-
-    return __version__
+_DERIVED = ("d_model", "hook_point", "layers")  # written by tlsteer 0.1 files; checked, not kept
 
 
 @dataclass(frozen=True)
 class VectorMetadata:
-    """Where a vector came from. Unknown fields are an error, not ``None``."""
+    """Where a vector came from. Unknown fields are an error, not ``None``.
+
+    Facts about the directions themselves (``d_model``, hooks, layers) live on the vector.
+    """
 
     model_name: str = ""
-    d_model: int = 0
-    hook_point: str = "resid_post"
-    layers: tuple[int, ...] = ()
     read_index: str = ""
     aggregator: str = ""
     n_pairs: int = 0
     data_hash: str = ""
-    tlsteer_version: str = field(default_factory=_version)
+    tlsteer_version: str = __version__
     note: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> VectorMetadata:
+    def from_json(cls, text: str) -> tuple[VectorMetadata, dict[str, Any]]:
+        """The metadata, and the derived fields an older file also stored (to check)."""
         raw = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
+        derived = {k: raw.pop(k) for k in _DERIVED if k in raw}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown metadata fields {unknown}; known: {sorted(known)}")
-        raw["layers"] = tuple(raw.get("layers", ()))
-        return cls(**raw)
+        return cls(**raw), derived
 
 
-@dataclass(frozen=True)
+def _describe(vector: SteeringVector, default: str) -> str:
+    return vector.metadata.note or default
+
+
+@dataclass(frozen=True, eq=False)
 class SteeringVector:
-    """Steering directions keyed by full TransformerLens hook name, plus metadata.
+    """Steering directions keyed by full TransformerLens hook name, plus provenance.
 
     Example:
         >>> v = SteeringVector({"blocks.3.hook_resid_post": torch.ones(4)})
         >>> (2 * v)["blocks.3.hook_resid_post"]
         tensor([2., 2., 2., 2.])
+        >>> v == SteeringVector({"blocks.3.hook_resid_post": torch.ones(4)})
+        True
+        >>> v.layers, v.d_model
+        ([3], 4)
     """
 
     directions: Mapping[str, Float[Tensor, " d_model"]]
     metadata: VectorMetadata = field(default_factory=VectorMetadata)
 
     def __post_init__(self) -> None:
-        if not self.directions:
-            raise ValueError("a SteeringVector needs at least one direction")
-        dims = set()
+        if not isinstance(self.directions, Mapping) or not self.directions:
+            raise ValueError(
+                "a SteeringVector needs a non-empty {hook_name: direction} mapping, got "
+                f"{self.directions!r}"
+            )
+        if not isinstance(self.metadata, VectorMetadata):
+            raise TypeError(f"metadata must be a VectorMetadata, got {type(self.metadata).__name__}")
+        dims = {}
         clean = {}
         for name, direction in self.directions.items():
+            if not isinstance(name, str):
+                raise TypeError(f"hook names must be strings, got {name!r}")
             parse_hook_name(name)
-            if not isinstance(direction, Tensor) or direction.ndim != 1:
-                raise ValueError(
-                    f"direction at {name!r} must be a 1-D tensor [d_model], got "
-                    f"{getattr(direction, 'shape', type(direction))}"
-                )
-            dims.add(direction.shape[0])
-            clean[name] = direction.detach()
-        if len(dims) != 1:
-            raise ValueError(f"directions have different sizes {sorted(dims)}")
-        object.__setattr__(
-            self,
-            "directions",
-            MappingProxyType(dict(sorted(clean.items(), key=lambda kv: parse_hook_name(kv[0])))),
-        )
+            check_direction(name, direction)
+            dims[name] = direction.shape[0]
+            clean[name] = direction.detach().clone()
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"directions have different sizes: {dims}")
+        ordered = dict(sorted(clean.items(), key=lambda kv: parse_hook_name(kv[0])))
+        object.__setattr__(self, "directions", MappingProxyType(ordered))
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -107,27 +115,75 @@ class SteeringVector:
 
     @property
     def layers(self) -> list[int]:
-        return [parse_hook_name(name)[0] for name in self.directions]
+        return sorted({parse_hook_name(name)[0] for name in self.directions})
 
     @property
     def hooks(self) -> list[str]:
         return list(self.directions)
 
+    @property
+    def hook_points(self) -> list[str]:
+        """The distinct points inside blocks (``resid_post``, ...), in hook order."""
+        return list(dict.fromkeys(parse_hook_name(name)[1] for name in self.directions))
+
     def __getitem__(self, key: int | str) -> Tensor:
         """A direction by hook name, or by layer when the vector has one hook point per layer."""
-        if isinstance(key, int):
-            matches = [n for n in self.directions if parse_hook_name(n)[0] == key]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            matches = [n for n in self.directions if parse_hook_name(n)[0] == int(key)]
             if len(matches) != 1:
                 raise KeyError(
                     f"layer {key} matches {len(matches)} hooks of this vector; layers: {self.layers}"
                 )
             key = matches[0]
-        if key not in self.directions:
+        if not isinstance(key, str) or key not in self.directions:
             raise KeyError(f"hook {key!r} not in this vector; hooks: {self.hooks}")
         return self.directions[key]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.directions
+
+    def __iter__(self) -> Any:
+        raise TypeError(
+            "a SteeringVector is not iterable; use vector.directions.items(), or pass "
+            "[(vector, multiplier)] where a list of pairs is expected"
+        )
+
+    def __len__(self) -> int:
+        return len(self.directions)
+
     def norms(self) -> dict[str, float]:
         return {name: float(d.norm()) for name, d in self.directions.items()}
+
+    # -- value semantics ------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        """Exact equality: the same hooks, bit-equal directions (same dtype), the same metadata."""
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return (
+            self.hooks == other.hooks
+            and self.metadata == other.metadata
+            and all(
+                torch.equal(a, other.directions[n]) and a.dtype == other.directions[n].dtype
+                for n, a in self.directions.items()
+            )
+        )
+
+    def __hash__(self) -> int:
+        digest = hashlib.sha256(self.metadata.to_json().encode())
+        for name, d in self.directions.items():
+            digest.update(name.encode())
+            digest.update(str(d.dtype).encode())
+            digest.update(d.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return int.from_bytes(digest.digest()[:8], "little")
+
+    def allclose(self, other: SteeringVector, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
+        """The same hooks and directions equal within tolerance (metadata is not compared)."""
+        if not isinstance(other, SteeringVector):
+            raise TypeError(f"can only compare with a SteeringVector, got {type(other).__name__}")
+        return self.hooks == other.hooks and all(
+            torch.allclose(a.float().cpu(), other.directions[n].float().cpu(), rtol=rtol, atol=atol)
+            for n, a in self.directions.items()
+        )
 
     # -- algebra --------------------------------------------------------------------------
     def _map(self, fn: Any, note: str) -> SteeringVector:
@@ -148,22 +204,31 @@ class SteeringVector:
         out = dict(self.directions)
         for name, d in other.directions.items():
             out[name] = out[name] + sign * d if name in out else sign * d
-        note = f"({self.metadata.note or 'a'}) {op} ({other.metadata.note or 'b'})"
-        return SteeringVector(out, dataclasses.replace(self.metadata, note=note))
+        a, b = self.metadata, other.metadata
+        # a combination has no single data set; it keeps the model only if both agree
+        metadata = VectorMetadata(
+            model_name=a.model_name if a.model_name == b.model_name else "",
+            note=f"({_describe(self, 'a')}) {op} ({_describe(other, 'b')})",
+        )
+        return SteeringVector(out, metadata)
 
-    def __mul__(self, scalar: float | int) -> SteeringVector:
-        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)) or not math.isfinite(scalar):
+    def __mul__(self, scalar: Any) -> SteeringVector:
+        try:
+            value = check_multiplier(scalar, "scale")
+        except TypeError:
             return NotImplemented
-        return self._map(lambda d: d * scalar, f"{scalar} * ({self.metadata.note or 'v'})")
+        return self._map(lambda d: d * value, f"{value:g} * ({_describe(self, 'v')})")
 
     __rmul__ = __mul__
 
-    def __truediv__(self, scalar: float | int) -> SteeringVector:
-        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+    def __truediv__(self, scalar: Any) -> SteeringVector:
+        try:
+            value = check_multiplier(scalar, "divisor")
+        except TypeError:
             return NotImplemented
-        if scalar == 0 or not math.isfinite(scalar):
-            raise ValueError(f"cannot divide a vector by {scalar}")
-        return self * (1.0 / scalar)
+        if value == 0:
+            raise ValueError("cannot divide a vector by 0")
+        return self._map(lambda d: d / value, f"({_describe(self, 'v')}) / {value:g}")
 
     def __neg__(self) -> SteeringVector:
         return self * -1.0
@@ -177,46 +242,57 @@ class SteeringVector:
         for name, d in self.directions.items():
             if d.norm() == 0:
                 raise ValueError(f"direction at {name!r} is zero and cannot be normalised")
-        return self._map(lambda d: d / d.norm(), f"normalized({self.metadata.note or 'v'})")
+        return self._map(lambda d: d / d.norm(), f"normalized({_describe(self, 'v')})")
 
-    def select(self, layers: list[int]) -> SteeringVector:
+    def select(self, layers: int | list[int]) -> SteeringVector:
         """Only the directions at these layers."""
-        kept = {n: d for n, d in self.directions.items() if parse_hook_name(n)[0] in layers}
+        wanted = [layers] if isinstance(layers, int) else list(layers)
+        kept = {n: d for n, d in self.directions.items() if parse_hook_name(n)[0] in wanted}
         if not kept:
-            raise KeyError(f"none of layers {layers} in this vector; layers: {self.layers}")
+            raise KeyError(f"none of layers {wanted} in this vector; layers: {self.layers}")
         return SteeringVector(kept, self.metadata)
 
     # -- steering -------------------------------------------------------------------------
     def apply(
         self,
         model: HookedTransformer,
-        multiplier: float | int = 1.0,
+        multiplier: Any = 1.0,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
         operator: Operator | None = None,
         last_token_only: bool = False,
+        check_model: bool = True,
     ) -> Any:
-        """Context manager that steers ``model`` with this vector (see :func:`apply_steering`)."""
-        from tlsteer.hooks import apply_steering
-
+        """Context manager that steers ``model`` with this vector (see :func:`tlsteer.apply_steering`)."""
         return apply_steering(
-            model, [(self, multiplier)], min_token_index, token_positions, last_token_only, operator
+            model,
+            [(self, multiplier)],
+            min_token_index,
+            token_positions,
+            last_token_only,
+            operator,
+            check_model,
         )
 
     def patch(
         self,
         model: HookedTransformer,
-        multiplier: float | int = 1.0,
+        multiplier: Any = 1.0,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
         operator: Operator | None = None,
         last_token_only: bool = False,
-    ) -> Any:
-        """Add the steering hooks until ``handle.remove()`` (see :func:`patch_steering`)."""
-        from tlsteer.hooks import patch_steering
-
+        check_model: bool = True,
+    ) -> SteeringHandle:
+        """Add the steering hooks until ``handle.remove()`` (see :func:`tlsteer.patch_steering`)."""
         return patch_steering(
-            model, [(self, multiplier)], min_token_index, token_positions, last_token_only, operator
+            model,
+            [(self, multiplier)],
+            min_token_index,
+            token_positions,
+            last_token_only,
+            operator,
+            check_model,
         )
 
     # -- files ----------------------------------------------------------------------------
@@ -224,6 +300,11 @@ class SteeringVector:
         """Write a safetensors file with the directions (float32, CPU) and the metadata."""
         from safetensors.torch import save_file
 
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(
+                f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist"
+            )
         tensors = {n: d.detach().float().cpu().contiguous() for n, d in self.directions.items()}
         save_file(tensors, str(path), metadata={"format": _FORMAT, "metadata": self.metadata.to_json()})
 
@@ -232,11 +313,12 @@ class SteeringVector:
         """Read a file written by :meth:`save`; a corrupt or foreign file raises ``ValueError``."""
         from safetensors import safe_open
 
+        target = _available_device(device)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"steering vector file {str(path)!r} does not exist")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         except Exception as err:  # safetensors raises its own error types for bad files
@@ -248,15 +330,30 @@ class SteeringVector:
                 f"{str(path)!r} is a safetensors file but not a tlsteer vector (format "
                 f"{header.get('format')!r}, expected {_FORMAT!r})"
             )
-        return cls(tensors, VectorMetadata.from_json(header["metadata"]))
+        metadata, derived = VectorMetadata.from_json(header["metadata"])
+        vector = cls(tensors, metadata)
+        found = {"d_model": vector.d_model, "layers": vector.layers}
+        for key, value in derived.items():
+            if key in found and list(np.atleast_1d(value)) != list(np.atleast_1d(found[key])):
+                raise ValueError(f"{str(path)!r} says {key}={value} but its directions have {found[key]}")
+        return vector.to(target)
 
-    def to_numpy_file(self, layer: int, path: str | Path) -> None:
-        """Save one layer's direction as a plain ``[d_model]`` float32 ``.npy`` file."""
-        direction = self[layer] if isinstance(layer, int) else self[hook_name(layer)]
-        np.save(str(path), direction.detach().float().cpu().numpy())
+    def to_numpy_file(self, layer: int | str, path: str | Path) -> None:
+        """Save one layer's direction (or one hook's) as a plain ``[d_model]`` float32 ``.npy`` file."""
+        np.save(str(path), self[layer].detach().float().cpu().numpy())
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{n}: {v:.3g}" for n, v in list(self.norms().items())[:4])
         more = ", ..." if len(self.directions) > 4 else ""
         model = self.metadata.model_name
         return f"SteeringVector(d_model={self.d_model}, norms={{{norms}{more}}}, model={model!r})"
+
+
+def _available_device(device: torch.device | str) -> torch.device:
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. 'cpu', 'cuda:0')") from err
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here: torch.cuda.is_available() is False")
+    return target

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer.data import chat_prompt, tokenize
-from tlsteer.hooks import _check_multiplier
+from tlsteer.data import chat_prompt
+from tlsteer.operators import check_multiplier
+from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector
 
 __all__ = ["Generation", "GenerationReport", "GenerationSettings", "compare_generations"]
@@ -134,7 +135,7 @@ def compare_generations(
     settings = settings or GenerationSettings()
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    mults = [_check_multiplier(m) for m in multipliers]
+    mults = [check_multiplier(m) for m in multipliers]
     if not mults:
         raise ValueError("multipliers is empty; give at least one (0 is the unsteered baseline)")
     gens = []

@@ -4,7 +4,7 @@
 item; :func:`summarize_sweep` (and :func:`sweep`, which does both) reduces that to one row per
 ``(layer, multiplier)``. Multipliers are absolute, or with ``relative=True`` in units of the
 residual norm at the hook divided by the vector's norm there (:func:`residual_norms`).
-:func:`tlsteer.diagnostics.steerability` reads per-item slopes off a :func:`sweep_items` frame;
+:func:`tlsteer.eval.diagnostics.steerability` reads per-item slopes off a :func:`sweep_items` frame;
 :func:`compete` applies two vectors together, and :func:`calibrate_multiplier` picks the largest
 multiplier whose KL on neutral text stays under a budget.
 """
@@ -21,11 +21,14 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import parse_hook_name, resolve_layers, validate_hook_name
+from tlsteer._types import check_batch_size, parse_hook_name, resolve_layers, validate_hook_name
 from tlsteer.data import ABItem
 from tlsteer.errors import format_options
-from tlsteer.evaluate import ABResult, ab_eval, kl_on_neutral
-from tlsteer.extract import _tokenize_all, left_pad
+from tlsteer.eval.ab import ABResult, OutsideAB, ab_eval, check_ab_items, kl_on_neutral
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.hooks import check_direction
+from tlsteer.operators import check_multiplier
+from tlsteer.tokens import left_pad, tokenize_prompts
 from tlsteer.vector import SteeringVector
 
 __all__ = [
@@ -70,10 +73,17 @@ def _check_multipliers(multipliers: Sequence[float | int], name: str = "multipli
         raise ValueError(f"{name} must be a non-empty list of numbers, got {multipliers!r}")
     out = []
     for m in multipliers:
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
-            raise ValueError(f"{name} must be finite numbers, got {m!r} in {list(multipliers)!r}")
-        out.append(float(m))
+        try:
+            out.append(check_multiplier(m))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be finite numbers, got {m!r} in {list(multipliers)!r}") from err
     return out
+
+
+def check_direction_values(vector: SteeringVector) -> None:
+    """Every direction of ``vector`` finite (a vector built by hand may not be)."""
+    for name, direction in vector.directions.items():
+        check_direction(name, direction)
 
 
 def residual_norms(
@@ -91,8 +101,7 @@ def residual_norms(
         >>> residual_norms(model, neutral, ["blocks.6.hook_resid_post"])  # doctest: +SKIP
         {'blocks.6.hook_resid_post': 41.7}
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_batch_size(batch_size)
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     if isinstance(hooks, str) or not hooks:
@@ -100,7 +109,7 @@ def residual_norms(
     for name in hooks:
         validate_hook_name(model, name)
     stop_at = max(parse_hook_name(name)[0] for name in hooks) + 1
-    token_ids = _tokenize_all(model, prompts)
+    token_ids = tokenize_prompts(model, prompts)
     if max(len(ids) for ids in token_ids) < 2:
         raise ValueError("every prompt has a single token; residual norms skip the first position")
     totals = dict.fromkeys(hooks, 0.0)
@@ -161,6 +170,7 @@ def sweep_items(
     steer_all_positions: bool = False,
     engine: str = "cached",
     attention: str = "auto",
+    outside_ab: OutsideAB = "error",
 ) -> pd.DataFrame:
     """Score every A/B item with the vector's direction at each layer alone, at each multiplier.
 
@@ -176,11 +186,11 @@ def sweep_items(
         batch_size: Items per forward pass.
         steer_all_positions: Steer the whole prompt, not only from the end of the question.
         engine: ``"cached"`` runs each batch's unsteered prefix once and all settings' steered
-            suffixes together (:mod:`tlsteer.sweep_engine`); ``"full"`` runs a full forward per
+            suffixes together (:mod:`tlsteer.eval.cached`); ``"full"`` runs a full forward per
             setting. Both give the same scores up to float error; ``steer_all_positions`` needs
             ``"full"``.
         attention: How the cached engine runs the suffix rows: ``"auto"``, ``"shared"`` or
-            ``"repeat"`` (see :mod:`tlsteer.sweep_engine`).
+            ``"repeat"`` (see :mod:`tlsteer.eval.cached`).
 
     Returns:
         A DataFrame with :data:`ITEM_COLUMNS`; ``item`` is the index into ``items``.
@@ -189,6 +199,8 @@ def sweep_items(
         >>> df = sweep_items(model, items, vec, layers=[4, 6], multipliers=[-2, 0, 2])  # doctest: +SKIP
     """
     mults = _check_multipliers(multipliers)
+    check_ab_items(items, outside_ab)
+    check_direction_values(vector)
     layer_list = resolve_layers(model, layers if isinstance(layers, int) else list(layers))
     if engine not in ("cached", "full"):
         raise ValueError(f"engine must be 'cached' or 'full', got {engine!r}")
@@ -200,10 +212,10 @@ def sweep_items(
         scale = _scale(vector, hook, relative, norms)
         grid += [(layer, hook, m, m * scale) for m in mults]
     if engine == "cached":
-        from tlsteer.sweep_engine import Setting, cached_ab_scores
-
         settings = [Setting(hook, vector.directions[hook], applied) for _, hook, _, applied in grid]
-        all_scores = cached_ab_scores(model, items, settings, batch_size=batch_size, attention=attention)
+        all_scores = cached_ab_scores(
+            model, items, settings, batch_size=batch_size, attention=attention, outside_ab=outside_ab
+        )
     else:
         all_scores = []
         baseline: ABResult | None = None
@@ -211,10 +223,12 @@ def sweep_items(
             single = SteeringVector({hook: vector.directions[hook]}, vector.metadata)
             if applied == 0:
                 if baseline is None:
-                    baseline = ab_eval(model, items, (), batch_size, steer_all_positions)
+                    baseline = ab_eval(model, items, (), batch_size, steer_all_positions, outside_ab)
                 all_scores.append(list(baseline.scores))
             else:
-                result = ab_eval(model, items, [(single, applied)], batch_size, steer_all_positions)
+                result = ab_eval(
+                    model, items, [(single, applied)], batch_size, steer_all_positions, outside_ab
+                )
                 all_scores.append(list(result.scores))
     rows = []
     for (layer, hook, m, applied), scores in zip(grid, all_scores, strict=True):
@@ -228,7 +242,7 @@ def summarize_sweep(per_item: pd.DataFrame) -> pd.DataFrame:
 
     ``p_matching`` and ``letter_mass`` are means over items, ``n_matching`` counts items with
     ``p_matching > 0.5``, ``logit_diff`` is the mean over items where it is defined (as in
-    :class:`tlsteer.evaluate.ABResult`).
+    :class:`tlsteer.eval.ab.ABResult`).
     """
     missing = [c for c in ITEM_COLUMNS if c not in per_item.columns]
     if missing:
@@ -260,6 +274,7 @@ def sweep(
     steer_all_positions: bool = False,
     engine: str = "cached",
     attention: str = "auto",
+    outside_ab: OutsideAB = "error",
 ) -> pd.DataFrame:
     """A layer x multiplier sweep of A/B scores, one row per pair (:data:`SUMMARY_COLUMNS`).
 
@@ -282,6 +297,7 @@ def sweep(
         steer_all_positions=steer_all_positions,
         engine=engine,
         attention=attention,
+        outside_ab=outside_ab,
     )
     return summarize_sweep(per_item)
 
@@ -350,7 +366,7 @@ def calibrate_multiplier(
 ) -> dict[int, float | None]:
     """Per layer, the largest candidate multiplier whose mean KL on neutral text is <= ``target_kl``.
 
-    The vector's direction at each layer is applied alone (see :func:`tlsteer.evaluate.kl_on_neutral`).
+    The vector's direction at each layer is applied alone (see :func:`tlsteer.eval.ab.kl_on_neutral`).
     Candidates are tried from the largest down; a layer where none stays within budget maps to
     ``None``. Candidates must be positive: to calibrate steering the other way, pass ``-vector``.
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from tlsteer._types import parse_hook_name
 from tlsteer.errors import format_options
-from tlsteer.evaluate import ABResult
+from tlsteer.eval.ab import ABResult
 from tlsteer.extract import ContrastActivations
 from tlsteer.vector import SteeringVector
 

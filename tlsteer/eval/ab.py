@@ -16,19 +16,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer.data import ABItem, chat_prompt, tokenize
-from tlsteer.extract import _tokenize_all, left_pad, right_pad
-from tlsteer.hooks import Positions, apply_steering
+from tlsteer._types import check_batch_size
+from tlsteer.data import ABItem, chat_prompt
+from tlsteer.hooks import apply_edits, vector_edits
+from tlsteer.positions import Positions
+from tlsteer.tokens import left_pad, right_pad, tokenize, tokenize_prompts
 from tlsteer.vector import SteeringVector
 
 __all__ = [
     "ABAccuracy",
     "ABResult",
     "ABScore",
+    "OutsideAB",
+    "answer_letter",
+    "check_ab_items",
     "ab_accuracy",
     "ab_eval",
     "ab_scores",
@@ -44,6 +50,8 @@ class ABScore:
     p_matching: float
     letter_mass: float
     logit_diff: float
+    outside_ab: bool = False
+    """The matching answer is a letter other than A or B; CAA scores such an item as 0."""
 
 
 def letter_token_id(model: HookedTransformer, letter: str) -> int:
@@ -58,14 +66,52 @@ def letter_token_id(model: HookedTransformer, letter: str) -> int:
     return with_letter[-1]
 
 
-def _letters(item: ABItem) -> tuple[str, str]:
-    out = []
-    for answer in (item.matching, item.not_matching):
-        letter = answer.strip().strip("()")
-        if len(letter) != 1:
-            raise ValueError(f"answer {answer!r} is not a single letter like '(A)'")
-        out.append(letter)
-    return out[0], out[1]
+OutsideAB = Literal["zero", "error"]
+"""What to do with items whose answers are letters other than A and B: score 0 (as CAA does for
+four survival-instinct test items) or refuse them."""
+
+
+def answer_letter(answer: str, where: str) -> str:
+    """The letter of an answer written ``(X)`` with ``X`` in A-Z, else a ``ValueError``."""
+    text = answer.strip() if isinstance(answer, str) else answer
+    if not (
+        isinstance(text, str)
+        and len(text) == 3
+        and text[0] == "("
+        and text[2] == ")"
+        and "A" <= text[1] <= "Z"
+    ):
+        raise ValueError(f"{where}: answer {answer!r} is not a capital letter answer like '(A)'")
+    return text[1]
+
+
+def _letters(item: ABItem, index: int) -> tuple[str, str]:
+    where = f"A/B item {index}"
+    match = answer_letter(item.matching, where)
+    other = answer_letter(item.not_matching, where)
+    if match == other:
+        raise ValueError(f"{where}: matching and not-matching answers are both {item.matching!r}")
+    return match, other
+
+
+def check_ab_items(items: Sequence[ABItem], outside_ab: OutsideAB = "error") -> None:
+    """Refuse malformed answers, and answers outside A/B unless ``outside_ab="zero"``."""
+    if outside_ab not in get_args(OutsideAB):
+        raise ValueError(f"outside_ab must be one of {get_args(OutsideAB)}, got {outside_ab!r}")
+    if isinstance(items, (str, bytes)) or not items:
+        raise ValueError("no A/B items to score")
+    outside = []
+    for i, item in enumerate(items):
+        if not isinstance(item, ABItem):
+            raise TypeError(f"A/B item {i} is {type(item).__name__}, not an ABItem (see load_ab_items)")
+        match, other = _letters(item, i)
+        if match not in "AB" or other not in "AB":
+            outside.append(i)
+    if outside and outside_ab == "error":
+        raise ValueError(
+            f"A/B items {outside[:8]} have answers outside (A)/(B) ({len(outside)} items); pass "
+            "outside_ab='zero' to score them as 0, as CAA does, or leave them out"
+        )
 
 
 def tokens_after_question(model: HookedTransformer) -> int:
@@ -76,8 +122,11 @@ def tokens_after_question(model: HookedTransformer) -> int:
 
 
 def ab_prompt_ids(model: HookedTransformer, items: Sequence[ABItem]) -> list[list[int]]:
-    """Token ids of each item's A/B prompt: chat-formatted question, assistant turn, ``(``."""
-    return [tokenize(model, chat_prompt(model, it.question, "(")) for it in items]
+    """Token ids of each item's A/B prompt: chat-formatted question, assistant turn, ``(``.
+
+    A prompt longer than the model's context is refused with its index and length.
+    """
+    return tokenize_prompts(model, [chat_prompt(model, it.question, "(") for it in items])
 
 
 def score_logits(model: HookedTransformer, logits: torch.Tensor, items: Sequence[ABItem]) -> list[ABScore]:
@@ -85,9 +134,9 @@ def score_logits(model: HookedTransformer, logits: torch.Tensor, items: Sequence
     probs = logits.float().softmax(-1)
     out = []
     for row, item in enumerate(items):
-        match, other = _letters(item)
-        if match not in "AB":  # CAA counts answers outside A/B (survival-instinct) as 0
-            out.append(ABScore(0.0, 0.0, float("nan")))
+        match, other = _letters(item, row)
+        if match not in "AB" or other not in "AB":  # CAA counts these (survival-instinct) as 0
+            out.append(ABScore(0.0, 0.0, float("nan"), outside_ab=True))
             continue
         m_id, o_id = letter_token_id(model, match), letter_token_id(model, other)
         p_m, p_o = float(probs[row, m_id]), float(probs[row, o_id])
@@ -107,24 +156,30 @@ def ab_scores(
     vectors: Sequence[tuple[SteeringVector, float | int]] = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
+    outside_ab: OutsideAB = "error",
 ) -> list[ABScore]:
     """Score A/B items, optionally steered by ``(vector, multiplier)`` pairs.
+
+    Items, prompts (against the context length) and vectors are all checked before the first
+    forward pass.
 
     Example:
         >>> scores = ab_scores(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
     """
-    if not items:
-        raise ValueError("no A/B items to score")
+    batch_size = check_batch_size(batch_size)
+    check_ab_items(items, outside_ab)
+    edits = vector_edits(model, list(vectors)) if len(vectors) else []
+    ids = ab_prompt_ids(model, items)
     n_after = tokens_after_question(model)
     results: list[ABScore] = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        tokens, mask = left_pad(model, ab_prompt_ids(model, batch))
+        tokens, mask = left_pad(model, ids[start : start + batch_size])
         width = tokens.shape[1]
         first_steered = 0 if steer_all_positions else width - n_after - 1
         with torch.no_grad():
-            if vectors:
-                with apply_steering(model, list(vectors), min_token_index=first_steered):
+            if edits:
+                with apply_edits(model, edits, min_token_index=first_steered):
                     logits = model(tokens, attention_mask=mask)[:, -1]
             else:
                 logits = model(tokens, attention_mask=mask)[:, -1]
@@ -155,6 +210,7 @@ class ABResult:
     n_matching: int = field(init=False)
     letter_mass: float = field(init=False)
     logit_diff: float = field(init=False)
+    n_outside_ab: int = field(init=False)
 
     def __post_init__(self) -> None:
         scores = tuple(self.scores)
@@ -165,6 +221,7 @@ class ABResult:
         object.__setattr__(self, "n_matching", sum(s.p_matching > 0.5 for s in scores))
         object.__setattr__(self, "letter_mass", sum(s.letter_mass for s in scores) / len(scores))
         object.__setattr__(self, "logit_diff", _mean_finite([s.logit_diff for s in scores]))
+        object.__setattr__(self, "n_outside_ab", sum(s.outside_ab for s in scores))
 
     @property
     def n_items(self) -> int:
@@ -177,16 +234,18 @@ def ab_eval(
     vectors: Sequence[tuple[SteeringVector, float | int]] = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
+    outside_ab: OutsideAB = "error",
 ) -> ABResult:
     """Score A/B items (see :func:`ab_scores`) and keep every item's result with the summary.
+
+    ``outside_ab="zero"`` scores items whose answers are letters other than A and B as 0 (CAA's
+    rule) and counts them in ``ABResult.n_outside_ab``; the default refuses them.
 
     Example:
         >>> result = ab_eval(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
         >>> result.p_matching, result.n_matching, result.scores[0]  # doctest: +SKIP
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return ABResult(tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions)))
+    return ABResult(tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions, outside_ab)))
 
 
 @dataclass(frozen=True)
@@ -220,6 +279,7 @@ def ab_accuracy(
     vectors: Sequence[tuple[SteeringVector, float | int]] = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
+    outside_ab: OutsideAB = "error",
 ) -> ABAccuracy:
     """Accuracy on MMLU / TruthfulQA style A/B items, optionally steered.
 
@@ -230,7 +290,7 @@ def ab_accuracy(
         >>> acc = ab_accuracy(model, load_ab_items("mmlu.json"), [(vec, -2.0)])  # doctest: +SKIP
         >>> acc.accuracy, acc.p_correct  # doctest: +SKIP
     """
-    return ABAccuracy(ab_eval(model, items, vectors, batch_size, steer_all_positions).scores)
+    return ABAccuracy(ab_eval(model, items, vectors, batch_size, steer_all_positions, outside_ab).scores)
 
 
 # -- side effects on neutral text ---------------------------------------------------------------
@@ -259,12 +319,12 @@ def kl_on_neutral(
         >>> kl_on_neutral(model, [(vec, 4.0)], ["Water boils at 100 degrees."])  # doctest: +SKIP
         0.0123
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size)
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     Positions.make(min_token_index)  # type and sign checks, before any forward pass
-    token_ids = _tokenize_all(model, prompts)
+    edits = vector_edits(model, list(vectors))
+    token_ids = tokenize_prompts(model, prompts)
     longest = max(len(ids) for ids in token_ids)
     if min_token_index >= longest:
         raise ValueError(
@@ -276,7 +336,7 @@ def kl_on_neutral(
         tokens, mask = right_pad(model, token_ids[start : start + batch_size])
         with torch.no_grad():
             clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
-            with apply_steering(model, list(vectors), min_token_index=min_token_index):
+            with apply_edits(model, edits, min_token_index=min_token_index):
                 steered = model(tokens, attention_mask=mask).float().log_softmax(-1)
         kl = (clean.exp() * (clean - steered)).sum(-1)
         measured = mask.bool()

@@ -2,8 +2,8 @@
 
 Every function builds a fresh :class:`~matplotlib.figure.Figure` on the Agg canvas (no pyplot, so
 no global figure registry and no backend switching), returns it, and writes a PNG when given
-``path``. Inputs are the frames and values of :mod:`tlsteer.sweeps` and
-:mod:`tlsteer.diagnostics`.
+``path``. Inputs are the frames and values of :mod:`tlsteer.eval.sweeps` and
+:mod:`tlsteer.eval.diagnostics`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tlsteer._types import parse_hook_name
-from tlsteer.diagnostics import Steerability
 from tlsteer.errors import format_options
+from tlsteer.eval.diagnostics import Steerability
 from tlsteer.extract import ContrastActivations
 
 __all__ = [
@@ -55,7 +55,7 @@ def plot_behaviour_curves(sweeps: Mapping[str, pd.DataFrame], path: str | Path |
 
     Args:
         sweeps: ``{behaviour: frame}`` with ``multiplier`` and ``p_matching`` columns (a
-            :func:`tlsteer.sweeps.sweep` frame, say).
+            :func:`tlsteer.eval.sweeps.sweep` frame, say).
         path: Where to write a PNG.
     """
     if not sweeps:
@@ -81,7 +81,7 @@ def plot_behaviour_curves(sweeps: Mapping[str, pd.DataFrame], path: str | Path |
 def plot_sweep_heatmap(
     frame: pd.DataFrame, value: str = "p_matching", path: str | Path | None = None
 ) -> Figure:
-    """A layer x multiplier heatmap of one column of a :func:`tlsteer.sweeps.sweep` frame."""
+    """A layer x multiplier heatmap of one column of a :func:`tlsteer.eval.sweeps.sweep` frame."""
     _require(frame, ["layer", "multiplier"], "plot_sweep_heatmap")
     numeric = [c for c in frame.columns if c not in ("layer", "multiplier", "hook")]
     if value not in numeric:
@@ -99,7 +99,7 @@ def plot_sweep_heatmap(
 
 
 def plot_layer_diagnostics(frame: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """One panel per metric of a :func:`tlsteer.diagnostics.layer_diagnostics` frame, against layer."""
+    """One panel per metric of a :func:`tlsteer.eval.diagnostics.layer_diagnostics` frame, against layer."""
     _require(frame, ["layer"], "plot_layer_diagnostics")
     metrics = [c for c in frame.columns if c not in ("layer", "hook")]
     if not metrics:
@@ -115,7 +115,7 @@ def plot_layer_diagnostics(frame: pd.DataFrame, path: str | Path | None = None) 
 
 
 def plot_cosine_matrix(matrix: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """A :func:`tlsteer.diagnostics.cosine_matrix` frame as an annotated heatmap on [-1, 1]."""
+    """A :func:`tlsteer.eval.diagnostics.cosine_matrix` frame as an annotated heatmap on [-1, 1]."""
     values = matrix.to_numpy(dtype=float)
     fig = _figure(1.2 * len(matrix) + 2.5, 1.0 * len(matrix) + 2.0)
     ax = fig.add_subplot()

@@ -1,4 +1,4 @@
-"""train_steering_vector: extract activations, aggregate them, package the result with metadata."""
+"""CAA vectors: extract activations, aggregate them, package the result with its provenance."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import hook_name, resolve_layers, validate_hook_point
 from tlsteer.aggregators import Aggregator, aggregate_activations, mean_aggregator
 from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, data_hash
-from tlsteer.extract import ReadIndex, check_pair_read_index, extract_activations
+from tlsteer.extract import extract_activations
 from tlsteer.prefix import iter_pair_activations
+from tlsteer.tokens import ReadIndex, check_pair_read_index
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = ["train_steering_vector"]
@@ -79,9 +80,6 @@ def train_steering_vector(
     read = _describe(read_token_index) + (" (per-pair overrides)" if per_item else "")
     metadata = VectorMetadata(
         model_name=model.cfg.model_name,
-        d_model=model.cfg.d_model,
-        hook_point=hook,
-        layers=tuple(sorted(int(h.split(".")[1]) for h in directions)),
         read_index=read,
         aggregator=agg_default if aggregator is None else _describe(aggregator),
         n_pairs=n_pairs,
@@ -101,15 +99,11 @@ def _streamed_mean(
 ) -> dict[str, torch.Tensor]:
     """Mean of paired differences from running sums (float64), one batch in memory at a time."""
     validate_hook_point(hook)
-    layer_list = resolve_layers(model, layers if layers is None or isinstance(layers, int) else list(layers))
+    layer_list = resolve_layers(model, layers)
     hooks = [hook_name(layer, hook) for layer in layer_list]
     check_pair_read_index(read_token_index, len(pairs))
     sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
     for batch in iter_pair_activations(model, pairs, hooks, read_token_index, batch_size, show_progress):
         for h in hooks:
             sums[h] += (batch.positive[h].double() - batch.negative[h].double()).sum(dim=0)
-    directions = {h: (s / len(pairs)).float() for h, s in sums.items()}
-    for h, d in directions.items():
-        if not torch.isfinite(d).all():
-            raise ValueError(f"non-finite activations at {h}")
-    return directions
+    return {h: (s / len(pairs)).float() for h, s in sums.items()}

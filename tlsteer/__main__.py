@@ -1,0 +1,5 @@
+"""``python -m tlsteer``: the same console command as ``tlsteer`` (runs the demo by default)."""
+
+from tlsteer.cli import main
+
+raise SystemExit(main())

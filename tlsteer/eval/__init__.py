@@ -1,0 +1,67 @@
+"""Evaluation: A/B behavioural probability, side effects, sweeps, diagnostics, generations, plots.
+
+Everything here runs on top of the core (:mod:`tlsteer`) and never the other way round. The judge
+(:mod:`tlsteer.eval.judge`) needs the ``judge`` extra and loads its packages when called.
+"""
+
+from tlsteer.eval.ab import ABAccuracy, ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.diagnostics import (
+    Steerability,
+    cosine_matrix,
+    layer_diagnostics,
+    normalize_to_mean_norm,
+    steerability,
+)
+from tlsteer.eval.generation import Generation, GenerationReport, GenerationSettings, compare_generations
+from tlsteer.eval.plots import (
+    plot_behaviour_curves,
+    plot_cosine_matrix,
+    plot_layer_diagnostics,
+    plot_pca,
+    plot_slope_histogram,
+    plot_sweep_heatmap,
+)
+from tlsteer.eval.shared_attention import shared_attention_unsupported
+from tlsteer.eval.sweeps import (
+    calibrate_multiplier,
+    compete,
+    residual_norms,
+    summarize_sweep,
+    sweep,
+    sweep_items,
+)
+
+__all__ = [
+    "ABAccuracy",
+    "ABResult",
+    "ABScore",
+    "Generation",
+    "GenerationReport",
+    "GenerationSettings",
+    "Setting",
+    "Steerability",
+    "ab_accuracy",
+    "ab_eval",
+    "ab_scores",
+    "cached_ab_scores",
+    "calibrate_multiplier",
+    "compare_generations",
+    "compete",
+    "cosine_matrix",
+    "kl_on_neutral",
+    "layer_diagnostics",
+    "normalize_to_mean_norm",
+    "plot_behaviour_curves",
+    "plot_cosine_matrix",
+    "plot_layer_diagnostics",
+    "plot_pca",
+    "plot_slope_histogram",
+    "plot_sweep_heatmap",
+    "residual_norms",
+    "shared_attention_unsupported",
+    "steerability",
+    "summarize_sweep",
+    "sweep",
+    "sweep_items",
+]

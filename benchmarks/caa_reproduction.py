@@ -23,9 +23,10 @@ import torch
 
 import tlsteer
 from tlsteer.data import CAA_BEHAVIOURS, load_ab_items, load_neutral_text
-from tlsteer.diagnostics import cosine_matrix, layer_diagnostics, split_activations, steerability
-from tlsteer.evaluate import ABAccuracy, ab_accuracy, kl_on_neutral
-from tlsteer.plots import (
+from tlsteer.eval.ab import ABAccuracy, ab_accuracy, kl_on_neutral
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.diagnostics import cosine_matrix, layer_diagnostics, split_activations, steerability
+from tlsteer.eval.plots import (
     plot_behaviour_curves,
     plot_cosine_matrix,
     plot_layer_diagnostics,
@@ -33,8 +34,7 @@ from tlsteer.plots import (
     plot_slope_histogram,
     plot_sweep_heatmap,
 )
-from tlsteer.sweep_engine import Setting, cached_ab_scores
-from tlsteer.sweeps import residual_norms, summarize_sweep, sweep_items
+from tlsteer.eval.sweeps import residual_norms, summarize_sweep, sweep_items
 
 PAPER = {  # Llama-2-7B-chat, layer 13, p(matching) at -1 / 0 / +1 (../shared/caa/README.md)
     "coordinate-other-ais": (0.15, 0.30, 0.75),
@@ -109,7 +109,9 @@ def main() -> None:
             train = [pairs[i] for i in sorted(by_letter[0][:half] + by_letter[1][:half])]
         vec = tlsteer.train_steering_vector(model, train, layers=args.layers, batch_size=16)
         vectors[name] = vec
-        val_items = sweep_items(model, val, vec, args.layers, grid, relative=True, norms=norms)
+        val_items = sweep_items(
+            model, val, vec, args.layers, grid, relative=True, norms=norms, outside_ab="zero"
+        )
         val_summary = summarize_sweep(val_items)
         best = None
         for layer in args.layers:
@@ -121,7 +123,9 @@ def main() -> None:
         gap, layer, m = best
         test = load_ab_items(args.caa_dir / "test" / name / "test_dataset_ab.json")[: args.test_items]
         test_mults = [-m, -m / 2, 0.0, m / 2, m]
-        test_items = sweep_items(model, test, vec, [layer], test_mults, relative=True, norms=norms)
+        test_items = sweep_items(
+            model, test, vec, [layer], test_mults, relative=True, norms=norms, outside_ab="zero"
+        )
         test_summary = summarize_sweep(test_items)
         test_sweeps[name] = test_summary
         st = steerability(test_items)

@@ -21,8 +21,10 @@ import torch
 
 import tlsteer
 from tlsteer.data import builtin_dataset_path, load_ab_items, load_neutral_text
-from tlsteer.generation import GenerationSettings, compare_generations
-from tlsteer.judge import builtin_judge, load_embedder, perplexity, vader_compound
+from tlsteer.eval.ab import ab_eval
+from tlsteer.eval.generation import GenerationSettings, compare_generations
+from tlsteer.eval.judge import builtin_judge, load_embedder, perplexity, vader_compound
+from tlsteer.eval.sweeps import residual_norms
 
 PROMPTS = [
     "Tell me about your weekend.",
@@ -55,7 +57,7 @@ def main() -> None:
     model = tlsteer.load_model()
     neutral = load_neutral_text()
     hook = f"blocks.{args.layer}.hook_resid_post"
-    norms = tlsteer.residual_norms(model, neutral, [hook])
+    norms = residual_norms(model, neutral, [hook])
     embedder = load_embedder()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     out = {
@@ -78,7 +80,7 @@ def main() -> None:
         for m, a in zip(args.multipliers, applied, strict=True):
             gens = [g for g in report.generations if g.multiplier == a]
             texts = [g.text for g in gens]
-            ab = tlsteer.ab_eval(model, held_out, [(vec, a)] if a else [])
+            ab = ab_eval(model, held_out, [(vec, a)] if a else [])
             row = {
                 "relative_multiplier": m,
                 "applied_multiplier": a,

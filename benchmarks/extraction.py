@@ -31,7 +31,7 @@ import torch
 
 import tlsteer
 from tlsteer.data import CAA_BEHAVIOURS, ContrastPair
-from tlsteer.extract import left_pad
+from tlsteer.tokens import left_pad
 
 
 def hooks_of(model) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.extract import left_pad
+from tlsteer.tokens import left_pad
 
 PROMPTS = [
     "Tell me about your weekend.",

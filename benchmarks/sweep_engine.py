@@ -22,7 +22,7 @@ import torch
 
 import tlsteer
 from tlsteer.data import CAA_BEHAVIOURS, load_ab_items
-from tlsteer.sweeps import sweep_items
+from tlsteer.eval.sweeps import sweep_items
 
 
 def main() -> None:
@@ -55,7 +55,9 @@ def main() -> None:
         frames, seconds = {}, {}
         for engine, kwargs in engines.items():
             start = time.perf_counter()
-            frames[engine] = sweep_items(model, items, vec, args.layers, args.multipliers, **kwargs)
+            frames[engine] = sweep_items(
+                model, items, vec, args.layers, args.multipliers, outside_ab="zero", **kwargs
+            )
             seconds[engine] = time.perf_counter() - start
             totals[engine] += seconds[engine]
         row = {

@@ -462,3 +462,43 @@ def test_normalize_to_mean_norm_exact_algebra():
         normalize_to_mean_norm({"x": vectors["x"], "w": SteeringVector({HOOK: direction(7)})})
     with pytest.raises(ValueError, match="direction of 'q' at 'blocks.1.hook_resid_post' is zero"):
         normalize_to_mean_norm({"q": SteeringVector({HOOK: torch.zeros(32)})})
+
+
+def test_prompts_longer_than_the_context_are_refused_before_any_forward(tiny_llama):
+    """Defect 5: ab_eval and sweep check prompt length against n_ctx with a clear error."""
+    long = [ITEMS[0], ABItem("x" * 200 + "\n (A) yes\n (B) no", "(A)", "(B)")]
+    vec = vector("blocks.1.hook_resid_post")
+    message = r"prompt 1 has \d+ tokens, more than the model's context \(model.cfg.n_ctx=128\)"
+    with pytest.raises(ValueError, match=message):
+        ab_eval(tiny_llama, long)
+    with pytest.raises(ValueError, match=message):
+        sweep(tiny_llama, long, vec, [1], [-1.0, 1.0])
+    with pytest.raises(ValueError, match=message):
+        sweep(tiny_llama, long, vec, [1], [-1.0, 1.0], engine="full")
+
+
+def test_answers_outside_a_and_b_are_refused_or_counted(tiny_llama):
+    """Defect 9: (C)/(D) and lowercase answers are not scored 0 without a word."""
+    lower = [ABItem("Q\n (a) x\n (b) y", "(a)", "(b)")]
+    with pytest.raises(ValueError, match=r"A/B item 0: answer '\(a\)' is not a capital letter answer"):
+        ab_eval(tiny_llama, lower)
+    cd = [ITEMS[0], ABItem("Q\n (A) a\n (B) b\n (C) c\n (D) d", "(C)", "(D)")]
+    with pytest.raises(ValueError, match=r"A/B items \[1\] have answers outside \(A\)/\(B\).*outside_ab='zero'"):
+        ab_eval(tiny_llama, cd)
+    result = ab_eval(tiny_llama, cd, outside_ab="zero")
+    assert result.n_outside_ab == 1 and result.scores[1].p_matching == 0.0 and result.scores[1].outside_ab
+    assert result.p_matching == pytest.approx(result.scores[0].p_matching / 2)
+    same = [ABItem("Q\n (A) a\n (B) b", "(A)", "(A)")]
+    with pytest.raises(ValueError, match=r"matching and not-matching answers are both '\(A\)'"):
+        ab_eval(tiny_llama, same)
+
+
+def test_kl_and_sweeps_refuse_non_finite_input(tiny_llama):
+    """Defect 2: NaN directions never reach kl_on_neutral; NaN multipliers never reach a sweep."""
+    bad = torch.ones(32)
+    bad[1] = float("nan")
+    with pytest.raises(ValueError, match="direction at 'blocks.1.hook_resid_post' has 1 non-finite entries"):
+        kl_on_neutral(tiny_llama, [({"blocks.1.hook_resid_post": bad}, 1.0)], NEUTRAL)
+    vec = vector("blocks.1.hook_resid_post")
+    with pytest.raises(ValueError, match="multipliers must be finite numbers, got nan"):
+        sweep(tiny_llama, ITEMS, vec, [1], [0.0, float("nan")])

@@ -134,7 +134,9 @@ def test_patch_handle_and_remove_all_steering_keep_user_hooks(tiny_llama):
     model.add_hook(*user_hook)
     try:
         handle = vec.patch(model, multiplier=1.0, min_token_index=2)  # its hook and a position tracker
-        other = unit_vector(model, seed=4).patch(model, multiplier=2.0, last_token_only=True)  # and 2 trackers
+        other = unit_vector(model, seed=4).patch(
+            model, multiplier=2.0, last_token_only=True
+        )  # and 2 trackers
         assert count_hooks(model) == 1 + 2 + 3
         handle.remove()
         assert count_hooks(model) == 1 + 3
@@ -155,7 +157,9 @@ def test_errors_and_nothing_half_applied(tiny_llama):
     with pytest.raises(ValueError, match=r"vector has d_model=7 .* but model.cfg.d_model=32"):
         tlsteer.apply_steering(model, [(good, 1.0), (wrong_d, 1.0)]).__enter__()
     assert count_hooks(model) == 0
-    with pytest.raises(KeyError, match=r"hook 'blocks.9.hook_resid_post' not in model \(4 layers\); closest"):
+    with pytest.raises(
+        KeyError, match=r"hook 'blocks.9.hook_resid_post' not in model: layer 9 is out of range"
+    ):
         wrong_hook.patch(model)
     assert count_hooks(model) == 0
     for bad in (math.nan, math.inf):

@@ -181,3 +181,63 @@ def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
         for a, b, f in zip(a_row, b_row, full, strict=True):
             assert abs(a.p_matching - f.p_matching) <= 1e-4 and abs(b.p_matching - f.p_matching) <= 1e-4
             assert a.logit_diff == pytest.approx(f.logit_diff, abs=1e-4, nan_ok=True)
+
+
+def clamp_edit(direction):
+    """A non-additive edit: set the component along ``direction`` to 2 (delta depends on act)."""
+    unit = direction / direction.norm()
+
+    def edit(act):
+        return (2.0 - act @ unit)[..., None] * unit
+
+    return edit
+
+
+@pytest.mark.parametrize("attention", ["shared", "repeat"])
+def test_engine_sweeps_non_additive_edits_like_a_full_forward(tiny, attention):
+    from tlsteer.eval.ab import ab_prompt_ids, score_logits, tokens_after_question
+    from tlsteer.tokens import left_pad
+
+    items = ITEMS[:4]
+    settings = [
+        Setting("blocks.1.hook_resid_post", edit=clamp_edit(direction(tiny, 1))),
+        Setting("blocks.2.hook_resid_post", direction(tiny, 2), 1.5),
+        Setting("blocks.2.hook_resid_mid", edit=lambda act: -0.5 * act),
+        Setting("blocks.1.hook_resid_post", direction(tiny, 3), 0.0),
+    ]
+    got = cached_ab_scores(tiny, items, settings, batch_size=3, attention=attention)
+    ids = ab_prompt_ids(tiny, items)
+    n_after = tokens_after_question(tiny)
+    baseline = None
+    for setting, scores in zip(settings, got, strict=True):
+        edit = setting.edit or tlsteer.direction_edit(setting.direction, setting.multiplier)
+        ref = []
+        for item, item_ids in zip(items, ids, strict=True):  # one item at a time, full forward
+            tokens, mask = left_pad(tiny, [item_ids])
+            first = tokens.shape[1] - n_after - 1
+            with torch.no_grad(), tlsteer.apply_edits(tiny, [(setting.hook, edit)], min_token_index=first):
+                logits = tiny(tokens)[:, -1]
+            ref += score_logits(tiny, logits, [item])
+        for a, b in zip(scores, ref, strict=True):
+            assert abs(a.p_matching - b.p_matching) <= 1e-4 and abs(a.logit_diff - b.logit_diff) <= 1e-3
+        if setting.is_baseline:
+            baseline = scores
+    assert baseline is not None
+    assert max(abs(a.logit_diff - b.logit_diff) for a, b in zip(got[0], baseline, strict=True)) > 1e-2
+
+
+def test_setting_needs_a_direction_or_an_edit():
+    with pytest.raises(ValueError, match="needs a direction .* or an edit, not neither"):
+        Setting("blocks.1.hook_resid_post")
+    with pytest.raises(ValueError, match="not both"):
+        Setting("blocks.1.hook_resid_post", torch.ones(2), 1.0, edit=lambda a: a)
+    bad = torch.ones(32)
+    bad[0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        cached_ab_scores(make_tiny(), ITEMS[:2], [Setting("blocks.1.hook_resid_post", bad, 1.0)])
+
+
+def make_tiny():
+    from tests.conftest import make_model
+
+    return make_model("llama")

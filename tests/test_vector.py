@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -49,7 +50,10 @@ def test_bad_vectors():
         SteeringVector({})
     with pytest.raises(KeyError, match="not a residual-shaped block hook"):
         SteeringVector({"blocks.1.attn.hook_z": torch.ones(2)})
-    with pytest.raises(ValueError, match=r"directions have different sizes: \{'blocks.1.hook_resid_post': 2, 'blocks.2.hook_resid_post': 3\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"different sizes: \{'blocks.1.hook_resid_post': 2, 'blocks.2.hook_resid_post': 3\}",
+    ):
         SteeringVector({A: torch.ones(2), B: torch.ones(3)})
     with pytest.raises(ValueError, match="cannot divide a vector by 0"):
         vec() / 0
@@ -91,3 +95,88 @@ def test_corrupt_truncated_and_foreign_files(tmp_path):
         SteeringVector.load(tmp_path / "foreign.safetensors")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SteeringVector.load(tmp_path / "missing.safetensors")
+
+
+def test_value_semantics_equality_hash_allclose():
+    """Defect 7: == and hash work by value; allclose is the approximate comparison."""
+    v = vec()
+    same = vec()
+    assert v == same and hash(v) == hash(same) and len({v, same}) == 1
+    nudged = SteeringVector({A: torch.tensor([1.0, 2.0 + 1e-7]), B: torch.tensor([3.0, -1.0])})
+    assert v != nudged and v.allclose(nudged) and not v.allclose(2 * v)
+    assert v != SteeringVector(dict(v.directions), VectorMetadata(note="other"))
+    assert v != v.to(torch.float64)  # same values, other dtype: not the same value
+    with pytest.raises(TypeError, match="can only compare with a SteeringVector"):
+        v.allclose(torch.ones(2))
+
+
+def test_not_iterable_and_membership_by_hook():
+    v = vec()
+    with pytest.raises(TypeError, match="a SteeringVector is not iterable"):
+        list(v)
+    with pytest.raises(TypeError, match="not iterable"):
+        a, b = v
+    assert A in v and "blocks.7.hook_resid_post" not in v and len(v) == 2
+
+
+def test_owns_its_storage():
+    mine = torch.tensor([1.0, 2.0])
+    v = SteeringVector({A: mine})
+    mine[0] = 100.0
+    assert v[A].tolist() == [1.0, 2.0]
+    assert v[A].data_ptr() != mine.data_ptr()
+
+
+def test_metadata_cannot_disagree_with_the_directions(tiny_llama):
+    v = tlsteer.train_steering_vector(tiny_llama, [("I love it", "I hate it")], layers=[0, 2])
+    fields = {f.name for f in dataclasses.fields(VectorMetadata)}
+    assert not fields & {"layers", "d_model", "hook_point"}  # derived facts live on the vector
+    assert v.select([2]).layers == [2] and v.select([2]).metadata == v.metadata
+    w = SteeringVector({"blocks.3.hook_resid_post": torch.ones(32)}, VectorMetadata(n_pairs=5, data_hash="x"))
+    combined = v + w
+    assert combined.layers == [0, 2, 3]
+    assert combined.metadata.n_pairs == 0 and combined.metadata.data_hash == ""  # no single data set
+    assert combined.metadata.model_name == ""  # w does not say which model: unknown
+    assert (v + v).metadata.model_name == "tiny-llama"
+
+
+def test_old_files_with_derived_fields_load_and_are_checked(tmp_path):
+    from safetensors.torch import save_file
+
+    header = {"model_name": "m", "d_model": 2, "hook_point": "resid_post", "layers": [1], "n_pairs": 3}
+    path = tmp_path / "old.safetensors"
+    save_file(
+        {A: torch.ones(2)},
+        str(path),
+        metadata={"format": "tlsteer.SteeringVector/1", "metadata": json.dumps(header)},
+    )
+    old = SteeringVector.load(path)
+    assert old.metadata.n_pairs == 3 and old.layers == [1]
+    header["layers"] = [4]
+    save_file(
+        {A: torch.ones(2)},
+        str(path),
+        metadata={"format": "tlsteer.SteeringVector/1", "metadata": json.dumps(header)},
+    )
+    with pytest.raises(ValueError, match=r"says layers=\[4\] but its directions have \[1\]"):
+        SteeringVector.load(path)
+
+
+def test_file_errors_name_the_real_problem(tmp_path):
+    v = vec()
+    with pytest.raises(FileNotFoundError, match="folder .*missing_dir' does not exist"):
+        v.save(tmp_path / "missing_dir" / "v.safetensors")
+    v.save(tmp_path / "v.safetensors")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available here"):
+            SteeringVector.load(tmp_path / "v.safetensors", device="cuda")
+    with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
+        SteeringVector.load(tmp_path / "v.safetensors", device="gpu0")
+
+
+def test_numpy_scalars_scale_and_numpy_layers_index():
+    v = vec()
+    assert torch.equal((v * np.float32(2.0))[A], (v * 2.0)[A])
+    assert v[np.int64(1)] is v[A]
+    with pytest.raises(ValueError, match="scale must be finite"):
+        v * float("nan")

@@ -74,12 +74,20 @@ def validate_hook_point(point: str) -> str:
 
 def validate_hook_name(model: HookedTransformer, name: str) -> str:
     """Return ``name`` if the model has that hook, else a ``KeyError`` naming the closest one."""
+    if not isinstance(name, str):
+        raise TypeError(f"hook name must be a string like 'blocks.3.hook_resid_post', got {name!r}")
     if name in model.hook_dict:
         return name
+    n_layers = model.cfg.n_layers
+    match = re.match(r"^blocks\.(\d+)\.", name)
+    if match and int(match.group(1)) >= n_layers:
+        raise KeyError(
+            f"hook {name!r} not in model: layer {match.group(1)} is out of range ({n_layers} layers, "
+            f"valid: 0..{n_layers - 1})"
+        )
     near = closest(name, model.hook_dict.keys())
     raise KeyError(
-        f"hook {name!r} not in model ({model.cfg.n_layers} layers)"
-        + (f"; closest: {near[0]!r}" if near else "")
+        f"hook {name!r} not in model ({n_layers} layers)" + (f"; closest: {near[0]!r}" if near else "")
     )
 
 

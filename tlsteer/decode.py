@@ -23,7 +23,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tlsteer._types import check_batch_size
 from tlsteer.data import chat_prompt
-from tlsteer.hooks import Edit, Operator, edit_hooks, vector_edits
+from tlsteer.hooks import Edit, EditPairs, VectorPairs, edit_hooks, vector_edits
+from tlsteer.operators import Operator
 from tlsteer.positions import Positions
 from tlsteer.tokens import left_pad, tokenize_prompts
 
@@ -96,8 +97,8 @@ def _choose(
 def generate_tokens(
     model: HookedTransformer,
     prompts: Sequence[str],
-    vectors: Sequence[tuple[Any, Any]] = (),
-    edits: Sequence[tuple[str, Edit]] = (),
+    vectors: VectorPairs = (),
+    edits: EditPairs = (),
     max_new_tokens: int = 40,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -235,7 +236,7 @@ def _generate_batch(
 def generate(
     model: HookedTransformer,
     prompts: Sequence[str],
-    vectors: Sequence[tuple[Any, Any]] = (),
+    vectors: VectorPairs = (),
     max_new_tokens: int = 40,
     do_sample: bool = False,
     **kwargs: Any,

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 __all__ = ["closest", "format_options"]
 
 
-def closest(name: str, options: Iterable[str], n: int = 1) -> list[str]:
-    """The options most similar to ``name``, best first (possibly empty)."""
+def closest(name: str, options: Iterable[str], n: int = 1, cutoff: float = 0.75) -> list[str]:
+    """The options similar enough to ``name`` to be a likely typo, best first (possibly empty)."""
     options = list(options)
-    found = difflib.get_close_matches(name, options, n=n, cutoff=0.0)
+    found = difflib.get_close_matches(name, options, n=n, cutoff=cutoff)
     return found[:n]
 
 

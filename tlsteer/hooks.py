@@ -32,7 +32,9 @@ from tlsteer.positions import OFFSET_HOOK, Positions, PositionTracker, TrackerHo
 __all__ = [
     "Edit",
     "EditHook",
+    "EditPairs",
     "SteeringHandle",
+    "VectorPairs",
     "apply_edits",
     "apply_steering",
     "check_direction",
@@ -47,6 +49,13 @@ __all__ = [
 
 Edit = Callable[[Float[Tensor, "batch pos d_model"]], Tensor]
 """``activation at the steered positions -> delta`` added there (same shape, or broadcastable)."""
+
+VectorPairs = Any
+"""A list of ``(vector, multiplier)`` pairs; a vector is a ``SteeringVector`` or a
+``{hook_name: direction}`` mapping. Checked by :func:`vector_edits`, which names what is wrong."""
+
+EditPairs = Any
+"""A list of ``(hook_name, edit)`` pairs. Checked when the hooks are built."""
 
 _BEFORE_OFFSET = {
     "hook_resid_pre",
@@ -133,7 +142,7 @@ def _directions_of(vector: Any) -> Mapping[str, Tensor]:
 
 def vector_edits(
     model: HookedTransformer,
-    vectors: Sequence[tuple[Any, Any]],
+    vectors: VectorPairs,
     operator: Operator | None = None,
     check_model: bool = True,
 ) -> list[tuple[str, Edit]]:
@@ -235,7 +244,7 @@ def _as_positions(
 
 
 def _build(
-    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
+    model: HookedTransformer, edits: EditPairs, positions: Positions
 ) -> tuple[list[tuple[str, Any]], PositionTracker]:
     if isinstance(edits, (str, bytes)) or not isinstance(edits, Sequence) or not edits:
         raise ValueError(
@@ -266,7 +275,7 @@ def _build(
 
 def edit_hooks(
     model: HookedTransformer,
-    edits: Sequence[tuple[str, Edit]],
+    edits: EditPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -290,7 +299,7 @@ def edit_hooks(
 
 def steering_hooks(
     model: HookedTransformer,
-    vectors: Sequence[tuple[Any, Any]],
+    vectors: VectorPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -335,7 +344,7 @@ def _check_reached(positions: Positions, tracker: PositionTracker) -> None:
 @contextlib.contextmanager
 def apply_edits(
     model: HookedTransformer,
-    edits: Sequence[tuple[str, Edit]],
+    edits: EditPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -355,7 +364,7 @@ def apply_edits(
 @contextlib.contextmanager
 def apply_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[Any, Any]],
+    vectors: VectorPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -393,7 +402,7 @@ class SteeringHandle:
 
 def patch_edits(
     model: HookedTransformer,
-    edits: Sequence[tuple[str, Edit]],
+    edits: EditPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,
@@ -408,7 +417,7 @@ def patch_edits(
 
 def patch_steering(
     model: HookedTransformer,
-    vectors: Sequence[tuple[Any, Any]],
+    vectors: VectorPairs,
     min_token_index: int = 0,
     token_positions: Sequence[int] | None = None,
     last_token_only: bool = False,

@@ -271,7 +271,7 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: PreTrainedTokenizerBas
                 break
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = "left"  # TransformerLens then masks leading pads of a padded token batch
     model.tokenizer = tokenizer
     model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
     model.cfg.default_prepend_bos = model.cfg.tokenizer_prepends_bos

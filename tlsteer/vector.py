@@ -126,7 +126,7 @@ class SteeringVector:
         """The distinct points inside blocks (``resid_post``, ...), in hook order."""
         return list(dict.fromkeys(parse_hook_name(name)[1] for name in self.directions))
 
-    def __getitem__(self, key: int | str) -> Tensor:
+    def __getitem__(self, key: int | np.integer | str) -> Tensor:
         """A direction by hook name, or by layer when the vector has one hook point per layer."""
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             matches = [n for n in self.directions if parse_hook_name(n)[0] == int(key)]

@@ -23,10 +23,9 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
 from tlsteer.data import ABItem, chat_prompt
-from tlsteer.hooks import apply_edits, vector_edits
+from tlsteer.hooks import VectorPairs, apply_edits, vector_edits
 from tlsteer.positions import Positions
 from tlsteer.tokens import left_pad, right_pad, tokenize, tokenize_prompts
-from tlsteer.vector import SteeringVector
 
 __all__ = [
     "ABAccuracy",
@@ -153,7 +152,7 @@ def score_logits(model: HookedTransformer, logits: torch.Tensor, items: Sequence
 def ab_scores(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: Sequence[tuple[SteeringVector, float | int]] = (),
+    vectors: VectorPairs = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
@@ -231,7 +230,7 @@ class ABResult:
 def ab_eval(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: Sequence[tuple[SteeringVector, float | int]] = (),
+    vectors: VectorPairs = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
@@ -276,7 +275,7 @@ class ABAccuracy:
 def ab_accuracy(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: Sequence[tuple[SteeringVector, float | int]] = (),
+    vectors: VectorPairs = (),
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
@@ -298,7 +297,7 @@ def ab_accuracy(
 
 def kl_on_neutral(
     model: HookedTransformer,
-    vectors: Sequence[tuple[SteeringVector, float | int]],
+    vectors: VectorPairs,
     prompts: Sequence[str],
     min_token_index: int = 0,
     batch_size: int = 8,

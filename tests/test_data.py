@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 import tlsteer
-from tlsteer.data import BUILTIN_DATASETS, as_contrast_data, builtin_dataset_path, load_ab_items
+from tlsteer.data import (
+    BUILTIN_DATASETS,
+    answer_letter,
+    as_contrast_data,
+    builtin_dataset_path,
+    data_hash,
+    load_ab_items,
+)
 from tlsteer.models import cache_dir, embedded_model_path
+
+CAA_DIR = Path(__file__).resolve().parents[2] / "shared" / "caa"
 
 
 def write_caa(tmp_path, items):
@@ -36,6 +47,56 @@ def test_load_caa_dataset_formats_and_reads_letter(tmp_path, tiny_llama):
     assert ids[0] == model.tokenizer.convert_tokens_to_ids("<|user|>")  # no BOS added
 
 
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("answer_matching_behavior", "Yes"),  # the old code read 'e' and 'N' as the letters
+        ("answer_not_matching_behavior", "No"),
+        ("answer_matching_behavior", "(a)"),
+        ("answer_not_matching_behavior", "B"),
+        ("answer_matching_behavior", "(AB)"),
+        ("answer_not_matching_behavior", "(1)"),
+        ("answer_matching_behavior", "[A]"),
+    ],
+)
+def test_load_caa_dataset_refuses_non_letter_answers(tmp_path, tiny_llama, key, bad):
+    path = write_caa(tmp_path, [ITEM, {**ITEM, key: bad}])
+    message = (
+        f"item 1 of {str(path)!r}: answer {bad!r} is not a capital letter answer like '(A)'; "
+        "valid answers are '(X)' with X in A-Z"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        tlsteer.load_caa_dataset(path, tiny_llama)
+
+
+def test_load_caa_dataset_refuses_identical_answers(tmp_path, tiny_llama):
+    same = {**ITEM, "answer_matching_behavior": "(A)", "answer_not_matching_behavior": " (A)"}
+    path = write_caa(tmp_path, [ITEM, ITEM, same])
+    message = (
+        f"item 2 of {str(path)!r}: matching and not-matching answers are both '(A)'; a contrast pair "
+        "needs two different letters, like '(A)' and '(B)'"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        tlsteer.load_caa_dataset(path, tiny_llama)
+    # items past the limit are not read into pairs, so they are not checked either
+    assert len(tlsteer.load_caa_dataset(path, tiny_llama, limit=2)) == 2
+
+
+def test_load_caa_dataset_accepts_any_capital_letter_with_spaces(tmp_path, tiny_llama):
+    item = {**ITEM, "answer_matching_behavior": " (D) ", "answer_not_matching_behavior": "(Z)\n"}
+    (pair,) = tlsteer.load_caa_dataset(write_caa(tmp_path, [item]), tiny_llama)
+    assert pair.positive.endswith("<|assistant|>(D)") and pair.negative.endswith("<|assistant|>(Z)")
+    ids = tlsteer.tokenize(tiny_llama, pair.negative)
+    assert tiny_llama.tokenizer.decode([ids[pair.read_index]]) == "Z"
+
+
+def test_answer_letter():
+    assert [answer_letter(a, "x") for a in ("(A)", " (B)\t", "(Z)")] == ["A", "B", "Z"]
+    for bad in ("(A", "A)", "(A) (B)", "", "(Ä)", None, 1):
+        with pytest.raises(ValueError, match=rf"^where: answer {re.escape(repr(bad))} is not a capital"):
+            answer_letter(bad, "where")
+
+
 def test_builtin_datasets_are_balanced(tiny_llama):
     for name in BUILTIN_DATASETS:
         items = load_ab_items(builtin_dataset_path(name))
@@ -46,10 +107,29 @@ def test_builtin_datasets_are_balanced(tiny_llama):
         assert len(pairs) == 5 and all(p.read_index == -2 for p in pairs)
 
 
+def reference_hash(items: list[tuple[str, str]]) -> str:
+    """sha256 over the layout documented in ``data_hash``: a, 0x00, b, 0x01 per item; 16 hex digits."""
+    raw = b"".join(a.encode("utf-8") + b"\x00" + b.encode("utf-8") + b"\x01" for a, b in items)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def test_pairs_and_tuples(tiny_llama):
-    v1 = tlsteer.train_steering_vector(tiny_llama, [("ab", "cd")], layers=[0])
-    v2 = tlsteer.train_steering_vector(tiny_llama, [tlsteer.ContrastPair("ab", "cd")], layers=[0])
-    assert v1.metadata.data_hash == v2.metadata.data_hash
+    pairs = [("ab", "cd"), ("café", "naïve")]
+    expected = reference_hash(pairs)
+    v1 = tlsteer.train_steering_vector(tiny_llama, pairs, layers=[0])
+    v2 = tlsteer.train_steering_vector(tiny_llama, [tlsteer.ContrastPair(*p) for p in pairs], layers=[0])
+    assert v1.metadata.data_hash == expected
+    assert v2.metadata.data_hash == expected
+    assert re.fullmatch("[0-9a-f]{16}", expected)
+    # a different pair, or the same pairs in another order or swapped, hash differently
+    for other in ([("ab", "ce"), pairs[1]], pairs[::-1], [("cd", "ab"), pairs[1]], pairs[:1]):
+        assert data_hash(as_contrast_data(other)) == reference_hash(other) != expected
+
+
+def test_contrast_set_hash_layout():
+    data = tlsteer.ContrastSet(["good", "great"], ["bad"])
+    assert data_hash(data) == reference_hash([("+", "good"), ("+", "great"), ("-", "bad")])
+    assert data_hash(tlsteer.ContrastSet(["good"], ["great", "bad"])) != data_hash(data)
 
 
 def test_data_errors(tmp_path, tiny_llama):
@@ -82,12 +162,15 @@ def test_missing_wheel_prints_install_command(monkeypatch):
         embedded_model_path()
 
 
-def test_neutral_text_and_caa_behaviours():
+def test_neutral_text():
     neutral = tlsteer.load_neutral_text()
     assert len(neutral) == 60 and len(set(neutral)) == 60
     assert all(isinstance(t, str) and t.strip() for t in neutral)
-    caa = Path(__file__).resolve().parents[2] / "shared" / "caa"  # the names are its folders
+
+
+@pytest.mark.skipif(not CAA_DIR.is_dir(), reason=f"the CAA data folder {CAA_DIR} is absent (../shared/caa)")
+def test_caa_behaviours_are_the_caa_folders():
     assert len(tlsteer.CAA_BEHAVIOURS) == 7
-    for name in tlsteer.CAA_BEHAVIOURS:
-        assert (caa / "generate" / name / "generate_dataset.json").is_file()
-        assert (caa / "test" / name / "test_dataset_ab.json").is_file()
+    for name in tlsteer.CAA_BEHAVIOURS:  # the names are its folders
+        assert (CAA_DIR / "generate" / name / "generate_dataset.json").is_file()
+        assert (CAA_DIR / "test" / name / "test_dataset_ab.json").is_file()

@@ -173,3 +173,67 @@ def test_sweep_engines_equal_full_forward_on_real_model(embedded):
     print(f"max |diff| vs full forward: {worst}; largest steering effect on logit diff {moved:.3f}")
     assert worst["shared"] <= 1e-4 and worst["repeat"] <= 1e-4
     assert moved > 0.05
+
+
+def sentiment_vector(model, layer=16, norm=8.0):
+    pairs = tlsteer.load_builtin_dataset("sentiment", model)[:24]
+    vec = tlsteer.train_steering_vector(model, pairs, layers=[layer], batch_size=12)
+    return vec * (norm / vec.norms()[vec.hooks[0]])
+
+
+GEN_PROMPTS = ["Tell me about your weekend.", "Hi", "Describe the view from a very tall mountain at dawn."]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"min_token_index": 20}, {"token_positions": [5, 31, 33]}, {"last_token_only": True}],
+    ids=["all", "from", "explicit", "last"],
+)
+def test_batched_generation_rows_equal_rows_alone(embedded, mode):
+    vec = sentiment_vector(embedded)
+    kwargs = dict(max_new_tokens=4, chat=True, stop_at_eos=False, keep_logits=True, **mode)
+    batched = tlsteer.generate_tokens(embedded, GEN_PROMPTS, [(vec, 1.0)], **kwargs)
+    worst = 0.0
+    for i, prompt in enumerate(GEN_PROMPTS):
+        alone = tlsteer.generate_tokens(embedded, [prompt], [(vec, 1.0)], **kwargs)
+        worst = max(worst, float((batched.step_logits[i] - alone.step_logits[0]).abs().max()))
+        assert batched.new_tokens[i] == alone.new_tokens[0]
+    print(f"{mode}: max |logit diff| batched vs alone {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_last_token_only_second_forward_is_steered_at_its_last_column(embedded):
+    """Defect 1 on the real model: the logits of a second, longer forward equal a fresh block's."""
+    vec = sentiment_vector(embedded)
+    prompt = chat_prompt(embedded, "Is the sky blue?")
+    longer = prompt + "(A) yes, it is"
+    a = torch.tensor([tokenize(embedded, prompt)])
+    b = torch.tensor([tokenize(embedded, longer)])
+    with torch.no_grad():
+        with vec.apply(embedded, 2.0, last_token_only=True):
+            embedded(a)
+            carried = embedded(b)
+        with vec.apply(embedded, 2.0, last_token_only=True):
+            fresh = embedded(b)
+        plain = embedded(b)
+    assert (carried - fresh).abs().max() <= 1e-4
+    assert (fresh[0, -1] - plain[0, -1]).abs().max() > 0.1 and (
+        fresh[0, :-1] - plain[0, :-1]
+    ).abs().max() == 0
+
+
+def test_transformer_lens_generate_on_a_left_padded_batch(embedded):
+    """Defect 3 on the real model: leading pads are masked by TransformerLens's generate."""
+    texts = [chat_prompt(embedded, "Hi"), chat_prompt(embedded, "Tell me a long story about a dragon.")]
+    tokens, _ = left_pad(embedded, [tokenize(embedded, t) for t in texts])
+
+    def steps(toks):
+        out = embedded.generate(
+            toks, max_new_tokens=3, do_sample=False, output_logits=True, verbose=False, stop_at_eos=False
+        )
+        return torch.stack(out.logits, dim=1)
+
+    batched = steps(tokens)
+    for row, text in enumerate(texts):
+        alone = steps(torch.tensor([tokenize(embedded, text)]))
+        assert (batched[row] - alone[0]).abs().max() <= 1e-4

@@ -483,7 +483,9 @@ def test_answers_outside_a_and_b_are_refused_or_counted(tiny_llama):
     with pytest.raises(ValueError, match=r"A/B item 0: answer '\(a\)' is not a capital letter answer"):
         ab_eval(tiny_llama, lower)
     cd = [ITEMS[0], ABItem("Q\n (A) a\n (B) b\n (C) c\n (D) d", "(C)", "(D)")]
-    with pytest.raises(ValueError, match=r"A/B items \[1\] have answers outside \(A\)/\(B\).*outside_ab='zero'"):
+    with pytest.raises(
+        ValueError, match=r"A/B items \[1\] have answers outside \(A\)/\(B\).*outside_ab='zero'"
+    ):
         ab_eval(tiny_llama, cd)
     result = ab_eval(tiny_llama, cd, outside_ab="zero")
     assert result.n_outside_ab == 1 and result.scores[1].p_matching == 0.0 and result.scores[1].outside_ab

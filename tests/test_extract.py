@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 import tlsteer
 from tlsteer.tokens import tokenize
@@ -33,12 +34,17 @@ def test_parity_with_plain_loop(tiny, point):
 
 def test_batched_equals_one_by_one(tiny):
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(tiny.cfg.n_layers)]
+    lengths = [len(tokenize(tiny, p)) for p in PROMPTS]
+    assert len(set(lengths)) >= 3  # in one batch of 5, the prompts are left-padded by different amounts
     batched = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=5)
     single = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=1)
     for hook in hooks:
-        assert (batched[hook] - single[hook]).abs().max() <= 1e-4
-        # and the padding really differed: rows are not all the same
-        assert batched[hook].std(0).max() > 0
+        ref = reference(tiny, PROMPTS, hook, 0)  # unpadded, one prompt per run_with_cache
+        assert (batched[hook] - ref).abs().max() <= 1e-4
+        assert (single[hook] - ref).abs().max() <= 1e-4
+        # reading at a padded column instead of each prompt's first token would not match
+        wrong = reference(tiny, PROMPTS, hook, 1)
+        assert (batched[hook] - wrong).abs().max() > 1e-2
 
 
 def test_read_index_forms(tiny_llama):
@@ -75,9 +81,39 @@ def test_layers_negative_and_default(tiny_llama):
     assert all_layers.positive["blocks.0.hook_mlp_out"].shape == (3, 32)
 
 
-def test_progress_bar_runs(tiny_llama, capsys):
-    tlsteer.extract_activations(tiny_llama, PAIRS, layers=[0], show_progress=True, batch_size=2)
-    assert "pairs" in capsys.readouterr().err
+class RecordingBar(tqdm):
+    """A tqdm bar that draws every update and records (desc, total, n) when it closes."""
+
+    closed: list[tuple[str, int, int]] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+
+    def close(self):
+        if not self.disable and not getattr(self, "_recorded", False):
+            self._recorded = True
+            RecordingBar.closed.append((self.desc, self.total, self.n))
+        super().close()
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_progress_bar_counts_batches(tiny_llama, capsys, monkeypatch, share_prefix):
+    monkeypatch.setattr("tlsteer.extract.tqdm", RecordingBar)
+    monkeypatch.setattr("tlsteer.prefix.tqdm", RecordingBar)
+    monkeypatch.setattr(RecordingBar, "closed", [])
+    # every pair shares a prefix, so the shared path runs ceil(5 / 2) = 3 batches of prefixes;
+    # the plain path reads 10 prompts in ceil(10 / 2) = 5 batches
+    pairs = [(f"{w} is good", f"{w} is bad") for w in ("cat", "dog", "sun", "tea", "car")]
+    kwargs = {"layers": [0], "batch_size": 2, "share_prefix": share_prefix}
+    tlsteer.extract_activations(tiny_llama, pairs, show_progress=False, **kwargs)
+    assert capsys.readouterr().err == "" and RecordingBar.closed == []
+    tlsteer.extract_activations(tiny_llama, pairs, show_progress=True, **kwargs)
+    total = 3 if share_prefix else 5
+    assert RecordingBar.closed == [("pairs", total, total)]
+    err = capsys.readouterr().err
+    assert err.startswith("\rpairs: ")
+    for done in range(total + 1):
+        assert f"| {done}/{total} [" in err
 
 
 def test_errors(tiny_llama):
@@ -94,5 +130,9 @@ def test_errors(tiny_llama):
         tlsteer.extract_activations(model, [("x" * 200, "y")], layers=[0])
     with pytest.raises(ValueError, match=r"read_token_index has 2 entries but there are 3"):
         tlsteer.extract_activations(model, PAIRS, layers=[0], read_token_index=[0, 0])
-    with pytest.raises(KeyError, match=r"hook 'blocks.9.hook_resid_post' not in model \(4 layers\)"):
+    with pytest.raises(
+        KeyError,
+        match=r"hook 'blocks.9.hook_resid_post' not in model: layer 9 is out of range "
+        r"\(4 layers, valid: 0\.\.3\)",
+    ):
         tlsteer.read_activations(model, PROMPTS, ["blocks.9.hook_resid_post"])

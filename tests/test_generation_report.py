@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ import tlsteer
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import perplexity
 
+PROMPTS = ["hi", "yo", "tell me"]  # two prompts of one length, one of another
+
 
 def vector(model, scale=6.0):
     gen = torch.Generator().manual_seed(3)
@@ -19,34 +24,128 @@ def vector(model, scale=6.0):
     return tlsteer.SteeringVector({"blocks.1.hook_resid_post": scale * d / d.norm()})
 
 
-def test_report_matches_direct_generation(tiny_llama):
+def reference(model, prompt, vec, multiplier, n_new, temperature=None, seed=0):
+    """A plain loop: a full forward per step (no KV cache, no batch), steered from the last prompt
+    token under ``apply_steering``; argmax, or a draw from the prompt's own generator."""
+    tokens = tlsteer.tokenize(model, tlsteer.chat_prompt(model, prompt))
+    n = len(tokens)
+    gen = torch.Generator().manual_seed(seed)
+    steering = [(vec, multiplier)] if multiplier != 0 else []
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if steering:
+            stack.enter_context(tlsteer.apply_steering(model, steering, min_token_index=n - 1))
+        for _ in range(n_new):
+            logits = model(torch.tensor([tokens]))[0, -1]
+            if temperature is None:
+                tokens.append(int(logits.argmax()))
+            else:
+                probs = (logits.float() / temperature).softmax(-1)
+                tokens.append(int(torch.multinomial(probs, 1, generator=gen)[0]))
+    return tuple(tokens[n:])
+
+
+def test_report_matches_plain_reference_loop(tiny_llama):
     model = tiny_llama
     vec = vector(model)
     settings = GenerationSettings(max_new_tokens=6, chat=True, stop_at_eos=False)
-    report = compare_generations(model, ["hi", "tell me"], vec, [-2, 0, 2], settings)
-    assert len(report.generations) == 6
+    report = compare_generations(model, PROMPTS, vec, [-2, 0, 2], settings)
+    assert [(g.prompt, g.multiplier) for g in report.generations] == [
+        (p, m) for p in PROMPTS for m in (-2.0, 0.0, 2.0)
+    ]
     for g in report.generations:
-        tokens = torch.tensor([tlsteer.tokenize(model, tlsteer.chat_prompt(model, g.prompt))])
-        n = tokens.shape[1]
-        with vec.apply(model, multiplier=g.multiplier, min_token_index=n - 1):
-            out = model.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=False)
-        assert tuple(out[0, n:].tolist()) == g.new_tokens
-    by_prompt = report.by_prompt()["hi"]
-    assert by_prompt[0].new_tokens != by_prompt[1].new_tokens  # steering changed the text
-    text = report.to_text()
-    assert "PROMPT: hi" in text and "x-2" in text and "x2" in text
-    assert "<table" in report.to_html()
-    assert json.loads(report.to_json())["settings"]["max_new_tokens"] == 6
+        assert g.prompt_tokens == tuple(tlsteer.tokenize(model, tlsteer.chat_prompt(model, g.prompt)))
+        assert g.new_tokens == reference(model, g.prompt, vec, g.multiplier, 6), (g.prompt, g.multiplier)
+        assert g.text == model.tokenizer.decode(list(g.new_tokens), skip_special_tokens=True)
+    for prompt in PROMPTS:  # the reference is not vacuous: steering changes every prompt's tokens
+        gens = report.by_prompt()[prompt]
+        assert gens[0].new_tokens != gens[1].new_tokens != gens[2].new_tokens
 
 
-def test_sampled_generations_repeat_with_the_seed(tiny_llama):
+def test_report_formats(tiny_llama):
+    settings = GenerationSettings(max_new_tokens=3, stop_at_eos=False)
+    report = compare_generations(tiny_llama, ["hi", "a <b>"], vector(tiny_llama), [-2, 0, 2.5], settings)
+    text = report.to_text(width=20)
+    assert "PROMPT: hi" in text and "PROMPT: a <b>" in text
+    header = text.splitlines()[3]
+    assert header.split() == ["x-2", "x0", "x2.5"]
+    page = report.to_html()
+    assert page.count("<table") == 2 and "<h3>a &lt;b&gt;</h3>" in page
+    assert "<tr><th>x-2</th><th>x0</th><th>x2.5</th></tr>" in page
+    data = json.loads(report.to_json())
+    assert data["settings"] == dataclasses.asdict(settings)
+    assert data["multipliers"] == [-2.0, 0.0, 2.5]
+    assert data["vector_hooks"] == ["blocks.1.hook_resid_post"]
+    assert [(g["prompt"], g["multiplier"], g["text"]) for g in data["generations"]] == [
+        (g.prompt, g.multiplier, g.text) for g in report.generations
+    ]
+
+
+def test_sampled_generations_follow_the_seed_and_leave_the_global_rng(tiny_llama):
     vec = vector(tiny_llama)
-    settings = GenerationSettings(
-        max_new_tokens=8, do_sample=True, temperature=1.5, seed=7, stop_at_eos=False
+
+    def sampled(seed):
+        settings = GenerationSettings(
+            max_new_tokens=8, do_sample=True, temperature=3.0, seed=seed, stop_at_eos=False
+        )
+        return compare_generations(tiny_llama, PROMPTS, vec, [0, 1.0], settings).generations
+
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    a, b, c = sampled(7), sampled(7), sampled(8)
+    assert torch.equal(torch.get_rng_state(), state), "compare_generations moved the global torch RNG"
+    assert [g.new_tokens for g in a] == [g.new_tokens for g in b]
+    assert all(x.new_tokens != z.new_tokens for x, z in zip(a, c, strict=True))  # the seed is used
+    for g in a:  # each continuation draws from its own generator seeded with settings.seed
+        expected = reference(tiny_llama, g.prompt, vec, g.multiplier, 8, temperature=3.0, seed=7)
+        assert g.new_tokens == expected, (g.prompt, g.multiplier)
+
+
+def test_load_embedder_leaves_the_environment_as_it_was(monkeypatch):
+    pytest.importorskip(
+        "sentence_transformers", reason="the judge extra (sentence-transformers) is not installed"
     )
-    a = compare_generations(tiny_llama, ["abc"], vec, [1.0], settings)
-    b = compare_generations(tiny_llama, ["abc"], vec, [1.0], settings)
-    assert a.generations[0].new_tokens == b.generations[0].new_tokens
+    import sentence_transformers
+    from huggingface_hub import constants
+
+    from tlsteer.eval.judge import load_embedder
+
+    real = sentence_transformers.SentenceTransformer
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", spy)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    embedder = load_embedder()
+    assert isinstance(embedder, real)
+    assert "HF_HUB_OFFLINE" not in os.environ  # not offline after the load ...
+    assert constants.HF_HUB_OFFLINE is False
+    assert seen == [("1", True)]  # ... but offline while loading
+
+
+def test_load_embedder_restores_the_environment_after_an_error(monkeypatch):
+    pytest.importorskip(
+        "sentence_transformers", reason="the judge extra (sentence-transformers) is not installed"
+    )
+    import sentence_transformers
+    from huggingface_hub import constants
+
+    from tlsteer.eval.judge import load_embedder
+
+    def broken(*args, **kwargs):
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", broken)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(RuntimeError, match="no model here"):
+        load_embedder()
+    assert os.environ["HF_HUB_OFFLINE"] == "0"
+    assert constants.HF_HUB_OFFLINE is False
 
 
 def test_generation_errors(tiny_llama):

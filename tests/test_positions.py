@@ -254,7 +254,9 @@ model = make_model("llama")
 vec = tlsteer.SteeringVector({"blocks.1.hook_resid_post": torch.ones(32)})
 cases = {
     "last_token_only='no'": lambda: vec.apply(model, last_token_only="no").__enter__(),
-    "batch_size=2.0": lambda: tlsteer.read_activations(model, ["ab"], ["blocks.1.hook_resid_post"], batch_size=2.0),
+    "batch_size=2.0": lambda: tlsteer.read_activations(
+        model, ["ab"], ["blocks.1.hook_resid_post"], batch_size=2.0
+    ),
     "min_token_index=1.5": lambda: vec.apply(model, min_token_index=1.5).__enter__(),
 }
 for name, call in cases.items():

@@ -9,7 +9,6 @@ tlsteer has no side effects.
 
 from tlsteer._version import __version__
 from tlsteer.aggregators import (
-    Aggregator,
     aggregate_activations,
     class_mean_aggregator,
     logistic_aggregator,
@@ -30,7 +29,6 @@ from tlsteer.data import (
 from tlsteer.decode import generate, generate_tokens
 from tlsteer.extract import ContrastActivations, extract_activations, read_activations
 from tlsteer.hooks import (
-    Edit,
     SteeringHandle,
     apply_edits,
     apply_steering,
@@ -43,7 +41,6 @@ from tlsteer.hooks import (
 )
 from tlsteer.models import load_model
 from tlsteer.operators import (
-    Operator,
     ablation_operator,
     ablation_then_addition_operator,
     addition_operator,
@@ -55,12 +52,9 @@ from tlsteer.vector import SteeringVector, VectorMetadata
 __all__ = [
     "BUILTIN_DATASETS",
     "CAA_BEHAVIOURS",
-    "Aggregator",
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
-    "Edit",
-    "Operator",
     "Positions",
     "SteeringHandle",
     "SteeringVector",

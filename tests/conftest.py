@@ -124,3 +124,18 @@ def count_hooks(model: HookedTransformer) -> int:
     lens = sum(len(p._forward_hooks) for p in model.hook_dict.values())
     pre = sum(len(b._forward_pre_hooks) for b in model.blocks)
     return lens + pre
+
+
+def step_logits(model: HookedTransformer, tokens: torch.Tensor, use_cache: bool, n: int = 6):
+    """TransformerLens's greedy ``generate``: the logits of every step ``[batch, n, d_vocab]`` and
+    the sequences."""
+    out = model.generate(
+        tokens,
+        max_new_tokens=n,
+        do_sample=False,
+        use_past_kv_cache=use_cache,
+        output_logits=True,
+        verbose=False,
+        stop_at_eos=False,
+    )
+    return torch.stack(out.logits, dim=1), out.sequences

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tlsteer
+from tests.conftest import step_logits
 from tlsteer import SteeringVector
 from tlsteer.tokens import left_pad
 
@@ -25,19 +26,6 @@ def resolve(mode: dict, prompt_len: int) -> dict:
         return v
 
     return {k: [value(x) for x in v] if isinstance(v, list) else value(v) for k, v in mode.items()}
-
-
-def step_logits(model, tokens, use_cache, n=6):
-    out = model.generate(
-        tokens,
-        max_new_tokens=n,
-        do_sample=False,
-        use_past_kv_cache=use_cache,
-        output_logits=True,
-        verbose=False,
-        stop_at_eos=False,
-    )
-    return torch.stack(out.logits, dim=1), out.sequences
 
 
 def vector(model, hook="blocks.1.hook_resid_post", scale=4.0):

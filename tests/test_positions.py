@@ -8,6 +8,7 @@ import torch
 
 import tlsteer
 from tests.conftest import count_hooks
+from tests.conftest import step_logits as generate_steps
 from tlsteer import SteeringVector
 from tlsteer.tokens import left_pad
 
@@ -34,16 +35,7 @@ def changed_columns(a, b):
 
 
 def step_logits(model, tokens, use_cache, n=5):
-    out = model.generate(
-        tokens,
-        max_new_tokens=n,
-        do_sample=False,
-        use_past_kv_cache=use_cache,
-        output_logits=True,
-        verbose=False,
-        stop_at_eos=False,
-    )
-    return torch.stack(out.logits, dim=1)
+    return generate_steps(model, tokens, use_cache, n)[0]
 
 
 def shrink_edit(act):

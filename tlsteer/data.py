@@ -36,6 +36,7 @@ __all__ = [
     "load_builtin_dataset",
     "load_caa_dataset",
     "load_neutral_text",
+    "load_open_prompts",
 ]
 
 BUILTIN_DATASETS: tuple[str, ...] = ("sentiment", "formality")
@@ -319,6 +320,11 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str, model: HookedTransformer, limit: int | None = None) -> list[ContrastPair]:
     """A built-in behaviour (``"sentiment"`` or ``"formality"``) as contrast pairs for ``model``."""
     return load_caa_dataset(builtin_dataset_path(name), model, limit=limit)
+
+
+def load_open_prompts() -> list[str]:
+    """tlsteer's 64 varied open instructions (chat user turns), for steered generation."""
+    return json.loads((resources.files("tlsteer") / "datasets" / "open_prompts.json").read_text())
 
 
 def load_neutral_text() -> list[str]:

@@ -1,0 +1,50 @@
+"""SAE features for steering and for reading steering vectors (the ``sae`` extra: sae-lens).
+
+``import tlsteer.sae`` needs sae-lens (``pip install "tlsteer[sae]"``). Any sae-lens ``SAE``
+works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``, ``W_dec``,
+``cfg.d_in``, ``cfg.d_sae`` and the hook name in ``cfg.metadata.hook_name`` (or ``hook_name=``).
+
+- Load and check: :func:`load_sae`, :func:`sae_hook_name`, :func:`sae_fingerprint`.
+- Read: :func:`encode` (features at a position, the last token, or the mean over a span).
+- Build: :func:`feature_vector` (``paired``, ``sums``, ``class_means``) giving a
+  :class:`FeatureVector`; :func:`raw_vector` (the same formulas on residuals);
+  :func:`encode_steering_vector` (the negative control).
+- Steer: :func:`feature_edit` (a core edit), :func:`steer_features`, :func:`patch_features`.
+- Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
+
+The SAE shipped for the embedded model is loaded by ``load_embedded_sae`` (its own module).
+"""
+
+from tlsteer.sae._lens import INSTALL_HINT
+from tlsteer.sae.adapter import load_sae, sae_fingerprint, sae_hook_name
+from tlsteer.sae.encoding import ContrastFeatures, encode
+from tlsteer.sae.features import FeatureVector
+from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector, raw_vector
+from tlsteer.sae.inspection import FeatureExample, FeatureReport, inspect_feature, plot_feature_vector
+from tlsteer.sae.quality import SAEQuality, sae_quality
+from tlsteer.sae.steering import MODES, FeatureEdit, feature_edit, patch_features, steer_features
+
+__all__ = [
+    "FORMULAS",
+    "INSTALL_HINT",
+    "MODES",
+    "ContrastFeatures",
+    "FeatureEdit",
+    "FeatureExample",
+    "FeatureReport",
+    "FeatureVector",
+    "SAEQuality",
+    "encode",
+    "encode_steering_vector",
+    "feature_edit",
+    "feature_vector",
+    "inspect_feature",
+    "load_sae",
+    "patch_features",
+    "plot_feature_vector",
+    "raw_vector",
+    "sae_fingerprint",
+    "sae_hook_name",
+    "sae_quality",
+    "steer_features",
+]

@@ -1,0 +1,305 @@
+"""The SAE as tlsteer sees it: loading, its hook name, checks against a model, its decoder.
+
+tlsteer uses only ``sae.encode``, ``sae.decode``, ``sae.W_dec``, ``sae.cfg.d_in``, ``sae.cfg.d_sae``
+and the hook name in ``sae.cfg.metadata.hook_name`` (or a ``hook_name=`` argument), so every
+sae-lens architecture (standard, top-k, JumpReLU, gated, ...) works. This module owns the checks
+that refuse an SAE that does not fit a model, the short fingerprint of ``W_dec`` that ties a
+feature vector to its SAE, the decoder's linear part (how the output moves per unit of a
+feature), feature-id and value checks, and the logit lens of a decoder row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import validate_hook_name
+from tlsteer.sae._lens import SAE
+
+__all__ = [
+    "DecoderChange",
+    "SAELike",
+    "check_feature_ids",
+    "check_feature_values",
+    "check_sae",
+    "decoder_change",
+    "load_sae",
+    "logit_lens",
+    "sae_dims",
+    "sae_fingerprint",
+    "sae_hook_name",
+    "stop_layer",
+]
+
+SAELike = Any
+"""A sae-lens ``SAE`` (any architecture); checked by :func:`sae_dims`, which names what is missing."""
+
+_INPUT_DEPENDENT = ("layer_norm", "constant_norm_rescale")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def load_sae(
+    path: str | Path,
+    hook_name: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> SAE:
+    """Load an SAE saved with ``sae.save_model(path)`` (offline ``SAE.load_from_disk``).
+
+    Args:
+        path: The folder holding ``cfg.json`` and ``sae_weights.safetensors``.
+        hook_name: Where the SAE reads, for an SAE whose metadata does not say; an SAE whose
+            metadata names another hook is refused.
+        device: Where to put the SAE.
+        dtype: Its dtype (default: the one in its config).
+
+    Example:
+        >>> sae = load_sae("saes/layer1", hook_name="blocks.1.hook_resid_post")  # doctest: +SKIP
+    """
+    folder = Path(path)
+    if not (folder / "cfg.json").is_file():
+        raise FileNotFoundError(
+            f"no SAE at {str(folder)!r}: expected a folder with cfg.json and sae_weights.safetensors "
+            "(what sae.save_model(path) writes)"
+        )
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    dtype_name = None if dtype is None else str(dtype).removeprefix("torch.")
+    sae = SAE.load_from_disk(str(folder), device=str(torch.device(device)), dtype=dtype_name)
+    if hook_name is not None:
+        name = sae_hook_name(sae, hook_name)
+        sae.cfg.metadata.hook_name = name
+    return sae
+
+
+def sae_dims(sae: SAELike) -> tuple[int, int]:
+    """``(d_in, d_sae)`` of an SAE with what tlsteer needs, else an error naming what is missing."""
+    cfg = getattr(sae, "cfg", None)
+    missing = [a for a in ("encode", "decode") if not callable(getattr(sae, a, None))]
+    missing += [] if isinstance(getattr(sae, "W_dec", None), Tensor) else ["W_dec"]
+    missing += [f"cfg.{a}" for a in ("d_in", "d_sae") if not isinstance(getattr(cfg, a, None), int)]
+    if missing:
+        raise TypeError(
+            f"expected a sae-lens SAE (with encode, decode, W_dec, cfg.d_in and cfg.d_sae), got "
+            f"{type(sae).__name__} lacking {', '.join(missing)}"
+        )
+    d_in, d_sae = cfg.d_in, cfg.d_sae
+    if tuple(sae.W_dec.shape) != (d_sae, d_in):
+        raise ValueError(
+            f"sae.W_dec has shape {tuple(sae.W_dec.shape)}, expected [d_sae, d_in] = {[d_sae, d_in]}"
+        )
+    norm = getattr(cfg, "normalize_activations", "none")
+    if norm in _INPUT_DEPENDENT:
+        raise ValueError(
+            f"the SAE rescales each input at run time (normalize_activations={norm!r}), so its decoder "
+            "is not affine in the features; tlsteer needs one that is ('none' or 'expected_average_only_in')"
+        )
+    return d_in, d_sae
+
+
+def sae_hook_name(sae: SAELike, hook_name: Any = None) -> str:
+    """The hook the SAE reads: ``sae.cfg.metadata.hook_name``, else ``hook_name``.
+
+    A ``hook_name`` that disagrees with the SAE's metadata is refused, and so is an SAE with no
+    hook name when none is given.
+
+    Example:
+        >>> sae_hook_name(sae)  # doctest: +SKIP
+        'blocks.1.hook_resid_post'
+    """
+    sae_dims(sae)
+    meta = getattr(sae.cfg, "metadata", None)
+    own = meta.get("hook_name") if hasattr(meta, "get") else getattr(meta, "hook_name", None)
+    if own is not None and not isinstance(own, str):
+        raise TypeError(f"sae.cfg.metadata.hook_name must be a string, got {own!r}")
+    if hook_name is not None:
+        if not isinstance(hook_name, str) or not hook_name:
+            raise TypeError(
+                f"hook_name must be a hook name like 'blocks.3.hook_resid_post', got {hook_name!r}"
+            )
+        if own and own != hook_name:
+            raise ValueError(
+                f"hook_name={hook_name!r} disagrees with the SAE's own hook {own!r} "
+                "(sae.cfg.metadata.hook_name); leave hook_name out or give the same hook"
+            )
+        return hook_name
+    if not own:
+        raise ValueError(
+            "the SAE has no hook name (sae.cfg.metadata.hook_name is not set) and none was given; pass "
+            "hook_name='blocks.<layer>.hook_resid_post' naming where it was trained"
+        )
+    return own
+
+
+def check_sae(model: HookedTransformer, sae: SAELike, hook_name: Any = None) -> str:
+    """The SAE's hook name, after checking that the SAE fits ``model`` (``d_in``, hook)."""
+    d_in, _ = sae_dims(sae)
+    name = sae_hook_name(sae, hook_name)
+    if d_in != model.cfg.d_model:
+        raise ValueError(
+            f"the SAE has d_in={d_in} but model.cfg.d_model={model.cfg.d_model}; it was trained on "
+            "another model or at a hook that is not residual-sized"
+        )
+    validate_hook_name(model, name)
+    return name
+
+
+def stop_layer(hook: str) -> int | None:
+    """The ``stop_at_layer`` that still runs ``hook`` (``None``: run the whole model)."""
+    match = _BLOCK.match(hook)
+    return int(match.group(1)) + 1 if match else None
+
+
+def sae_fingerprint(sae: SAELike) -> str:
+    """16 hex digits of the sha256 of ``W_dec`` (as float32): ties a feature vector to its SAE.
+
+    Example:
+        >>> sae_fingerprint(sae)  # doctest: +SKIP
+        '3f1c0a9be2d47c55'
+    """
+    sae_dims(sae)
+    weights = sae.W_dec.detach().float().cpu().contiguous()
+    digest = hashlib.sha256(str(tuple(weights.shape)).encode())
+    digest.update(weights.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DecoderChange:
+    """How the SAE's output moves when its features move: ``decode(f + df) - decode(f)``.
+
+    For a decoder ``f @ W_dec + b_dec`` (``plain``) that is ``df @ W_dec``, computed in that form
+    so that the bias never enters and a zero change is exactly zero. Any other decoder that is
+    affine in the features (one that rescales by the decoder norms, say) is measured through
+    ``decode``: ``decode(df) - decode(0)``.
+    """
+
+    sae: Any
+    plain: bool
+
+    def of_ids(self, df: Tensor, ids: Tensor) -> Tensor:
+        """The change for ``df [..., len(ids)]``, a change of the features ``ids`` only."""
+        w_dec = self.sae.W_dec.detach()
+        if self.plain:
+            return df.to(w_dec.dtype) @ w_dec[ids]
+        full = torch.zeros(*df.shape[:-1], w_dec.shape[0], dtype=w_dec.dtype, device=w_dec.device)
+        full[..., ids] = df.to(w_dec.dtype)
+        return self(full)
+
+    def __call__(self, df: Tensor) -> Tensor:
+        """The change for ``df [..., d_sae]``."""
+        w_dec = self.sae.W_dec.detach()
+        if self.plain:
+            return df.to(w_dec.dtype) @ w_dec
+        df = df.to(w_dec.dtype)
+        zero = torch.zeros(1, df.shape[-1], dtype=df.dtype, device=df.device)
+        return self.sae.decode(df) - self.sae.decode(zero)[0]
+
+
+def decoder_change(sae: SAELike) -> DecoderChange:
+    """The :class:`DecoderChange` of ``sae``, after probing ``decode`` on a few features."""
+    _, d_sae = sae_dims(sae)
+    w_dec = sae.W_dec.detach()
+    ids = torch.unique(torch.linspace(0, d_sae - 1, min(d_sae, 8)).long()).to(w_dec.device)
+    probe = torch.zeros(len(ids) + 1, d_sae, dtype=w_dec.dtype, device=w_dec.device)
+    probe[torch.arange(len(ids), device=w_dec.device), ids] = 1.0
+    with torch.no_grad():
+        try:
+            out = sae.decode(probe)
+        except (AttributeError, RuntimeError) as err:
+            raise ValueError(
+                f"sae.decode failed on feature activations alone ({type(err).__name__}: {err}); tlsteer "
+                "needs a decoder that is affine in the features"
+            ) from err
+        measured = (out[:-1] - out[-1]).float()
+    rows = w_dec[ids].float()
+    scale = float(rows.abs().max()) or 1.0
+    return DecoderChange(sae, plain=bool(torch.allclose(measured, rows, rtol=1e-3, atol=1e-4 * scale)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_feature_ids(features: Any, d_sae: int) -> list[int]:
+    """Feature ids as distinct ints in ``0..d_sae-1``; an int, a list or a 1-D integer tensor."""
+    if isinstance(features, Tensor):
+        if features.ndim > 1 or features.is_floating_point() or features.dtype == torch.bool:
+            raise TypeError(
+                f"feature ids must be a 1-D integer tensor, got {features.dtype} {tuple(features.shape)}"
+            )
+        features = features.reshape(-1).tolist()
+    if _is_int(features):
+        features = [features]
+    if isinstance(features, (str, bytes)) or not isinstance(features, Sequence) or len(features) == 0:
+        raise ValueError(f"features must be a feature id or a non-empty list of ids, got {features!r}")
+    ids = []
+    for f in features:
+        if not _is_int(f):
+            raise TypeError(f"feature ids must be ints, got {f!r}")
+        if not 0 <= f < d_sae:
+            raise IndexError(
+                f"feature {int(f)} is out of range: the SAE has d_sae={d_sae} features "
+                f"(valid: 0..{d_sae - 1})"
+            )
+        ids.append(int(f))
+    if len(set(ids)) != len(ids):
+        twice = sorted({f for f in ids if ids.count(f) > 1})
+        raise ValueError(f"feature ids must be distinct; given more than once: {twice}")
+    return ids
+
+
+def check_feature_values(values: Any, n: int, name: str = "values") -> Float[Tensor, " n"]:
+    """``values`` as ``n`` finite float32 numbers: one number for all, or one per feature."""
+    if isinstance(values, Tensor):
+        tensor = values.detach().float().cpu().reshape(-1) if values.ndim <= 1 else None
+        if tensor is None or values.dtype == torch.bool or values.is_complex():
+            raise TypeError(
+                f"{name} must be a number or a 1-D real tensor, got {values.dtype} {tuple(values.shape)}"
+            )
+    elif isinstance(values, numbers.Real) and not isinstance(values, bool):
+        tensor = torch.tensor([float(values)])
+    elif isinstance(values, Sequence) and not isinstance(values, (str, bytes)):
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+        if bad:
+            raise TypeError(f"{name} must be real numbers, got {bad[0]!r}")
+        tensor = torch.tensor([float(v) for v in values])
+    else:
+        raise TypeError(f"{name} must be a number or one number per feature, got {values!r}")
+    if tensor.numel() == 1:
+        tensor = tensor.expand(n).clone()
+    if tensor.numel() != n:
+        raise ValueError(
+            f"{name} has {tensor.numel()} entries for {n} features; give one number or one per feature"
+        )
+    bad_at = (~torch.isfinite(tensor)).nonzero().flatten().tolist()
+    if bad_at:
+        raise ValueError(f"{name} must be finite; entry {bad_at[0]} is {float(tensor[bad_at[0]])}")
+    return tensor
+
+
+def logit_lens(
+    model: HookedTransformer, direction: Float[Tensor, " d_model"], k: int = 10
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The ``k`` tokens a direction promotes most and suppresses most: ``direction @ model.W_U``.
+
+    No final norm is applied (a decoder row's logit lens is read as it is).
+    """
+    scores = direction.detach().float().to(model.W_U.device) @ model.W_U.detach().float()
+    k = min(k, scores.shape[0])
+    top, low = scores.topk(k), (-scores).topk(k)
+
+    def named(ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
+        return [(model.tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals, strict=True)]
+
+    return named(top.indices, top.values), named(low.indices, -low.values)

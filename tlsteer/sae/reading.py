@@ -1,0 +1,217 @@
+"""Reading at a hook for the SAE module: where each prompt is read, and the batched stream.
+
+:func:`plan_reads` turns prompts or contrast data and a read mode (a position, the last token,
+or the mean over a token span) into token ids and one ``[start, end)`` span per prompt.
+:func:`iter_reads` streams them: prompts sorted by length, left-padded with a mask
+(:func:`tlsteer.tokens.left_pad`), ``run_with_cache`` with a ``names_filter`` and
+``stop_at_layer``, a transform (the SAE's ``encode``, or nothing) applied to the activations in
+each span only, and their mean per prompt. Only one batch of activations is alive at a time.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import check_batch_size
+from tlsteer.data import ContrastSet, as_contrast_data
+from tlsteer.sae.adapter import stop_layer
+from tlsteer.tokens import left_pad, resolve_read_index, tokenize_prompts
+
+__all__ = ["Read", "ReadPlan", "Span", "describe_read", "iter_reads", "plan_reads", "read_all", "token_mask"]
+
+Read = Any
+"""``"last"`` (the last token), an int (a position, negative from the end) or ``"mean"`` (the mean
+over a span). Checked by :func:`plan_reads`, which lists the valid options."""
+
+Span = Any
+"""For ``read="mean"``: ``None`` (every token), one ``(start, end)`` for every prompt, one
+``(start, end)`` per prompt (per pair for pairs), or a callable ``(prompt, token_ids) -> (start,
+end)``. ``end`` is exclusive and may be ``None`` (to the end); negatives count from the end."""
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Token ids and read spans of every prompt; for contrast data, positives come first.
+
+    ``kind`` is ``"prompts"``, ``"pairs"`` or ``"set"``; ``n_positive`` is how many of the
+    prompts are positives (all of them for plain prompts).
+    """
+
+    prompts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    spans: tuple[tuple[int, int], ...]
+    kind: str
+    n_positive: int
+
+    @property
+    def n_negative(self) -> int:
+        return len(self.prompts) - self.n_positive
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_one_span(span: Any) -> bool:
+    return (
+        isinstance(span, tuple)
+        and len(span) == 2
+        and all(s is None or _is_int(s) for s in span)
+        and _is_int(span[0])
+    )
+
+
+def _resolve_span(span: Any, prompt_no: int, n_tokens: int) -> tuple[int, int]:
+    if not _is_one_span(span):
+        raise TypeError(f"span for prompt {prompt_no} must be a (start, end) tuple of ints, got {span!r}")
+    start, end = int(span[0]), n_tokens if span[1] is None else int(span[1])
+    if not -n_tokens <= start < n_tokens or not -n_tokens < end <= n_tokens:
+        raise IndexError(
+            f"span {span!r} is outside prompt {prompt_no} ({n_tokens} tokens; start in "
+            f"{-n_tokens}..{n_tokens - 1}, end in {-n_tokens + 1}..{n_tokens} or None)"
+        )
+    start, end = start % n_tokens, end if end >= 0 else end + n_tokens
+    if start >= end:
+        raise ValueError(
+            f"span {span!r} of prompt {prompt_no} is empty ({n_tokens} tokens: [{start}, {end}))"
+        )
+    return start, end
+
+
+def _spans(
+    prompts: Sequence[str],
+    token_ids: Sequence[Sequence[int]],
+    read: Any,
+    span: Any,
+    overrides: Sequence[int | None],
+    kind: str,
+) -> list[tuple[int, int]]:
+    n = len(prompts)
+    if isinstance(read, str) and read == "mean":
+        if span is None:
+            return [(0, len(ids)) for ids in token_ids]
+        if callable(span):
+            pairs = enumerate(zip(prompts, token_ids, strict=True))
+            return [_resolve_span(span(p, list(ids)), i, len(ids)) for i, (p, ids) in pairs]
+        if _is_one_span(span):
+            return [_resolve_span(span, i, len(ids)) for i, ids in enumerate(token_ids)]
+        if isinstance(span, Sequence) and not isinstance(span, (str, bytes)):
+            if kind == "set":
+                raise ValueError(
+                    "a ContrastSet takes one (start, end) span for every prompt, or a callable; not a list"
+                )
+            want, unit = (n, "prompts") if kind == "prompts" else (n // 2, "pairs")
+            if len(span) != want:
+                raise ValueError(
+                    f"span has {len(span)} entries but there are {want} {unit}; give one per {unit[:-1]}"
+                )
+            each = list(span) * (n // want)
+            return [
+                _resolve_span(s, i, len(ids)) for i, (s, ids) in enumerate(zip(each, token_ids, strict=True))
+            ]
+        raise TypeError(f"span must be None, (start, end), one per prompt, or a callable, got {span!r}")
+    if span is not None:
+        raise ValueError(f"span is only used with read='mean', got read={read!r} and span={span!r}")
+    if isinstance(read, str) and read == "last":
+        index: int | None = -1
+    elif _is_int(read):
+        index = int(read)
+    else:
+        raise ValueError(f"read must be 'last', 'mean' or a token position (int), got {read!r}")
+    out = []
+    for i, ids in enumerate(token_ids):
+        at = resolve_read_index(overrides[i] if overrides[i] is not None else index, i, len(ids))
+        out.append((at, at + 1))
+    return out
+
+
+def plan_reads(model: HookedTransformer, data: Any, read: Read = "last", span: Span = None) -> ReadPlan:
+    """Token ids and spans for plain prompts, contrast pairs or a :class:`~tlsteer.ContrastSet`.
+
+    A pair's or set's own ``read_index`` takes precedence over an int or ``"last"`` read.
+    """
+    if isinstance(data, str):
+        raise TypeError(f"expected a list of prompts, not one string ({data[:40]!r})")
+    if isinstance(data, Sequence) and len(data) == 0:
+        raise ValueError("no prompts to read; give at least one prompt or contrast pair")
+    if isinstance(data, Sequence) and all(isinstance(p, str) for p in data):
+        prompts = list(data)
+        overrides, kind, n_pos = [None] * len(prompts), "prompts", len(prompts)
+    else:
+        contrast = as_contrast_data(data)
+        if isinstance(contrast, ContrastSet):
+            prompts = [*contrast.positive, *contrast.negative]
+            overrides, kind, n_pos = [contrast.read_index] * len(prompts), "set", len(contrast.positive)
+        else:
+            prompts = [p.positive for p in contrast] + [p.negative for p in contrast]
+            overrides, kind, n_pos = [p.read_index for p in contrast] * 2, "pairs", len(contrast)
+    token_ids = tokenize_prompts(model, prompts)
+    spans = _spans(prompts, token_ids, read, span, overrides, kind)
+    return ReadPlan(tuple(prompts), tuple(tuple(t) for t in token_ids), tuple(spans), kind, n_pos)
+
+
+def describe_read(read: Read, span: Span) -> str:
+    """A short label of a read mode for metadata, e.g. ``'last'``, ``'-2'`` or ``'mean'``."""
+    if isinstance(read, str) and read == "mean":
+        return "mean" if span is None else ("mean:callable" if callable(span) else f"mean:{span!r}"[:60])
+    return str(read)
+
+
+def token_mask(lengths: Sequence[int], width: int, skip_first: int, device: Any) -> torch.Tensor:
+    """``[batch, width]``: the columns of a left-padded batch at own positions ``>= skip_first``."""
+    pad = torch.tensor([width - n for n in lengths], device=device)[:, None]
+    return torch.arange(width, device=device)[None, :] - pad >= skip_first
+
+
+Transform = Callable[[Float[Tensor, "n d_model"]], Tensor]
+
+
+def iter_reads(
+    model: HookedTransformer, hook: str, plan: ReadPlan, transform: Transform, batch_size: int = 8
+) -> Iterator[tuple[list[int], Float[Tensor, "batch d_out"]]]:
+    """Batches of ``(prompt indices, mean of transform(activations) over each prompt's span)``.
+
+    Rows are float32 on the CPU. A one-token span gives that token's value exactly.
+    """
+    batch_size = check_batch_size(batch_size)
+    ids = plan.token_ids
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    stop = stop_layer(hook)
+    with torch.no_grad():
+        for first in range(0, len(order), batch_size):
+            batch = order[first : first + batch_size]
+            tokens, mask = left_pad(model, [list(ids[i]) for i in batch])
+            _, cache = model.run_with_cache(
+                tokens, attention_mask=mask, names_filter=[hook], stop_at_layer=stop, return_type=None
+            )
+            acts = cache[hook]
+            width = tokens.shape[1]
+            pad = torch.tensor([width - len(ids[i]) for i in batch], device=acts.device)[:, None]
+            lo = pad + torch.tensor([plan.spans[i][0] for i in batch], device=acts.device)[:, None]
+            hi = pad + torch.tensor([plan.spans[i][1] for i in batch], device=acts.device)[:, None]
+            cols = torch.arange(width, device=acts.device)[None, :]
+            chosen = (cols >= lo) & (cols < hi)
+            values = transform(acts[chosen]).float()
+            owner = chosen.nonzero()[:, 0].to(values.device)
+            sums = torch.zeros(len(batch), values.shape[-1], dtype=values.dtype, device=values.device)
+            sums.index_add_(0, owner, values)
+            counts = chosen.sum(dim=1).to(values.device, values.dtype)[:, None]
+            yield batch, (sums / counts).cpu()
+
+
+def read_all(
+    model: HookedTransformer, hook: str, plan: ReadPlan, transform: Transform, d_out: int, batch_size: int = 8
+) -> Float[Tensor, "n d_out"]:
+    """Every prompt's row of :func:`iter_reads`, in the plan's order."""
+    out = torch.empty((len(plan.prompts), d_out), dtype=torch.float32)
+    for batch, rows in iter_reads(model, hook, plan, transform, batch_size):
+        out[torch.tensor(batch)] = rows
+    return out

@@ -1,0 +1,189 @@
+"""Steering in feature space: edit chosen SAE features at the SAE's hook, keep everything else.
+
+With ``f = sae.encode(h)`` at the steered positions, the activation becomes
+``h' = h + decode(f_edited) - decode(f)``: the SAE's error ``h - decode(f)`` is kept, and the
+features not chosen keep their contribution exactly, because the change is computed as
+``(f_edited - f)[ids] @ W_dec[ids]`` (no bias enters; a zero change is exactly zero). Modes:
+``add`` (``f[ids] += values``), ``scale`` (``f[ids] *= values``), ``clamp`` (``f[ids] = values``).
+A :class:`~tlsteer.sae.FeatureVector` steers by adding ``multiplier * values`` in feature space.
+
+:func:`feature_edit` is a core :data:`~tlsteer.hooks.Edit` (activation -> delta), so it works with
+:func:`tlsteer.apply_edits`, :func:`tlsteer.generate_tokens` (``edits=``) and the sweep engine's
+``Setting(hook, edit=...)``, with the core's absolute positions under the KV cache.
+:func:`steer_features` is a ``with`` block, :func:`patch_features` stays until ``.remove()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer.errors import format_options
+from tlsteer.hooks import SteeringHandle, apply_edits, patch_edits
+from tlsteer.operators import check_multiplier
+from tlsteer.sae.adapter import (
+    DecoderChange,
+    SAELike,
+    check_feature_ids,
+    check_feature_values,
+    check_sae,
+    decoder_change,
+    sae_dims,
+    sae_hook_name,
+)
+from tlsteer.sae.features import FeatureVector
+
+__all__ = ["MODES", "FeatureEdit", "Mode", "feature_edit", "patch_features", "steer_features"]
+
+Mode = Literal["add", "scale", "clamp"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+@dataclass(eq=False)
+class FeatureEdit:
+    """The edit of some SAE features at the SAE's hook (an :data:`~tlsteer.hooks.Edit`)."""
+
+    hook_name: str
+    mode: str
+    ids: Tensor
+    values: Tensor
+    change: DecoderChange = field(repr=False)
+    constant: Tensor | None = field(default=None, repr=False)
+    _cast: dict = field(default_factory=dict, repr=False)
+
+    def __call__(self, act: Tensor) -> Tensor:
+        if self.constant is not None:  # add: the change does not depend on f
+            key = (act.device, act.dtype)
+            if key not in self._cast:
+                self._cast[key] = self.constant.to(device=act.device, dtype=act.dtype)
+            return self._cast[key].expand_as(act)
+        sae = self.change.sae
+        device = sae.W_dec.device
+        current = sae.encode(act.to(device))[..., self.ids.to(device)]
+        values = self.values.to(device=device, dtype=current.dtype)
+        df = current * (values - 1.0) if self.mode == "scale" else values - current
+        return self.change.of_ids(df, self.ids.to(device)).to(device=act.device, dtype=act.dtype)
+
+
+def feature_edit(
+    sae: SAELike,
+    features: Any,
+    mode: str = "add",
+    values: Any = None,
+    multiplier: Any = 1.0,
+    hook_name: str | None = None,
+) -> FeatureEdit:
+    """The edit ``h -> h + decode(f_edited) - decode(f)`` of chosen features (see the module docstring).
+
+    Args:
+        sae: A sae-lens SAE.
+        features: A feature id, a list of ids, or a :class:`~tlsteer.sae.FeatureVector` (added in
+            feature space as ``multiplier * values``; mode ``"add"``, no ``values``).
+        mode: ``"add"``, ``"scale"`` or ``"clamp"``.
+        values: One number for every feature, or one per feature (finite).
+        multiplier: Scales a FeatureVector.
+        hook_name: Where the SAE reads, if its metadata does not say.
+
+    Example:
+        >>> edit = feature_edit(sae, [12, 40], "clamp", values=[5.0, 0.0])  # doctest: +SKIP
+        >>> with tlsteer.apply_edits(model, [(sae_hook_name(sae), edit)], last_token_only=True):
+        ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
+    """
+    _, d_sae = sae_dims(sae)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {format_options(MODES)}")
+    if isinstance(features, FeatureVector):  # its own hook, unless hook_name says otherwise
+        hook_name = features.hook_name if hook_name is None else hook_name
+    hook = sae_hook_name(sae, hook_name)
+    scale = check_multiplier(multiplier)
+    if isinstance(features, FeatureVector):
+        if mode != "add" or values is not None:
+            raise ValueError(
+                "a FeatureVector is added in feature space (mode='add') and scaled by multiplier=; "
+                f"got mode={mode!r}, values={values!r}"
+            )
+        features.check_sae(sae)
+        if hook != features.hook_name:
+            raise ValueError(f"the FeatureVector is at {features.hook_name!r}, not at hook_name={hook!r}")
+        ids = features.features
+        vals = scale * features.values[ids]
+    else:
+        if scale != 1.0:
+            raise ValueError("multiplier= scales a FeatureVector; with feature ids give values= instead")
+        if values is None:
+            raise ValueError(f"mode={mode!r} needs values= (one number, or one per feature)")
+        ids = check_feature_ids(features, d_sae)
+        vals = check_feature_values(values, len(ids))
+    change = decoder_change(sae)
+    index = torch.tensor(ids, dtype=torch.long)
+    constant = None
+    if mode == "add":
+        with torch.no_grad():
+            device = sae.W_dec.device
+            constant = change.of_ids(vals[None].to(device), index.to(device))[0].detach()
+    return FeatureEdit(hook, mode, index, vals, change, constant)
+
+
+def _hook_and_edit(
+    model: HookedTransformer,
+    sae: SAELike,
+    features: Any,
+    mode: Any,
+    values: Any,
+    multiplier: Any,
+    hook_name: Any,
+) -> tuple[str, FeatureEdit]:
+    if isinstance(features, FeatureVector) and hook_name is None:
+        hook_name = features.hook_name
+    hook = check_sae(model, sae, hook_name)
+    return hook, feature_edit(sae, features, mode, values, multiplier, hook)
+
+
+@contextlib.contextmanager
+def steer_features(
+    model: HookedTransformer,
+    sae: SAELike,
+    features: Any,
+    mode: str = "add",
+    values: Any = None,
+    multiplier: Any = 1.0,
+    hook_name: str | None = None,
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+) -> Iterator[HookedTransformer]:
+    """Steer ``model`` by editing SAE features inside a ``with`` block (see :func:`feature_edit`).
+
+    Positions are those of :func:`tlsteer.apply_edits` (absolute, right under the KV cache); the
+    hooks go on exit, also when the block raises.
+
+    Example:
+        >>> with steer_features(model, sae, [7], "clamp", values=8.0, last_token_only=True):
+        ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
+    """
+    hook, edit = _hook_and_edit(model, sae, features, mode, values, multiplier, hook_name)
+    with apply_edits(model, [(hook, edit)], min_token_index, token_positions, last_token_only) as steered:
+        yield steered
+
+
+def patch_features(
+    model: HookedTransformer,
+    sae: SAELike,
+    features: Any,
+    mode: str = "add",
+    values: Any = None,
+    multiplier: Any = 1.0,
+    hook_name: str | None = None,
+    min_token_index: int = 0,
+    token_positions: Sequence[int] | None = None,
+    last_token_only: bool = False,
+) -> SteeringHandle:
+    """Like :func:`steer_features`, but stays until ``handle.remove()`` (or ``remove_all_steering``)."""
+    hook, edit = _hook_and_edit(model, sae, features, mode, values, multiplier, hook_name)
+    return patch_edits(model, [(hook, edit)], min_token_index, token_positions, last_token_only)

@@ -251,6 +251,11 @@ cases = {
     ),
     "min_token_index=1.5": lambda: vec.apply(model, min_token_index=1.5).__enter__(),
 }
+pairs = [("I love it", "I hate it"), ("good", "bad")]
+by_int = tlsteer.train_steering_vector(model, pairs, layers=[1, 2])
+by_numpy = tlsteer.train_steering_vector(model, pairs, layers=np.array([1, 2]))
+by_scalar = tlsteer.train_steering_vector(model, pairs, layers=np.int64(2))
+print("numpy layers:", by_numpy.allclose(by_int), by_scalar.layers)
 for name, call in cases.items():
     try:
         call()
@@ -274,3 +279,4 @@ def test_messages_users_see_without_runtime_type_checking():
     assert "last_token_only='no' -> TypeError last_token_only must be True or False, got 'no'" in out
     assert "batch_size=2.0 -> ValueError batch_size must be an int >= 1, got 2.0" in out
     assert "min_token_index=1.5 -> TypeError min_token_index must be an int, got 1.5" in out
+    assert "numpy layers: True [2]" in out

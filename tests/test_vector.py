@@ -180,3 +180,13 @@ def test_numpy_scalars_scale_and_numpy_layers_index():
     assert v[np.int64(1)] is v[A]
     with pytest.raises(ValueError, match="scale must be finite"):
         v * float("nan")
+
+
+def test_a_file_with_non_finite_values_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "nan.safetensors"
+    meta = {"format": "tlsteer.SteeringVector/1", "metadata": json.dumps({"n_pairs": 1})}
+    save_file({A: torch.tensor([1.0, float("inf")])}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"direction at 'blocks.1.hook_resid_post' has 1 non-finite entries"):
+        SteeringVector.load(path)

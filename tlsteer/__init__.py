@@ -3,7 +3,7 @@
 Build vectors from contrast pairs with ``run_with_cache``, steer with ``model.hooks`` contexts at
 absolute token positions that stay right under KV-cached generation, generate steered text in
 batches, and save vectors as safetensors. Evaluation (A/B scores, sweeps, side effects, judges,
-plots) lives in :mod:`tlsteer.eval`; the SAE module will live in ``tlsteer.sae``. Importing
+plots) lives in :mod:`tlsteer.eval`, SAE features in ``tlsteer.sae`` (the ``sae`` extra). Importing
 tlsteer has no side effects.
 """
 

@@ -237,3 +237,22 @@ def test_transformer_lens_generate_on_a_left_padded_batch(embedded):
     for row, text in enumerate(texts):
         alone = steps(torch.tensor([tokenize(embedded, text)]))
         assert (batched[row] - alone[0]).abs().max() <= 1e-4
+
+
+def test_demo_runs_the_main_job_batched(embedded, capsys):  # noqa: ARG001 - warms the cache
+    """The README's main job (``tlsteer demo``) at small settings: batched generations and the table."""
+    from tlsteer.demo import DemoConfig, run_demo
+
+    out = run_demo(DemoConfig(n_train=16, max_new_tokens=6))
+    printed = capsys.readouterr().out
+    assert [g["prompt"] for g in out["generations"]] == [
+        "Tell me about your weekend.",
+        "How was the new restaurant?",
+        "Describe your commute.",
+    ]
+    assert all(len(g["texts"]) == 3 and all(g["texts"]) for g in out["generations"])
+    assert any(g["texts"][0] != g["texts"][1] or g["texts"][2] != g["texts"][1] for g in out["generations"])
+    assert [row["multiplier"] for row in out["ab"]] == [-16.0, -8.0, 0.0, 8.0, 16.0]
+    assert "USER: Describe your commute." in printed and "p(matching)" in printed
+    plain = tlsteer.generate(embedded, ["Describe your commute."], max_new_tokens=6, chat=True)
+    assert out["generations"][2]["texts"][1] == plain[0]  # the unsteered column is the plain model

@@ -12,13 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from tlsteer.caa import train_steering_vector
-from tlsteer.data import builtin_dataset_path, chat_prompt, load_ab_items, load_builtin_dataset
+from tlsteer.data import builtin_dataset_path, load_ab_items, load_builtin_dataset
+from tlsteer.decode import generate
 from tlsteer.eval.ab import ab_scores
 from tlsteer.models import load_model
-from tlsteer.tokens import tokenize
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -73,17 +71,23 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     m = cfg.multiplier
     print(f"\ngreedy generations, steered from the last prompt token onward (x{-m:g}, 0, x{m:g}):")
+    questions = PROMPTS.get(cfg.dataset, PROMPTS["sentiment"])
+    columns = []
+    for mult in (-m, 0.0, m):  # one batched call per multiplier, every prompt at once
+        columns.append(
+            generate(
+                model,
+                questions,
+                [(vec, mult)] if mult else [],
+                max_new_tokens=cfg.max_new_tokens,
+                chat=True,
+                last_token_only=True,
+                stop_at_eos=True,
+            )
+        )
     generations = []
-    for question in PROMPTS.get(cfg.dataset, PROMPTS["sentiment"]):
-        tokens = torch.tensor([tokenize(model, chat_prompt(model, question))])
-        n = tokens.shape[1]
-        texts = []
-        for mult in (-m, 0.0, m):
-            with vec.apply(model, multiplier=mult, min_token_index=n - 1):
-                out = model.generate(
-                    tokens, max_new_tokens=cfg.max_new_tokens, do_sample=False, verbose=False
-                )
-            texts.append(model.tokenizer.decode(out[0, n:], skip_special_tokens=True))
+    for i, question in enumerate(questions):
+        texts = [column[i] for column in columns]
         generations.append({"prompt": question, "texts": texts})
         print(f"\nUSER: {question}")
         print(_columns(texts, [f"x{-m:g}", "unsteered", f"x{m:g}"]))

@@ -12,11 +12,13 @@ works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``,
 - Steer: :func:`feature_edit` (a core edit), :func:`steer_features`, :func:`patch_features`.
 - Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
 
-The SAE shipped for the embedded model is loaded by ``load_embedded_sae`` (its own module).
+SAEs trained for the embedded model load offline with :func:`load_embedded_sae` once they are built
+(``benchmarks/sae_corpus.py`` and ``benchmarks/train_sae.py``); :func:`embedded_sae_layers` lists them.
 """
 
 from tlsteer.sae._lens import INSTALL_HINT
 from tlsteer.sae.adapter import load_sae, sae_fingerprint, sae_hook_name
+from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import ContrastFeatures, encode
 from tlsteer.sae.features import FeatureVector
 from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector, raw_vector
@@ -34,11 +36,13 @@ __all__ = [
     "FeatureReport",
     "FeatureVector",
     "SAEQuality",
+    "embedded_sae_layers",
     "encode",
     "encode_steering_vector",
     "feature_edit",
     "feature_vector",
     "inspect_feature",
+    "load_embedded_sae",
     "load_sae",
     "patch_features",
     "plot_feature_vector",

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 
 from transformer_lens import HookedTransformer
 
-from tlsteer.data import chat_prompt
 from tlsteer.decode import generate_tokens
 from tlsteer.hooks import steering_hooks
 from tlsteer.operators import check_multiplier
-from tlsteer.tokens import tokenize_prompts
 from tlsteer.vector import SteeringVector
 
 __all__ = ["Generation", "GenerationReport", "GenerationSettings", "compare_generations"]
@@ -124,9 +122,9 @@ def compare_generations(
 ) -> GenerationReport:
     """Generate each prompt at each multiplier, steering from the last prompt token onward.
 
-    Generation runs through :func:`tlsteer.generate_tokens` (batched, KV-cached). Steering starts
-    at each prompt's own last token, so prompts are generated in groups of equal token length,
-    one group and multiplier at a time. Multiplier 0 runs with no hooks at all. Sampling draws
+    Generation runs through :func:`tlsteer.generate_tokens` (batched, KV-cached), one call per
+    multiplier. Steering starts at each prompt's own last token (``last_token_only``) and stays on
+    every generated token. Multiplier 0 runs with no hooks at all. Sampling draws
     from a ``torch.Generator`` seeded with ``settings.seed`` for every continuation, so each
     continuation can be repeated on its own; the global torch RNG is left untouched.
 
@@ -150,36 +148,31 @@ def compare_generations(
     if not mults:
         raise ValueError("multipliers is empty; give at least one (0 is the unsteered baseline)")
     steering_hooks(model, [(vector, 1.0)])  # refuse a vector that does not fit before generating
-    texts = [chat_prompt(model, p) if settings.chat else p for p in prompts]
-    ids = tokenize_prompts(model, texts, room=settings.max_new_tokens)
-    by_length: dict[int, list[int]] = {}
-    for i, prompt_ids in enumerate(ids):
-        by_length.setdefault(len(prompt_ids), []).append(i)
     made: dict[tuple[int, int], Generation] = {}
-    for n, rows in by_length.items():
-        for j, m in enumerate(mults):
-            out = generate_tokens(
-                model,
-                [prompts[i] for i in rows],
-                [(vector, m)] if m != 0 else (),
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
-                seed=settings.seed,
-                min_token_index=n - 1,
-                chat=settings.chat,
-                stop_at_eos=settings.stop_at_eos,
-                batch_size=batch_size,
+    for j, m in enumerate(mults):
+        # last_token_only: each prompt's own last token, then every generated token
+        out = generate_tokens(
+            model,
+            list(prompts),
+            [(vector, m)] if m != 0 else (),
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            last_token_only=True,
+            chat=settings.chat,
+            stop_at_eos=settings.stop_at_eos,
+            batch_size=batch_size,
+        )
+        for i, prompt in enumerate(prompts):
+            made[i, j] = Generation(
+                prompt=prompt,
+                multiplier=m,
+                text=out.texts[i],
+                prompt_tokens=out.prompt_tokens[i],
+                new_tokens=out.new_tokens[i],
             )
-            for k, i in enumerate(rows):
-                made[i, j] = Generation(
-                    prompt=prompts[i],
-                    multiplier=m,
-                    text=out.texts[k],
-                    prompt_tokens=out.prompt_tokens[k],
-                    new_tokens=out.new_tokens[k],
-                )
     gens = tuple(made[i, j] for i in range(len(prompts)) for j in range(len(mults)))
     return GenerationReport(gens, tuple(mults), settings, tuple(vector.hooks))

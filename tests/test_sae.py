@@ -13,6 +13,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 import tlsteer
 from tests.conftest import count_hooks
+from tests.conftest import step_logits as generate_steps
 from tlsteer import ContrastPair, ContrastSet
 from tlsteer.sae import (
     FeatureVector,
@@ -98,16 +99,7 @@ def enc(sae, rows):
 
 
 def step_logits(model, tokens, use_cache, n=5):
-    out = model.generate(
-        tokens,
-        max_new_tokens=n,
-        do_sample=False,
-        use_past_kv_cache=use_cache,
-        output_logits=True,
-        verbose=False,
-        stop_at_eos=False,
-    )
-    return torch.stack(out.logits, dim=1)
+    return generate_steps(model, tokens, use_cache, n)[0]
 
 
 # -- the SAE and its checks ---------------------------------------------------------------

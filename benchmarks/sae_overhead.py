@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -61,17 +62,14 @@ def main() -> None:
     questions = load_open_prompts()
     prompts = [tlsteer.chat_prompt(model, q) for q in questions]
 
-    read = lambda: tlsteer.read_activations(model, prompts, [HOOK], batch_size=16)  # noqa: E731
-    enc = lambda: encode(model, sae, prompts, read="last", batch_size=16)  # noqa: E731
+    read = partial(tlsteer.read_activations, model, prompts, [HOOK], batch_size=16)
+    enc = partial(encode, model, sae, prompts, read="last", batch_size=16)
     ids = list(range(8))
     edit = feature_edit(sae, ids, "clamp", values=[4.0] * len(ids))
     gen_kwargs = dict(max_new_tokens=args.new_tokens, chat=True, stop_at_eos=False, batch_size=16)
-    plain = lambda: tlsteer.generate_tokens(model, questions[:16], **gen_kwargs)  # noqa: E731
-    steered = (
-        lambda: tlsteer.generate_tokens(  # noqa: E731
-            model, questions[:16], edits=[(HOOK, edit)], last_token_only=True, **gen_kwargs
-        )
-    )
+    plain = partial(tlsteer.generate_tokens, model, questions[:16], **gen_kwargs)
+    steer = {"edits": [(HOOK, edit)], "last_token_only": True}
+    steered = partial(tlsteer.generate_tokens, model, questions[:16], **steer, **gen_kwargs)
     read(), enc()  # warm-up
     times: dict[str, list[float]] = {"read": [], "encode": [], "generate": [], "generate_feature_steered": []}
     for _ in range(args.repeats):

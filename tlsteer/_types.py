@@ -25,6 +25,7 @@ __all__ = [
     "Residual",
     "Tokens",
     "check_batch_size",
+    "is_int",
     "hook_name",
     "parse_hook_name",
     "resolve_layers",
@@ -96,7 +97,7 @@ def resolve_layers(model: HookedTransformer, layers: Any) -> list[int]:
     n_layers = model.cfg.n_layers
     if layers is None:
         return list(range(n_layers))
-    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+    if is_int(layers):
         layers = [int(layers)]
     elif isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
         raise TypeError(f"layers must be an int, a list of ints or None, got {layers!r}")
@@ -105,7 +106,7 @@ def resolve_layers(model: HookedTransformer, layers: Any) -> list[int]:
         raise ValueError("layers is empty; pass None for all layers or at least one layer index")
     out: list[int] = []
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        if not is_int(layer):
             raise TypeError(f"layer {layer!r} is not an int")
         layer = int(layer)
         if not -n_layers <= layer < n_layers:
@@ -119,8 +120,13 @@ def resolve_layers(model: HookedTransformer, layers: Any) -> list[int]:
     return out
 
 
+def is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` as an int >= 1 (NumPy integers too), else a ``ValueError``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     return int(batch_size)

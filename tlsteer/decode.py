@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from tlsteer._types import check_batch_size
+from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt
 from tlsteer.hooks import Edit, EditPairs, VectorPairs, edit_hooks, vector_edits
 from tlsteer.operators import Operator
@@ -46,17 +46,11 @@ class Generations:
 
 
 def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any) -> None:
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, numbers.Integral)
-        or max_new_tokens < 1
-    ):
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
-    ):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and (
         isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
@@ -65,11 +59,11 @@ def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: An
 
 
 def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+    if is_int(seed):
         return [int(seed)] * n
     if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence) or len(seed) != n:
         raise ValueError(f"seed must be an int or one int per prompt ({n}), got {seed!r}")
-    bad = [s for s in seed if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
+    bad = [s for s in seed if not is_int(s)]
     if bad:
         raise ValueError(f"seeds must be ints, got {bad[:3]}")
     return [int(s) for s in seed]

@@ -12,13 +12,14 @@ leave nothing behind when those remove them.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from tlsteer._types import is_int
 
 __all__ = [
     "OFFSET_HOOK",
@@ -37,10 +38,6 @@ OFFSET_HOOK = "blocks.0.attn.hook_attn_scores"
 
 TOKEN_HOOK = "hook_embed"
 """Where ``last_token_only`` tracking reads each forward's token embeddings."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class Positions:
         token_positions: Sequence[int] | None = None,
         last_token_only: bool = False,
     ) -> Positions:
-        if not _is_int(min_token_index):
+        if not is_int(min_token_index):
             raise TypeError(f"min_token_index must be an int, got {min_token_index!r}")
         min_token_index = int(min_token_index)
         if min_token_index < 0:
@@ -93,7 +90,7 @@ class Positions:
             if isinstance(token_positions, (str, bytes)) or not isinstance(token_positions, Sequence):
                 raise TypeError(f"token_positions must be a list of ints, got {token_positions!r}")
             positions = tuple(token_positions)
-            bad = [p for p in positions if not _is_int(p) or p < 0]
+            bad = [p for p in positions if not is_int(p) or p < 0]
             if bad or not positions:
                 raise ValueError(
                     f"token_positions must be a non-empty list of absolute positions >= 0, got "

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import validate_hook_name
+from tlsteer._types import is_int, validate_hook_name
 from tlsteer.sae._lens import SAE
 
 __all__ = [
@@ -227,10 +227,6 @@ def decoder_change(sae: SAELike) -> DecoderChange:
     return DecoderChange(sae, plain=bool(torch.allclose(measured, rows, rtol=1e-3, atol=1e-4 * scale)))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_feature_ids(features: Any, d_sae: int) -> list[int]:
     """Feature ids as distinct ints in ``0..d_sae-1``; an int, a list or a 1-D integer tensor."""
     if isinstance(features, Tensor):
@@ -239,13 +235,13 @@ def check_feature_ids(features: Any, d_sae: int) -> list[int]:
                 f"feature ids must be a 1-D integer tensor, got {features.dtype} {tuple(features.shape)}"
             )
         features = features.reshape(-1).tolist()
-    if _is_int(features):
+    if is_int(features):
         features = [features]
     if isinstance(features, (str, bytes)) or not isinstance(features, Sequence) or len(features) == 0:
         raise ValueError(f"features must be a feature id or a non-empty list of ids, got {features!r}")
     ids = []
     for f in features:
-        if not _is_int(f):
+        if not is_int(f):
             raise TypeError(f"feature ids must be ints, got {f!r}")
         if not 0 <= f < d_sae:
             raise IndexError(

@@ -14,12 +14,13 @@ sae-lens is imported only when an SAE is loaded.
 from __future__ import annotations
 
 import json
-import numbers
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tlsteer._types import is_int
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -68,7 +69,7 @@ def embedded_sae_path(layer: int | None = None) -> Path:
         FileNotFoundError: No SAE is shipped; the message gives the command that builds them.
         ValueError: No SAE is shipped for ``layer``; the message lists the layers that have one.
     """
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
+    if layer is not None and (not is_int(layer)):
         raise TypeError(f"layer must be an int or None, got {layer!r}")
     layers = embedded_sae_layers()
     if not layers:

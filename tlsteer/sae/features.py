@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tlsteer._types import is_int
 from tlsteer.sae.adapter import (
     SAELike,
     check_feature_ids,
@@ -129,7 +130,7 @@ class FeatureVector:
 
     def top_k(self, k: int) -> FeatureVector:
         """Only the ``k`` features of largest magnitude (fewer if fewer are nonzero)."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         keep = torch.zeros(self.d_sae, dtype=torch.bool)
         keep[self.values.abs().topk(min(int(k), self.d_sae)).indices] = True
@@ -183,7 +184,7 @@ class FeatureVector:
         nonzero = self.values != 0
         if threshold is not None:
             return self._keep(nonzero & (score >= float(threshold)), f"by_output_score(>={threshold:g})")
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         ranked = torch.where(nonzero, score, float("-inf"))
         keep = torch.zeros(self.d_sae, dtype=torch.bool)

@@ -10,7 +10,6 @@ imported only there).
 from __future__ import annotations
 
 import heapq
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import check_batch_size
+from tlsteer._types import check_batch_size, is_int
 from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims, stop_layer
 from tlsteer.sae.features import FeatureVector
 from tlsteer.sae.reading import token_mask
@@ -74,7 +73,7 @@ class FeatureReport:
 
 
 def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 

@@ -9,7 +9,6 @@ first ``skip_first`` positions of every text are left out of every number (see
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import check_batch_size
+from tlsteer._types import check_batch_size, is_int
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
 from tlsteer.sae.reading import token_mask
 from tlsteer.tokens import left_pad, tokenize_prompts
@@ -114,7 +113,7 @@ def sae_quality(
     hook = check_sae(model, sae, hook_name)
     _, d_sae = sae_dims(sae)
     batch_size = check_batch_size(batch_size)
-    if isinstance(skip_first, bool) or not isinstance(skip_first, numbers.Integral) or skip_first < 0:
+    if not is_int(skip_first) or skip_first < 0:
         raise ValueError(f"skip_first must be an int >= 0, got {skip_first!r}")
     ids = tokenize_prompts(model, texts)
     device = sae.W_dec.device

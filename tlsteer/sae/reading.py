@@ -10,7 +10,6 @@ each span only, and their mean per prompt. Only one batch of activations is aliv
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import check_batch_size
+from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import ContrastSet, as_contrast_data
 from tlsteer.sae.adapter import stop_layer
 from tlsteer.tokens import left_pad, resolve_read_index, tokenize_prompts
@@ -56,16 +55,12 @@ class ReadPlan:
         return len(self.prompts) - self.n_positive
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_one_span(span: Any) -> bool:
     return (
         isinstance(span, tuple)
         and len(span) == 2
-        and all(s is None or _is_int(s) for s in span)
-        and _is_int(span[0])
+        and all(s is None or is_int(s) for s in span)
+        and is_int(span[0])
     )
 
 
@@ -122,7 +117,7 @@ def _spans(
         raise ValueError(f"span is only used with read='mean', got read={read!r} and span={span!r}")
     if isinstance(read, str) and read == "last":
         index: int | None = -1
-    elif _is_int(read):
+    elif is_int(read):
         index = int(read)
     else:
         raise ValueError(f"read must be 'last', 'mean' or a token position (int), got {read!r}")

@@ -10,6 +10,7 @@ works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``,
   :class:`FeatureVector`; :func:`raw_vector` (the same formulas on residuals);
   :func:`encode_steering_vector` (the negative control).
 - Steer: :func:`feature_edit` (a core edit), :func:`steer_features`, :func:`patch_features`.
+- Select: :func:`feature_stats` (densities, first-token features), :func:`output_scores`.
 - Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
 
 SAEs trained for the embedded model load offline with :func:`load_embedded_sae` once they are built
@@ -24,6 +25,7 @@ from tlsteer.sae.features import FeatureVector
 from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector, raw_vector
 from tlsteer.sae.inspection import FeatureExample, FeatureReport, inspect_feature, plot_feature_vector
 from tlsteer.sae.quality import SAEQuality, sae_quality
+from tlsteer.sae.selection import FeatureStats, feature_stats, output_scores
 from tlsteer.sae.steering import MODES, FeatureEdit, feature_edit, patch_features, steer_features
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ContrastFeatures",
     "FeatureEdit",
     "FeatureExample",
+    "FeatureStats",
     "FeatureReport",
     "FeatureVector",
     "SAEQuality",
@@ -40,10 +43,12 @@ __all__ = [
     "encode",
     "encode_steering_vector",
     "feature_edit",
+    "feature_stats",
     "feature_vector",
     "inspect_feature",
     "load_embedded_sae",
     "load_sae",
+    "output_scores",
     "patch_features",
     "plot_feature_vector",
     "raw_vector",

@@ -1,0 +1,239 @@
+"""What feature selection needs to know about each feature: densities, first-token features, output scores.
+
+:func:`feature_stats` streams texts through the model and the SAE once and counts, per feature,
+how often it fires (its density over tokens, the first positions left out), its mean activation
+when it fires, and how often it fires on a text's first token (an attention-sink feature; FGAA,
+Soo et al. 2025, drops those). :func:`output_scores` measures what a feature *does* rather than
+what it reads: amplify its decoder row in one forward pass and see whether the tokens its logit
+lens promotes become more likely (the output score of Arad et al. 2025, who found that keeping
+features with high output scores made SAE steering 2-3x better). Feed both to the selections of
+:class:`~tlsteer.sae.FeatureVector` (``max_density``, ``min_frequency``,
+``drop_first_token_features``, ``by_output_score``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import check_batch_size, is_int
+from tlsteer.data import chat_prompt, load_open_prompts
+from tlsteer.operators import check_multiplier
+from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, sae_dims, stop_layer
+from tlsteer.sae.features import FeatureVector
+from tlsteer.sae.reading import token_mask
+from tlsteer.tokens import left_pad, tokenize_prompts
+
+__all__ = ["FeatureStats", "feature_stats", "output_scores"]
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature counts over a corpus (all tensors ``[d_sae]``, float32, CPU).
+
+    ``density``: share of the counted tokens (own positions ``>= skip_first``) where the feature
+    is nonzero. ``mean_active``: its mean activation where it is nonzero (0 if it never fires).
+    ``first_token_rate``: share of texts whose first token (position 0) fires it.
+    """
+
+    hook_name: str
+    density: Float[Tensor, " d_sae"] = field(repr=False)
+    mean_active: Float[Tensor, " d_sae"] = field(repr=False)
+    first_token_rate: Float[Tensor, " d_sae"] = field(repr=False)
+    n_tokens: int
+    n_texts: int
+    skip_first: int
+
+    def first_token_features(self, min_rate: Any = 0.5) -> list[int]:
+        """Features that fire on the first token of at least ``min_rate`` of the texts."""
+        rate = check_multiplier(min_rate)
+        if not 0 < rate <= 1:
+            raise ValueError(f"min_rate must be in (0, 1], got {min_rate!r}")
+        return (self.first_token_rate >= rate).nonzero().flatten().tolist()
+
+    def dead(self) -> list[int]:
+        """Features that never fired on the counted tokens."""
+        return (self.density == 0).nonzero().flatten().tolist()
+
+
+def _check_texts(texts: Any, name: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+        raise ValueError(f"{name} must be a non-empty list of strings, got {texts!r:.80}")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"{name}[{bad[0]}] must be a non-empty string, got {texts[bad[0]]!r:.80}")
+    return list(texts)
+
+
+def feature_stats(
+    model: HookedTransformer,
+    sae: SAELike,
+    texts: Any,
+    batch_size: Any = 8,
+    hook_name: str | None = None,
+    skip_first: Any = 1,
+) -> FeatureStats:
+    """Density, mean activation and first-token rate of every feature over ``texts`` (streamed).
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        sae: A sae-lens SAE that fits the model.
+        texts: Texts as the model sees them (chat-formatted or raw); tokenized with a BOS where the
+            model adds one.
+        batch_size: Texts per forward pass; memory holds one batch.
+        hook_name: Where the SAE reads, if its metadata does not say.
+        skip_first: Positions at the start of each text left out of ``density`` and
+            ``mean_active`` (the first is an attention sink).
+
+    Example:
+        >>> stats = feature_stats(model, sae, tlsteer.load_neutral_text())  # doctest: +SKIP
+        >>> sink = stats.first_token_features()  # doctest: +SKIP
+        >>> fv.max_density(0.05, stats.density).drop_first_token_features(sink)  # doctest: +SKIP
+    """
+    hook = check_sae(model, sae, hook_name)
+    _, d_sae = sae_dims(sae)
+    batch_size = check_batch_size(batch_size)
+    if not is_int(skip_first) or skip_first < 0:
+        raise ValueError(f"skip_first must be an int >= 0, got {skip_first!r}")
+    ids = tokenize_prompts(model, _check_texts(texts))
+    fired = torch.zeros(d_sae, dtype=torch.float64)
+    total = torch.zeros(d_sae, dtype=torch.float64)
+    first = torch.zeros(d_sae, dtype=torch.float64)
+    counted = 0
+    device = sae.W_dec.device
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            tokens, mask = left_pad(model, batch)
+            _, cache = model.run_with_cache(
+                tokens,
+                attention_mask=mask,
+                names_filter=[hook],
+                stop_at_layer=stop_layer(hook),
+                return_type=None,
+            )
+            acts = cache[hook]
+            width = tokens.shape[1]
+            lengths = [len(row) for row in batch]
+            chosen = token_mask(lengths, width, int(skip_first), tokens.device)
+            feats = sae.encode(acts[chosen].to(device)).float()
+            fired += (feats != 0).sum(0).double().cpu()
+            total += feats.sum(0).double().cpu()
+            counted += feats.shape[0]
+            starts = torch.tensor([width - n for n in lengths], device=acts.device)
+            at_zero = sae.encode(acts[torch.arange(len(batch), device=acts.device), starts].to(device))
+            first += (at_zero != 0).sum(0).double().cpu()
+    if counted == 0:
+        raise ValueError(f"no tokens to count: every text has at most skip_first={skip_first} tokens")
+    mean_active = torch.where(fired > 0, total / fired.clamp(min=1), 0.0)
+    return FeatureStats(
+        hook,
+        (fired / counted).float(),
+        mean_active.float(),
+        (first / len(ids)).float(),
+        counted,
+        len(ids),
+        int(skip_first),
+    )
+
+
+def default_score_prompts(model: HookedTransformer, n: int = 4) -> list[str]:
+    """The first ``n`` built-in open prompts, chat-formatted: where output scores are measured."""
+    return [chat_prompt(model, p) for p in load_open_prompts()[:n]]
+
+
+def output_scores(
+    model: HookedTransformer,
+    sae: SAELike,
+    features: Any,
+    prompts: Any = None,
+    strength: Any = 1.0,
+    n_tokens: Any = 10,
+    batch_size: Any = 16,
+    hook_name: str | None = None,
+) -> Float[Tensor, " d_sae"]:
+    """How much amplifying each feature raises the probability of the tokens its logit lens names.
+
+    For each chosen feature ``f``: its unit decoder row times ``strength`` times the mean residual
+    norm at the hook (measured on ``prompts``, first position left out) is added at every position
+    but the first of each prompt, in one forward pass. The score is the increase of the total
+    next-token probability, at each prompt's last position, of the ``n_tokens`` tokens that
+    ``W_dec[f] @ W_U`` promotes most, averaged over the prompts. A feature whose decoder row does
+    what its logit lens says scores high; an input feature (one that reads a pattern but writes
+    nothing legible) scores near 0. This is a probability-mass variant of the output score of Arad
+    et al. (2025), who rank the logit-lens tokens in the amplified output instead.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        sae: A sae-lens SAE that fits the model.
+        features: Feature ids (an int or a list), or a :class:`FeatureVector` (its nonzero features).
+        prompts: Texts as the model sees them; default: 4 built-in open prompts, chat-formatted.
+        strength: The added norm in units of the mean residual norm at the hook (> 0).
+        n_tokens: How many logit-lens tokens per feature.
+        batch_size: Features per forward pass (each prompt is repeated once per feature).
+        hook_name: Where the SAE reads, if its metadata does not say.
+
+    Returns:
+        ``[d_sae]`` float32 scores; features not chosen score 0 (pass the same features to
+        ``FeatureVector.by_output_score``, which ranks only a vector's nonzero features).
+
+    Example:
+        >>> scores = output_scores(model, sae, fv.top_k(50))  # doctest: +SKIP
+        >>> fv.by_output_score(scores, k=10)  # doctest: +SKIP
+    """
+    at = check_sae(model, sae, hook_name)
+    _, d_sae = sae_dims(sae)
+    if isinstance(features, FeatureVector):
+        features.check_sae(sae)
+        ids = features.features
+        if not ids:
+            raise ValueError("the FeatureVector has no nonzero feature to score")
+    else:
+        ids = check_feature_ids(features, d_sae)
+    strength = check_multiplier(strength)
+    if strength <= 0:
+        raise ValueError(f"strength must be > 0, got {strength!r}")
+    if not is_int(n_tokens) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}")
+    batch_size = check_batch_size(batch_size)
+    texts = default_score_prompts(model) if prompts is None else _check_texts(prompts, "prompts")
+    token_ids = tokenize_prompts(model, texts)
+    if min(len(t) for t in token_ids) < 2:
+        raise ValueError("every prompt needs at least 2 tokens (the first position is left unsteered)")
+
+    w_u = model.W_U.detach().float()
+    rows = sae.W_dec.detach().float().to(w_u.device)[ids]
+    rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    named = (rows @ w_u).topk(min(int(n_tokens), w_u.shape[1]), dim=-1).indices  # [n_ids, n_tokens]
+    scores = torch.zeros(len(ids), dtype=torch.float64)
+    with torch.no_grad():
+        for ids_one in token_ids:
+            tokens = torch.tensor([ids_one], device=model.cfg.device)
+            base_logits, cache = model.run_with_cache(tokens, names_filter=[at])
+            resid = cache[at][0, 1:]
+            scale = strength * float(resid.norm(dim=-1).mean())
+            base = base_logits[0, -1].float().softmax(-1)
+            for lo in range(0, len(ids), batch_size):
+                chunk = rows[lo : lo + batch_size] * scale
+                added = chunk.to(resid.dtype).to(resid.device)
+
+                def add(act: Tensor, hook: Any = None, added: Tensor = added) -> Tensor:  # noqa: ARG001
+                    act = act.clone()
+                    act[:, 1:] += added[:, None, :]
+                    return act
+
+                with model.hooks(fwd_hooks=[(at, add)]):
+                    logits = model(tokens.expand(len(added), -1))
+                probs = logits[:, -1].float().softmax(-1)
+                picked = named[lo : lo + batch_size].to(probs.device)
+                gain = probs.gather(-1, picked).sum(-1) - base[picked].sum(-1)
+                scores[lo : lo + batch_size] += gain.double().cpu()
+    out = torch.zeros(d_sae, dtype=torch.float32)
+    out[torch.tensor(ids)] = (scores / len(token_ids)).float()
+    return out

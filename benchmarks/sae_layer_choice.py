@@ -1,13 +1,14 @@
 """Which layers to train the embedded model's SAEs at: a small concept-steering check per layer.
 
 For each built-in concept (sentiment, formality) and each layer, a raw mean-difference vector
-(``tlsteer.sae.raw_vector``, formula ``"paired"``) from the built-in items written as conversations
-(the question as user turn, the matching or the other answer as the assistant's reply), each read as
-the mean over the reply's tokens. Greedy generations on 8 open prompts (24 new tokens, steering
-from each prompt's last token on) at relative strengths ``-r, 0, +r``: a multiplier ``r`` adds a
-vector whose norm is ``r`` times the mean residual norm at that hook on neutral text. Scored by the
-built-in MiniLM judge (trained on ``concept_judge.json``, texts apart from the vectors' items) and by
-perplexity under the unsteered model.
+(``tlsteer.sae.raw_vector``, formula ``"paired"``) from the built-in items written as
+conversations (``tlsteer.data.load_builtin_replies``: the question as user turn, the matching or
+the other answer as the assistant's reply), each read as the mean over the reply's tokens
+(``reply_span``). Greedy generations on 8 open prompts (24 new tokens, steering from each
+prompt's last token on) at relative strengths ``-r, 0, +r``: a multiplier ``r`` adds a vector
+whose norm is ``r`` times the mean residual norm at that hook on neutral text. Scored by the
+built-in MiniLM judge (trained on ``concept_judge.json``, texts apart from the vectors' items)
+and by perplexity under the unsteered model.
 
 The score of a layer is the judge's shift ``P(concept | +r) - P(concept | -r)`` at each strength,
 read beside the perplexity it costs. Writes ``benchmarks/results/sae_layer_choice.{json,png}``.
@@ -25,12 +26,11 @@ from pathlib import Path
 import torch
 
 import tlsteer
-from tlsteer.data import builtin_dataset_path, chat_prompt, load_ab_items, load_neutral_text
+from tlsteer.data import load_builtin_replies, load_neutral_text, reply_span
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import builtin_judge, load_embedder, perplexity
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.sae import raw_vector
-from tlsteer.tokens import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -43,28 +43,6 @@ PROMPTS = [
     "What did you have for lunch?",
     "Tell me about your favourite book.",
 ]
-
-
-def answer_text(item, letter: str) -> str:
-    """The text of choice ``letter`` (``"(A)"``) of a built-in A/B item (its ``"(A) ..."`` line)."""
-    for line in item.question.splitlines():
-        if line.strip().startswith(letter):
-            return line.strip()[3:].strip()
-    raise ValueError(f"no choice {letter} in {item.question!r}")
-
-
-def conversation_pairs(model, concept: str):
-    """(positive, negative) conversations and, per conversation, where its reply starts."""
-    pairs, starts = [], {}
-    for item in load_ab_items(builtin_dataset_path(concept)):
-        stem = item.question.split("\n\nChoices:")[0]
-        head = chat_prompt(model, stem)
-        n_head = len(tokenize(model, head))
-        pos = head + answer_text(item, item.matching)
-        neg = head + answer_text(item, item.not_matching)
-        pairs.append((pos, neg))
-        starts[pos] = starts[neg] = n_head
-    return pairs, starts
 
 
 def main() -> None:
@@ -87,12 +65,11 @@ def main() -> None:
     out["concepts"] = {}
     for concept in tlsteer.BUILTIN_DATASETS:
         judge = builtin_judge(concept, embedder)
-        pairs, starts = conversation_pairs(model, concept)
+        pairs = load_builtin_replies(concept, model)
         rows = []
         baseline = None
         for layer, hook in zip(args.layers, hooks, strict=True):
-            reply = lambda p, _ids, starts=starts: (starts[p], None)  # noqa: E731
-            vec = raw_vector(model, pairs, hook, read="mean", span=reply)
+            vec = raw_vector(model, pairs, hook, read="mean", span=reply_span(model))
             scale = norms[hook] / float(vec[hook].norm())
             mults = [0.0] if baseline is None else []
             mults += [s * sign * scale for s in args.strengths for sign in (-1, 1)]

@@ -17,6 +17,9 @@ from tlsteer.data import (
     builtin_dataset_path,
     data_hash,
     load_ab_items,
+    load_builtin_replies,
+    reply_span,
+    reply_start,
 )
 from tlsteer.models import cache_dir, embedded_model_path
 
@@ -174,3 +177,36 @@ def test_caa_behaviours_are_the_caa_folders():
     for name in tlsteer.CAA_BEHAVIOURS:  # the names are its folders
         assert (CAA_DIR / "generate" / name / "generate_dataset.json").is_file()
         assert (CAA_DIR / "test" / name / "test_dataset_ab.json").is_file()
+
+
+def decode(model, ids):
+    """Token by token (the character tokenizer's ``decode`` of a list puts spaces between tokens)."""
+    return "".join(model.tokenizer.decode([i]) for i in ids)
+
+
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_builtin_replies_differ_only_in_the_reply(tiny_llama, name):
+    pairs = load_builtin_replies(name, tiny_llama)
+    items = load_ab_items(builtin_dataset_path(name))
+    assert len(pairs) == len(items) == 80
+    for (pos, neg), item in zip(pairs, items, strict=True):
+        start = reply_start(tiny_llama, pos)
+        assert reply_start(tiny_llama, neg) == start
+        assert tlsteer.tokenize(tiny_llama, pos)[:start] == tlsteer.tokenize(tiny_llama, neg)[:start]
+        choices = {line.strip()[:3]: line.strip()[3:].strip() for line in item.question.splitlines()[2:]}
+        reply = decode(tiny_llama, tlsteer.tokenize(tiny_llama, pos)[start:])
+        assert reply == choices[item.matching] and "Choices" not in pos
+        assert decode(tiny_llama, tlsteer.tokenize(tiny_llama, neg)[start:]) == choices[item.not_matching]
+
+
+def test_reply_span_reads_the_reply_and_refuses_text_without_one(tiny_llama):
+    text = tlsteer.chat_prompt(tiny_llama, "Hi there", "Hello, friend.")
+    ids = tlsteer.tokenize(tiny_llama, text)
+    start, end = reply_span(tiny_llama)(text, ids)
+    assert end is None and decode(tiny_llama, ids[start:]) == "Hello, friend."
+    with pytest.raises(ValueError, match="no assistant turn"):
+        reply_start(tiny_llama, "just some text")
+    with pytest.raises(ValueError, match="reply .* is empty"):
+        reply_start(tiny_llama, tlsteer.chat_prompt(tiny_llama, "Hi there"))
+    with pytest.raises(TypeError, match="text must be a string"):
+        reply_start(tiny_llama, 3)

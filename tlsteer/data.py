@@ -36,7 +36,10 @@ __all__ = [
     "load_builtin_dataset",
     "load_caa_dataset",
     "load_neutral_text",
+    "load_builtin_replies",
     "load_open_prompts",
+    "reply_span",
+    "reply_start",
 ]
 
 BUILTIN_DATASETS: tuple[str, ...] = ("sentiment", "formality")
@@ -320,6 +323,86 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str, model: HookedTransformer, limit: int | None = None) -> list[ContrastPair]:
     """A built-in behaviour (``"sentiment"`` or ``"formality"``) as contrast pairs for ``model``."""
     return load_caa_dataset(builtin_dataset_path(name), model, limit=limit)
+
+
+def _reply_header(model: HookedTransformer) -> str:
+    """The text that opens the assistant turn in :func:`chat_prompt` (``"<|im_start|>assistant\\n"``)."""
+    probe = "\x00user\x00"
+    text = chat_prompt(model, probe)
+    return text[text.rindex(probe) + len(probe) :]
+
+
+def reply_start(model: HookedTransformer, text: Any) -> int:
+    """Token index where the assistant's reply of a :func:`chat_prompt` conversation begins.
+
+    That is the first token after the last assistant header. The text before the reply must
+    tokenize to a prefix of the whole text's tokens (true where the header ends in a special
+    token or a newline, as chat templates do); otherwise the reply has no clean token boundary
+    and this raises.
+
+    Example:
+        >>> reply_start(model, chat_prompt(model, "Hi", "Hello there!"))  # doctest: +SKIP
+        31
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    header = _reply_header(model).strip(" ") or "\n"
+    at = text.rfind(header)
+    if at < 0:
+        raise ValueError(
+            f"no assistant turn (header {header!r}) in {text[-80:]!r}; build it with chat_prompt"
+        )
+    head_ids = tokenize(model, text[: at + len(header)])
+    ids = tokenize(model, text)
+    if ids[: len(head_ids)] != head_ids or len(ids) == len(head_ids):
+        raise ValueError(f"the reply of {text[-80:]!r} is empty or does not start on a token boundary")
+    return len(head_ids)
+
+
+def reply_span(model: HookedTransformer) -> Callable[[str, Sequence[int]], tuple[int, None]]:
+    """A ``span=`` for ``read="mean"``: every token of the assistant's reply (see :func:`reply_start`).
+
+    Example:
+        >>> encode(model, sae, conversations, read="mean", span=reply_span(model))  # doctest: +SKIP
+    """
+
+    def span(prompt: str, _token_ids: Sequence[int]) -> tuple[int, None]:
+        return reply_start(model, prompt), None
+
+    return span
+
+
+def _choice_text(item: ABItem, letter: str) -> str:
+    for line in item.question.splitlines():
+        if line.strip().startswith(letter):  # letter: "(A)"
+            return line.strip()[len(letter) :].strip()
+    raise ValueError(f"no choice {letter} in {item.question!r}")
+
+
+def load_builtin_replies(
+    name: str, model: HookedTransformer, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """A built-in behaviour as (positive, negative) conversations that differ only in the reply.
+
+    The question (without its choices) is the user turn; the assistant replies with the text of
+    the matching or of the other choice. Read them with ``read="mean", span=reply_span(model)``.
+
+    Example:
+        >>> pairs = load_builtin_replies("sentiment", model)  # doctest: +SKIP
+        >>> pairs[0][0][-40:]  # doctest: +SKIP
+        'wonderful, rich and creamy, and everyone happily went back for seconds.'
+    """
+    items = load_ab_items(builtin_dataset_path(name))[:limit]
+    pairs = []
+    for item in items:
+        user = item.question.split("\n\nChoices:")[0].strip()
+        pairs.append(
+            (
+                chat_prompt(model, user, _choice_text(item, item.matching)),
+                chat_prompt(model, user, _choice_text(item, item.not_matching)),
+            )
+        )
+    return pairs
 
 
 def load_open_prompts() -> list[str]:

@@ -28,7 +28,8 @@ After training the activation-norm scaling and the decoder norms are folded into
 (``W_dec`` rows have unit norm), the metadata is set to how the activations were taken (context
 128, ``seqpos_slice=(2, None)``), and the inference SAE is saved with ``save_inference_model`` into
 ``tlsteer/sae/weights/layer_L/`` (fp16 if fp32 would pass 25 MB), with ``provenance.json`` and
-``heldout_texts.json`` (12 held-out conversations the tests check explained variance on). The
+``heldout_texts.json`` (up to 12 held-out conversations whose user turn is one of tlsteer's own
+prompts, never CAA text; the tests check explained variance on them). The
 saved SAE is loaded back and evaluated on held-out text before the wall time is printed.
 
     python benchmarks/sae_corpus.py --caa-dir ../shared/caa && python benchmarks/train_sae.py --layer 6 \\
@@ -59,6 +60,7 @@ from unittest import mock
 import torch
 
 import tlsteer
+from tlsteer.data import load_open_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "benchmarks" / "build"
@@ -334,6 +336,19 @@ def evaluate(model, out: Path, hook: str, layer: int, texts: list[str]) -> dict:
     }
 
 
+def own_conversations(model, texts: list[str]) -> list[str]:
+    """The conversations whose user turn is one of tlsteer's own prompts (open prompts, neutral text).
+
+    Only these are shipped with the SAE: the others quote the CAA datasets, which the repo reads
+    from ``../shared/caa`` but never copies.
+    """
+    heads = [tlsteer.chat_prompt(model, p) for p in load_open_prompts() + tlsteer.load_neutral_text()]
+    own = [t for t in texts if any(t.startswith(h) for h in heads)]
+    if not own:
+        raise SystemExit("no held-out conversation has one of tlsteer's own prompts as its user turn")
+    return own
+
+
 def spread(items: list, n: int) -> list:
     """``n`` items spread evenly over the list (all of them if there are fewer)."""
     return items[:: max(1, len(items) // n)][:n]
@@ -393,7 +408,7 @@ def main() -> None:
     dtype = save(sae, model, args, hook, context, out)
 
     heldout = json.loads((args.corpus / "heldout.json").read_text())
-    shipped = spread(heldout, SHIPPED_SAMPLE)
+    shipped = spread(own_conversations(model, heldout), SHIPPED_SAMPLE)
     (out / "heldout_texts.json").write_text(json.dumps(shipped, indent=1, ensure_ascii=False))
     t0 = time.perf_counter()
     evaluation = evaluate(model, out, hook, args.layer, spread(heldout, args.eval_texts))
@@ -402,8 +417,7 @@ def main() -> None:
     epochs = args.training_tokens / cache["tokens"] if cache else None
     provenance = {
         "command": shlex.join(["python", *sys.argv]),
-        "rebuild": "python benchmarks/sae_corpus.py --caa-dir ../shared/caa && "
-        f"python benchmarks/train_sae.py --layer {args.layer}",
+        "rebuild": "python benchmarks/rebuild_saes.py --caa-dir ../shared/caa",
         "model": model.cfg.model_name,
         "hook_name": hook,
         "layer": args.layer,

@@ -37,10 +37,7 @@ EMBEDDED_SAE_MODEL = "SmolLM2-135M-Instruct"
 """The model (``model.cfg.model_name``) every shipped SAE was trained on."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-BUILD_COMMAND = (
-    "python benchmarks/sae_corpus.py --caa-dir ../shared/caa && "
-    "python benchmarks/train_sae.py --layer 6 && python benchmarks/train_sae.py --layer 12"
-)
+BUILD_COMMAND = "python benchmarks/rebuild_saes.py --caa-dir ../shared/caa"
 _INSTALL_HINT = 'loading an SAE needs sae-lens; install it with: pip install "tlsteer[sae]"'
 _LAYER_FOLDER = re.compile(r"^layer_(\d+)$")
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 
 from tlsteer.sae import embedded as emb
+from tlsteer.sae import sae_quality
 from tlsteer.tokens import tokenize
 
 pytestmark = pytest.mark.embedded
@@ -54,7 +56,9 @@ def test_unknown_layer_names_the_shipped_ones(fake_weights):
 def test_no_weights_says_how_to_build_them(tmp_path, monkeypatch):
     monkeypatch.setattr(emb, "WEIGHTS_DIR", tmp_path / "missing")
     assert emb.embedded_sae_layers() == ()
-    with pytest.raises(FileNotFoundError, match=r"no SAE is shipped in .*python benchmarks/train_sae.py"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no SAE is shipped in .*python benchmarks/rebuild_saes.py --caa-dir"
+    ):
         emb.load_embedded_sae()
 
 
@@ -99,3 +103,20 @@ def test_explained_variance_on_heldout_conversations(embedded, layer):
     print(f"layer {layer}: explained variance {ev:.4f} on {x.shape[0]} held-out tokens (recorded {recorded})")
     assert ev >= EV_FLOOR
     assert ev == pytest.approx(recorded, abs=0.01)
+
+
+QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sae_quality.json"
+
+
+@needs_weights
+@pytest.mark.parametrize("layer", emb.embedded_sae_layers() or [None])
+def test_quality_numbers_of_the_readme_reproduce(embedded, layer):
+    """``python benchmarks/sae_quality.py`` wrote these for the shipped sample; they come back."""
+    recorded = json.loads(QUALITY.read_text())["layers"][str(layer)]["shipped"]
+    texts = json.loads((emb.embedded_sae_path(layer) / "heldout_texts.json").read_text())
+    quality = sae_quality(embedded, emb.load_embedded_sae(layer), texts)
+    assert quality.n_tokens == recorded["n_tokens"] and quality.skip_first == recorded["skip_first"] == 1
+    assert quality.explained_variance == pytest.approx(recorded["explained_variance"], abs=0.005)
+    assert quality.l0 == pytest.approx(recorded["l0"], abs=0.5)
+    assert quality.ce_loss_score == pytest.approx(recorded["ce_loss_score"], abs=0.005)
+    assert quality.added_loss == pytest.approx(recorded["added_loss"], abs=0.005)

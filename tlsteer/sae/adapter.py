@@ -38,7 +38,6 @@ __all__ = [
     "sae_dims",
     "sae_fingerprint",
     "sae_hook_name",
-    "stop_layer",
 ]
 
 SAELike = Any
@@ -152,12 +151,6 @@ def check_sae(model: HookedTransformer, sae: SAELike, hook_name: Any = None) -> 
         )
     validate_hook_name(model, name)
     return name
-
-
-def stop_layer(hook: str) -> int | None:
-    """The ``stop_at_layer`` that still runs ``hook`` (``None``: run the whole model)."""
-    match = _BLOCK.match(hook)
-    return int(match.group(1)) + 1 if match else None
 
 
 def sae_fingerprint(sae: SAELike) -> str:

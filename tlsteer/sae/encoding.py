@@ -2,7 +2,7 @@
 
 Each prompt is read at one position (an int, negative from the end), at its last token, or as the
 mean of the feature activations over a token span (say, the assistant's answer). Reading streams
-in left-padded batches (:mod:`tlsteer.sae.reading`): only one batch of residuals is alive at a
+in left-padded batches (:mod:`tlsteer.reading`): only one batch of residuals is alive at a
 time, and a batched read equals a one-by-one read up to float error.
 """
 
@@ -15,8 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tlsteer.reading import Read, ReadPlan, Span, plan_reads, read_all
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
-from tlsteer.sae.reading import Read, ReadPlan, Span, plan_reads, read_all
 
 __all__ = ["ContrastFeatures", "encode", "sae_transform"]
 

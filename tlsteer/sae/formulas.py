@@ -31,10 +31,10 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, parse_hook_name, validate_hook_name
 from tlsteer.data import as_contrast_data, data_hash
 from tlsteer.errors import format_options
+from tlsteer.reading import Read, ReadPlan, Span, describe_read, iter_reads, plan_reads
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims, sae_hook_name
 from tlsteer.sae.encoding import sae_transform
 from tlsteer.sae.features import FeatureVector
-from tlsteer.sae.reading import Read, ReadPlan, Span, describe_read, iter_reads, plan_reads
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = [

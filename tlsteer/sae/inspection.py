@@ -19,9 +19,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
-from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims, stop_layer
+from tlsteer.reading import stop_layer, token_mask
+from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims
 from tlsteer.sae.features import FeatureVector
-from tlsteer.sae.reading import token_mask
 from tlsteer.tokens import left_pad, tokenize_prompts
 
 __all__ = ["FeatureExample", "FeatureReport", "inspect_feature", "plot_feature_vector"]

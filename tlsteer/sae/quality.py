@@ -19,8 +19,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
+from tlsteer.reading import token_mask
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
-from tlsteer.sae.reading import token_mask
 from tlsteer.tokens import left_pad, tokenize_prompts
 
 __all__ = ["SAEQuality", "sae_quality"]

@@ -25,9 +25,9 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt, load_open_prompts
 from tlsteer.operators import check_multiplier
-from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, sae_dims, stop_layer
+from tlsteer.reading import stop_layer, token_mask
+from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, sae_dims
 from tlsteer.sae.features import FeatureVector
-from tlsteer.sae.reading import token_mask
 from tlsteer.tokens import left_pad, tokenize_prompts
 
 __all__ = ["FeatureStats", "feature_stats", "output_scores"]

@@ -1,4 +1,4 @@
-"""Reading at a hook for the SAE module: where each prompt is read, and the batched stream.
+"""Reading at a hook: where each prompt is read, and the batched stream (raw or through a transform).
 
 :func:`plan_reads` turns prompts or contrast data and a read mode (a position, the last token,
 or the mean over a token span) into token ids and one ``[start, end)`` span per prompt.
@@ -10,6 +10,7 @@ each span only, and their mean per prompt. Only one batch of activations is aliv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,21 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import ContrastSet, as_contrast_data
-from tlsteer.sae.adapter import stop_layer
 from tlsteer.tokens import left_pad, resolve_read_index, tokenize_prompts
 
-__all__ = ["Read", "ReadPlan", "Span", "describe_read", "iter_reads", "plan_reads", "read_all", "token_mask"]
+__all__ = [
+    "Read",
+    "ReadPlan",
+    "Span",
+    "describe_read",
+    "iter_reads",
+    "plan_reads",
+    "read_all",
+    "stop_layer",
+    "token_mask",
+]
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 Read = Any
 """``"last"`` (the last token), an int (a position, negative from the end) or ``"mean"`` (the mean
@@ -34,6 +46,12 @@ Span = Any
 """For ``read="mean"``: ``None`` (every token), one ``(start, end)`` for every prompt, one
 ``(start, end)`` per prompt (per pair for pairs), or a callable ``(prompt, token_ids) -> (start,
 end)``. ``end`` is exclusive and may be ``None`` (to the end); negatives count from the end."""
+
+
+def stop_layer(hook: str) -> int | None:
+    """The ``stop_at_layer`` that still runs ``hook`` (``None``: run the whole model)."""
+    match = _BLOCK.match(hook)
+    return int(match.group(1)) + 1 if match else None
 
 
 @dataclass(frozen=True)

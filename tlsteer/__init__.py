@@ -16,6 +16,7 @@ from tlsteer.aggregators import (
     pca_aggregator,
 )
 from tlsteer.caa import train_steering_vector
+from tlsteer.classes import CLASS_DATASETS, ClassDataset, ClassExample, class_reads, load_class_dataset
 from tlsteer.data import (
     BUILTIN_DATASETS,
     CAA_BEHAVIOURS,
@@ -46,12 +47,17 @@ from tlsteer.operators import (
     addition_operator,
 )
 from tlsteer.positions import Positions
+from tlsteer.profile import ClassProfile, raw_class_profile
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = [
     "BUILTIN_DATASETS",
     "CAA_BEHAVIOURS",
+    "CLASS_DATASETS",
+    "ClassDataset",
+    "ClassExample",
+    "ClassProfile",
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
@@ -68,6 +74,7 @@ __all__ = [
     "apply_steering",
     "chat_prompt",
     "class_mean_aggregator",
+    "class_reads",
     "direction_edit",
     "edit_hooks",
     "extract_activations",
@@ -75,6 +82,7 @@ __all__ = [
     "generate_tokens",
     "load_builtin_dataset",
     "load_caa_dataset",
+    "load_class_dataset",
     "load_model",
     "load_neutral_text",
     "logistic_aggregator",
@@ -82,6 +90,7 @@ __all__ = [
     "patch_edits",
     "patch_steering",
     "pca_aggregator",
+    "raw_class_profile",
     "read_activations",
     "remove_all_steering",
     "steering_hooks",

@@ -10,6 +10,7 @@ works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``,
   :class:`FeatureVector`; :func:`raw_vector` (the same formulas on residuals);
   :func:`encode_steering_vector` (the negative control).
 - Steer: :func:`feature_edit` (a core edit), :func:`steer_features`, :func:`patch_features`.
+- Classes: :func:`class_profile` (K classes: distinctive and shared features, directions).
 - Select: :func:`feature_stats` (densities, first-token features), :func:`output_scores`.
 - Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
 
@@ -19,6 +20,7 @@ SAEs trained for the embedded model load offline with :func:`load_embedded_sae` 
 
 from tlsteer.sae._lens import INSTALL_HINT
 from tlsteer.sae.adapter import load_sae, sae_fingerprint, sae_hook_name
+from tlsteer.sae.classes import SAEClassProfile, class_profile
 from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import ContrastFeatures, encode
 from tlsteer.sae.features import FeatureVector
@@ -38,7 +40,9 @@ __all__ = [
     "FeatureStats",
     "FeatureReport",
     "FeatureVector",
+    "SAEClassProfile",
     "SAEQuality",
+    "class_profile",
     "embedded_sae_layers",
     "encode",
     "encode_steering_vector",

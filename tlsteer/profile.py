@@ -1,0 +1,304 @@
+"""Class profiles: what sets each class apart, what the classes share, how they relate, and directions.
+
+A :class:`ClassProfile` holds every example's representation per class in one or two spaces:
+``"raw"`` (the residual stream at a hook, ``d_model`` columns) and, from
+:func:`tlsteer.sae.class_profile`, ``"feature"`` (an SAE's feature activations, ``d_sae``
+columns). In either space a column is called a ``feature`` (for raw space, a residual dimension).
+
+- :meth:`~ClassProfile.distinctive`: one-vs-rest columns ranked by difference of means,
+  standardized effect (Cohen's d with the pooled standard deviation) or AUROC, each with its
+  stability: the share of bootstrap resamples of the examples (within each class, with
+  replacement) in which it stays in the top k. By default only stable columns (>= 0.5) are kept.
+- :meth:`~ClassProfile.shared`: feature-space columns active (nonzero) in at least a share of the
+  examples of every chosen class, ranked by their smallest class mean, with stability.
+- :meth:`~ClassProfile.similarity`: the K x K cosine matrix of class centroids.
+- :meth:`~ClassProfile.direction` (mean of b minus mean of a) and
+  :meth:`~ClassProfile.mean_centred` (a class mean minus the mean of all class means; Jorgensen
+  et al. 2023) as core ``SteeringVector``\\ s at the hook (raw space here; the SAE module decodes
+  feature-space ones through ``W_dec``).
+
+The representations are kept per example (``n x d`` floats per space) because AUROC and the
+bootstrap need them; class means are computed from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import check_batch_size, is_int
+from tlsteer.classes import ClassDataset, ReadMode, class_reads
+from tlsteer.errors import format_options
+from tlsteer.vector import SteeringVector, VectorMetadata
+
+__all__ = ["RANKINGS", "SPACES", "ClassProfile", "raw_class_profile"]
+
+SPACES: tuple[str, ...] = ("raw", "feature")
+RANKINGS: tuple[str, ...] = ("effect", "mean_diff", "auroc")
+_EPS = 1e-8
+_AUROC_CHUNK = 256
+
+
+def _stats(inside: Tensor, outside: Tensor) -> dict[str, Tensor]:
+    """Per column: means, difference, Cohen's d (pooled sd), and frequency of nonzero inside."""
+    m_in, m_out = inside.mean(0), outside.mean(0)
+    n_in, n_out = inside.shape[0], outside.shape[0]
+    var_in = inside.var(0, unbiased=True) if n_in > 1 else torch.zeros_like(m_in)
+    var_out = outside.var(0, unbiased=True) if n_out > 1 else torch.zeros_like(m_out)
+    pooled = (((n_in - 1) * var_in + (n_out - 1) * var_out) / max(n_in + n_out - 2, 1)).sqrt()
+    diff = m_in - m_out
+    return {
+        "mean_in": m_in,
+        "mean_out": m_out,
+        "mean_diff": diff,
+        "effect": diff / pooled.clamp(min=_EPS),
+        "frequency_in": (inside != 0).float().mean(0),
+        "frequency_out": (outside != 0).float().mean(0),
+    }
+
+
+def auroc(inside: Tensor, outside: Tensor) -> Tensor:
+    """Per column, P(a random inside value > a random outside value) + P(equal) / 2."""
+    out = torch.empty(inside.shape[1])
+    for lo in range(0, inside.shape[1], _AUROC_CHUNK):
+        a, b = inside[:, None, lo : lo + _AUROC_CHUNK], outside[None, :, lo : lo + _AUROC_CHUNK]
+        out[lo : lo + _AUROC_CHUNK] = ((a > b).float() + 0.5 * (a == b).float()).mean((0, 1))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class ClassProfile:
+    """Per-example representations of each class in each space (see the module docstring)."""
+
+    dataset_name: str
+    classes: tuple[str, ...]
+    hook_name: str
+    reps: Mapping[str, Mapping[str, Tensor]] = field(repr=False)
+    ordinal: bool = False
+    model_name: str = ""
+    n_bootstrap: int = 50
+    seed: int = 0
+
+    @classmethod
+    def from_representations(
+        cls,
+        raw: Mapping[str, Tensor] | None,
+        hook_name: str,
+        features: Mapping[str, Tensor] | None = None,
+        classes: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> ClassProfile:
+        """From ``{class: [n_class, d]}`` tensors (raw and/or feature space)."""
+        reps = {}
+        for space, given in (("raw", raw), ("feature", features)):
+            if given is None:
+                continue
+            names = tuple(classes or given)
+            rows = {}
+            for c in names:
+                if c not in given:
+                    raise ValueError(f"{space} representations have no class {c!r}")
+                t = torch.as_tensor(given[c]).detach().float().cpu()
+                if t.ndim != 2 or t.shape[0] < 2:
+                    raise ValueError(f"{space}[{c!r}] must be [n >= 2, d], got shape {tuple(t.shape)}")
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{space}[{c!r}] has non-finite values")
+                rows[c] = t
+            reps[space] = rows
+        if not reps:
+            raise ValueError("give raw or feature representations")
+        names = tuple(classes or next(iter(reps.values())))
+        kwargs.setdefault("dataset_name", "classes")
+        return cls(classes=names, hook_name=hook_name, reps=reps, **kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _space(self, space: Any) -> Mapping[str, Tensor]:
+        if space not in SPACES:
+            raise ValueError(f"unknown space {space!r}; valid: {format_options(SPACES)}")
+        if space not in self.reps:
+            raise ValueError(f"this profile has no {space!r} space (it has {list(self.reps)})")
+        return self.reps[space]
+
+    def check_class(self, name: Any) -> str:
+        if name not in self.classes:
+            raise ValueError(f"unknown class {name!r}; classes: {format_options(self.classes)}")
+        return name
+
+    def _check_k(self, k: Any) -> int:
+        if not is_int(k) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        return int(k)
+
+    def _resampled(self, rows: Mapping[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
+        return {c: t[torch.randint(t.shape[0], (t.shape[0],), generator=gen)] for c, t in rows.items()}
+
+    # -- summaries --------------------------------------------------------------------------
+    def sizes(self) -> dict[str, int]:
+        return {c: int(t.shape[0]) for c, t in next(iter(self.reps.values())).items()}
+
+    def means(self, space: str = "raw") -> Tensor:
+        """``[K, d]``: the class centroids, in class order."""
+        rows = self._space(space)
+        return torch.stack([rows[c].mean(0) for c in self.classes])
+
+    def similarity(self, space: str = "raw", centred: bool = False) -> pd.DataFrame:
+        """K x K cosine similarities of the class centroids (``centred``: after removing their mean)."""
+        means = self.means(space)
+        if centred:
+            means = means - means.mean(0)
+        unit = means / means.norm(dim=-1, keepdim=True).clamp(min=_EPS)
+        return pd.DataFrame((unit @ unit.T).numpy(), index=list(self.classes), columns=list(self.classes))
+
+    def _ranked(self, rows: Mapping[str, Tensor], name: str, rank_by: str) -> Tensor:
+        inside = rows[name]
+        outside = torch.cat([rows[c] for c in self.classes if c != name])
+        if rank_by == "auroc":
+            return auroc(inside, outside)
+        return _stats(inside, outside)[rank_by]
+
+    def distinctive(
+        self,
+        name: str,
+        k: int = 10,
+        space: str = "feature",
+        rank_by: str = "effect",
+        stable_only: bool = True,
+        min_stability: float = 0.5,
+    ) -> pd.DataFrame:
+        """The ``k`` columns that most set class ``name`` above the rest, best first.
+
+        Columns: ``feature``, ``mean_in``, ``mean_out``, ``mean_diff``, ``effect``, ``auroc``,
+        ``frequency_in``, ``frequency_out``, ``stability``. With ``stable_only`` the rows whose
+        stability is below ``min_stability`` are dropped (the table may then be shorter than k).
+        """
+        rows = self._space(space)
+        name, k = self.check_class(name), self._check_k(k)
+        if rank_by not in RANKINGS:
+            raise ValueError(f"unknown rank_by {rank_by!r}; valid: {format_options(RANKINGS)}")
+        inside = rows[name]
+        outside = torch.cat([rows[c] for c in self.classes if c != name])
+        stats = _stats(inside, outside)
+        stats["auroc"] = auroc(inside, outside)
+        k = min(k, inside.shape[1])
+        top = stats[rank_by].topk(k).indices
+        gen = torch.Generator().manual_seed(self.seed)
+        hits = torch.zeros(inside.shape[1])
+        for _ in range(self.n_bootstrap):
+            hits[self._ranked(self._resampled(rows, gen), name, rank_by).topk(k).indices] += 1
+        stats["stability"] = hits / max(self.n_bootstrap, 1)
+        table = pd.DataFrame({"feature": top.tolist(), **{key: v[top].tolist() for key, v in stats.items()}})
+        if stable_only:
+            table = table[table.stability >= min_stability].reset_index(drop=True)
+        return table
+
+    def shared(
+        self,
+        k: int = 10,
+        classes: Sequence[str] | None = None,
+        min_frequency: float = 0.5,
+        stable_only: bool = True,
+        min_stability: float = 0.5,
+    ) -> pd.DataFrame:
+        """Feature-space columns active in at least ``min_frequency`` of every chosen class's examples.
+
+        Ranked by the smallest class mean over the chosen classes (default: all). Columns:
+        ``feature``, ``min_mean``, ``min_frequency``, ``mean_<class>`` for each chosen class, and
+        ``stability`` (share of bootstrap resamples where it is still shared and in the top k).
+        """
+        rows = self._space("feature")
+        chosen = list(self.classes if classes is None else [self.check_class(c) for c in classes])
+        if len(set(chosen)) < len(chosen) or not chosen:
+            raise ValueError(f"classes must be distinct class names, got {classes!r}")
+        k = self._check_k(k)
+
+        def score(sample: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+            freq = torch.stack([(sample[c] != 0).float().mean(0) for c in chosen]).min(0).values
+            low = torch.stack([sample[c].mean(0) for c in chosen]).min(0).values
+            return torch.where(freq >= min_frequency, low, float("-inf")), low, freq
+
+        ranked, low, freq = score(rows)
+        n_ok = int(torch.isfinite(ranked).sum())
+        top = ranked.topk(min(k, n_ok)).indices if n_ok else torch.zeros(0, dtype=torch.long)
+        gen = torch.Generator().manual_seed(self.seed)
+        hits = torch.zeros(ranked.shape[0])
+        for _ in range(self.n_bootstrap):
+            again = score(self._resampled(rows, gen))[0]
+            kept = again.topk(min(k, int(torch.isfinite(again).sum()))).indices
+            hits[kept] += 1
+        table = pd.DataFrame(
+            {
+                "feature": top.tolist(),
+                "min_mean": low[top].tolist(),
+                "min_frequency": freq[top].tolist(),
+                **{f"mean_{c}": rows[c].mean(0)[top].tolist() for c in chosen},
+                "stability": (hits / max(self.n_bootstrap, 1))[top].tolist(),
+            }
+        )
+        if stable_only:
+            table = table[table.stability >= min_stability].reset_index(drop=True)
+        return table
+
+    # -- directions -------------------------------------------------------------------------
+    def _vector(self, direction: Tensor, note: str) -> SteeringVector:
+        meta = VectorMetadata(model_name=self.model_name, aggregator="class_means", note=note)
+        return SteeringVector({self.hook_name: direction.clone()}, meta)
+
+    def raw_direction(self, a: str, b: str) -> Tensor:
+        rows = self._space("raw")
+        return rows[self.check_class(b)].mean(0) - rows[self.check_class(a)].mean(0)
+
+    def direction(self, a: str, b: str, space: str = "raw") -> SteeringVector:
+        """From class ``a`` to class ``b`` (mean of b minus mean of a) at the hook."""
+        if space != "raw":
+            self._space(space)
+            raise ValueError("a feature-space direction needs the SAE: use tlsteer.sae.class_profile")
+        return self._vector(self.raw_direction(a, b), f"{self.dataset_name}: {a} -> {b}")
+
+    def mean_centred(self, name: str, space: str = "raw") -> SteeringVector:
+        """Class ``name``'s mean minus the mean of all class means, at the hook."""
+        if space != "raw":
+            self._space(space)
+            raise ValueError("a feature-space vector needs the SAE: use tlsteer.sae.class_profile")
+        means = self.means("raw")
+        centred = means[self.classes.index(self.check_class(name))] - means.mean(0)
+        return self._vector(centred, f"{self.dataset_name}: {name} mean-centred")
+
+
+def raw_class_profile(
+    model: HookedTransformer,
+    dataset: ClassDataset,
+    hook: str,
+    read: ReadMode = "response",
+    batch_size: int = 8,
+    n_bootstrap: int = 50,
+    seed: int = 0,
+) -> ClassProfile:
+    """A raw-space :class:`ClassProfile` of ``dataset`` at ``hook`` (no SAE needed).
+
+    Example:
+        >>> styles = load_class_dataset("speaking_styles")  # doctest: +SKIP
+        >>> profile = raw_class_profile(model, styles, "blocks.6.hook_resid_post")  # doctest: +SKIP
+        >>> profile.direction("formal", "pirate").apply(model, 4.0)  # doctest: +SKIP
+    """
+    if not isinstance(dataset, ClassDataset):
+        raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
+    if not is_int(n_bootstrap) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+    batch_size = check_batch_size(batch_size)
+    raw = class_reads(model, dataset, hook, read, batch_size=batch_size)
+    return ClassProfile(
+        dataset.name,
+        dataset.classes,
+        hook,
+        {"raw": raw},
+        dataset.ordinal,
+        model.cfg.model_name or "",
+        int(n_bootstrap),
+        seed,
+    )

@@ -96,12 +96,13 @@ class ClassDataset:
         description: Free text.
     """
 
+    # checked (and normalized to tuples) in __post_init__, so annotated loosely for runtime checkers
     name: str
-    classes: tuple[str, ...]
-    examples: Mapping[str, tuple[ClassExample, ...]] = field(repr=False)
-    ordinal: bool = False
-    judge_texts: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-    factors: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    classes: Any  # tuple[str, ...]
+    examples: Any = field(repr=False)  # Mapping[str, tuple[ClassExample, ...]]
+    ordinal: Any = False  # bool
+    judge_texts: Any = field(default_factory=dict, repr=False)  # Mapping[str, tuple[str, ...]]
+    factors: Any = field(default_factory=dict, repr=False)  # Mapping[str, Mapping[str, str]]
     description: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:

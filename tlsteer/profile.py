@@ -63,6 +63,15 @@ def _stats(inside: Tensor, outside: Tensor) -> dict[str, Tensor]:
     }
 
 
+def _top(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
+    """The ``k`` best columns by ``primary``, ties broken by ``secondary`` (both higher first)."""
+    order = secondary.argsort(descending=True, stable=True)
+    return order[primary[order].argsort(descending=True, stable=True)][:k]
+
+
+_TIE_BREAK = {"effect": "mean_diff", "mean_diff": "effect", "auroc": "effect"}
+
+
 def auroc(inside: Tensor, outside: Tensor) -> Tensor:
     """Per column, P(a random inside value > a random outside value) + P(equal) / 2."""
     out = torch.empty(inside.shape[1])
@@ -155,12 +164,13 @@ class ClassProfile:
         unit = means / means.norm(dim=-1, keepdim=True).clamp(min=_EPS)
         return pd.DataFrame((unit @ unit.T).numpy(), index=list(self.classes), columns=list(self.classes))
 
-    def _ranked(self, rows: Mapping[str, Tensor], name: str, rank_by: str) -> Tensor:
+    def _top(self, rows: Mapping[str, Tensor], name: str, rank_by: str, k: int) -> tuple[Tensor, dict]:
         inside = rows[name]
         outside = torch.cat([rows[c] for c in self.classes if c != name])
+        stats = _stats(inside, outside)
         if rank_by == "auroc":
-            return auroc(inside, outside)
-        return _stats(inside, outside)[rank_by]
+            stats["auroc"] = auroc(inside, outside)
+        return _top(stats[rank_by], stats[_TIE_BREAK[rank_by]], k), stats
 
     def distinctive(
         self,
@@ -174,23 +184,23 @@ class ClassProfile:
         """The ``k`` columns that most set class ``name`` above the rest, best first.
 
         Columns: ``feature``, ``mean_in``, ``mean_out``, ``mean_diff``, ``effect``, ``auroc``,
-        ``frequency_in``, ``frequency_out``, ``stability``. With ``stable_only`` the rows whose
+        ``frequency_in``, ``frequency_out``, ``stability``. Ties are broken by the effect size (by the
+        difference of means when ranking by effect). With ``stable_only`` the rows whose
         stability is below ``min_stability`` are dropped (the table may then be shorter than k).
         """
         rows = self._space(space)
         name, k = self.check_class(name), self._check_k(k)
         if rank_by not in RANKINGS:
             raise ValueError(f"unknown rank_by {rank_by!r}; valid: {format_options(RANKINGS)}")
-        inside = rows[name]
-        outside = torch.cat([rows[c] for c in self.classes if c != name])
-        stats = _stats(inside, outside)
-        stats["auroc"] = auroc(inside, outside)
-        k = min(k, inside.shape[1])
-        top = stats[rank_by].topk(k).indices
+        d = rows[name].shape[1]
+        k = min(k, d)
+        top, stats = self._top(rows, name, rank_by, k)
+        if "auroc" not in stats:
+            stats["auroc"] = auroc(rows[name], torch.cat([rows[c] for c in self.classes if c != name]))
         gen = torch.Generator().manual_seed(self.seed)
-        hits = torch.zeros(inside.shape[1])
+        hits = torch.zeros(d)
         for _ in range(self.n_bootstrap):
-            hits[self._ranked(self._resampled(rows, gen), name, rank_by).topk(k).indices] += 1
+            hits[self._top(self._resampled(rows, gen), name, rank_by, k)[0]] += 1
         stats["stability"] = hits / max(self.n_bootstrap, 1)
         table = pd.DataFrame({"feature": top.tolist(), **{key: v[top].tolist() for key, v in stats.items()}})
         if stable_only:

@@ -1,0 +1,290 @@
+"""Equivalence classes: datasets, splits, reads, class profiles (planted features), K = 2 against CAA."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+import tlsteer
+from tlsteer import (
+    ClassDataset,
+    ClassProfile,
+    ContrastSet,
+    class_reads,
+    load_class_dataset,
+    raw_class_profile,
+)
+from tlsteer.data import reply_span
+from tlsteer.profile import auroc
+from tlsteer.sae import SAEClassProfile, class_profile, raw_vector
+
+HOOK = "blocks.1.hook_resid_post"
+TOY = {
+    "calm": [
+        {"prompt": "how was it", "response": "it was fine, thanks"},
+        {"prompt": "any news", "response": "nothing much today"},
+        {"prompt": "ok?", "response": "all good here"},
+    ],
+    "angry": [
+        {"prompt": "how was it", "response": "awful!! never again"},
+        {"prompt": "any news", "response": "stop asking me"},
+    ],
+    "plain": ["just a plain text", "another text, no chat", "third one"],
+}
+
+
+def toy(**kw):
+    return ClassDataset.from_dict({"name": "toy", "examples": TOY, **kw})
+
+
+# -- datasets -------------------------------------------------------------------------------
+def test_dict_json_and_csv_give_the_same_set(tmp_path):
+    ds = toy()
+    assert ds.classes == ("calm", "angry", "plain") and ds.sizes == {"calm": 3, "angry": 2, "plain": 3}
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps({"name": "toy", "examples": TOY}))
+    assert ClassDataset.from_json(path) == ds
+    with (tmp_path / "toy.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "prompt", "text"])
+        for c, examples in TOY.items():
+            for e in examples:
+                e = e if isinstance(e, dict) else {"prompt": "", "response": e}
+                writer.writerow([c, e["prompt"], e["response"]])
+    assert ClassDataset.from_csv(tmp_path / "toy.csv").examples == ds.examples
+    ordered = ClassDataset.from_csv(tmp_path / "toy.csv", order=["plain", "calm", "angry"])
+    assert ordered.ordinal and ordered.classes == ("plain", "calm", "angry") and ordered.level("angry") == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        ({"examples": {"a": ["x", "y"]}}, ValueError, "at least 2 classes"),
+        ({"examples": {"a": ["x"], "b": ["y", "z"]}}, ValueError, "class 'a' has 1 example"),
+        ({"classes": ["a", "a"], "examples": {"a": ["x", "y"]}}, ValueError, "duplicate class name 'a'"),
+        (
+            {"classes": ["a", "b"], "examples": {"a": ["x", "y"], "b": ["y", "z"], "c": ["q", "r"]}},
+            ValueError,
+            "unknown class 'c'",
+        ),
+        ({"examples": {"a": ["x", "  "], "b": ["y", "z"]}}, ValueError, "non-empty string"),
+        (
+            {"examples": {"a": ["x", "y"], "b": ["y", "z"]}, "ordinal": True},
+            ValueError,
+            "ordinal set needs 'classes'",
+        ),
+        ({"examples": {"a": ["x", "y"], "b": ["y", {"prompt": "p"}]}}, ValueError, "got keys \\['prompt'\\]"),
+        (
+            {"examples": {"a": ["x", "y"], "b": ["y", "z"]}, "judge_texts": {"q": ["t"]}},
+            ValueError,
+            "judge_texts name unknown class 'q'",
+        ),
+        ({"examples": {"a": ["x", "y"], "b": ["y", "z"]}, "colour": 1}, ValueError, "unknown key 'colour'"),
+    ],
+)
+def test_bad_class_sets_are_refused(data, error, match):
+    with pytest.raises(error, match=match):
+        ClassDataset.from_dict(data)
+
+
+def test_levels_and_unknown_classes():
+    ds = toy(classes=["calm", "angry", "plain"], ordinal=True)
+    assert [ds.level(c) for c in ds.classes] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown class 'rage'; classes of 'toy'"):
+        ds.level("rage")
+    with pytest.raises(ValueError, match="not ordinal"):
+        toy().level("calm")
+
+
+def test_splits_are_seeded_disjoint_and_aligned_across_classes():
+    ds = load_class_dataset("speaking_styles")
+    train, val, test = ds.split(seed=3)
+    again = ds.split(seed=3)
+    assert (train, val, test) == again and ds.split(seed=4)[2] != test
+    for c in ds.classes:
+        parts = [p.examples[c] for p in (train, val, test)]
+        assert sorted(map(repr, sum(parts, ()))) == sorted(map(repr, ds.examples[c]))
+        assert len(parts[2]) == round(0.2 * len(ds.examples[c]))
+    prompts = {c: [e.prompt for e in test.examples[c]] for c in ds.classes}
+    assert all(p == prompts["formal"] for p in prompts.values())  # a test prompt is a test prompt everywhere
+    with pytest.raises(ValueError, match="too few"):
+        toy().split()
+
+
+@pytest.mark.parametrize("name", tlsteer.CLASS_DATASETS)
+def test_builtin_class_sets(name):
+    ds = load_class_dataset(name)
+    assert len(ds.classes) >= 3 and min(ds.sizes.values()) >= 40
+    assert all(len(ds.judge_texts[c]) >= 40 for c in ds.classes)
+    examples = {e.response for es in ds.examples.values() for e in es}
+    assert not examples & {t for ts in ds.judge_texts.values() for t in ts}  # judge texts kept apart
+    assert ds.ordinal == (name == "aggression")
+
+
+# -- reads and profiles ---------------------------------------------------------------------
+def reference_reads(model, ds, hook, transform=lambda rows: rows):
+    out = {}
+    for c in ds.classes:
+        rows = []
+        for e in ds.examples[c]:
+            text = e.text(model)
+            ids = tlsteer.tokenize(model, text)
+            _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=[hook])
+            start = 1 if e.prompt is None else reply_span(model)(text, ids)[0]
+            rows.append(transform(cache[hook][0, start:]).mean(0))
+        out[c] = torch.stack(rows)
+    return out
+
+
+def test_class_reads_equal_one_example_at_a_time(tiny):
+    ds = toy()
+    got = class_reads(tiny, ds, HOOK, batch_size=2)
+    want = reference_reads(tiny, ds, HOOK)
+    for c in ds.classes:
+        torch.testing.assert_close(got[c], want[c], atol=1e-4, rtol=1e-4)
+    last = class_reads(tiny, ds, HOOK, read="last", batch_size=3)
+    assert last["calm"].shape == (3, tiny.cfg.d_model)
+    with pytest.raises(ValueError, match="read must be 'response', 'last'"):
+        class_reads(tiny, ds, HOOK, read="mean")
+    with pytest.raises(KeyError, match="out of range"):
+        class_reads(tiny, ds, "blocks.9.hook_resid_post")
+
+
+def test_two_classes_reproduce_the_caa_class_mean_formula(tiny_llama):
+    ds = ClassDataset.from_dict({"examples": {k: TOY[k] for k in ("calm", "angry")}})
+    profile = raw_class_profile(tiny_llama, ds, HOOK)
+    texts = {c: ds.texts(tiny_llama, c) for c in ds.classes}
+    caa = raw_vector(
+        tiny_llama,
+        ContrastSet(texts["angry"], texts["calm"]),
+        HOOK,
+        "class_means",
+        read="mean",
+        span=reply_span(tiny_llama),
+    )
+    torch.testing.assert_close(profile.direction("calm", "angry")[HOOK], caa[HOOK], atol=1e-5, rtol=0)
+    half = profile.mean_centred("angry")[HOOK]
+    torch.testing.assert_close(half, caa[HOOK] / 2, atol=1e-5, rtol=0)
+
+
+def orthonormal_sae(d_in=32, d_sae=16, seed=0):
+    """encode(codes @ W_dec) == codes for nonnegative codes: W_dec has orthonormal rows, W_enc = W_dec.T."""
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=HOOK)))
+    q, _ = torch.linalg.qr(torch.randn(d_in, d_sae, generator=torch.Generator().manual_seed(seed)))
+    with torch.no_grad():
+        sae.W_dec.copy_(q.T)
+        sae.W_enc.copy_(q)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+SHARED, PLANTED = 0, {"a": 3, "b": 5, "c": 7}
+
+
+def planted_profile(seed=0, n_bootstrap=50):
+    gen = torch.Generator().manual_seed(seed)
+    sae = orthonormal_sae()
+    sizes = {"a": 12, "b": 20, "c": 7}
+    codes = {}
+    for c, n in sizes.items():
+        code = 0.3 * torch.rand(n, 16, generator=gen) * (torch.rand(n, 16, generator=gen) < 0.2)
+        code[:, SHARED] = 1 + torch.rand(n, generator=gen)
+        code[:, PLANTED[c]] = 2 + torch.rand(n, generator=gen)
+        codes[c] = code
+    raw = {c: codes[c] @ sae.W_dec.detach() for c in sizes}
+    with torch.no_grad():
+        feats = {c: sae.encode(raw[c]) for c in sizes}
+    for c in sizes:
+        torch.testing.assert_close(feats[c], codes[c], atol=1e-5, rtol=0)
+    profile = SAEClassProfile.from_representations(
+        raw, HOOK, feats, n_bootstrap=n_bootstrap, seed=seed, sae=sae
+    )
+    return profile, sae, codes
+
+
+@pytest.mark.parametrize("rank_by", ["effect", "mean_diff", "auroc"])
+def test_planted_distinctive_and_shared_features_are_recovered(rank_by):
+    profile, _, _ = planted_profile()
+    for c, f in PLANTED.items():
+        table = profile.distinctive(c, k=1, rank_by=rank_by)
+        assert table.feature.tolist() == [f] and table.stability[0] == 1.0
+        assert table.frequency_in[0] == 1.0
+    shared = profile.shared(k=1)
+    assert shared.feature.tolist() == [SHARED] and shared.stability[0] == 1.0
+    assert profile.shared(k=1, classes=["a", "b"]).feature.tolist() == [SHARED]
+    two = profile.distinctive("a", k=3, stable_only=False)
+    assert two.feature[0] == PLANTED["a"] and len(two) == 3
+
+
+def test_profile_statistics_equal_their_definitions():
+    profile, sae, codes = planted_profile(seed=1)
+    table = profile.distinctive("b", k=16, stable_only=False)
+    feats = profile.reps["feature"]
+    inside, outside = feats["b"], torch.cat([feats["a"], feats["c"]])
+    for _, row in table.iterrows():
+        f = int(row.feature)
+        x, y = inside[:, f], outside[:, f]
+        pooled = (((len(x) - 1) * x.var() + (len(y) - 1) * y.var()) / (len(x) + len(y) - 2)).sqrt()
+        assert row.mean_diff == pytest.approx(float(x.mean() - y.mean()), abs=1e-5)
+        assert row.effect == pytest.approx(float((x.mean() - y.mean()) / max(float(pooled), 1e-8)), rel=1e-4)
+        pairs = [(a > b) + 0.5 * (a == b) for a in x.tolist() for b in y.tolist()]
+        assert row.auroc == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert float(auroc(inside[:, :2], outside[:, :2])[0]) == pytest.approx(
+        float(table.auroc[table.feature == 0].iloc[0])
+    )
+    # directions: feature space decoded through W_dec (no bias), raw space the mean difference
+    decoded = profile.direction("a", "c", space="feature")[HOOK]
+    want = (codes["c"].mean(0) - codes["a"].mean(0)) @ sae.W_dec.detach()
+    torch.testing.assert_close(decoded, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(profile.direction("a", "c")[HOOK], want, atol=1e-5, rtol=0)
+    fv = profile.feature_vector("a")
+    rest = torch.cat([codes["b"], codes["c"]]).mean(0)
+    torch.testing.assert_close(fv.values, codes["a"].mean(0) - rest, atol=1e-5, rtol=0)
+    sim = profile.similarity("feature")
+    assert sim.shape == (3, 3) and sim.loc["a", "a"] == pytest.approx(1.0)
+
+
+def test_stability_is_reproducible_under_a_seed():
+    one = planted_profile(seed=2)[0].distinctive("a", k=5, stable_only=False)
+    two = planted_profile(seed=2)[0].distinctive("a", k=5, stable_only=False)
+    assert one.equals(two)
+
+
+def test_profile_bad_input():
+    profile, _, _ = planted_profile()
+    with pytest.raises(ValueError, match="unknown class 'z'"):
+        profile.distinctive("z")
+    with pytest.raises(ValueError, match="unknown space 'latent'"):
+        profile.means("latent")
+    with pytest.raises(ValueError, match="unknown rank_by 'size'"):
+        profile.distinctive("a", rank_by="size")
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        profile.shared(k=0)
+    with pytest.raises(ValueError, match="distinct class names"):
+        profile.shared(classes=["a", "a"])
+    raw_only = ClassProfile.from_representations({"a": torch.ones(2, 3), "b": torch.zeros(2, 3)}, HOOK)
+    with pytest.raises(ValueError, match="no 'feature' space"):
+        raw_only.shared()
+    with pytest.raises(ValueError, match="non-finite"):
+        ClassProfile.from_representations(
+            {"a": torch.full((2, 3), float("nan")), "b": torch.zeros(2, 3)}, HOOK
+        )
+
+
+def test_class_profile_runs_the_model_once_per_batch_in_both_spaces(tiny_llama):
+    sae = orthonormal_sae(d_in=tiny_llama.cfg.d_model)
+    ds = toy()
+    profile = class_profile(tiny_llama, sae, ds, batch_size=2, n_bootstrap=5)
+    raw = class_reads(tiny_llama, ds, HOOK)
+    with torch.no_grad():
+        feats = reference_reads(tiny_llama, ds, HOOK, sae.encode)  # the mean of the encoded tokens
+    for c in ds.classes:
+        torch.testing.assert_close(profile.reps["raw"][c], raw[c], atol=1e-5, rtol=0)
+        torch.testing.assert_close(profile.reps["feature"][c], feats[c], atol=1e-4, rtol=1e-4)
+    assert profile.distinctive("angry", k=2, stable_only=False).shape[0] == 2

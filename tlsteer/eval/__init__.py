@@ -14,6 +14,7 @@ from tlsteer.eval.diagnostics import (
     steerability,
 )
 from tlsteer.eval.generation import Generation, GenerationReport, GenerationSettings, compare_generations
+from tlsteer.eval.judge import MIN_JUDGE_ACCURACY, ClassJudge, class_judge
 from tlsteer.eval.plots import (
     plot_behaviour_curves,
     plot_cosine_matrix,
@@ -33,6 +34,9 @@ from tlsteer.eval.sweeps import (
 )
 
 __all__ = [
+    "MIN_JUDGE_ACCURACY",
+    "ClassJudge",
+    "class_judge",
     "ABAccuracy",
     "ABResult",
     "ABScore",

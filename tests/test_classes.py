@@ -288,3 +288,17 @@ def test_class_profile_runs_the_model_once_per_batch_in_both_spaces(tiny_llama):
         torch.testing.assert_close(profile.reps["raw"][c], raw[c], atol=1e-5, rtol=0)
         torch.testing.assert_close(profile.reps["feature"][c], feats[c], atol=1e-4, rtol=1e-4)
     assert profile.distinctive("angry", k=2, stable_only=False).shape[0] == 2
+
+
+def test_class_plots_draw_what_the_profile_holds(tmp_path):
+    from tlsteer.eval.class_plots import plot_class_features, plot_class_map, plot_class_similarity
+
+    profile, _, _ = planted_profile(n_bootstrap=5)
+    fig = plot_class_features(profile, k=1, path=tmp_path / "features.png")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == [f"{f} ({c}, 1.00)" for c, f in PLANTED.items()]
+    image = fig.axes[0].images[0].get_array()
+    assert image.shape == (3, 3) and all(image[i].argmax() == i for i in range(3))  # each class tops its own
+    assert len(plot_class_map(profile).axes) == 2
+    sim = plot_class_similarity(profile, path=tmp_path / "sim.png")
+    assert len(sim.axes) == 2 and (tmp_path / "features.png").stat().st_size > 0

@@ -1,16 +1,16 @@
 """What the SAE module adds to reading activations and to steered generation, on the embedded model.
 
-The SAE is a sae-lens TopK SAE of the shape planned for the embedded model (d_sae 4,608, k 64, at
-``blocks.6.hook_resid_post``) with random weights: the cost of ``encode``/``decode`` depends on
-the shape, not on what the weights learned. Two comparisons, each run interleaved ``--repeats``
-times, medians compared:
+The SAE is the one shipped for the embedded model at ``--layer`` (``load_embedded_sae``; a TopK SAE,
+d_sae 4,608, k 64), or with ``--random`` a random TopK SAE of the same shape at
+``blocks.6.hook_resid_post``. Two comparisons, each run interleaved ``--repeats`` times, medians
+compared:
 
 - encoding: ``tlsteer.sae.encode(model, sae, prompts, read="last")`` against
   ``tlsteer.read_activations`` of the same prompts at the same hook (goal: at most +20%);
 - feature steering: ``tlsteer.generate_tokens`` with a ``feature_edit`` clamping 8 features at
   every steered position (``last_token_only``) against unsteered generation (goal: at most +20%).
 
-    python benchmarks/sae_overhead.py [--repeats 3]
+    python benchmarks/sae_overhead.py [--repeats 3] [--layer 6 | --random]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 import tlsteer
 from tlsteer.data import load_open_prompts
-from tlsteer.sae import encode, feature_edit
+from tlsteer.sae import encode, feature_edit, load_embedded_sae
 
 HOOK = "blocks.6.hook_resid_post"
 
@@ -53,22 +53,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--layer", type=int, default=6, help="the shipped SAE's layer")
+    parser.add_argument("--random", action="store_true", help="a random TopK SAE of the same shape instead")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
     model = tlsteer.load_model()
-    sae = random_topk_sae(model.cfg.d_model)
+    sae = random_topk_sae(model.cfg.d_model) if args.random else load_embedded_sae(args.layer)
+    hook = sae.cfg.metadata.hook_name
     questions = load_open_prompts()
     prompts = [tlsteer.chat_prompt(model, q) for q in questions]
 
-    read = partial(tlsteer.read_activations, model, prompts, [HOOK], batch_size=16)
+    read = partial(tlsteer.read_activations, model, prompts, [hook], batch_size=16)
     enc = partial(encode, model, sae, prompts, read="last", batch_size=16)
     ids = list(range(8))
     edit = feature_edit(sae, ids, "clamp", values=[4.0] * len(ids))
     gen_kwargs = dict(max_new_tokens=args.new_tokens, chat=True, stop_at_eos=False, batch_size=16)
     plain = partial(tlsteer.generate_tokens, model, questions[:16], **gen_kwargs)
-    steer = {"edits": [(HOOK, edit)], "last_token_only": True}
+    steer = {"edits": [(hook, edit)], "last_token_only": True}
     steered = partial(tlsteer.generate_tokens, model, questions[:16], **steer, **gen_kwargs)
     read(), enc()  # warm-up
     times: dict[str, list[float]] = {"read": [], "encode": [], "generate": [], "generate_feature_steered": []}
@@ -79,7 +82,12 @@ def main() -> None:
         times["generate_feature_steered"].append(timed(steered))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "sae": {"kind": "TopK, random weights", "d_sae": 4608, "k": 64, "hook": HOOK},
+        "sae": {
+            "kind": "TopK, random weights" if args.random else f"shipped (load_embedded_sae({args.layer}))",
+            "d_sae": sae.cfg.d_sae,
+            "k": sae.cfg.k,
+            "hook": hook,
+        },
         "prompts": len(prompts),
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,

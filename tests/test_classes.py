@@ -302,3 +302,50 @@ def test_class_plots_draw_what_the_profile_holds(tmp_path):
     assert len(plot_class_map(profile).axes) == 2
     sim = plot_class_similarity(profile, path=tmp_path / "sim.png")
     assert len(sim.axes) == 2 and (tmp_path / "features.png").stat().st_size > 0
+
+
+def test_spearman_equals_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    from tlsteer.profile import spearman
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (40,), generator=gen).float()
+    y = x + torch.randint(0, 3, (40,), generator=gen).float()
+    assert spearman(x, y) == pytest.approx(float(stats.spearmanr(x, y).statistic), abs=1e-12)
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1, 2], [1, 2, 3])
+
+
+def ordinal_reps(seed, sizes=(15, 9, 12, 10), d=24):
+    gen = torch.Generator().manual_seed(seed)
+    axis = torch.nn.functional.normalize(torch.randn(d, generator=torch.Generator().manual_seed(99)), dim=0)
+    return {f"level{i}": 2.0 * i * axis + torch.randn(n, d, generator=gen) for i, n in enumerate(sizes)}, axis
+
+
+@pytest.mark.parametrize("method", ["lstsq", "centroid"])
+def test_ordinal_direction_recovers_a_planted_axis_and_ranks_held_out_examples(method):
+    train_reps, axis = ordinal_reps(0)
+    test_reps, _ = ordinal_reps(1)
+    classes = list(train_reps)
+    train = ClassProfile.from_representations(train_reps, HOOK, ordinal=True, classes=classes)
+    test = ClassProfile.from_representations(test_reps, HOOK, ordinal=True, classes=classes)
+    weights = train.ordinal_weights(method)
+    cos = float(torch.nn.functional.cosine_similarity(weights, axis, dim=0))
+    assert cos > 0.8
+    assert test.ordinal_spearman(weights) > 0.8
+    random_dir = torch.randn(24, generator=torch.Generator().manual_seed(5))
+    assert abs(test.ordinal_spearman(random_dir - (random_dir @ axis) * axis)) < 0.3
+    vec = train.ordinal_direction(method)
+    torch.testing.assert_close(vec[HOOK], weights)
+    if method == "centroid":
+        torch.testing.assert_close(weights, train_reps["level3"].mean(0) - train_reps["level0"].mean(0))
+
+
+def test_ordinal_needs_an_ordered_set():
+    reps, _ = ordinal_reps(0)
+    profile = ClassProfile.from_representations(reps, HOOK)
+    with pytest.raises(ValueError, match="not ordinal"):
+        profile.ordinal_weights()
+    ordered = ClassProfile.from_representations(reps, HOOK, ordinal=True)
+    with pytest.raises(ValueError, match="unknown method 'pca'"):
+        ordered.ordinal_weights("pca")

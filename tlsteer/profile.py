@@ -37,10 +37,11 @@ from tlsteer.classes import ClassDataset, ReadMode, class_reads
 from tlsteer.errors import format_options
 from tlsteer.vector import SteeringVector, VectorMetadata
 
-__all__ = ["RANKINGS", "SPACES", "ClassProfile", "raw_class_profile"]
+__all__ = ["ORDINAL_METHODS", "RANKINGS", "SPACES", "ClassProfile", "raw_class_profile", "spearman"]
 
 SPACES: tuple[str, ...] = ("raw", "feature")
 RANKINGS: tuple[str, ...] = ("effect", "mean_diff", "auroc")
+ORDINAL_METHODS: tuple[str, ...] = ("lstsq", "centroid")
 _EPS = 1e-8
 _AUROC_CHUNK = 256
 
@@ -70,6 +71,32 @@ def _top(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
 
 
 _TIE_BREAK = {"effect": "mean_diff", "mean_diff": "effect", "auroc": "effect"}
+
+
+def _ranks(values: Tensor) -> Tensor:
+    """Ranks from 0, ties given their average rank."""
+    unique, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return (starts.double() + (counts.double() - 1) / 2)[inverse]
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman's rank correlation of two equal-length sequences (ties averaged; NaN if one is constant).
+
+    Example:
+        >>> spearman([1, 2, 3, 4], [10, 20, 20, 40])
+        0.9486832980505138
+    """
+    a, b = (
+        torch.as_tensor(x, dtype=torch.float64).flatten(),
+        torch.as_tensor(y, dtype=torch.float64).flatten(),
+    )
+    if a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"need two sequences of the same length >= 2, got {a.numel()} and {b.numel()}")
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra @ rb) / denom) if denom > 0 else float("nan")
 
 
 def auroc(inside: Tensor, outside: Tensor) -> Tensor:
@@ -270,6 +297,36 @@ class ClassProfile:
             raise ValueError("a feature-space direction needs the SAE: use tlsteer.sae.class_profile")
         return self._vector(self.raw_direction(a, b), f"{self.dataset_name}: {a} -> {b}")
 
+    def ordinal_weights(self, method: str = "lstsq", space: str = "raw", ridge: float = 1.0) -> Tensor:
+        """``[d]``: the direction along an ordinal set's levels, in a space.
+
+        ``"lstsq"``: the ridge least-squares fit of the level (0 for the lowest class) on the
+        centred representations (``ridge`` times the mean squared row norm); ``"centroid"``: the
+        mean of the highest level minus the mean of the lowest.
+        """
+        if not self.ordinal:
+            raise ValueError(f"{self.dataset_name!r} is not ordinal; its classes have no order")
+        if method not in ORDINAL_METHODS:
+            raise ValueError(f"unknown method {method!r}; valid: {format_options(ORDINAL_METHODS)}")
+        if not ridge > 0:
+            raise ValueError(f"ridge must be > 0, got {ridge!r}")
+        return _ordinal_fit(self._space(space), self.classes, method, float(ridge))
+
+    def ordinal_spearman(self, weights: Tensor, space: str = "raw") -> float:
+        """Spearman correlation of every example's projection on ``weights`` with its level.
+
+        Call it on a profile of held-out examples with weights fit on the training profile.
+        """
+        rows = self._space(space)
+        proj = torch.cat([rows[c] @ weights.float() for c in self.classes])
+        levels = torch.cat([torch.full((rows[c].shape[0],), float(i)) for i, c in enumerate(self.classes)])
+        return spearman(proj, levels)
+
+    def ordinal_direction(self, method: str = "lstsq", ridge: float = 1.0) -> SteeringVector:
+        """The raw-space ordinal direction (see :meth:`ordinal_weights`) as a SteeringVector."""
+        weights = self.ordinal_weights(method, "raw", ridge)
+        return self._vector(weights, f"{self.dataset_name}: ordinal direction ({method})")
+
     def mean_centred(self, name: str, space: str = "raw") -> SteeringVector:
         """Class ``name``'s mean minus the mean of all class means, at the hook."""
         if space != "raw":
@@ -278,6 +335,16 @@ class ClassProfile:
         means = self.means("raw")
         centred = means[self.classes.index(self.check_class(name))] - means.mean(0)
         return self._vector(centred, f"{self.dataset_name}: {name} mean-centred")
+
+
+def _ordinal_fit(rows: Mapping[str, Tensor], classes: Sequence[str], method: str, ridge: float) -> Tensor:
+    if method == "centroid":
+        return rows[classes[-1]].mean(0) - rows[classes[0]].mean(0)
+    x = torch.cat([rows[c] for c in classes]).double()
+    y = torch.cat([torch.full((rows[c].shape[0],), float(i)) for i, c in enumerate(classes)]).double()
+    x, y = x - x.mean(0), y - y.mean()
+    gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype) * (x.pow(2).sum() / x.shape[0])
+    return torch.linalg.solve(gram, x.T @ y).float()
 
 
 def raw_class_profile(

@@ -349,3 +349,47 @@ def test_ordinal_needs_an_ordered_set():
     ordered = ClassProfile.from_representations(reps, HOOK, ordinal=True)
     with pytest.raises(ValueError, match="unknown method 'pca'"):
         ordered.ordinal_weights("pca")
+
+
+class ParityJudge:
+    """Labels a text by its length: deterministic, so a reference loop must match exactly."""
+
+    classes = ("calm", "angry", "plain")
+    held_out_accuracy = 1.0
+
+    def predict(self, texts):
+        return [self.classes[len(t) % 3] for t in texts]
+
+
+def test_transfer_matrix_equals_a_one_prompt_at_a_time_loop(tiny_llama):
+    from tlsteer.eval.transfer import class_switch_methods, source_prompts, transfer_matrix
+
+    ds = ClassDataset.from_dict(
+        {c: [{"prompt": f"q{i} {c}", "response": f"r{i} {c}"} for i in range(4)] for c in ParityJudge.classes}
+    )
+    prompts = source_prompts(tiny_llama, ds, n=2, seed=1)
+    assert prompts == source_prompts(tiny_llama, ds, n=2, seed=1)
+    assert all(len(p) == 2 and all("r" in t for t in p) for p in prompts.values())  # primed with a reply
+    profile = raw_class_profile(tiny_llama, ds, HOOK)
+    steer = class_switch_methods(profile, 0.5, norm=3.0)["centroid"]
+    result = transfer_matrix(tiny_llama, ParityJudge(), prompts, steer, max_new_tokens=4, batch_size=3)
+    judge = ParityJudge()
+    for i, rows in prompts.items():
+        for j in ds.classes:
+            how = steer(i, j)
+            alone = [
+                tlsteer.generate(
+                    tiny_llama,
+                    [p],
+                    list(how.get("vectors", ())),
+                    max_new_tokens=4,
+                    chat=False,
+                    last_token_only=True,
+                )[0]
+                for p in rows
+            ]
+            assert result.generations[(i, j)] == alone
+            assert result.matrix.loc[i, j] == pytest.approx(judge.predict(alone).count(j) / len(alone))
+    assert steer("calm", "calm") == {}
+    vec, mult = steer("calm", "angry")["vectors"][0]
+    assert float(vec[HOOK].norm()) * mult == pytest.approx(1.5, rel=1e-5)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from concept_steering import PROMPTS  # the same 8 open prompts (benchmarks/ is on sys.path)
 
 import tlsteer
 from tlsteer.data import load_builtin_replies, load_neutral_text, reply_span
@@ -33,16 +34,6 @@ from tlsteer.eval.sweeps import residual_norms
 from tlsteer.sae import raw_vector
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [
-    "Tell me about your weekend.",
-    "Describe your commute to work.",
-    "What do you think of the new library?",
-    "Write a short note to your neighbour.",
-    "How was the meeting this morning?",
-    "Describe the weather today.",
-    "What did you have for lunch?",
-    "Tell me about your favourite book.",
-]
 
 
 def main() -> None:

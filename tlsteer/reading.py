@@ -29,6 +29,7 @@ __all__ = [
     "ReadPlan",
     "Span",
     "describe_read",
+    "hook_batches",
     "iter_reads",
     "plan_reads",
     "read_all",
@@ -187,6 +188,24 @@ def token_mask(lengths: Sequence[int], width: int, skip_first: int, device: Any)
 Transform = Callable[[Float[Tensor, "n d_model"]], Tensor]
 
 
+def hook_batches(
+    model: HookedTransformer, hook: str, token_ids: Sequence[Sequence[int]], batch_size: int
+) -> Iterator[tuple[list[int], Tensor, Float[Tensor, "batch pos d"]]]:
+    """``(indices, tokens, activations at hook)`` for left-padded batches of ``token_ids``, in order.
+
+    The model runs only as far as the hook (``stop_at_layer``), with the padding masked; call it
+    under ``torch.no_grad()``.
+    """
+    stop = stop_layer(hook)
+    for first in range(0, len(token_ids), batch_size):
+        batch = list(range(first, min(first + batch_size, len(token_ids))))
+        tokens, mask = left_pad(model, [list(token_ids[i]) for i in batch])
+        _, cache = model.run_with_cache(
+            tokens, attention_mask=mask, names_filter=[hook], stop_at_layer=stop, return_type=None
+        )
+        yield batch, tokens, cache[hook]
+
+
 def iter_reads(
     model: HookedTransformer, hook: str, plan: ReadPlan, transform: Transform, batch_size: int = 8
 ) -> Iterator[tuple[list[int], Float[Tensor, "batch d_out"]]]:
@@ -197,15 +216,9 @@ def iter_reads(
     batch_size = check_batch_size(batch_size)
     ids = plan.token_ids
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    stop = stop_layer(hook)
     with torch.no_grad():
-        for first in range(0, len(order), batch_size):
-            batch = order[first : first + batch_size]
-            tokens, mask = left_pad(model, [list(ids[i]) for i in batch])
-            _, cache = model.run_with_cache(
-                tokens, attention_mask=mask, names_filter=[hook], stop_at_layer=stop, return_type=None
-            )
-            acts = cache[hook]
+        for rows, tokens, acts in hook_batches(model, hook, [ids[i] for i in order], batch_size):
+            batch = [order[r] for r in rows]
             width = tokens.shape[1]
             pad = torch.tensor([width - len(ids[i]) for i in batch], device=acts.device)[:, None]
             lo = pad + torch.tensor([plan.spans[i][0] for i in batch], device=acts.device)[:, None]

@@ -19,10 +19,10 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
-from tlsteer.reading import stop_layer, token_mask
+from tlsteer.reading import hook_batches, token_mask
 from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims
 from tlsteer.sae.features import FeatureVector
-from tlsteer.tokens import left_pad, tokenize_prompts
+from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["FeatureExample", "FeatureReport", "inspect_feature", "plot_feature_vector"]
 
@@ -122,19 +122,10 @@ def inspect_feature(
     fired = counted = 0
     device = sae.W_dec.device
     with torch.no_grad():
-        for first in range(0, len(ids), batch_size):
-            batch = list(range(first, min(first + batch_size, len(ids))))
-            tokens, mask = left_pad(model, [ids[i] for i in batch])
-            _, cache = model.run_with_cache(
-                tokens,
-                attention_mask=mask,
-                names_filter=[hook],
-                stop_at_layer=stop_layer(hook),
-                return_type=None,
-            )
+        for batch, tokens, resid in hook_batches(model, hook, ids, batch_size):
             width = tokens.shape[1]
             chosen = token_mask([len(ids[i]) for i in batch], width, skip_first, tokens.device)
-            acts = sae.encode(cache[hook][chosen].to(device))[:, feature].float().cpu()
+            acts = sae.encode(resid[chosen].to(device))[:, feature].float().cpu()
             where = chosen.nonzero().cpu()
             fired += int((acts != 0).sum())
             counted += acts.shape[0]

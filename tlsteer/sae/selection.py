@@ -25,10 +25,10 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt, load_open_prompts
 from tlsteer.operators import check_multiplier
-from tlsteer.reading import stop_layer, token_mask
+from tlsteer.reading import hook_batches, token_mask
 from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, sae_dims
 from tlsteer.sae.features import FeatureVector
-from tlsteer.tokens import left_pad, tokenize_prompts
+from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["FeatureStats", "feature_stats", "output_scores"]
 
@@ -108,19 +108,9 @@ def feature_stats(
     counted = 0
     device = sae.W_dec.device
     with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
-            tokens, mask = left_pad(model, batch)
-            _, cache = model.run_with_cache(
-                tokens,
-                attention_mask=mask,
-                names_filter=[hook],
-                stop_at_layer=stop_layer(hook),
-                return_type=None,
-            )
-            acts = cache[hook]
+        for batch, tokens, acts in hook_batches(model, hook, ids, batch_size):
             width = tokens.shape[1]
-            lengths = [len(row) for row in batch]
+            lengths = [len(ids[i]) for i in batch]
             chosen = token_mask(lengths, width, int(skip_first), tokens.device)
             feats = sae.encode(acts[chosen].to(device)).float()
             fired += (feats != 0).sum(0).double().cpu()

@@ -184,7 +184,7 @@ def orthonormal_sae(d_in=32, d_sae=16, seed=0):
     return sae
 
 
-SHARED, PLANTED = 0, {"a": 3, "b": 5, "c": 7}
+SHARED, PLANTED, GROUP = 0, {"a": 3, "b": 5, "c": 7}, 9  # GROUP: in a and b, not c
 
 
 def planted_profile(seed=0, n_bootstrap=50):
@@ -196,6 +196,8 @@ def planted_profile(seed=0, n_bootstrap=50):
         code = 0.3 * torch.rand(n, 16, generator=gen) * (torch.rand(n, 16, generator=gen) < 0.2)
         code[:, SHARED] = 1 + torch.rand(n, generator=gen)
         code[:, PLANTED[c]] = 2 + torch.rand(n, generator=gen)
+        if c != "c":
+            code[:, GROUP] = 0.6 + 0.2 * torch.rand(n, generator=gen)
         codes[c] = code
     raw = {c: codes[c] @ sae.W_dec.detach() for c in sizes}
     with torch.no_grad():
@@ -218,6 +220,12 @@ def test_planted_distinctive_and_shared_features_are_recovered(rank_by):
     shared = profile.shared(k=1)
     assert shared.feature.tolist() == [SHARED] and shared.stability[0] == 1.0
     assert profile.shared(k=1, classes=["a", "b"]).feature.tolist() == [SHARED]
+    # shared by the group a, b and absent from c: the contrast ranking finds it, min_mean does not
+    group = profile.shared(k=1, classes=["a", "b"], rank_by="contrast")
+    assert group.feature.tolist() == [GROUP] and group.stability[0] == 1.0
+    feats = profile.reps["feature"]
+    assert group.max_rest_mean[0] == pytest.approx(float(feats["c"][:, GROUP].mean()))
+    assert profile.shared(k=2, classes=["a", "b"]).feature.tolist() == [SHARED, GROUP]
     two = profile.distinctive("a", k=3, stable_only=False)
     assert two.feature[0] == PLANTED["a"] and len(two) == 3
 
@@ -268,6 +276,10 @@ def test_profile_bad_input():
         profile.shared(k=0)
     with pytest.raises(ValueError, match="distinct class names"):
         profile.shared(classes=["a", "a"])
+    with pytest.raises(ValueError, match="unknown rank_by 'max'"):
+        profile.shared(rank_by="max")
+    with pytest.raises(ValueError, match="needs a group smaller than all classes"):
+        profile.shared(rank_by="contrast")
     raw_only = ClassProfile.from_representations({"a": torch.ones(2, 3), "b": torch.zeros(2, 3)}, HOOK)
     with pytest.raises(ValueError, match="no 'feature' space"):
         raw_only.shared()

@@ -37,11 +37,20 @@ from tlsteer.classes import ClassDataset, ReadMode, class_reads
 from tlsteer.errors import format_options
 from tlsteer.vector import SteeringVector, VectorMetadata
 
-__all__ = ["ORDINAL_METHODS", "RANKINGS", "SPACES", "ClassProfile", "raw_class_profile", "spearman"]
+__all__ = [
+    "ORDINAL_METHODS",
+    "RANKINGS",
+    "SHARED_RANKINGS",
+    "SPACES",
+    "ClassProfile",
+    "raw_class_profile",
+    "spearman",
+]
 
 SPACES: tuple[str, ...] = ("raw", "feature")
 RANKINGS: tuple[str, ...] = ("effect", "mean_diff", "auroc")
 ORDINAL_METHODS: tuple[str, ...] = ("lstsq", "centroid")
+SHARED_RANKINGS: tuple[str, ...] = ("min_mean", "contrast")
 _EPS = 1e-8
 _AUROC_CHUNK = 256
 
@@ -241,11 +250,16 @@ class ClassProfile:
         min_frequency: float = 0.5,
         stable_only: bool = True,
         min_stability: float = 0.5,
+        rank_by: str = "min_mean",
     ) -> pd.DataFrame:
         """Feature-space columns active in at least ``min_frequency`` of every chosen class's examples.
 
-        Ranked by the smallest class mean over the chosen classes (default: all). Columns:
-        ``feature``, ``min_mean``, ``min_frequency``, ``mean_<class>`` for each chosen class, and
+        ``rank_by="min_mean"`` ranks by the smallest class mean over the chosen classes (default:
+        all), which favours features that are always on; ``"contrast"`` ranks by that smallest
+        mean minus the largest mean over the other classes: what the chosen group shares and the
+        rest lacks (e.g. the attitude shared by "enjoy animals" and "enjoy food"; it needs at
+        least one class outside the group). Columns: ``feature``, ``min_mean``, ``min_frequency``,
+        ``max_rest_mean`` (with other classes), ``mean_<class>`` for each chosen class, and
         ``stability`` (share of bootstrap resamples where it is still shared and in the top k).
         """
         rows = self._space("feature")
@@ -253,11 +267,19 @@ class ClassProfile:
         if len(set(chosen)) < len(chosen) or not chosen:
             raise ValueError(f"classes must be distinct class names, got {classes!r}")
         k = self._check_k(k)
+        rest = [c for c in self.classes if c not in chosen]
+        if rank_by not in SHARED_RANKINGS:
+            raise ValueError(f"unknown rank_by {rank_by!r}; valid: {format_options(SHARED_RANKINGS)}")
+        if rank_by == "contrast" and not rest:
+            raise ValueError("rank_by='contrast' needs a group smaller than all classes: pass classes=[...]")
 
         def score(sample: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
             freq = torch.stack([(sample[c] != 0).float().mean(0) for c in chosen]).min(0).values
             low = torch.stack([sample[c].mean(0) for c in chosen]).min(0).values
-            return torch.where(freq >= min_frequency, low, float("-inf")), low, freq
+            value = low
+            if rank_by == "contrast":
+                value = low - torch.stack([sample[c].mean(0) for c in rest]).max(0).values
+            return torch.where(freq >= min_frequency, value, float("-inf")), low, freq
 
         ranked, low, freq = score(rows)
         n_ok = int(torch.isfinite(ranked).sum())
@@ -273,6 +295,16 @@ class ClassProfile:
                 "feature": top.tolist(),
                 "min_mean": low[top].tolist(),
                 "min_frequency": freq[top].tolist(),
+                **(
+                    {
+                        "max_rest_mean": torch.stack([rows[c].mean(0) for c in rest])
+                        .max(0)
+                        .values[top]
+                        .tolist()
+                    }
+                    if rest
+                    else {}
+                ),
                 **{f"mean_{c}": rows[c].mean(0)[top].tolist() for c in chosen},
                 "stability": (hits / max(self.n_bootstrap, 1))[top].tolist(),
             }

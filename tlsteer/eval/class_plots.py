@@ -18,7 +18,14 @@ from matplotlib.figure import Figure
 
 from tlsteer.profile import ClassProfile
 
-__all__ = ["plot_class_features", "plot_class_map", "plot_class_similarity", "plot_transfer_matrix"]
+__all__ = [
+    "plot_analogies",
+    "plot_class_features",
+    "plot_class_map",
+    "plot_class_similarity",
+    "plot_ordinal",
+    "plot_transfer_matrix",
+]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -120,4 +127,78 @@ def plot_transfer_matrix(matrix: pd.DataFrame, title: str = "", path: str | Path
     _matrix(ax, matrix, title or "transfer matrix", vmin=0.0, vmax=1.0)
     ax.set_ylabel("source class")
     ax.set_xlabel("judged class")
+    return _save(fig, path)
+
+
+def plot_ordinal(
+    projections: dict[str, dict[str, np.ndarray]],
+    sweeps: dict[str, Any],
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Left: held-out projections per level for each direction; right: judged level vs multiplier.
+
+    ``projections`` is ``{direction name: {level: projections}}`` (levels lowest first);
+    ``sweeps`` is ``{method: OrdinalSweep}`` (mean judged level with the 5th-95th percentile of
+    per-prompt scores shaded).
+    """
+    fig = _figure(11.0, 4.0)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    width = 0.8 / max(len(projections), 1)
+    for i, (name, by_level) in enumerate(projections.items()):
+        for j, values in enumerate(by_level.values()):
+            x = j + (i - (len(projections) - 1) / 2) * width
+            scaled = (values - values.mean()) / (values.std() or 1.0)
+            left.scatter(
+                np.full(len(values), x), scaled, s=8, alpha=0.5, color=f"C{i}", label=name if j == 0 else None
+            )
+        levels = list(by_level)
+    if projections:
+        left.set_xticks(range(len(levels)), levels)
+    left.set_ylabel("projection on the direction (z-scored)")
+    left.set_title("held-out examples by level")
+    left.legend(fontsize=7)
+    for i, (name, sweep) in enumerate(sweeps.items()):
+        m = np.asarray(sweep.multipliers)
+        lo, hi = np.percentile(sweep.scores, [5, 95], axis=1)
+        right.plot(
+            m, sweep.mean_scores, marker="o", color=f"C{i}", label=f"{name} (rho {sweep.spearman:+.2f})"
+        )
+        right.fill_between(m, lo, hi, color=f"C{i}", alpha=0.12)
+    if sweeps:
+        classes = next(iter(sweeps.values())).classes
+        right.set_yticks(range(len(classes)), classes)
+    right.set_xlabel("multiplier (x mean residual norm)")
+    right.set_ylabel("judged level (expected)")
+    right.set_title("steering along the order")
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_analogies(result: dict[str, Any], path: str | Path | None = None) -> Figure:
+    """Left: test top-1 / top-5 per domain for each method; right: the cross-domain top-5 matrix.
+
+    ``result`` is what ``benchmarks/analogies.py`` writes: ``domains[name]`` with ``none``,
+    ``random``, ``relation`` and ``few_shot`` scores, and ``cross_domain`` with ``top5``.
+    """
+    fig = _figure(12.0, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    names = list(result["domains"])
+    methods = ("none", "random", "relation", "few_shot")
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        x = np.arange(len(names)) + (i - (len(methods) - 1) / 2) * width
+        top5 = [result["domains"][n][method]["top5"] for n in names]
+        top1 = [result["domains"][n][method]["top1"] for n in names]
+        ax.bar(x, top5, width, color=f"C{i}", alpha=0.35)
+        ax.bar(x, top1, width, color=f"C{i}", label=method)
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy (solid: top-1, pale: top-5)")
+    ax.set_title("relation vectors on held-out x's")
+    ax.legend(fontsize=7)
+    cross = result["cross_domain"]
+    frame = pd.DataFrame(cross["top5"], index=cross["rows_vector_columns_prompts"], columns=names)
+    _matrix(fig.add_subplot(1, 2, 2), frame, "top-5, vector of row on prompts of column", vmin=0.0, vmax=1.0)
     return _save(fig, path)

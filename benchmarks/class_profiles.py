@@ -7,8 +7,10 @@ For each class set (default: ``speaking_styles`` and ``attitude_domain``) at the
 - per class, the top ``--k`` distinctive features (ranked by standardized effect; AUROC and
   stability beside), only stable ones (>= 0.5), each with its top logit-lens tokens; the top
   feature of each class is inspected (top activating tokens in context over all examples);
-- the features shared by all classes (active in >= 50% of every class's examples), and for the
-  2 x 2 set the features shared within each factor level (e.g. both ``enjoy`` classes);
+- the features shared by all classes (active in >= 50% of every class's examples, ranked by the
+  smallest class mean), and for the 2 x 2 set the features shared within each factor level (e.g.
+  both ``enjoy`` classes), ranked by contrast: the group's smallest mean minus the largest mean
+  of the other classes;
 - the class similarity matrices (cosine of centroids, raw and feature space, plain and centred);
 - the K-class judge's held-out accuracy (flagged below 0.85) and its accuracy on the examples'
   replies (texts it never saw).
@@ -111,10 +113,14 @@ def main() -> None:
                 groups[f"{factor}={level}"] = [c for c in ds.classes if labels[c] == level]
         row["shared"] = {}
         for label, classes in groups.items():
-            shared = profile.shared(k=args.k, classes=classes)
+            # a group smaller than all classes: what it shares and the rest lacks (contrast)
+            rank_by = "min_mean" if len(classes) == len(ds.classes) else "contrast"
+            shared = profile.shared(k=args.k, classes=classes, rank_by=rank_by)
             shared["top_tokens"] = [tokens_of(model, sae, int(f)) for f in shared.feature]
             row["shared"][label] = shared.round(4).to_dict(orient="records")
-            text.append(f"-- features shared by {label} {classes} (active in >= 50% of each) --")
+            text.append(
+                f"-- features shared by {label} {classes} (active in >= 50% of each; ranked by {rank_by}) --"
+            )
             text.append(shared.round(3).to_string(index=False) if len(shared) else "(none)")
         for space in ("raw", "feature"):
             for centred in (False, True):

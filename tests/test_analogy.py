@@ -112,3 +112,25 @@ def test_next_token_accuracy_bad_input(tiny_llama):
         next_token_accuracy(tiny_llama, ["a →"], ["b", "c"])
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         next_token_accuracy(tiny_llama, ["a →"], ["b"], k=0)
+
+
+def test_folds_test_every_pair_once_and_keep_parts_apart():
+    d = AnalogyDomain("toy", tuple((f"x{i}", f"y{i}") for i in range(18)))
+    folds = d.folds(4, seed=1)
+    assert folds == d.folds(4, seed=1)
+    tested = [p for _, _, test in folds for p in test]
+    assert sorted(tested) == sorted(d.pairs)
+    for train, val, test in folds:
+        assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+        assert len(train) + len(val) + len(test) == 18
+    with pytest.raises(ValueError, match="k must be an int in"):
+        d.folds(2)
+
+
+def test_pooled_score_from_ranks():
+    from tlsteer.analogy import AnalogyScore
+
+    s = AnalogyScore.from_ranks([0, 3, 7, 0], k=5)
+    assert (s.top1, s.topk) == (0.5, 0.75) and s.to_dict() == {"top1": 0.5, "top5": 0.75, "n": 4}
+    with pytest.raises(ValueError, match="no ranks"):
+        AnalogyScore.from_ranks([])

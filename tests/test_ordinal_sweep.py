@@ -70,3 +70,27 @@ def test_ordinal_sweep_bad_input(tiny_llama):
         ordinal_sweep(tiny_llama, LengthJudge(), [], vec, [0.0, 1.0])
     with pytest.raises(ValueError, match="scale must be > 0"):
         ordinal_sweep(tiny_llama, LengthJudge(), ["hi"], vec, [0.0, 1.0], scale=-2.0)
+
+
+def test_ordinal_and_analogy_plots_draw_their_inputs(tmp_path):
+    from tlsteer.eval.class_plots import plot_analogies, plot_ordinal
+    from tlsteer.eval.ordinal import OrdinalSweep
+
+    projections = {
+        "lstsq": {"l0": np.array([0.0, 1.0]), "l1": np.array([2.0, 3.0]), "l2": np.array([4.0, 5.0])}
+    }
+    sweep = OrdinalSweep(
+        (-1.0, 0.0, 1.0), np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]), ("l0", "l1", "l2"), 1.0, [[]] * 3
+    )
+    fig = plot_ordinal(projections, {"lstsq": sweep}, "t", path=tmp_path / "ordinal.png")
+    means_line = fig.axes[0].lines[0].get_ydata()
+    assert list(np.diff(means_line) > 0) == [True, True]  # level means rise with the level
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [0.5, 1.0, 2.0])
+    assert (tmp_path / "ordinal.png").stat().st_size > 0
+    score = {"top1": 0.1, "top5": 0.3, "n": 4}
+    result = {
+        "domains": {d: {m: score for m in ("none", "random", "relation", "few_shot")} for d in ("a", "b")},
+        "cross_domain": {"rows_vector_columns_prompts": ["a", "b"], "top5": [[0.3, 0.0], [0.1, 0.2]]},
+    }
+    fig = plot_analogies(result, path=tmp_path / "analogies.png")
+    assert fig.axes[1].images[0].get_array().tolist() == [[0.3, 0.0], [0.1, 0.2]]

@@ -86,6 +86,27 @@ class AnalogyDomain:
             raise ValueError(f"{self.name}: {len(rows)} pairs are too few for this split")
         return rows[:n_train], rows[n_train : n_train + n_val], rows[n_train + n_val :]
 
+    def folds(self, k: int = 4, seed: int = 0) -> list[tuple[list, list, list]]:
+        """``k`` rotations of ``(train, validation, test)`` over a seeded shuffle cut into ``k`` parts.
+
+        Fold ``f`` tests on part ``f``, validates on part ``f + 1`` (mod k) and trains on the rest,
+        so every pair is tested exactly once across the folds.
+        """
+        if not is_int(k) or not 3 <= k <= len(self.pairs) // 2:
+            raise ValueError(
+                f"k must be an int in [3, {len(self.pairs) // 2}] for {len(self.pairs)} pairs, got {k!r}"
+            )
+        if not is_int(seed):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        rows = list(self.pairs)
+        random.Random(f"{seed}:{self.name}").shuffle(rows)
+        parts = [rows[i::k] for i in range(k)]
+        out = []
+        for f in range(k):
+            rest = [p for i, part in enumerate(parts) if i not in (f, (f + 1) % k) for p in part]
+            out.append((rest, parts[(f + 1) % k], parts[f]))
+        return out
+
 
 def load_analogies() -> dict[str, AnalogyDomain]:
     """The built-in analogy domains, by name.
@@ -167,6 +188,14 @@ class AnalogyScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {"top1": self.top1, f"top{self.k}": self.topk, "n": len(self.ranks)}
+
+    @classmethod
+    def from_ranks(cls, ranks: Sequence[int], k: int = 5) -> AnalogyScore:
+        """The score of answers at these ranks (e.g. pooled over folds)."""
+        if not ranks:
+            raise ValueError("no ranks to score")
+        r = torch.tensor(list(ranks))
+        return cls(float((r == 0).float().mean()), float((r < k).float().mean()), k, tuple(r.tolist()))
 
 
 def next_token_accuracy(

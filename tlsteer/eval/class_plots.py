@@ -146,16 +146,20 @@ def plot_ordinal(
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     width = 0.8 / max(len(projections), 1)
     for i, (name, by_level) in enumerate(projections.items()):
+        pooled = np.concatenate(list(by_level.values()))
+        centre, spread = pooled.mean(), pooled.std() or 1.0
+        xs, means = [], []
         for j, values in enumerate(by_level.values()):
             x = j + (i - (len(projections) - 1) / 2) * width
-            scaled = (values - values.mean()) / (values.std() or 1.0)
-            left.scatter(
-                np.full(len(values), x), scaled, s=8, alpha=0.5, color=f"C{i}", label=name if j == 0 else None
-            )
+            scaled = (values - centre) / spread
+            left.scatter(np.full(len(values), x), scaled, s=6, alpha=0.3, color=f"C{i}")
+            xs.append(x)
+            means.append(scaled.mean())
+        left.plot(xs, means, marker="D", color=f"C{i}", label=name)
         levels = list(by_level)
     if projections:
         left.set_xticks(range(len(levels)), levels)
-    left.set_ylabel("projection on the direction (z-scored)")
+    left.set_ylabel("projection (z-scored over all levels); line: level means")
     left.set_title("held-out examples by level")
     left.legend(fontsize=7)
     for i, (name, sweep) in enumerate(sweeps.items()):

@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
 from tlsteer.data import ABItem, answer_letter, chat_prompt
-from tlsteer.hooks import VectorPairs, apply_edits, vector_edits
+from tlsteer.hooks import EditPairs, VectorPairs, apply_edits, vector_edits
 from tlsteer.positions import Positions
 from tlsteer.tokens import left_pad, right_pad, tokenize, tokenize_prompts
 
@@ -141,8 +141,9 @@ def ab_scores(
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
+    edits: EditPairs = (),
 ) -> list[ABScore]:
-    """Score A/B items, optionally steered by ``(vector, multiplier)`` pairs.
+    """Score A/B items, optionally steered by ``(vector, multiplier)`` pairs and ``(hook, edit)`` pairs.
 
     Items, prompts (against the context length) and vectors are all checked before the first
     forward pass.
@@ -152,7 +153,7 @@ def ab_scores(
     """
     batch_size = check_batch_size(batch_size)
     check_ab_items(items, outside_ab)
-    edits = vector_edits(model, list(vectors)) if len(vectors) else []
+    edits = (vector_edits(model, list(vectors)) if len(vectors) else []) + list(edits)
     ids = ab_prompt_ids(model, items)
     n_after = tokens_after_question(model)
     results: list[ABScore] = []
@@ -219,6 +220,7 @@ def ab_eval(
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
+    edits: EditPairs = (),
 ) -> ABResult:
     """Score A/B items (see :func:`ab_scores`) and keep every item's result with the summary.
 
@@ -229,7 +231,9 @@ def ab_eval(
         >>> result = ab_eval(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
         >>> result.p_matching, result.n_matching, result.scores[0]  # doctest: +SKIP
     """
-    return ABResult(tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions, outside_ab)))
+    return ABResult(
+        tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions, outside_ab, edits))
+    )
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ def ab_accuracy(
     batch_size: int = 16,
     steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
+    edits: EditPairs = (),
 ) -> ABAccuracy:
     """Accuracy on MMLU / TruthfulQA style A/B items, optionally steered.
 
@@ -274,7 +279,9 @@ def ab_accuracy(
         >>> acc = ab_accuracy(model, load_ab_items("mmlu.json"), [(vec, -2.0)])  # doctest: +SKIP
         >>> acc.accuracy, acc.p_correct  # doctest: +SKIP
     """
-    return ABAccuracy(ab_eval(model, items, vectors, batch_size, steer_all_positions, outside_ab).scores)
+    return ABAccuracy(
+        ab_eval(model, items, vectors, batch_size, steer_all_positions, outside_ab, edits).scores
+    )
 
 
 # -- side effects on neutral text ---------------------------------------------------------------

@@ -1,0 +1,262 @@
+"""The steering methods that the feature-vs-CAA comparison puts side by side, all built from one contrast.
+
+:class:`ContrastReps` holds the activations of the positive and the negative examples at an SAE's
+hook (one row per example: a CAA answer letter, a class example's mean over its reply) and their
+SAE codes. :func:`build_methods` turns them into named :class:`Method`\\ s, each of which maps a
+strength to a :class:`Steering` (vectors, edits, or a prompt prefix):
+
+- ``caa``: the raw difference of means (paired, or of class means);
+- ``mean_centred``: the positive class mean minus the mean of all class means (class sets only);
+- ``feature_full``: the feature-space difference of means, decoded through ``W_dec``;
+- ``feature_top<k>``: the same after dropping first-token features and features denser than
+  ``max_density`` on neutral text, keeping the ``k`` largest (one method per ``k``);
+- ``feature_output``: of the ``n_candidates`` (40) largest positive filtered features, the
+  ``k_output`` with the best output score (:func:`~tlsteer.sae.output_scores`), decoded;
+- ``single_feature``: the decoder row of the best of those;
+- ``clamp``: those features clamped to ``strength`` times their typical activation (their mean
+  when active on neutral text), and the ``k_output`` largest negative filtered features clamped
+  to 0, with the SAE's error term kept (:func:`~tlsteer.sae.feature_edit`);
+- ``caa_encoded``: the CAA vector encoded by the SAE and decoded (a negative control: an
+  encoder reads activations, not differences);
+- ``random``: a seeded random direction (a control);
+- ``prompting``: an instruction before the prompt (no strength; the reference to beat).
+
+Vector methods are unit-norm directions; strength is in units of ``scale`` (the mean residual norm
+at the hook). Clamp strength is in units of each feature's typical activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from tlsteer.errors import format_options
+from tlsteer.operators import check_multiplier
+from tlsteer.sae.adapter import SAELike, sae_dims
+from tlsteer.sae.formulas import encode_steering_vector
+from tlsteer.sae.selection import FeatureStats, output_scores
+from tlsteer.sae.steering import feature_edit
+from tlsteer.vector import SteeringVector, VectorMetadata
+
+__all__ = ["METHODS", "ContrastReps", "Method", "Steering", "build_methods"]
+
+METHODS: tuple[str, ...] = (
+    "caa",
+    "mean_centred",
+    "feature_full",
+    "feature_topk",
+    "feature_output",
+    "single_feature",
+    "clamp",
+    "caa_encoded",
+    "random",
+    "prompting",
+)
+"""Method families; ``feature_topk`` expands to one ``feature_top<k>`` per ``k``."""
+
+
+@dataclass(frozen=True)
+class ContrastReps:
+    """Activations of positive and negative examples at one hook, raw and SAE-encoded.
+
+    ``paired``: row i of ``raw_pos`` and ``raw_neg`` come from one pair (CAA) and the raw vector
+    is the mean of differences. ``class_means``: ``[K, d]`` raw means of every class of a class
+    set (for ``mean_centred``; ``None`` for pairs).
+    """
+
+    raw_pos: Tensor
+    raw_neg: Tensor
+    feat_pos: Tensor
+    feat_neg: Tensor
+    paired: bool = False
+    class_means: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("raw_pos", "raw_neg", "feat_pos", "feat_neg"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or t.ndim != 2 or t.shape[0] < 1:
+                raise ValueError(
+                    f"{name} must be a [n, d] tensor with n >= 1, got {getattr(t, 'shape', t)!r}"
+                )
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+        if self.paired and self.raw_pos.shape[0] != self.raw_neg.shape[0]:
+            raise ValueError(
+                "paired reps need as many positives as negatives, got "
+                f"{self.raw_pos.shape[0]} and {self.raw_neg.shape[0]}"
+            )
+
+    def raw_difference(self) -> Tensor:
+        return self.raw_pos.float().mean(0) - self.raw_neg.float().mean(0)
+
+    def feature_difference(self) -> Tensor:
+        return self.feat_pos.float().mean(0) - self.feat_neg.float().mean(0)
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What a method does at one strength: ``(vector, multiplier)`` pairs, edits, or a prompt prefix."""
+
+    vectors: tuple = ()
+    edits: tuple = ()
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to steer; :meth:`at` gives its :class:`Steering` at a strength."""
+
+    name: str
+    kind: str
+    """``"vector"`` (strength x ``scale`` on a unit direction), ``"clamp"`` or ``"prompt"``."""
+    direction: SteeringVector | None = None
+    features: tuple[int, ...] = ()
+    off_features: tuple[int, ...] = ()
+    typical: Tensor | None = field(default=None, repr=False)
+    prefix: str | None = None
+    scale: float = 1.0
+    sae: Any = field(default=None, repr=False)
+    hook_name: str = ""
+
+    @property
+    def has_strength(self) -> bool:
+        return self.kind != "prompt"
+
+    def at(self, strength: Any) -> Steering:
+        if self.kind == "prompt":
+            return Steering(prefix=self.prefix)
+        s = float(check_multiplier(strength))
+        if self.kind == "vector":
+            return Steering(vectors=((self.direction, s * self.scale),))
+        values = [s * float(v) for v in self.typical] + [0.0] * len(self.off_features)
+        edit = feature_edit(
+            self.sae,
+            list(self.features) + list(self.off_features),
+            "clamp",
+            values=values,
+            hook_name=self.hook_name,
+        )
+        return Steering(edits=((self.hook_name, edit),))
+
+
+def _unit(direction: Tensor, hook: str, note: str) -> SteeringVector:
+    size = float(direction.norm())
+    if not size > 0:
+        raise ValueError(f"{note}: the direction is zero; the contrast carries no difference here")
+    return SteeringVector({hook: (direction / size).float().cpu()}, VectorMetadata(note=note))
+
+
+def _decoded(sae: SAELike, values: Tensor) -> Tensor:
+    with torch.no_grad():
+        return (values.to(sae.W_dec.device).float() @ sae.W_dec.float()).cpu()
+
+
+def build_methods(
+    model: HookedTransformer,
+    sae: SAELike,
+    hook_name: str,
+    reps: ContrastReps,
+    scale: float,
+    stats: FeatureStats,
+    instruction: str | None = None,
+    methods: Sequence[str] = METHODS,
+    ks: Sequence[int] = (8, 32),
+    k_output: int = 8,
+    n_candidates: int = 40,
+    max_density: float = 0.1,
+    score_prompts: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Method]:
+    """Every requested method built from ``reps`` (see the module docstring).
+
+    Args:
+        model, sae, hook_name: The model, an SAE that fits it, and where it reads.
+        reps: The contrast's activations and codes.
+        scale: The mean residual norm at the hook (vector strengths are in its units).
+        stats: :func:`~tlsteer.sae.feature_stats` on neutral text (density, first-token features,
+            typical activation).
+        instruction: The prompt prefix of ``prompting`` (required if it is requested).
+        methods: Method families from :data:`METHODS`.
+        ks, k_output, n_candidates, max_density: Feature selection: the ``k`` of each top-k
+            method; how many features the output score keeps of the ``n_candidates`` largest
+            positive ones; the density above which a feature is dropped.
+        score_prompts: Prompts for the output scores (default: those of ``output_scores``).
+        seed: Seeds the random direction.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; valid: {format_options(METHODS)}")
+    if "prompting" in methods and not (isinstance(instruction, str) and instruction.strip()):
+        raise ValueError("the prompting method needs a non-empty instruction")
+    if "mean_centred" in methods and reps.class_means is None:
+        raise ValueError("mean_centred needs class means (a class set); drop it for contrast pairs")
+    scale = float(check_multiplier(scale))
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    _, d_sae = sae_dims(sae)
+    out: dict[str, Method] = {}
+
+    def vector(name: str, direction: Tensor) -> None:
+        out[name] = Method(
+            name, "vector", _unit(direction, hook_name, name), scale=scale, hook_name=hook_name
+        )
+
+    raw = reps.raw_difference()
+    diff = reps.feature_difference()
+    keep = (stats.density <= max_density) & (stats.density > 0)
+    keep[stats.first_token_features()] = False
+    filtered = torch.where(keep, diff, 0.0)
+    if "caa" in methods:
+        vector("caa", raw)
+    if "mean_centred" in methods:
+        vector("mean_centred", reps.raw_pos.float().mean(0) - reps.class_means.float().mean(0))
+    if "feature_full" in methods:
+        vector("feature_full", _decoded(sae, diff))
+    if "feature_topk" in methods:
+        for k in ks:
+            top = filtered.abs().topk(min(int(k), d_sae)).indices
+            vector(f"feature_top{k}", _decoded(sae, torch.zeros(d_sae).index_put((top,), filtered[top])))
+    needs_scores = {"feature_output", "single_feature", "clamp"} & set(methods)
+    if needs_scores:
+        candidates = [int(f) for f in filtered.topk(min(n_candidates, d_sae)).indices if filtered[f] > 0]
+        if not candidates:
+            raise ValueError("no positive feature survives the filters; loosen max_density")
+        scores = output_scores(model, sae, candidates, prompts=score_prompts, hook_name=hook_name)
+        chosen = sorted(candidates, key=lambda f: -float(scores[f]))[:k_output]
+        if "feature_output" in methods:
+            vector(
+                "feature_output",
+                _decoded(sae, torch.zeros(d_sae).index_put((torch.tensor(chosen),), filtered[chosen])),
+            )
+        if "single_feature" in methods:
+            vector("single_feature", sae.W_dec[chosen[0]].detach().float().cpu())
+        if "clamp" in methods:
+            negative = [int(f) for f in (-filtered).topk(min(k_output, d_sae)).indices if filtered[f] < 0]
+            typical = stats.mean_active[chosen].clone()
+            typical[typical <= 0] = float(diff[chosen].abs().max())
+            out["clamp"] = Method(
+                "clamp",
+                "clamp",
+                features=tuple(chosen),
+                off_features=tuple(negative),
+                typical=typical,
+                sae=sae,
+                hook_name=hook_name,
+            )
+    if "caa_encoded" in methods:
+        raw_vector = SteeringVector({hook_name: raw.float()})
+        vector(
+            "caa_encoded",
+            encode_steering_vector(sae, raw_vector, hook_name).to_steering_vector(sae)[hook_name],
+        )
+    if "random" in methods:
+        gen = torch.Generator().manual_seed(seed)
+        vector("random", torch.randn(raw.shape[0], generator=gen))
+    if "prompting" in methods:
+        out["prompting"] = Method("prompting", "prompt", prefix=instruction, hook_name=hook_name)
+    return out

@@ -67,17 +67,30 @@ def embedder():
     return load_embedder()
 
 
+# measured (seed 0): held-out / on the example replies / on the probe texts of judge_transfer.json
+MEASURED = {
+    "speaking_styles": (0.906, 0.854, 0.927),
+    "aggression": (0.731, 0.646, 0.844),
+    "attitude_domain": (0.853, 0.906, 0.854),
+}
+
+
 @pytest.mark.parametrize("name", tlsteer.CLASS_DATASETS)
-def test_builtin_class_judges_hold_on_their_split_and_on_the_examples(embedder, name):
+def test_builtin_class_judges_hold_on_their_split_on_the_examples_and_on_probe_texts(embedder, name):
     ds = tlsteer.load_class_dataset(name)
     judge = class_judge(ds, embedder)
-    # the examples are texts the judge never saw, written as replies to other prompts
-    transfer = judge.accuracy({c: [e.response for e in ds.examples[c]] for c in ds.classes})
-    print(f"{name}: held-out {judge.held_out_accuracy:.3f} on {judge.n_test}, on the examples {transfer:.3f}")
-    # measured (seed 0), held-out / on the examples: styles 0.94 / 0.71, aggression 0.81 / 0.54,
-    # attitude-domain 0.75 / 0.82; the last two are flagged. Chance is 0.25.
+    # the examples are texts the judge never saw, written as replies to other prompts; the probe
+    # texts were written unlike the judge texts (other forms and topics) and are never trained on
+    on_examples = judge.accuracy({c: [e.response for e in ds.examples[c]] for c in ds.classes})
+    probe = json.loads((resources.files("tlsteer") / "datasets" / "judge_transfer.json").read_text())[name]
+    on_probe = judge.accuracy(probe)
+    print(f"{name}: held-out {judge.held_out_accuracy:.3f}, examples {on_examples:.3f}, probe {on_probe:.3f}")
     assert judge.flagged == (judge.held_out_accuracy < MIN_JUDGE_ACCURACY)
-    assert judge.held_out_accuracy >= 0.6 and transfer >= 0.5
+    # the same seed and texts give the same numbers: a drift means the texts or the embedder changed
+    assert (judge.held_out_accuracy, on_examples, on_probe) == pytest.approx(MEASURED[name], abs=0.011)
+    # the examples' texts stay out of the judge's training texts
+    examples = {e.response for c in ds.classes for e in ds.examples[c]}
+    assert not examples & {t for c in ds.classes for t in ds.judge_texts[c]}
 
 
 def test_concept_judges_hold_on_texts_written_elsewhere(embedder):

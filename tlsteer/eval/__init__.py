@@ -5,6 +5,14 @@ Everything here runs on top of the core (:mod:`tlsteer`) and never the other way
 """
 
 from tlsteer.eval.ab import ABAccuracy, ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
+from tlsteer.eval.budget import (
+    Calibration,
+    KLStats,
+    bootstrap_ci,
+    calibrate_to_kl,
+    kl_stats,
+    paired_difference_ci,
+)
 from tlsteer.eval.cached import Setting, cached_ab_scores
 from tlsteer.eval.diagnostics import (
     Steerability,
@@ -40,6 +48,8 @@ __all__ = [
     "ABAccuracy",
     "ABResult",
     "ABScore",
+    "Calibration",
+    "KLStats",
     "Generation",
     "GenerationReport",
     "GenerationSettings",
@@ -48,14 +58,18 @@ __all__ = [
     "ab_accuracy",
     "ab_eval",
     "ab_scores",
+    "bootstrap_ci",
+    "calibrate_to_kl",
     "cached_ab_scores",
     "calibrate_multiplier",
     "compare_generations",
     "compete",
     "cosine_matrix",
     "kl_on_neutral",
+    "kl_stats",
     "layer_diagnostics",
     "normalize_to_mean_norm",
+    "paired_difference_ci",
     "plot_behaviour_curves",
     "plot_cosine_matrix",
     "plot_layer_diagnostics",

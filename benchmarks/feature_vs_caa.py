@@ -1,0 +1,129 @@
+"""Feature steering against raw CAA at matched side effects, on CAA behaviours and built-in class sets.
+
+For each dataset, ``tlsteer.sae.feature_vs_caa`` builds every method from the same training data
+at the shipped SAE's hook, calibrates each method's strength so that its mean per-token KL from
+the unsteered model on neutral text reaches each budget, and scores it on held-out data with 95%
+bootstrap intervals:
+
+- CAA behaviours (``--caa-dir``): vectors from ``--train-pairs`` generate pairs read at the
+  answer letter; success is p(matching) on the 50 held-out A/B items;
+- class sets: vectors from the training split (class vs the rest, mean over each reply); for each
+  class, generations from built-in open prompts (second half, never used to build anything;
+  ``--prompts`` split across the classes, ``--seeds`` samples each) steered toward it; success is
+  the share the set's K-class judge assigns to the target; selectivity and perplexity beside.
+
+MMLU accuracy (``--mmlu`` items of the CAA copy) at each cell's strength is a side effect.
+Writes ``benchmarks/results/feature_vs_caa_<dataset>.{json,png}`` and
+``feature_vs_caa_summary.json`` (wall time included).
+
+    python benchmarks/feature_vs_caa.py --caa-dir ../shared/caa           # default run
+    python benchmarks/feature_vs_caa.py --small    # about 3 minutes, into benchmarks/results/small/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import tlsteer
+from tlsteer.data import load_ab_items, load_caa_dataset
+from tlsteer.eval.compare_plots import comparison_table
+from tlsteer.sae import load_embedded_sae
+from tlsteer.sae.feature_vs_caa import ABTask, builtin_instructions, feature_vs_caa
+from tlsteer.sae.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_METHODS = ("caa", "feature_full", "feature_output", "clamp", "random", "prompting")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--caa-dir", type=Path, default=None, help="the CAA datasets folder (skip CAA if absent)"
+    )
+    parser.add_argument("--behaviours", nargs="+", default=["coordinate-other-ais", "sycophancy", "refusal"])
+    parser.add_argument("--sets", nargs="+", default=["speaking_styles", "aggression"])
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--train-pairs", type=int, default=64)
+    parser.add_argument("--mmlu", type=int, default=40)
+    parser.add_argument("--neutral", type=int, default=24, help="neutral texts for calibration")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--small", action="store_true", help="one class set, 6 methods, few prompts")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.small:
+        args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
+        args.max_new_tokens, args.neutral, args.resamples, args.behaviours, args.mmlu = 16, 12, 1000, [], 0
+        args.budgets = [0.5]
+        if args.out == ROOT / "benchmarks" / "results":
+            args.out = args.out / "small"
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    model = tlsteer.load_model()
+    sae = load_embedded_sae(args.layer)
+    neutral = tlsteer.load_neutral_text()[: args.neutral]
+    mmlu = None
+    if args.caa_dir is not None and args.mmlu:
+        mmlu = load_ab_items(args.caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][
+            : args.mmlu
+        ]
+    common = {
+        "methods": args.methods,
+        "budgets": args.budgets,
+        "seeds": list(range(args.seeds)),
+        "max_new_tokens": args.max_new_tokens,
+        "neutral": neutral,
+        "mmlu": mmlu,
+        "n_resamples": args.resamples,
+        "out_dir": args.out,
+    }
+    summary = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "caa_dir")},
+        "datasets": {},
+    }
+    tasks = []
+    if args.caa_dir is not None:
+        instructions = builtin_instructions()["caa"]
+        for b in args.behaviours:
+            pairs = load_caa_dataset(args.caa_dir / "generate" / b / "generate_dataset.json", model)
+            items = load_ab_items(args.caa_dir / "test" / b / "test_dataset_ab.json")
+            tasks.append(ABTask(b, pairs[: args.train_pairs], items, instructions.get(b)))
+    tasks += [tlsteer.load_class_dataset(name) for name in args.sets]
+    for task in tasks:
+        t0 = time.perf_counter()
+        kwargs = dict(common)
+        if isinstance(task, tlsteer.ClassDataset):
+            kwargs["n_prompts"] = args.prompts
+        result = feature_vs_caa(model, sae, task, verbose=True, **kwargs)
+        name = result["dataset"]
+        summary["datasets"][name] = {
+            "table": comparison_table(result),
+            "judge_held_out_accuracy": result.get("judge_held_out_accuracy"),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(f"== {name} ({summary['datasets'][name]['seconds']:.0f} s)", flush=True)
+        for row in summary["datasets"][name]["table"]:
+            print(
+                f"  {row['method']:>15} @{row['budget']}: {row['success']:.3f}"
+                f" [{row['low']:.3f}, {row['high']:.3f}]"
+                f"  KL {row['kl_mean']:.3f} (p95 {row['kl_p95']:.3f})  strength {row['strength']}",
+                flush=True,
+            )
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "feature_vs_caa_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"done in {summary['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""Side-effect budgets: per-token KL statistics, calibration to a KL budget, bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+import string
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from tests.conftest import SPECIALS, count_hooks, make_model
+from tlsteer.eval.budget import (
+    Calibration,
+    KLStats,
+    bootstrap_ci,
+    calibrate_to_kl,
+    kl_stats,
+    paired_difference_ci,
+)
+from tlsteer.models import attach_tokenizer
+from tlsteer.tokens import tokenize
+
+HOOK = "blocks.1.hook_resid_post"
+NEUTRAL = ["Water boils at 100 degrees.", "The Nile flows north.", "Mix oil and vinegar.", "Hi"]
+PREFIX = "Be brief.\n"
+
+
+def direction(seed: int = 0, scale: float = 5.0) -> torch.Tensor:
+    d = torch.randn(32, generator=torch.Generator().manual_seed(seed))
+    return scale * d / d.norm()
+
+
+def adding(delta: torch.Tensor, first: int):
+    """A TransformerLens hook adding ``delta`` from column ``first`` on."""
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, first:] += delta
+        return act
+
+    return hook
+
+
+def reference(model, prompts, first=1, delta=None, prefix="", lead=0):
+    """One prompt at a time, no padding: per-token KL at positions >= first, as (mean, p95, n).
+
+    The steered run reads ``prefix + prompt`` (its tokens after the ``lead`` tokens the tokenizer
+    adds are shifted by the prefix's length) with ``delta`` added from the prompt's ``first`` on.
+    """
+    kls = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenize(model, prompt)
+            full = tokenize(model, prefix + prompt)
+            shift = len(full) - len(ids)
+            clean = model(torch.tensor([ids]))[0].log_softmax(-1)
+            hooks = [] if delta is None else [(HOOK, adding(delta, first + shift))]
+            steered = model.run_with_hooks(torch.tensor([full]), fwd_hooks=hooks)[0].log_softmax(-1)
+            for p in range(first, len(ids)):
+                c, s = clean[p], steered[p if p < lead else p + shift]
+                kls.append(float((c.exp() * (c - s)).sum()))
+    return float(np.mean(kls)), float(np.percentile(kls, 95)), len(kls)
+
+
+def check(stats: KLStats, expected) -> None:
+    mean, p95, n = expected
+    assert mean > 1e-3
+    assert stats.mean == pytest.approx(mean, rel=1e-4, abs=1e-5)
+    assert stats.p95 == pytest.approx(p95, rel=1e-4, abs=1e-5)
+    assert stats.n_tokens == n
+
+
+def no_forward(model, monkeypatch):
+    def forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the input was checked")
+
+    monkeypatch.setattr(model, "forward", forward)
+
+
+# -- kl_stats -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [1, 4])
+def test_kl_stats_matches_a_plain_loop(tiny, first):
+    d = direction()
+    stats = kl_stats(tiny, [({HOOK: d}, 3.0)], prompts=NEUTRAL, min_token_index=first, batch_size=3)
+    check(stats, reference(tiny, NEUTRAL, first, 3.0 * d))
+    assert stats.n_tokens == sum(max(len(tokenize(tiny, p)) - first, 0) for p in NEUTRAL)
+    assert stats.p95 > stats.mean
+    assert stats.to_dict() == {"mean": stats.mean, "p95": stats.p95, "n_tokens": stats.n_tokens}
+
+
+def test_edits_vectors_and_both_together_agree(tiny_llama):
+    d = direction()
+    by_vector = kl_stats(tiny_llama, [({HOOK: d}, 3.0)], prompts=NEUTRAL)
+    by_edit = kl_stats(tiny_llama, edits=[(HOOK, lambda act: (3.0 * d).expand_as(act))], prompts=NEUTRAL)
+    together = kl_stats(
+        tiny_llama, [({HOOK: d}, 1.0)], [(HOOK, lambda act: (2.0 * d).expand_as(act))], prompts=NEUTRAL
+    )
+    for other in (by_edit, together):
+        assert other.mean == pytest.approx(by_vector.mean, rel=1e-5)
+        assert other.p95 == pytest.approx(by_vector.p95, rel=1e-5)
+        assert other.n_tokens == by_vector.n_tokens
+    half = kl_stats(tiny_llama, [({HOOK: d}, 1.0)], prompts=NEUTRAL)
+    assert half.mean < by_vector.mean  # the edit was really applied on top of the vector
+
+
+def test_zero_multiplier_gives_zero(tiny):
+    stats = kl_stats(tiny, [({HOOK: direction()}, 0.0)], prompts=NEUTRAL, min_token_index=0)
+    assert stats.mean < 1e-7 and stats.p95 < 1e-7
+    assert stats.n_tokens == sum(len(tokenize(tiny, p)) for p in NEUTRAL)
+
+
+def test_batches_of_uneven_prompts_match_one_at_a_time(tiny):
+    vectors = [({HOOK: direction()}, 2.0)]
+    one = kl_stats(tiny, vectors, prompts=NEUTRAL, batch_size=1)
+    two = kl_stats(tiny, vectors, prompts=NEUTRAL, batch_size=2)
+    assert two.mean == pytest.approx(one.mean, rel=1e-5)
+    assert two.p95 == pytest.approx(one.p95, rel=1e-5)
+    assert two.n_tokens == one.n_tokens
+
+
+# -- prefix ---------------------------------------------------------------------------------------
+
+
+def test_prefix_matches_a_hand_computation(tiny):
+    stats = kl_stats(tiny, prompts=NEUTRAL, prefix=PREFIX, batch_size=3)
+    check(stats, reference(tiny, NEUTRAL, prefix=PREFIX))
+    one = kl_stats(tiny, prompts=NEUTRAL, prefix=PREFIX, batch_size=1)
+    assert one.mean == pytest.approx(stats.mean, rel=1e-5) and one.n_tokens == stats.n_tokens
+
+
+def test_prefix_with_a_vector_steers_the_prompt_tokens(tiny_llama):
+    d = direction()
+    stats = kl_stats(tiny_llama, [({HOOK: d}, 2.0)], prompts=NEUTRAL, prefix=PREFIX, min_token_index=3)
+    check(stats, reference(tiny_llama, NEUTRAL, 3, 2.0 * d, prefix=PREFIX))
+    alone = kl_stats(tiny_llama, prompts=NEUTRAL, prefix=PREFIX, min_token_index=3)
+    assert abs(alone.mean - stats.mean) > 1e-3
+
+
+def test_empty_prefix_and_nothing_to_measure_are_refused(tiny_llama, monkeypatch):
+    no_forward(tiny_llama, monkeypatch)
+    with pytest.raises(ValueError, match="prefix is empty; pass prefix=None"):
+        kl_stats(tiny_llama, prompts=NEUTRAL, prefix="")
+    with pytest.raises(ValueError, match="nothing to measure: give vectors, edits or a prefix"):
+        kl_stats(tiny_llama, prompts=NEUTRAL)
+    with pytest.raises(TypeError, match="prefix must be a string or None, got int"):
+        kl_stats(tiny_llama, prompts=NEUTRAL, prefix=3)
+
+
+def tokenizer(pattern: str = ".", add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """conftest's character tokenizer, optionally adding BOS and with ``"ab"`` as one token."""
+    chars = [c if c != "\x0c" else "ab" for c in string.printable]  # same vocabulary size
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    inner.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    if add_bos:
+        inner.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=inner, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+
+
+def test_prefix_is_aligned_after_the_bos_the_tokenizer_adds():
+    model = make_model("llama", seed=3)
+    attach_tokenizer(model, tokenizer(add_bos=True))
+    assert tokenize(model, "Hi") == [1, *tokenize(model, "Hi")[1:]] and len(tokenize(model, "Hi")) == 3
+    for first in (0, 1):
+        stats = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=first, batch_size=3)
+        check(stats, reference(model, NEUTRAL, first, prefix=PREFIX, lead=1))
+    # position 0 is BOS in both runs: the same distribution, so min_token_index=0 only adds zeros
+    at_bos = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=0)
+    after = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=1)
+    assert at_bos.mean * at_bos.n_tokens == pytest.approx(after.mean * after.n_tokens, rel=1e-5)
+
+
+def test_a_prefix_merging_into_the_prompt_is_refused_before_any_forward(monkeypatch):
+    model = make_model("llama", seed=3)
+    attach_tokenizer(model, tokenizer(pattern="ab|."))
+    assert len(tokenize(model, "xab")) == 2
+    no_forward(model, monkeypatch)
+    with pytest.raises(ValueError, match=r"prompt 1 \('bcd'\).*merges across the boundary"):
+        kl_stats(model, prompts=["cd", "bcd"], prefix="xa")
+
+
+def test_everything_is_checked_before_any_forward(tiny_llama, monkeypatch):
+    no_forward(tiny_llama, monkeypatch)
+    good = [({HOOK: direction()}, 1.0)]
+    nan = torch.ones(32)
+    nan[2] = float("nan")
+    cases = [
+        (dict(vectors=good, edits=[("blocks.9.hook_resid_post", lambda a: a)]), KeyError, "out of range"),
+        (dict(vectors=good, edits=[(HOOK, "not callable")]), TypeError, "must be a callable"),
+        (dict(vectors=[({HOOK: nan}, 1.0)]), ValueError, "1 non-finite entries"),
+        (dict(vectors=[({HOOK: direction()}, float("inf"))]), ValueError, "multiplier must be finite"),
+        (dict(vectors=good, min_token_index=-1), ValueError, "min_token_index=-1 is negative"),
+        (dict(vectors=good, min_token_index=1.5), TypeError, "min_token_index must be an int"),
+        (dict(vectors=good, min_token_index=40), ValueError, r"min_token_index=40 leaves no position"),
+        (dict(vectors=good, batch_size=0), ValueError, "batch_size must be an int >= 1"),
+        (dict(vectors=good, prompts="one string"), ValueError, "non-empty list of strings"),
+        (dict(vectors=good, prompts=[]), ValueError, "non-empty list of strings"),
+        (dict(vectors=good, prompts=["ok", ""]), ValueError, "prompt 1 must be a non-empty string"),
+        (dict(vectors=good, prefix="x" * 120), ValueError, r"more than the model's context"),
+    ]
+    for kwargs, error, match in cases:
+        kwargs.setdefault("prompts", NEUTRAL)
+        with pytest.raises(error, match=match):
+            kl_stats(tiny_llama, **kwargs)
+
+
+@pytest.mark.parametrize("prefix", [None, PREFIX])
+def test_hooks_are_removed_when_the_steered_forward_raises(tiny, prefix):
+    def boom(act):
+        raise RuntimeError("edit failed")
+
+    with pytest.raises(RuntimeError, match="edit failed"):
+        kl_stats(tiny, [({HOOK: direction()}, 1.0)], [(HOOK, boom)], prompts=NEUTRAL, prefix=prefix)
+    assert count_hooks(tiny) == 0
+    assert all(not point.fwd_hooks for point in tiny.hook_dict.values())
+
+
+# -- calibrate_to_kl ------------------------------------------------------------------------------
+
+
+def quadratic(s: float) -> float:
+    return 0.3 * s**2
+
+
+def test_calibration_finds_the_budget():
+    cal = calibrate_to_kl(quadratic, budget=0.5)
+    assert cal.reached and abs(cal.kl / 0.5 - 1) <= 0.1
+    assert cal.kl == quadratic(cal.strength)
+    assert cal.evaluations[:2] == [(4.0, quadratic(4.0)), (1e-3, quadratic(1e-3))]
+    assert all(kl == quadratic(s) for s, kl in cal.evaluations)
+    assert cal.evaluations[-1] == (cal.strength, cal.kl)
+    assert cal.to_dict()["evaluations"] == [[s, k] for s, k in cal.evaluations]
+    assert isinstance(cal, Calibration) and cal.budget == 0.5
+    tight = calibrate_to_kl(quadratic, budget=0.5, steps=60, tolerance=1e-9)
+    assert tight.reached and tight.strength == pytest.approx(math.sqrt(0.5 / 0.3), rel=1e-8)
+
+
+def test_calibration_flags_budgets_out_of_reach():
+    above = calibrate_to_kl(quadratic, budget=10.0)
+    assert (above.strength, above.kl, above.reached) == (4.0, quadratic(4.0), False)
+    assert above.evaluations == [(4.0, quadratic(4.0))]
+    below = calibrate_to_kl(quadratic, budget=1e-9)
+    assert (below.strength, below.reached) == (1e-3, False)
+    assert [s for s, _ in below.evaluations] == [4.0, 1e-3]
+    short = calibrate_to_kl(quadratic, budget=0.5, steps=1, tolerance=0.0)
+    assert not short.reached and len(short.evaluations) == 3
+    assert short.strength == min(short.evaluations, key=lambda e: abs(e[1] - 0.5))[0]
+
+
+def test_calibration_of_a_non_monotone_measure_returns_a_strength_it_tried():
+    cal = calibrate_to_kl(lambda s: 1.0 + math.sin(5 * s), budget=1.5, steps=5, tolerance=0.01)
+    assert (cal.strength, cal.kl) in cal.evaluations
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(budget=0.0), ValueError, "budget must be > 0, got 0.0"),
+        (dict(budget=-1.0), ValueError, "budget must be > 0"),
+        (dict(budget=float("nan")), ValueError, "budget must be a finite number > 0, got nan"),
+        (dict(budget=float("inf")), ValueError, "budget must be a finite number > 0, got inf"),
+        (dict(budget="1"), ValueError, "budget must be a finite number"),
+        (dict(budget=True), ValueError, "budget must be a finite number"),
+        (dict(budget=1.0, low=2.0, high=1.0), ValueError, "low must be below high, got low=2.0"),
+        (dict(budget=1.0, low=0.0), ValueError, "low must be > 0"),
+        (dict(budget=1.0, steps=-1), ValueError, "steps must be an int >= 0"),
+        (dict(budget=1.0, tolerance=float("nan")), ValueError, "tolerance must be a finite number >= 0"),
+        (dict(budget=1.0, measure=lambda s: float("nan")), ValueError, r"measure\(4.0\) returned nan"),
+        (dict(budget=1.0, measure="kl"), TypeError, "measure must be a callable"),
+    ],
+)
+def test_calibration_refuses_bad_input(kwargs, error, match):
+    kwargs.setdefault("measure", quadratic)
+    with pytest.raises(error, match=match):
+        calibrate_to_kl(**kwargs)
+
+
+# -- bootstrap ------------------------------------------------------------------------------------
+
+
+def test_bootstrap_is_deterministic_and_contains_the_estimate():
+    values = np.random.default_rng(1).normal(size=200)
+    first = bootstrap_ci(values, seed=7)
+    assert first == bootstrap_ci(values, seed=7)
+    assert first != bootstrap_ci(values, seed=8)
+    estimate, low, high = first
+    assert estimate == pytest.approx(values.mean(), abs=1e-15)
+    assert low < estimate < high
+    assert all(isinstance(x, float) for x in first)
+    assert bootstrap_ci(list(values), seed=7) == first
+
+
+def test_bootstrap_width_matches_the_normal_approximation():
+    n = 20000
+    values = (np.random.default_rng(2).random(n) < 0.3).astype(float)
+    _, low, high = bootstrap_ci(values, seed=0)
+    p = values.mean()
+    expected = 2 * 1.96 * math.sqrt(p * (1 - p) / n)
+    assert high - low == pytest.approx(expected, rel=0.2)
+    _, low90, high90 = bootstrap_ci(values, level=0.9, seed=0)
+    assert high90 - low90 < high - low
+
+
+def test_constant_input_gives_a_zero_width_interval():
+    assert bootstrap_ci([0.3] * 50) == pytest.approx((0.3, 0.3, 0.3), abs=1e-15)
+    estimate, low, high = bootstrap_ci([0.3] * 50)
+    assert low == high == estimate
+
+
+def test_bootstrap_over_rows_and_paired_differences():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=300)
+    one_hot = np.eye(3)[labels]
+    by_rows = bootstrap_ci(one_hot, statistic=lambda x: x.mean(0)[1], seed=4)
+    by_column = bootstrap_ci((labels == 1).astype(float), seed=4)
+    assert by_rows == pytest.approx(by_column, abs=1e-12)
+    a, b = rng.normal(size=100), rng.normal(size=100)
+    paired = paired_difference_ci(a, b, seed=5)
+    assert paired == pytest.approx(bootstrap_ci(a - b, seed=5), abs=1e-12)
+    shared = rng.normal(scale=10, size=100)  # a per-prompt effect both methods share cancels out
+    assert paired_difference_ci(a + shared, b + shared, seed=5) == pytest.approx(paired, abs=1e-9)
+    with pytest.raises(ValueError, match=r"same length.*shapes \(100,\) and \(99,\)"):
+        paired_difference_ci(a, b[:99])
+
+
+@pytest.mark.parametrize(
+    ("values", "kwargs", "error", "match"),
+    [
+        ([], {}, ValueError, "values is empty"),
+        (np.zeros((0, 3)), {}, ValueError, "values is empty"),
+        (1.0, {}, ValueError, "got a scalar"),
+        ([1.0, float("nan"), 2.0], {}, ValueError, r"1 non-finite entries \(first at index \(1,\): nan\)"),
+        ([1.0, float("inf")], {}, ValueError, "non-finite"),
+        (["a", "b"], {}, TypeError, "values must be an array of numbers"),
+        ([1.0, 2.0], {"n_resamples": 99}, ValueError, "n_resamples must be an int >= 100, got 99"),
+        ([1.0, 2.0], {"level": 1.0}, ValueError, r"level must be a number in \(0, 1\)"),
+        ([1.0, 2.0], {"level": 0}, ValueError, "level must be a number in"),
+        ([1.0, 2.0], {"level": float("nan")}, ValueError, "level must be a number in"),
+        ([1.0, 2.0], {"seed": -1}, ValueError, "seed must be an int >= 0"),
+        ([1.0, 2.0], {"statistic": lambda x: x}, TypeError, "statistic must return one number"),
+    ],
+)
+def test_bootstrap_refuses_bad_input(values, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        bootstrap_ci(values, **kwargs)
+
+
+def test_kl_stats_cache_reuses_the_unsteered_run_and_changes_nothing(tiny_llama):
+    import tlsteer
+
+    vec = tlsteer.SteeringVector({"blocks.1.hook_resid_post": torch.ones(tiny_llama.cfg.d_model)})
+    prompts = ["Water boils at 100 degrees.", "The Nile flows north.", "Hi"]
+    cache = {}
+    first = kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2, cache=cache)
+    assert len(cache) == 2  # one entry per batch
+    calls = []
+    handle = tiny_llama.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        again = kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2, cache=cache)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # only the steered forwards ran
+    assert again == first == kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2)
+    with pytest.raises(TypeError, match="cache must be a dict"):
+        kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, cache=[])

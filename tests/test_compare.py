@@ -1,0 +1,149 @@
+"""The feature-vs-CAA engine on tiny models: contrasts, calibration, perplexity and the A/B cells."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from tlsteer.data import ABItem, ContrastPair, chat_prompt
+from tlsteer.eval.ab import ab_eval
+from tlsteer.eval.budget import kl_stats
+from tlsteer.eval.judge import perplexity
+from tlsteer.extract import read_activations
+from tlsteer.sae.compare import calibrate_method, contrast_from_pairs, perplexities, run_ab_task
+from tlsteer.sae.feature_vs_caa import ABTask, feature_vs_caa
+from tlsteer.sae.methods import ContrastReps, Method, build_methods
+from tlsteer.sae.selection import feature_stats
+from tlsteer.tokens import tokenize
+from tlsteer.vector import SteeringVector
+
+HOOK = "blocks.1.hook_resid_post"
+NEUTRAL = ["Water boils at 100 degrees.", "The Nile flows north.", "Mix oil and vinegar well.", "Hi there"]
+ITEMS = [
+    ABItem(f"Pick one {i}?\n (A) yes\n (B) no", *(("(A)", "(B)") if i % 2 else ("(B)", "(A)")))
+    for i in range(6)
+]
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_llama):
+    sae = StandardSAE(
+        StandardSAEConfig(d_in=tiny_llama.cfg.d_model, d_sae=24, metadata=SAEMetadata(hook_name=HOOK))
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(24, tiny_llama.cfg.d_model, generator=gen) / 4)
+        sae.W_enc.copy_(sae.W_dec.T.clone())
+        sae.b_enc.fill_(0.05)
+    return sae
+
+
+def pairs(model, n=6):
+    out = []
+    for item in ITEMS[:n]:
+        pos, neg = (chat_prompt(model, item.question, a) for a in (item.matching, item.not_matching))
+        out.append(ContrastPair(pos, neg, read_index=-2))
+    return out
+
+
+def test_perplexities_equal_one_at_a_time(tiny_llama):
+    prompts = [tokenize(tiny_llama, t) for t in ("hello there", "a", "what is it now")]
+    new = [[5, 6, 7], [8], [9, 10]]
+    batched = perplexities(tiny_llama, prompts, new, batch_size=2)
+    alone = [perplexity(tiny_llama, p, n) for p, n in zip(prompts, new, strict=True)]
+    np.testing.assert_allclose(batched, alone, rtol=1e-4)
+
+
+def test_contrast_from_pairs_reads_each_side_at_its_letter(tiny_llama, sae):
+    data = pairs(tiny_llama)
+    reps = contrast_from_pairs(tiny_llama, sae, data, HOOK, batch_size=4)
+    pos = read_activations(tiny_llama, [p.positive for p in data], [HOOK], read_token_index=-2)[HOOK]
+    neg = read_activations(tiny_llama, [p.negative for p in data], [HOOK], read_token_index=-2)[HOOK]
+    torch.testing.assert_close(reps.raw_pos, pos, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reps.raw_neg, neg, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(reps.feat_pos, sae.encode(pos), atol=1e-4, rtol=1e-4)
+    assert reps.paired
+
+
+def test_calibration_meets_each_budget_and_reports_its_kl(tiny_llama):
+    d = torch.randn(tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    method = Method("caa", "vector", SteeringVector({HOOK: d / d.norm()}), scale=10.0, hook_name=HOOK)
+    cal = calibrate_method(tiny_llama, method, NEUTRAL, [0.05, 0.2])
+    for budget, row in cal.items():
+        assert row["reached"] and abs(row["kl_mean"] / budget - 1) <= 0.1
+        again = kl_stats(tiny_llama, [(method.direction, row["strength"] * 10.0)], prompts=NEUTRAL)
+        assert row["kl_mean"] == pytest.approx(again.mean) and row["kl_p95"] == pytest.approx(again.p95)
+    assert cal[0.05]["strength"] < cal[0.2]["strength"]
+    # a budget the method cannot spend within its strength range is reported, not hidden
+    weak = Method("caa", "vector", method.direction, scale=0.01, hook_name=HOOK)
+    assert not calibrate_method(tiny_llama, weak, NEUTRAL, [0.2])[0.2]["reached"]
+    prompt = Method("prompting", "prompt", prefix="Talk like a pirate.", hook_name=HOOK)
+    measured = calibrate_method(tiny_llama, prompt, NEUTRAL, [0.1, 0.5])
+    direct = kl_stats(tiny_llama, prompts=NEUTRAL, prefix="Talk like a pirate.\n\n").mean
+    assert measured[0.1]["kl_mean"] == measured[0.5]["kl_mean"] == pytest.approx(direct)
+    assert measured[0.1]["strength"] is None
+
+
+def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
+    data = pairs(tiny_llama)
+    reps = contrast_from_pairs(tiny_llama, sae, data, HOOK)
+    stats = feature_stats(tiny_llama, sae, NEUTRAL)
+    methods = build_methods(
+        tiny_llama, sae, HOOK, reps, 10.0, stats, "Say yes.", ["caa", "random", "prompting"]
+    )
+    cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.05, 0.2]) for n, m in methods.items()}
+    result = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200)
+    assert set(result["cells"]) == {
+        "unsteered",
+        "caa@0.05",
+        "caa@0.2",
+        "random@0.05",
+        "random@0.2",
+        "prompting",
+    }
+    plain = ab_eval(tiny_llama, ITEMS, outside_ab="zero")
+    assert result["cells"]["unsteered"]["p_matching"]["value"] == pytest.approx(plain.p_matching)
+    strength = cal["caa"][0.2]["strength"]
+    scale = methods["caa"].scale
+    steered = ab_eval(tiny_llama, ITEMS, [(methods["caa"].direction, strength * scale)], outside_ab="zero")
+    cell = result["cells"]["caa@0.2"]
+    assert cell["p_matching"]["value"] == pytest.approx(steered.p_matching)
+    assert cell["p_matching"]["low"] <= cell["p_matching"]["value"] <= cell["p_matching"]["high"]
+    assert cell["strength"] == strength
+
+
+def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
+    task = ABTask("toy", pairs(tiny_llama), ITEMS, instruction="Say yes.")
+    result = feature_vs_caa(
+        tiny_llama,
+        sae,
+        task,
+        methods=["caa", "mean_centred", "feature_full", "random", "prompting"],
+        budgets=[0.1],
+        neutral=NEUTRAL,
+        n_resamples=200,
+        out_dir=tmp_path,
+    )
+    assert set(result["cells"]) == {"unsteered", "caa@0.1", "feature_full@0.1", "random@0.1", "prompting"}
+    saved = json.loads((tmp_path / "feature_vs_caa_toy.json").read_text())
+    assert saved["cells"]["caa@0.1"]["p_matching"] == result["cells"]["caa@0.1"]["p_matching"]
+    assert (tmp_path / "feature_vs_caa_toy.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="budgets must be finite numbers > 0"):
+        feature_vs_caa(tiny_llama, sae, task, budgets=[float("nan")], neutral=NEUTRAL)
+    with pytest.raises(TypeError, match="ClassDataset or an ABTask"):
+        feature_vs_caa(tiny_llama, sae, ["not", "a", "task"], neutral=NEUTRAL)
+    with pytest.raises(ValueError, match="at least 2 training pairs"):
+        ABTask("tiny", pairs(tiny_llama)[:1], ITEMS)
+
+
+def test_contrast_reps_use_class_means_for_mean_centred():
+    reps = ContrastReps(torch.ones(2, 3), torch.zeros(4, 3), torch.ones(2, 5), torch.zeros(4, 5))
+    assert torch.equal(reps.raw_difference(), torch.ones(3)) and torch.equal(
+        reps.feature_difference(), torch.ones(5)
+    )

@@ -1,0 +1,462 @@
+"""Side-effect budgets: per-token KL statistics, calibration to a KL budget, bootstrap intervals.
+
+Methods of steering are compared fairly at the same cost: :func:`kl_stats` measures how far a
+steering setting (vectors, edits such as SAE feature edits, or an instruction ``prefix`` for the
+"prompting" method) moves next-token distributions on neutral text, per token, as a mean and a
+95th percentile; :func:`calibrate_to_kl` finds the strength at which a method spends a given KL
+budget; :func:`bootstrap_ci` and :func:`paired_difference_ci` put percentile-bootstrap intervals
+on per-generation scores.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from tlsteer._types import check_batch_size, is_int
+from tlsteer.hooks import apply_edits, edit_hooks, vector_edits
+from tlsteer.positions import Positions
+from tlsteer.tokens import right_pad, tokenize_prompts
+
+__all__ = [
+    "Calibration",
+    "KLStats",
+    "bootstrap_ci",
+    "calibrate_to_kl",
+    "kl_stats",
+    "paired_difference_ci",
+]
+
+
+@dataclass(frozen=True)
+class KLStats:
+    """Per-token KL(unsteered || steered) pooled over the measured positions of neutral prompts.
+
+    Example:
+        >>> KLStats(mean=0.02, p95=0.07, n_tokens=120).to_dict()
+        {'mean': 0.02, 'p95': 0.07, 'n_tokens': 120}
+    """
+
+    mean: float
+    p95: float
+    """95th percentile (NumPy's linear interpolation) of the per-token KL."""
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_empty(pairs: Any) -> bool:
+    if pairs is None:
+        return True
+    if isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
+        return len(pairs) == 0
+    return False
+
+
+def _own_start(model: HookedTransformer, prompt: str, ids: list[int]) -> int:
+    """Where the prompt's own tokens start in ``ids``: after any token the tokenizer adds (BOS)."""
+    raw = list(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])  # type: ignore[misc]
+    for start in range(len(ids) - len(raw) + 1):
+        if ids[start : start + len(raw)] == raw:
+            return start
+    return 0
+
+
+def _align_prefixed(
+    model: HookedTransformer, prefix: str, prompts: Sequence[str], token_ids: list[list[int]]
+) -> tuple[list[list[int]], list[int], list[int]]:
+    """Token ids of ``prefix + prompt``, each prompt's own start and how far the prefix shifts it."""
+    prefixed = tokenize_prompts(model, [prefix + p for p in prompts])
+    starts, shifts = [], []
+    for i, (prompt, ids, full) in enumerate(zip(prompts, token_ids, prefixed, strict=True)):
+        lead = _own_start(model, prompt, ids)
+        own, shift = ids[lead:], len(full) - len(ids)
+        if shift <= 0:
+            raise ValueError(f"prompt {i}: the prefix {prefix!r} adds no tokens ({full[:8]}...)")
+        if full[:lead] != ids[:lead]:
+            raise ValueError(
+                f"prompt {i}: with the prefix {prefix!r} the tokenizer's leading tokens change "
+                f"({ids[:lead]} alone vs {full[:lead]} with the prefix); positions cannot be matched"
+            )
+        if full[len(full) - len(own) :] != own:
+            raise ValueError(
+                f"prompt {i} ({prompt[:40]!r}): after the prefix {prefix!r} the prompt no longer "
+                f"tokenizes to its own tokens (alone: {own[:8]}..., after the prefix: "
+                f"{full[len(full) - len(own) :][:8]}...): the tokenizer merges across the boundary, so "
+                "positions cannot be matched; end the prefix with a separator such as a newline"
+            )
+        starts.append(lead)
+        shifts.append(shift)
+    return prefixed, starts, shifts
+
+
+def kl_stats(
+    model: HookedTransformer,
+    vectors: Any = (),
+    edits: Any = (),
+    *,
+    prompts: Any,
+    min_token_index: Any = 1,
+    batch_size: Any = 8,
+    prefix: Any = None,
+    cache: Any = None,
+) -> KLStats:
+    """Per-token KL(unsteered || steered) of next-token distributions on neutral prompts.
+
+    The unsteered run is the plain prompt; the steered run applies ``(vector, multiplier)`` pairs
+    and ``(hook_name, edit)`` pairs together from absolute position ``min_token_index`` on, and/or
+    prepends ``prefix`` to the prompt. The KL is taken at every position ``>= min_token_index`` of
+    every prompt and pooled (a longer prompt weighs more); the default 1 leaves out the first
+    position, an attention sink whose distribution is far from the rest.
+
+    With a ``prefix`` (an instruction, for the "prompting" method) the steered run reads
+    ``prefix + prompt`` and the distributions are compared at the same prompt tokens: ``prefix +
+    prompt`` must tokenize to the tokenizer's leading special tokens (BOS), the prefix's tokens,
+    then exactly the prompt's own tokens; a tokenizer that merges across the boundary is refused
+    (end the prefix with a separator such as a newline). Vectors and edits given with a prefix
+    steer the prompt's own tokens from ``min_token_index`` on (every position, the prefix's
+    included, when ``min_token_index=0``). An empty prefix is refused: use ``None``.
+
+    Everything (vectors, edits, positions, prompts, alignment) is checked before any forward pass.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        vectors: ``(vector, multiplier)`` pairs (see :func:`tlsteer.hooks.vector_edits`).
+        edits: ``(hook_name, edit)`` pairs, e.g. SAE feature edits.
+        prompts: Neutral text, a non-empty list of non-empty strings.
+        min_token_index: First steered and measured absolute position of each prompt.
+        batch_size: Prompts per forward pass (right-padded).
+        prefix: Text prepended to every prompt in the steered run only, or ``None``.
+        cache: A dict kept between calls on the same prompts (as in a calibration): the
+            unsteered log-probabilities are stored there on the first call and reused after.
+
+    Returns:
+        :class:`KLStats` with the mean, the 95th percentile and the number of measured tokens.
+
+    Example:
+        >>> stats = kl_stats(model, [(vec, 4.0)], prompts=["Water boils at 100 degrees."])  # doctest: +SKIP
+        >>> stats.mean, stats.p95, stats.n_tokens  # doctest: +SKIP
+        (0.0123, 0.0410, 26)
+        >>> kl_stats(model, prompts=neutral, prefix="Answer angrily.\\n")  # doctest: +SKIP
+    """
+    batch_size = check_batch_size(batch_size)
+    if cache is not None and not isinstance(cache, dict):
+        raise TypeError(f"cache must be a dict or None, got {type(cache).__name__}")
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if not is_int(min_token_index):
+        raise TypeError(f"min_token_index must be an int, got {min_token_index!r}")
+    base = Positions.make(int(min_token_index))  # sign check
+    min_token_index = int(min_token_index)
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string or None, got {type(prefix).__name__}")
+    if prefix == "":
+        raise ValueError("prefix is empty; pass prefix=None to measure vectors or edits alone")
+    all_edits = ([] if _is_empty(vectors) else vector_edits(model, vectors)) + (
+        [] if _is_empty(edits) else list(edits)
+    )
+    if not all_edits and prefix is None:
+        raise ValueError("nothing to measure: give vectors, edits or a prefix (at least one of them)")
+    if all_edits:
+        edit_hooks(model, all_edits, positions=base)  # hook names and callables, nothing registered
+    token_ids = tokenize_prompts(model, prompts)
+    longest = max(len(ids) for ids in token_ids)
+    if min_token_index >= longest:
+        raise ValueError(
+            f"min_token_index={min_token_index} leaves no position to measure: the longest prompt has "
+            f"{longest} tokens (valid: 0..{longest - 1})"
+        )
+    if prefix is None:
+        steered_ids, starts, shifts = token_ids, [0] * len(token_ids), [0] * len(token_ids)
+    else:
+        steered_ids, starts, shifts = _align_prefixed(model, prefix, prompts, token_ids)
+
+    per_token: list[torch.Tensor] = []
+    for first in range(0, len(token_ids), batch_size):
+        rows = range(first, min(first + batch_size, len(token_ids)))
+        index_row, clean_col, steered_col = [], [], []
+        for r, i in enumerate(rows):
+            for p in range(min_token_index, len(token_ids[i])):
+                index_row.append(r)
+                clean_col.append(p)
+                steered_col.append(p if p < starts[i] else p + shifts[i])
+        if not index_row:
+            continue
+        at = torch.tensor(index_row, device=model.cfg.device)
+        tokens, mask = right_pad(model, token_ids[first : first + batch_size])
+        s_tokens, s_mask = right_pad(model, steered_ids[first : first + batch_size])
+        positions = base
+        if prefix is not None and base.mode != "all":
+            positions = base.shifted([shifts[i] for i in rows])
+        key = (first, min_token_index, tuple(tuple(t) for t in token_ids[first : first + batch_size]))
+        with torch.no_grad():
+            if cache is not None and key in cache:
+                clean_lp = cache[key]
+            else:
+                clean = model(tokens, attention_mask=mask)[at, torch.tensor(clean_col, device=at.device)]
+                clean_lp = clean.float().log_softmax(-1)
+                if cache is not None:
+                    cache[key] = clean_lp
+            if all_edits:
+                with apply_edits(model, all_edits, positions=positions):
+                    steered = model(s_tokens, attention_mask=s_mask)
+            else:
+                steered = model(s_tokens, attention_mask=s_mask)
+            steered = steered[at, torch.tensor(steered_col, device=at.device)]
+        steered_lp = steered.float().log_softmax(-1)
+        kl = (clean_lp.exp() * (clean_lp - steered_lp)).sum(-1).clamp_min(0.0)
+        per_token.append(kl.double().cpu())
+    values = torch.cat(per_token).numpy()
+    return KLStats(mean=float(values.mean()), p95=float(np.percentile(values, 95)), n_tokens=int(values.size))
+
+
+# -- calibration to a KL budget -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The strength at which a method spends a KL budget (see :func:`calibrate_to_kl`).
+
+    ``reached`` is true when the KL measured at ``strength`` is within the tolerance of the
+    budget; ``evaluations`` lists every ``(strength, kl)`` tried, in order.
+
+    Example:
+        >>> Calibration(2.0, 0.5, 0.5, True, [(4.0, 2.0), (2.0, 0.5)]).to_dict()["evaluations"]
+        [[4.0, 2.0], [2.0, 0.5]]
+    """
+
+    strength: float
+    kl: float
+    budget: float
+    reached: bool
+    evaluations: list[tuple[float, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strength": self.strength,
+            "kl": self.kl,
+            "budget": self.budget,
+            "reached": self.reached,
+            "evaluations": [[s, k] for s, k in self.evaluations],
+        }
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
+
+
+def _positive_finite(value: Any, name: str) -> float:
+    if not _finite(value):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if float(value) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def calibrate_to_kl(
+    measure: Any,
+    budget: Any,
+    low: Any = 1e-3,
+    high: Any = 4.0,
+    steps: Any = 12,
+    tolerance: Any = 0.1,
+) -> Calibration:
+    """The strength at which ``measure(strength)`` (a mean KL) equals ``budget``, by log bisection.
+
+    ``measure(high)`` is tried first: below the budget (and outside the tolerance) the method
+    cannot spend it, and ``high`` is returned with ``reached=False``. Then ``measure(low)``: above
+    the budget, ``low`` is returned with ``reached=False``. Otherwise up to ``steps`` false-position
+    steps (Illinois) on log KL against log strength follow, inside the bracket (a bisection step
+    where a step would leave it), stopping as soon as ``|kl / budget - 1| <= tolerance``; if none gets
+    there, the strength whose KL is closest to the budget is returned with ``reached=False``.
+    ``measure`` is assumed to increase with the strength; if it does not, the answer is still one
+    of the strengths tried, with its measured KL.
+
+    Args:
+        measure: ``strength -> mean KL``, e.g.
+            ``lambda s: kl_stats(model, [(vec, s)], prompts=neutral).mean``.
+        budget: The KL to spend, finite and > 0.
+        low, high: The bracket of strengths, ``0 < low < high``.
+        steps: Most steps (the two ends are measured on top of them).
+        tolerance: Relative tolerance on the KL, >= 0.
+
+    Example:
+        >>> cal = calibrate_to_kl(lambda s: 0.3 * s**2, budget=1.2, tolerance=0.01)
+        >>> round(cal.strength, 1), cal.reached, abs(cal.kl / 1.2 - 1) <= 0.01
+        (2.0, True, True)
+    """
+    if not callable(measure):
+        raise TypeError(f"measure must be a callable strength -> KL, got {measure!r}")
+    budget = _positive_finite(budget, "budget")
+    low, high = _positive_finite(low, "low"), _positive_finite(high, "high")
+    if low >= high:
+        raise ValueError(f"low must be below high, got low={low} and high={high}")
+    if not is_int(steps) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not _finite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    evaluations: list[tuple[float, float]] = []
+
+    def run(strength: float) -> float:
+        value = measure(strength)
+        if not _finite(value):
+            raise ValueError(f"measure({strength}) returned {value!r}; it must return a finite KL")
+        evaluations.append((strength, float(value)))
+        return float(value)
+
+    def close(kl: float) -> bool:
+        return abs(kl / budget - 1) <= tolerance
+
+    def result(strength: float, kl: float) -> Calibration:
+        return Calibration(strength, kl, budget, close(kl), list(evaluations))
+
+    kl_high = run(high)
+    if kl_high < budget or close(kl_high):
+        return result(high, kl_high)
+    kl_low = run(low)
+    if kl_low > budget or close(kl_low):
+        return result(low, kl_low)
+    # false position (Illinois) on log KL against log strength, kept inside the bracket: KL grows
+    # about as a power of the strength, so a step lands close; a bisection step when it cannot
+    target = math.log(budget)
+    lo, hi = math.log(low), math.log(high)
+    f_lo, f_hi = math.log(max(kl_low, 1e-30)) - target, math.log(kl_high) - target
+    side = 0
+    for _ in range(int(steps)):
+        guess = (lo * f_hi - hi * f_lo) / (f_hi - f_lo) if f_hi != f_lo else (lo + hi) / 2
+        if not lo < guess < hi:
+            guess = (lo + hi) / 2
+        mid = math.exp(guess)
+        kl = run(mid)
+        if close(kl):
+            return result(mid, kl)
+        f_mid = math.log(max(kl, 1e-30)) - target
+        if f_mid < 0:
+            lo, f_lo = guess, f_mid
+            if side == -1:
+                f_hi /= 2
+            side = -1
+        else:
+            hi, f_hi = guess, f_mid
+            if side == 1:
+                f_lo /= 2
+            side = 1
+    best = min(evaluations, key=lambda e: abs(e[1] - budget))
+    return result(*best)
+
+
+# -- bootstrap intervals --------------------------------------------------------------------------
+
+
+def _check_values(values: Any, name: str = "values") -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of numbers, got {type(values).__name__}: {err}") from err
+    if array.ndim == 0:
+        raise ValueError(f"{name} must be a 1-D array (or 2-D, one row per sample), got a scalar {values!r}")
+    if array.shape[0] == 0 or array.size == 0:
+        raise ValueError(f"{name} is empty; the bootstrap needs at least one sample")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} has {int(bad.sum())} non-finite entries (first at index {first}: "
+            f"{array[first]}); the bootstrap needs finite values"
+        )
+    return array
+
+
+def _scalar(value: Any, what: str) -> float:
+    array = np.asarray(value, dtype=float)
+    if array.size != 1:
+        raise TypeError(f"statistic must return one number, got shape {array.shape} for the {what}")
+    out = float(array.reshape(()))
+    if not math.isfinite(out):
+        raise ValueError(f"statistic returned {out} for the {what}; it must be finite")
+    return out
+
+
+def bootstrap_ci(
+    values: Any,
+    n_resamples: Any = 1000,
+    level: Any = 0.95,
+    seed: Any = 0,
+    statistic: Any = np.mean,
+) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: a percentile-bootstrap interval of ``statistic`` over ``values``.
+
+    Rows (the first axis) are resampled with replacement ``n_resamples`` times with a NumPy
+    generator seeded by ``seed``, so the answer is deterministic. ``values`` is 1-D (one score per
+    generation) or 2-D (one row per generation, e.g. one-hot class labels with ``statistic=lambda
+    x: x.mean(0)[j]``); ``statistic`` maps such an array to one number.
+
+    Args:
+        values: Finite scores, at least one row.
+        n_resamples: Bootstrap resamples, an int >= 100.
+        level: Coverage of the interval, in (0, 1).
+        seed: Seed of ``numpy.random.default_rng``, an int >= 0.
+        statistic: Array -> number; the default is the mean.
+
+    Example:
+        >>> est, low, high = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
+        >>> est, bool(low <= est <= high)
+        (0.6, True)
+    """
+    array = _check_values(values)
+    if not is_int(n_resamples) or n_resamples < 100:
+        raise ValueError(f"n_resamples must be an int >= 100, got {n_resamples!r}")
+    if not _finite(level) or not 0 < float(level) < 1:
+        raise ValueError(f"level must be a number in (0, 1), e.g. 0.95, got {level!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not callable(statistic):
+        raise TypeError(f"statistic must be a callable array -> number, got {statistic!r}")
+    estimate = _scalar(statistic(array), "input")
+    rng = np.random.default_rng(int(seed))
+    n = array.shape[0]
+    stats = np.empty(int(n_resamples))
+    for r in range(int(n_resamples)):
+        stats[r] = _scalar(statistic(array[rng.integers(0, n, size=n)]), f"resample {r}")
+    tail = 100 * (1 - float(level)) / 2
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return estimate, float(low), float(high)
+
+
+def paired_difference_ci(
+    a: Any,
+    b: Any,
+    n_resamples: Any = 1000,
+    level: Any = 0.95,
+    seed: Any = 0,
+) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of ``mean(a) - mean(b)``, resampling the pairs ``(a[i], b[i])``.
+
+    The same resampled indices are used for both arrays, so a per-prompt effect shared by the two
+    methods cancels out.
+
+    Example:
+        >>> est, low, high = paired_difference_ci([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.5])
+        >>> est, low, high
+        (0.5, 0.5, 0.5)
+    """
+    first, second = _check_values(a, "a"), _check_values(b, "b")
+    if first.ndim != 1 or second.ndim != 1 or first.shape != second.shape:
+        raise ValueError(
+            f"a and b must be 1-D arrays of the same length (one score per pair), got shapes "
+            f"{first.shape} and {second.shape}"
+        )
+    pairs = np.stack([first, second], axis=1)
+    return bootstrap_ci(pairs, n_resamples, level, seed, statistic=_mean_difference)
+
+
+def _mean_difference(pairs: np.ndarray) -> float:
+    return float(pairs[:, 0].mean() - pairs[:, 1].mean())

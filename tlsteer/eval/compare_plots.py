@@ -1,0 +1,100 @@
+"""Figures of the feature-vs-CAA comparison: success against KL per method, and bars at each budget.
+
+The input is the dict :func:`tlsteer.sae.feature_vs_caa` returns. Cells are keyed
+``"<method>@<budget>"`` (``"prompting"`` and ``"unsteered"`` have no budget); success is
+``success`` (class sets: share judged as the target) or ``p_matching`` (A/B data), each with a
+95% bootstrap interval. Like the other plot modules: a fresh ``Figure`` on the Agg canvas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["comparison_table", "plot_comparison"]
+
+
+def _metric(cell: dict[str, Any]) -> dict[str, float]:
+    return cell["success"] if "success" in cell else cell["p_matching"]
+
+
+def comparison_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per cell: method, budget, success (value, low, high), KL mean and p95, strength."""
+    rows = []
+    for key, cell in result["cells"].items():
+        method, _, budget = key.partition("@")
+        m = _metric(cell)
+        rows.append(
+            {
+                "method": method,
+                "budget": float(budget) if budget else None,
+                "success": m["value"],
+                "low": m["low"],
+                "high": m["high"],
+                "kl_mean": cell.get("kl_mean", 0.0),
+                "kl_p95": cell.get("kl_p95", 0.0),
+                "strength": cell.get("strength"),
+                "reached": cell.get("reached", True),
+            }
+        )
+    return rows
+
+
+def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> Figure:
+    """Left: success vs mean KL per method (95% intervals); right: success at each budget, bars."""
+    rows = comparison_table(result)
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig = Figure(figsize=(13.0, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, method in enumerate(methods):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["kl_mean"])
+        x = [max(r["kl_mean"], 1e-3) for r in mine]
+        y = [r["success"] for r in mine]
+        err = [[r["success"] - r["low"] for r in mine], [r["high"] - r["success"] for r in mine]]
+        marker = "*" if method == "prompting" else ("s" if method == "unsteered" else "o")
+        left.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker=marker,
+            color=f"C{i % 10}",
+            label=method,
+            capsize=2,
+            linestyle="-" if len(mine) > 1 else "none",
+        )
+    for b in budgets:
+        left.axvline(b, color="grey", linewidth=0.6, linestyle=":")
+    left.set_xscale("log")
+    left.set_xlabel("mean per-token KL on neutral text (nats)")
+    left.set_ylabel("success (95% bootstrap interval)")
+    left.set_title(f"{result.get('dataset', '')}: success against side effect")
+    left.legend(fontsize=6, ncol=2)
+    width = 0.8 / max(len(budgets), 1)
+    order = [m for m in methods if m not in ("unsteered",)]
+    for j, b in enumerate(budgets):
+        xs, ys, lo, hi = [], [], [], []
+        for i, method in enumerate(order):
+            r = next((r for r in rows if r["method"] == method and r["budget"] in (b, None)), None)
+            if r is None:
+                continue
+            xs.append(i + (j - (len(budgets) - 1) / 2) * width)
+            ys.append(r["success"])
+            lo.append(r["success"] - r["low"])
+            hi.append(r["high"] - r["success"])
+        right.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=f"C{j}", label=f"KL budget {b}")
+    base = next((r for r in rows if r["method"] == "unsteered"), None)
+    if base is not None:
+        right.axhline(base["success"], color="black", linewidth=0.8, linestyle="--", label="unsteered")
+    right.set_xticks(np.arange(len(order)), order, rotation=40, ha="right", fontsize=7)
+    right.set_ylabel("success")
+    right.set_title("at matched KL (prompting: as it is)")
+    right.legend(fontsize=7)
+    if path is not None:
+        fig.savefig(str(path), dpi=120)
+    return fig

@@ -59,13 +59,14 @@ def main() -> None:
     parser.add_argument("--mmlu", type=int, default=40)
     parser.add_argument("--neutral", type=int, default=24, help="neutral texts for calibration")
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--small", action="store_true", help="one class set, 6 methods, few prompts")
+    parser.add_argument("--targets", nargs="+", default=None, help="classes to steer toward (default: all)")
+    parser.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.small:
         args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
         args.max_new_tokens, args.neutral, args.resamples, args.behaviours, args.mmlu = 16, 12, 1000, [], 0
-        args.budgets = [0.5]
+        args.budgets, args.targets = [0.5], ["formal", "pirate"]
         if args.out == ROOT / "benchmarks" / "results":
             args.out = args.out / "small"
     torch.set_grad_enabled(False)
@@ -105,6 +106,7 @@ def main() -> None:
         kwargs = dict(common)
         if isinstance(task, tlsteer.ClassDataset):
             kwargs["n_prompts"] = args.prompts
+            kwargs["targets"] = args.targets
         result = feature_vs_caa(model, sae, task, verbose=True, **kwargs)
         name = result["dataset"]
         summary["datasets"][name] = {

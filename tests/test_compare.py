@@ -147,3 +147,43 @@ def test_contrast_reps_use_class_means_for_mean_centred():
     assert torch.equal(reps.raw_difference(), torch.ones(3)) and torch.equal(
         reps.feature_difference(), torch.ones(5)
     )
+
+
+def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(tiny_llama, sae):
+    pytest.importorskip("sentence_transformers", reason="the judge extra is not installed")
+    from tlsteer.classes import ClassDataset
+
+    words = {"calm": "gentle quiet slow", "loud": "shouting noisy blaring", "odd": "strange weird bizarre"}
+    ds = ClassDataset.from_dict(
+        {
+            "examples": {
+                c: [{"prompt": f"Tell me {i}", "response": f"{w} reply {i}"} for i in range(10)]
+                for c, w in words.items()
+            },
+            "judge_texts": {c: [f"{w} text number {i}" for i in range(6)] for c, w in words.items()},
+        },
+        name="toy_classes",
+    )
+    result = feature_vs_caa(
+        tiny_llama,
+        sae,
+        ds,
+        methods=["caa", "mean_centred", "random", "prompting"],
+        budgets=[0.1],
+        instructions={"calm": "Be calm.", "loud": "Be loud."},
+        prompts=["Say something.", "Tell a story.", "Hello?", "What now?"],
+        n_prompts=4,
+        targets=["calm", "loud"],
+        seeds=[0, 1],
+        max_new_tokens=3,
+        neutral=NEUTRAL,
+        n_resamples=200,
+    )
+    assert set(result["cells"]) == {"unsteered", "caa@0.1", "mean_centred@0.1", "random@0.1", "prompting"}
+    for key, cell in result["cells"].items():
+        assert cell["n_generations"] == 8, key  # 2 targets x 2 prompts x 2 seeds
+        assert set(cell["transfer"]) == {"calm", "loud"} and set(cell["transfer"]["calm"]) == set(words)
+        assert cell["success"]["low"] <= cell["success"]["value"] <= cell["success"]["high"]
+    assert result["cells"]["unsteered"]["selectivity"]["value"] == 0.0
+    with pytest.raises(ValueError, match="targets must be distinct classes"):
+        feature_vs_caa(tiny_llama, sae, ds, methods=["caa"], targets=["calm", "nope"], neutral=NEUTRAL)

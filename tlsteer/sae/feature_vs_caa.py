@@ -76,6 +76,7 @@ def feature_vs_caa(
     instructions: Mapping[str, str] | None = None,
     prompts: Sequence[str] | None = None,
     n_prompts: int = 32,
+    targets: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     max_new_tokens: int = 24,
     neutral: Sequence[str] | None = None,
@@ -98,7 +99,9 @@ def feature_vs_caa(
         instructions: For a class set, ``{class: instruction}`` (default: the built-in ones for a
             built-in set); an ABTask carries its own.
         prompts: Open prompts for class-set generations (default: the built-in open prompts,
-            the second half; ``n_prompts`` of them, split evenly across the classes).
+            the second half; ``n_prompts`` of them, split evenly across the targets).
+        targets: For a class set, the classes to steer toward (default: all; each is still
+            built against all the other classes and judged among all of them).
         seeds: One sampled generation per prompt per seed.
         neutral: Neutral texts for calibration, residual norm and feature statistics.
         mmlu: A/B items whose accuracy is a side effect at each cell's strength.
@@ -146,6 +149,7 @@ def feature_vs_caa(
             instructions,
             prompts,
             n_prompts,
+            targets,
             seeds,
             max_new_tokens,
             neutral,
@@ -203,6 +207,7 @@ def _class_set(
     instructions,
     prompts,
     n_prompts,
+    targets,
     seeds,
     max_new_tokens,
     neutral,
@@ -213,20 +218,24 @@ def _class_set(
     stats,
     log,
 ) -> dict[str, Any]:
+    targets = list(dataset.classes) if targets is None else list(targets)
+    unknown = [t for t in targets if t not in dataset.classes]
+    if unknown or not targets or len(set(targets)) < len(targets):
+        raise ValueError(f"targets must be distinct classes of {list(dataset.classes)}, got {targets}")
     if instructions is None and "prompting" in methods:
         instructions = builtin_instructions().get(dataset.name)
         if instructions is None:
             raise ValueError(
                 f"{dataset.name!r} has no built-in instructions: pass instructions={{class: text}}"
             )
-    missing = [c for c in dataset.classes if "prompting" in methods and c not in instructions]
+    missing = [c for c in targets if "prompting" in methods and c not in instructions]
     if missing:
         raise ValueError(f"no instruction for class {missing[0]!r}")
     pool = list(prompts) if prompts is not None else load_open_prompts()[32:]
-    per_class = n_prompts // len(dataset.classes)
-    if per_class < 1 or per_class * len(dataset.classes) > len(pool):
+    per_class = n_prompts // len(targets)
+    if per_class < 1 or per_class * len(targets) > len(pool):
         raise ValueError(
-            f"n_prompts={n_prompts} must give each of {len(dataset.classes)} classes at least 1 prompt "
+            f"n_prompts={n_prompts} must give each of {len(targets)} targets at least 1 prompt "
             f"from {len(pool)} prompts"
         )
     from tlsteer.eval.judge import class_judge
@@ -236,7 +245,7 @@ def _class_set(
     judge = class_judge(dataset)
     log(f"{dataset.name}: profile and judge (held-out accuracy {judge.held_out_accuracy:.3f})")
     built, calibrations, by_class = {}, {}, {}
-    for i, c in enumerate(dataset.classes):
+    for i, c in enumerate(targets):
         reps = contrast_from_profile(profile, c)
         built[c] = build_methods(
             model, sae, hook, reps, scale, stats, (instructions or {}).get(c), methods, ks
@@ -259,6 +268,6 @@ def _class_set(
     result["judge_held_out_accuracy"] = judge.held_out_accuracy
     result["judge_flagged"] = judge.flagged
     result["features"] = {
-        c: {"clamp": list(built[c]["clamp"].features)} for c in dataset.classes if "clamp" in built[c]
+        c: {"clamp": list(built[c]["clamp"].features)} for c in targets if "clamp" in built[c]
     }
     return result

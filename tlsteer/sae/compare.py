@@ -116,19 +116,19 @@ def calibrate_method(
             }
             for b in budgets
         }
-    memo: dict[float, float] = {}
+    memo: dict[float, Any] = {}
     clean: dict = {}
 
-    def measure(strength: float) -> float:
+    def stats_at(strength: float) -> Any:
         if strength not in memo:
-            memo[strength] = _kl(model, method.at(strength), neutral, batch_size, clean).mean
+            memo[strength] = _kl(model, method.at(strength), neutral, batch_size, clean)
         return memo[strength]
 
     high = high * 10 if method.kind == "clamp" else high
     out = {}
     for b in budgets:
-        cal = calibrate_to_kl(measure, b, high=high)
-        stats = _kl(model, method.at(cal.strength), neutral, batch_size, clean)
+        cal = calibrate_to_kl(lambda s: stats_at(s).mean, b, high=high)
+        stats = stats_at(cal.strength)
         out[b] = {
             "strength": cal.strength,
             "kl_mean": stats.mean,

@@ -256,6 +256,41 @@ def test_calibration_flags_budgets_out_of_reach():
     assert short.strength == min(short.evaluations, key=lambda e: abs(e[1] - 0.5))[0]
 
 
+def test_calibration_from_a_start_guess_needs_few_measurements():
+    # KL = 0.3 s^2: the first secant step (exponent 2) lands exactly on the budget
+    cal = calibrate_to_kl(quadratic, budget=0.5, start=0.25)
+    assert cal.reached and cal.strength == pytest.approx(math.sqrt(0.5 / 0.3), rel=1e-9)
+    assert [s for s, _ in cal.evaluations] == [0.25, cal.strength]
+    # KL that is not a power law (quadratic, then steeper): the measured slope takes over
+    def curved(s: float) -> float:
+        return 0.1 * (math.exp(2 * s) - 1) ** 2
+
+    for budget in (0.1, 0.5):
+        guessed = calibrate_to_kl(curved, budget=budget, start=0.25)
+        plain = calibrate_to_kl(curved, budget=budget)
+        assert guessed.reached and abs(guessed.kl / budget - 1) <= 0.1
+        assert len(guessed.evaluations) <= 4 < len(plain.evaluations)
+    # a start outside the bracket is clipped to it; a budget out of reach is still flagged
+    far = calibrate_to_kl(quadratic, budget=10.0, start=100.0)
+    assert far.evaluations[0] == (4.0, quadratic(4.0)) and not far.reached and far.strength == 4.0
+
+
+def test_calibration_from_a_start_falls_back_to_bisection_in_the_bracket_it_found():
+    # a step function defeats the secant; bisection must start from the strengths already measured
+    def step(s: float) -> float:
+        return 0.01 if s < 1.0 else 1.0 + s
+
+    cal = calibrate_to_kl(step, budget=0.5, start=0.5, steps=20, tolerance=0.1)
+    assert not cal.reached  # no strength gives 0.5
+    tried = [s for s, _ in cal.evaluations]
+    assert 4.0 not in tried and 1e-3 not in tried  # the bracket came from the secant's measurements
+    assert cal.strength == min(cal.evaluations, key=lambda e: abs(e[1] - 0.5))[0]
+    with pytest.raises(ValueError, match="start must be a finite number > 0"):
+        calibrate_to_kl(quadratic, budget=0.5, start=float("nan"))
+    with pytest.raises(ValueError, match="exponent must be > 0"):
+        calibrate_to_kl(quadratic, budget=0.5, start=1.0, exponent=0)
+
+
 def test_calibration_of_a_non_monotone_measure_returns_a_strength_it_tried():
     cal = calibrate_to_kl(lambda s: 1.0 + math.sin(5 * s), budget=1.5, steps=5, tolerance=0.01)
     assert (cal.strength, cal.kl) in cal.evaluations

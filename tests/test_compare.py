@@ -11,13 +11,20 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from tlsteer.data import ABItem, ContrastPair, chat_prompt
-from tlsteer.eval.ab import ab_eval
+from tlsteer.eval.ab import ab_eval, ab_scores
 from tlsteer.eval.budget import kl_stats
 from tlsteer.eval.judge import perplexity
 from tlsteer.extract import read_activations
-from tlsteer.sae.compare import calibrate_method, contrast_from_pairs, perplexities, run_ab_task
+from tlsteer.sae.compare import (
+    calibrate_method,
+    contrast_from_pairs,
+    instructed,
+    perplexities,
+    run_ab_task,
+    steered_ab_scores,
+)
 from tlsteer.sae.feature_vs_caa import ABTask, feature_vs_caa
-from tlsteer.sae.methods import ContrastReps, Method, build_methods
+from tlsteer.sae.methods import ContrastReps, Method, Steering, build_methods
 from tlsteer.sae.selection import feature_stats
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector
@@ -98,7 +105,7 @@ def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
         tiny_llama, sae, HOOK, reps, 10.0, stats, "Say yes.", ["caa", "random", "prompting"]
     )
     cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.05, 0.2]) for n, m in methods.items()}
-    result = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200)
+    result = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200, mmlu=ITEMS[::-1])
     assert set(result["cells"]) == {
         "unsteered",
         "caa@0.05",
@@ -116,6 +123,58 @@ def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
     assert cell["p_matching"]["value"] == pytest.approx(steered.p_matching)
     assert cell["p_matching"]["low"] <= cell["p_matching"]["value"] <= cell["p_matching"]["high"]
     assert cell["strength"] == strength
+    # MMLU: the same items read as accuracy, in every cell, with the change from unsteered
+    correct = [float(x.p_matching > 0.5) for x in steered.scores[::-1]]
+    assert cell["mmlu"]["value"] == pytest.approx(np.mean(correct))
+    base = np.mean([float(x.p_matching > 0.5) for x in plain.scores])
+    assert cell["mmlu_change"] == pytest.approx(np.mean(correct) - base)
+
+
+def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
+    data = pairs(tiny_llama)
+    reps = contrast_from_pairs(tiny_llama, sae, data, HOOK)
+    stats = feature_stats(tiny_llama, sae, NEUTRAL)
+    methods = build_methods(tiny_llama, sae, HOOK, reps, 10.0, stats, "Say yes.", ["caa", "prompting"])
+    methods["clamp"] = Method(
+        "clamp",
+        "clamp",
+        features=(0, 3),
+        off_features=(5,),
+        typical=torch.tensor([1.0, 2.0]),
+        sae=sae,
+        hook_name=HOOK,
+    )
+    other = SteeringVector({"blocks.0.hook_resid_post": torch.ones(tiny_llama.cfg.d_model)})
+    steerings = {
+        "caa": methods["caa"].at(0.3),
+        "clamp": methods["clamp"].at(2.0),  # an SAE edit, not a vector
+        "prompting": methods["prompting"].at(None),  # a prefix: runs on its own
+        "two_hooks": Steering(vectors=((methods["caa"].direction, 2.0), (other, 0.5))),  # on its own too
+        "unsteered": Steering(),
+    }
+    got = steered_ab_scores(tiny_llama, ITEMS, steerings, outside_ab="zero")
+    assert list(got) == list(steerings)
+    for key, steering in steerings.items():
+        items = ITEMS
+        if steering.prefix is not None:
+            items = [
+                ABItem(instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in ITEMS
+            ]
+        alone = ab_scores(
+            tiny_llama, items, list(steering.vectors), edits=list(steering.edits), outside_ab="zero"
+        )
+        np.testing.assert_allclose(
+            [s.p_matching for s in got[key]], [s.p_matching for s in alone], atol=1e-4, err_msg=key
+        )
+    # the steerings do differ from each other, so the check above can fail
+    assert (
+        max(abs(a.p_matching - b.p_matching) for a, b in zip(got["caa"], got["unsteered"], strict=True))
+        > 1e-3
+    )
+    assert (
+        max(abs(a.p_matching - b.p_matching) for a, b in zip(got["clamp"], got["unsteered"], strict=True))
+        > 1e-3
+    )
 
 
 def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):

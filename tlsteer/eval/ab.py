@@ -23,9 +23,9 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
 from tlsteer.data import ABItem, answer_letter, chat_prompt
+from tlsteer.eval.budget import kl_stats
 from tlsteer.hooks import EditPairs, VectorPairs, apply_edits, vector_edits
-from tlsteer.positions import Positions
-from tlsteer.tokens import left_pad, right_pad, tokenize, tokenize_prompts
+from tlsteer.tokens import left_pad, tokenize, tokenize_prompts
 
 __all__ = [
     "ABAccuracy",
@@ -146,7 +146,8 @@ def ab_scores(
     """Score A/B items, optionally steered by ``(vector, multiplier)`` pairs and ``(hook, edit)`` pairs.
 
     Items, prompts (against the context length) and vectors are all checked before the first
-    forward pass.
+    forward pass. Batches hold prompts of similar lengths (less padding); scores come back in the
+    order of ``items``.
 
     Example:
         >>> scores = ab_scores(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
@@ -156,10 +157,12 @@ def ab_scores(
     edits = (vector_edits(model, list(vectors)) if len(vectors) else []) + list(edits)
     ids = ab_prompt_ids(model, items)
     n_after = tokens_after_question(model)
-    results: list[ABScore] = []
+    results: list[ABScore | None] = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(ids[i]))  # similar lengths: less padding
     for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        tokens, mask = left_pad(model, ids[start : start + batch_size])
+        rows = order[start : start + batch_size]
+        batch = [items[i] for i in rows]
+        tokens, mask = left_pad(model, [ids[i] for i in rows])
         width = tokens.shape[1]
         first_steered = 0 if steer_all_positions else width - n_after - 1
         with torch.no_grad():
@@ -168,8 +171,9 @@ def ab_scores(
                     logits = model(tokens, attention_mask=mask)[:, -1]
             else:
                 logits = model(tokens, attention_mask=mask)[:, -1]
-        results.extend(score_logits(model, logits, batch))
-    return results
+        for i, score in zip(rows, score_logits(model, logits, batch), strict=True):
+            results[i] = score
+    return [r for r in results if r is not None]
 
 
 def _mean_finite(values: Sequence[float]) -> float:
@@ -297,7 +301,8 @@ def kl_on_neutral(
     """Mean KL(unsteered || steered) of the next-token distributions on neutral text.
 
     Steering acts from absolute position ``min_token_index`` on (0: every position), and the KL
-    is averaged over those same positions of every prompt, pooled (a longer prompt weighs more).
+    is averaged over those same positions of every prompt, pooled (a longer prompt weighs more):
+    the mean of :func:`tlsteer.eval.budget.kl_stats`, which also gives the 95th percentile.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
@@ -310,28 +315,9 @@ def kl_on_neutral(
         >>> kl_on_neutral(model, [(vec, 4.0)], ["Water boils at 100 degrees."])  # doctest: +SKIP
         0.0123
     """
-    batch_size = check_batch_size(batch_size)
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    Positions.make(min_token_index)  # type and sign checks, before any forward pass
-    edits = vector_edits(model, list(vectors))
-    token_ids = tokenize_prompts(model, prompts)
-    longest = max(len(ids) for ids in token_ids)
-    if min_token_index >= longest:
-        raise ValueError(
-            f"min_token_index={min_token_index} leaves no position to measure: the longest prompt has "
-            f"{longest} tokens (valid: 0..{longest - 1})"
-        )
-    total, count = 0.0, 0
-    for start in range(0, len(token_ids), batch_size):
-        tokens, mask = right_pad(model, token_ids[start : start + batch_size])
-        with torch.no_grad():
-            clean = model(tokens, attention_mask=mask).float().log_softmax(-1)
-            with apply_edits(model, edits, min_token_index=min_token_index):
-                steered = model(tokens, attention_mask=mask).float().log_softmax(-1)
-        kl = (clean.exp() * (clean - steered)).sum(-1)
-        measured = mask.bool()
-        measured[:, :min_token_index] = False
-        total += float(kl[measured].double().sum())
-        count += int(measured.sum())
-    return total / count
+    if not len(vectors):
+        raise ValueError("no vectors to measure; give a non-empty list of (vector, multiplier) pairs")
+    stats = kl_stats(
+        model, list(vectors), prompts=prompts, min_token_index=min_token_index, batch_size=batch_size
+    )
+    return stats.mean

@@ -269,6 +269,8 @@ def calibrate_to_kl(
     high: Any = 4.0,
     steps: Any = 12,
     tolerance: Any = 0.1,
+    start: Any = None,
+    exponent: Any = 2.0,
 ) -> Calibration:
     """The strength at which ``measure(strength)`` (a mean KL) equals ``budget``, by log bisection.
 
@@ -281,6 +283,12 @@ def calibrate_to_kl(
     ``measure`` is assumed to increase with the strength; if it does not, the answer is still one
     of the strengths tried, with its measured KL.
 
+    With a ``start`` guess, a few secant steps on log KL against log strength come first (the first
+    one assumes ``KL ~ strength ** exponent``; small steering costs KL as its square), each
+    clipped to the bracket and to a factor of 10; they usually land within the tolerance in two or
+    three measurements. If they do not, the bisection above takes over from the tightest bracket
+    they found.
+
     Args:
         measure: ``strength -> mean KL``, e.g.
             ``lambda s: kl_stats(model, [(vec, s)], prompts=neutral).mean``.
@@ -288,6 +296,8 @@ def calibrate_to_kl(
         low, high: The bracket of strengths, ``0 < low < high``.
         steps: Most steps (the two ends are measured on top of them).
         tolerance: Relative tolerance on the KL, >= 0.
+        start: A first guess of the strength inside ``[low, high]``, or ``None``.
+        exponent: The assumed power of the first secant step, > 0.
 
     Example:
         >>> cal = calibrate_to_kl(lambda s: 0.3 * s**2, budget=1.2, tolerance=0.01)
@@ -304,6 +314,9 @@ def calibrate_to_kl(
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if not _finite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if start is not None:
+        start = min(max(_positive_finite(start, "start"), low), high)
+    exponent = _positive_finite(exponent, "exponent")
     evaluations: list[tuple[float, float]] = []
 
     def run(strength: float) -> float:
@@ -319,12 +332,26 @@ def calibrate_to_kl(
     def result(strength: float, kl: float) -> Calibration:
         return Calibration(strength, kl, budget, close(kl), list(evaluations))
 
-    kl_high = run(high)
-    if kl_high < budget or close(kl_high):
-        return result(high, kl_high)
-    kl_low = run(low)
-    if kl_low > budget or close(kl_low):
-        return result(low, kl_low)
+    if start is not None:
+        found = _secant(run, close, budget, start, low, high, exponent)
+        if found is not None:
+            return result(*found)
+    below = [e for e in evaluations if e[1] < budget]
+    above = [e for e in evaluations if e[1] > budget]
+    if below and above and max(below)[0] >= min(above)[0]:  # not increasing: measure the ends
+        below, above = [], []
+    if above:
+        high, kl_high = min(above)
+    else:
+        kl_high = run(high)
+        if kl_high < budget or close(kl_high):
+            return result(high, kl_high)
+    if below:
+        low, kl_low = max(below)
+    else:
+        kl_low = run(low)
+        if kl_low > budget or close(kl_low):
+            return result(low, kl_low)
     # false position (Illinois) on log KL against log strength, kept inside the bracket: KL grows
     # about as a power of the strength, so a step lands close; a bisection step when it cannot
     target = math.log(budget)
@@ -352,3 +379,33 @@ def calibrate_to_kl(
             side = 1
     best = min(evaluations, key=lambda e: abs(e[1] - budget))
     return result(*best)
+
+
+def _secant(
+    run: Any,
+    close: Any,
+    budget: float,
+    start: float,
+    low: float,
+    high: float,
+    exponent: float,
+    steps: int = 4,
+) -> tuple[float, float] | None:
+    """Secant steps on log KL against log strength from ``start``; the first hit, or ``None``."""
+    s, kl = start, run(start)
+    if close(kl):
+        return s, kl
+    slope, previous = exponent, None
+    for _ in range(steps):
+        if previous is not None and kl > 0 and previous[1] > 0 and s != previous[0]:
+            measured = (math.log(kl) - math.log(previous[1])) / (math.log(s) - math.log(previous[0]))
+            slope = measured if 0.25 <= measured <= 8 else exponent
+        nxt = s * 10 if kl <= 0 else s * math.exp((math.log(budget) - math.log(kl)) / slope)
+        nxt = min(max(nxt, s / 10, low), s * 10, high)
+        if nxt == s:  # pinned at an end of the bracket
+            return None
+        previous, s = (s, kl), nxt
+        kl = run(s)
+        if close(kl):
+            return s, kl
+    return None

@@ -254,7 +254,7 @@ def cached_ab_scores(
         model: A ``HookedTransformer`` with a tokenizer.
         items: CAA A/B items.
         settings: ``(hook, direction, multiplier)`` settings; a multiplier of 0 is the baseline.
-        batch_size: Items per prefix forward.
+        batch_size: Items per prefix forward (items of similar lengths are batched together).
         max_rows: At most this many ``setting x item`` rows per suffix forward.
         attention: ``"auto"``, ``"shared"`` or ``"repeat"`` (see the module docstring).
         outside_ab: ``"zero"`` scores items with answers outside A/B as 0 (CAA); ``"error"``
@@ -281,7 +281,7 @@ def cached_ab_scores(
     mode = resolve_attention(model, attention)
     n_after = tokens_after_question(model)
     ids = ab_prompt_ids(model, items)
-    out: list[list[ABScore]] = [[] for _ in settings]
+    out: list[list[ABScore]] = [[ABScore(0.0, 0.0, 0.0)] * len(items) for _ in settings]  # all filled
     weights = mlp_weights_stored_transposed(model) if mode == "shared" else nullcontext()
     with torch.no_grad(), weights:
         n_head, head = 0, None
@@ -294,9 +294,11 @@ def cached_ab_scores(
                 head = head_cache(model, ids[0][:n_head], model.cfg.n_layers)
             else:
                 n_head = 0
+        order = sorted(range(len(items)), key=lambda i: len(ids[i]))  # similar lengths: less padding
         for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            tokens, mask = left_pad(model, [i[n_head:] for i in ids[start : start + batch_size]])
+            chosen = order[start : start + batch_size]
+            batch = [items[i] for i in chosen]
+            tokens, mask = left_pad(model, [ids[i][n_head:] for i in chosen])
             first = tokens.shape[1] - n_after - 1  # the last token of the question
             per_forward = max(1, max_rows // len(batch))
             if mode == "shared":
@@ -309,5 +311,6 @@ def cached_ab_scores(
             else:
                 logits = _repeat_batch(model, tokens, mask, first, settings, per_forward)
             for k, rows in enumerate(logits):
-                out[k].extend(score_logits(model, rows, batch))
+                for i, score in zip(chosen, score_logits(model, rows, batch), strict=True):
+                    out[k][i] = score
     return out

@@ -28,21 +28,25 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, ContrastPair
-from tlsteer.decode import generate_tokens
-from tlsteer.eval.ab import ab_eval
+from tlsteer.eval.ab import ABScore, ab_scores
 from tlsteer.eval.budget import bootstrap_ci, calibrate_to_kl, kl_stats
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.hooks import vector_edits
 from tlsteer.reading import plan_reads, read_all
 from tlsteer.sae.adapter import SAELike, sae_dims
 from tlsteer.sae.methods import ContrastReps, Method, Steering
-from tlsteer.tokens import right_pad, tokenize
+from tlsteer.tokens import right_pad
 
 __all__ = [
     "calibrate_method",
+    "cell_steerings",
     "contrast_from_pairs",
     "contrast_from_profile",
     "perplexities",
     "run_ab_task",
-    "run_class_task",
+    "instructed",
+    "interval",
+    "steered_ab_scores",
 ]
 
 
@@ -102,7 +106,8 @@ def calibrate_method(
 ) -> dict[float, dict[str, Any]]:
     """Per budget: the strength whose mean KL on ``neutral`` meets it, and the KL stats there.
 
-    Evaluations are shared between budgets. Prompting has no strength: its KL is measured once
+    Evaluations are shared between budgets, and each search starts from a guess (secant steps of
+    :func:`~tlsteer.eval.budget.calibrate_to_kl`). Prompting has no strength: its KL is measured once
     and reported for every budget (``reached`` says whether it is within 10% of the budget).
     """
     if not method.has_strength:
@@ -125,9 +130,15 @@ def calibrate_method(
         return memo[strength]
 
     high = high * 10 if method.kind == "clamp" else high
+    # a first guess near where methods land (a quarter of the residual norm, or 2.5 typical
+    # activations), then the previous budget's strength scaled as if KL grew as its square
+    start, previous = (2.5 if method.kind == "clamp" else 0.25), None
     out = {}
-    for b in budgets:
-        cal = calibrate_to_kl(lambda s: stats_at(s).mean, b, high=high)
+    for b in sorted(budgets):
+        if previous is not None and previous[1] > 0:
+            start = previous[1] * (b / previous[0]) ** 0.5
+        cal = calibrate_to_kl(lambda s: stats_at(s).mean, b, high=high, start=start)
+        previous = (b, cal.strength)
         stats = stats_at(cal.strength)
         out[b] = {
             "strength": cal.strength,
@@ -168,201 +179,78 @@ def perplexities(
     return np.asarray(out)
 
 
-def _ci(values: Any, n_resamples: int, statistic: Any = np.mean) -> dict[str, float]:
+def interval(values: Any, n_resamples: int, statistic: Any = np.mean) -> dict[str, float]:
     est, low, high = bootstrap_ci(
         np.asarray(values, dtype=float), n_resamples=n_resamples, statistic=statistic
     )
     return {"value": float(est), "low": float(low), "high": float(high)}
 
 
-def _instructed(instruction: str | None, prompt: str) -> str:
+def instructed(instruction: str | None, prompt: str) -> str:
     return prompt if instruction is None else f"{instruction}\n\n{prompt}"
 
 
-def _generate(
+def steered_ab_scores(
     model: HookedTransformer,
-    steering: Steering,
-    prompts: Sequence[str],
-    seeds: Sequence[int],
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float,
-) -> tuple[list[str], list[list[int]], list[list[int]]]:
-    rows = [(p, s) for s in seeds for p in prompts]
-    texts = [_instructed(steering.prefix, p) for p, _ in rows]
-    out = generate_tokens(
-        model,
-        texts,
-        list(steering.vectors),
-        edits=list(steering.edits),
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        seed=[s for _, s in rows],
-        chat=True,
-        last_token_only=True,
-        batch_size=batch_size,
-    )
-    plain = [
-        tokenize(
-            model,
-            model.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            ),
-        )
-        for p, _ in rows
-    ]
-    return list(out.texts), plain, [list(n) for n in out.new_tokens]
+    items: Sequence[ABItem],
+    steerings: Mapping[str, Steering],
+    outside_ab: str = "error",
+) -> dict[str, list[ABScore]]:
+    """A/B scores of ``items`` under each named :class:`Steering` (CAA semantics: steered from the
+    end of the question).
 
-
-def run_class_task(
-    model: HookedTransformer,
-    judge: Any,
-    methods: Mapping[str, Mapping[str, Method]],
-    calibrations: Mapping[str, Mapping[str, Mapping[float, Mapping[str, Any]]]],
-    prompts: Mapping[str, Sequence[str]],
-    seeds: Sequence[int] = (0, 1, 2),
-    max_new_tokens: int = 24,
-    batch_size: int = 32,
-    temperature: float = 0.7,
-    n_resamples: int = 1000,
-    mmlu: Sequence[ABItem] | None = None,
-) -> dict[str, Any]:
-    """Score every method at every calibrated budget on a class set (see the module docstring).
-
-    Args:
-        model: The steered model.
-        judge: A K-class judge (:class:`~tlsteer.eval.ClassJudge`) over the targets.
-        methods: ``{target: {method name: Method}}``.
-        calibrations: ``{target: {method name: calibrate_method(...)}}``.
-        prompts: ``{target: test prompts}`` (user messages; each generated once per seed).
-        mmlu: A/B items scored under each target's steering (split evenly across targets).
+    Steerings that act at one hook (one vector or one edit, no prefix) and the unsteered one share
+    a single run of the cached engine (:func:`tlsteer.eval.cached.cached_ab_scores`: each batch's
+    prompt prefix runs once for all of them); the others (an instruction prefix, several hooks)
+    run on their own with :func:`tlsteer.eval.ab.ab_scores`.
     """
-    classes = list(judge.classes)
-    targets = list(methods)
-    unknown = [t for t in targets if t not in classes]
-    if unknown:
-        raise ValueError(f"target {unknown[0]!r} is not a class of the judge {classes}")
-    eye = np.eye(len(classes))
-
-    def judged(texts: list[str]) -> np.ndarray:
-        return eye[[classes.index(c) for c in judge.predict(texts)]]
-
-    base = {}
-    for t in targets:
-        texts, plain, new = _generate(
-            model, Steering(), prompts[t], seeds, max_new_tokens, batch_size, temperature
+    settings, keys, alone = [], [], {}
+    for key, steering in steerings.items():
+        pairs = (vector_edits(model, list(steering.vectors)) if steering.vectors else []) + list(
+            steering.edits
         )
-        base[t] = {"labels": judged(texts), "ppl": perplexities(model, plain, new)}
-    mmlu_parts = {t: list(mmlu[i :: len(targets)]) for i, t in enumerate(targets)} if mmlu else {}
-    base_mmlu = _mmlu_correct(model, Steering(), mmlu_parts)
-    names = list(next(iter(methods.values())))
-    budgets = list(next(iter(next(iter(calibrations.values())).values())))
-    cells: dict[str, Any] = {
-        "unsteered": _summary(
-            base,
-            {t: {"labels": base[t]["labels"]} for t in targets},
-            classes,
-            base_mmlu,
-            base_mmlu,
-            n_resamples,
+        if steering.prefix is None and len(pairs) == 1:
+            settings.append(Setting(pairs[0][0], edit=pairs[0][1]))
+            keys.append(key)
+        elif steering.prefix is None and not pairs:
+            keys.append(key)
+            settings.append(None)
+        else:
+            alone[key] = steering
+    out: dict[str, list[ABScore]] = {}
+    if any(s is not None for s in settings):
+        hook = next(s.hook for s in settings if s is not None)
+        zero = Setting(hook, torch.zeros(model.cfg.d_model), 0.0)  # the unsteered rows
+        scores = cached_ab_scores(
+            model, list(items), [zero if s is None else s for s in settings], outside_ab=outside_ab
         )
-    }
-    examples: dict[str, Any] = {}
-    for name in names:
-        for b in budgets if methods[targets[0]][name].has_strength else budgets[:1]:
-            steered, kls = {}, []
-            for t in targets:
-                cal = calibrations[t][name][b]
-                steering = (
-                    methods[t][name].at(cal["strength"])
-                    if cal["strength"] is not None
-                    else methods[t][name].at(None)
-                )
-                texts, plain, new = _generate(
-                    model, steering, prompts[t], seeds, max_new_tokens, batch_size, temperature
-                )
-                steered[t] = {"labels": judged(texts), "ppl": perplexities(model, plain, new)}
-                kls.append(cal)
-                examples.setdefault(f"{name}@{b}", {})[t] = texts[:2]
-            mmlu_steered = _mmlu_correct(
-                model, None, mmlu_parts, {t: (methods[t][name], calibrations[t][name][b]) for t in targets}
-            )
-            key = name if not methods[targets[0]][name].has_strength else f"{name}@{b}"
-            summary = _summary(steered, base, classes, mmlu_steered, base_mmlu, n_resamples)
-            summary["kl_mean"] = float(np.mean([c["kl_mean"] for c in kls]))
-            summary["kl_p95"] = float(np.mean([c["kl_p95"] for c in kls]))
-            summary["strength"] = [c["strength"] for c in kls]
-            summary["reached"] = all(c["reached"] for c in kls)
-            cells[key] = summary
-    return {"classes": classes, "targets": targets, "cells": cells, "examples": examples}
+        out.update(zip(keys, scores, strict=True))
+    elif keys:
+        alone.update({k: Steering() for k in keys})
+    for key, steering in alone.items():
+        steered = list(items)
+        if steering.prefix is not None:
+            steered = [
+                ABItem(instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in items
+            ]
+        out[key] = ab_scores(
+            model, steered, list(steering.vectors), edits=list(steering.edits), outside_ab=outside_ab
+        )
+    return {key: out[key] for key in steerings}
 
 
-def _mmlu_correct(
-    model: HookedTransformer, steering: Steering | None, parts: Mapping[str, list], by_target: Any = None
-) -> np.ndarray:
-    """1/0 per MMLU item (p(correct) > p(incorrect)) under each target's steering at its strength."""
-    out = []
-    for t, items in parts.items():
-        if not items:
-            continue
-        s = steering
-        if by_target is not None:
-            method, cal = by_target[t]
-            s = method.at(cal["strength"]) if method.has_strength else method.at(None)
-        if s.prefix is not None:
-            items = [ABItem(_instructed(s.prefix, i.question), i.matching, i.not_matching) for i in items]
-        result = ab_eval(model, items, list(s.vectors), edits=list(s.edits))
-        out.extend(float(x.p_matching > 0.5) for x in result.scores)
-    return np.asarray(out)
-
-
-def _summary(
-    steered: Mapping,
-    base: Mapping,
-    classes: list[str],
-    mmlu: np.ndarray,
-    base_mmlu: np.ndarray,
-    n_resamples: int,
-) -> dict[str, Any]:
-    k = len(classes)
-    rows, success, ppl = [], [], []
-    for t, data in steered.items():
-        j = classes.index(t)
-        labels, before = data["labels"], base[t]["labels"]
-        success.extend(labels[:, j])
-        rows.append(np.concatenate([labels, before, np.tile(np.eye(k)[j], (len(labels), 1))], axis=1))
-        if "ppl" in data:
-            ppl.extend(data["ppl"])
-
-    def selectivity(table: np.ndarray) -> float:
-        values = []
-        for j in range(k):
-            mine = table[table[:, 2 * k + j] == 1]
-            if len(mine) == 0:
-                continue
-            gain = mine[:, :k].mean(0) - mine[:, k : 2 * k].mean(0)
-            values.append(gain[j] - np.delete(gain, j).max())
-        return float(np.mean(values))
-
-    table = np.concatenate(rows)
-    matrix = {
-        t: dict(zip(classes, data["labels"].mean(0).round(4).tolist(), strict=True))
-        for t, data in steered.items()
-    }
-    out = {
-        "success": _ci(success, n_resamples),
-        "selectivity": _ci(table, n_resamples, selectivity),
-        "transfer": matrix,
-        "n_generations": len(success),
-    }
-    if ppl:
-        out["perplexity"] = _ci(np.log(np.asarray(ppl)), n_resamples)
-        out["perplexity"] = {key: float(np.exp(v)) for key, v in out["perplexity"].items()}
-    if len(mmlu):
-        out["mmlu"] = _ci(mmlu, n_resamples)
-        out["mmlu_change"] = float(mmlu.mean() - base_mmlu.mean())
-    return out
+def cell_steerings(
+    methods: Mapping[str, Method], calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]]
+) -> dict[str, tuple[Steering, Mapping[str, Any]]]:
+    """``{cell key: (steering, calibration)}``: ``"<method>@<budget>"``, or the method's name alone
+    for one without a strength (measured once)."""
+    cells = {}
+    for name, method in methods.items():
+        for b, cal in calibrations[name].items():
+            key = f"{name}@{b}" if method.has_strength else name
+            if key not in cells:
+                cells[key] = (method.at(cal["strength"]) if method.has_strength else method.at(None), cal)
+    return cells
 
 
 def run_ab_task(
@@ -373,35 +261,25 @@ def run_ab_task(
     n_resamples: int = 1000,
     mmlu: Sequence[ABItem] | None = None,
 ) -> dict[str, Any]:
-    """p(matching) on held-out A/B items (steered from the answer position, CAA's protocol) per cell."""
+    """p(matching) on held-out A/B items (steered from the answer position, CAA's protocol) per cell.
 
-    def score(steering: Steering) -> dict[str, Any]:
-        items = list(test_items)
-        if steering.prefix is not None:
-            items = [
-                ABItem(_instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in items
-            ]
-        result = ab_eval(model, items, list(steering.vectors), edits=list(steering.edits), outside_ab="zero")
-        out = {"p_matching": _ci([x.p_matching for x in result.scores], n_resamples)}
+    All cells are scored together (:func:`steered_ab_scores`); MMLU accuracy, if given, likewise.
+    """
+    plan = cell_steerings(methods, calibrations)
+    steerings = {"unsteered": Steering(), **{k: v[0] for k, v in plan.items()}}
+    scores = steered_ab_scores(model, test_items, steerings, outside_ab="zero")
+    correct = steered_ab_scores(model, mmlu, steerings) if mmlu else {}
+    cells = {}
+    for key in steerings:
+        cell = {"p_matching": interval([x.p_matching for x in scores[key]], n_resamples)}
         if mmlu:
-            correct = _mmlu_correct(model, steering, {"all": list(mmlu)})
-            out["mmlu"] = _ci(correct, n_resamples)
-        return out
-
-    cells = {"unsteered": score(Steering())}
-    for name, method in methods.items():
-        for b, cal in calibrations[name].items():
-            key = f"{name}@{b}" if method.has_strength else name
-            if key in cells:
-                continue
-            steering = method.at(cal["strength"]) if method.has_strength else method.at(None)
-            cells[key] = {
-                **score(steering),
-                "strength": cal["strength"],
-                "kl_mean": cal["kl_mean"],
-                "kl_p95": cal["kl_p95"],
-                "reached": cal["reached"],
-            }
-            if "mmlu" in cells[key] and "mmlu" in cells["unsteered"]:
-                cells[key]["mmlu_change"] = cells[key]["mmlu"]["value"] - cells["unsteered"]["mmlu"]["value"]
+            cell["mmlu"] = interval([float(x.p_matching > 0.5) for x in correct[key]], n_resamples)
+        if key in plan:
+            cal = plan[key][1]
+            cell.update(
+                strength=cal["strength"], kl_mean=cal["kl_mean"], kl_p95=cal["kl_p95"], reached=cal["reached"]
+            )
+            if mmlu:
+                cell["mmlu_change"] = cell["mmlu"]["value"] - cells["unsteered"]["mmlu"]["value"]
+        cells[key] = cell
     return {"cells": cells}

@@ -27,13 +27,13 @@ from tlsteer.classes import ClassDataset
 from tlsteer.data import ABItem, ContrastPair, load_neutral_text, load_open_prompts
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.sae.adapter import SAELike, check_sae
+from tlsteer.sae.class_task import run_class_task
 from tlsteer.sae.classes import class_profile
 from tlsteer.sae.compare import (
     calibrate_method,
     contrast_from_pairs,
     contrast_from_profile,
     run_ab_task,
-    run_class_task,
 )
 from tlsteer.sae.methods import METHODS, build_methods
 from tlsteer.sae.selection import feature_stats

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--train-pairs", type=int, default=64)
     parser.add_argument("--mmlu", type=int, default=40)
-    parser.add_argument("--neutral", type=int, default=24, help="neutral texts for calibration")
+    parser.add_argument("--neutral", type=int, default=16, help="neutral texts for calibration")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--targets", nargs="+", default=None, help="classes to steer toward (default: all)")
     parser.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")

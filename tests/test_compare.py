@@ -246,3 +246,70 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
     assert result["cells"]["unsteered"]["selectivity"]["value"] == 0.0
     with pytest.raises(ValueError, match="targets must be distinct classes"):
         feature_vs_caa(tiny_llama, sae, ds, methods=["caa"], targets=["calm", "nope"], neutral=NEUTRAL)
+
+
+class LengthJudge:
+    """A deterministic stand-in judge: the class is the text's length modulo K."""
+
+    classes = ("a", "b", "c")
+
+    def predict(self, texts):
+        return [self.classes[len(t) % 3] for t in texts]
+
+
+def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
+    from tlsteer.decode import generate_tokens
+    from tlsteer.sae.class_task import run_class_task
+
+    hook = HOOK
+    gen = torch.Generator().manual_seed(3)
+    methods, cal = {}, {}
+    for t in ("a", "b"):
+        d = torch.randn(tiny_llama.cfg.d_model, generator=gen)
+        direction = SteeringVector({hook: d / d.norm()})
+        methods[t] = {
+            "caa": Method("caa", "vector", direction, scale=10.0, hook_name=hook),
+            "prompting": Method("prompting", "prompt", prefix=f"Be {t}.", hook_name=hook),
+        }
+        cal[t] = {
+            "caa": {0.1: {"strength": 0.3, "kl_mean": 0.1, "kl_p95": 0.2, "reached": True}},
+            "prompting": {0.1: {"strength": None, "kl_mean": 0.2, "kl_p95": 0.4, "reached": False}},
+        }
+    prompts = {"a": ["Say something.", "Hello?"], "b": ["Tell a story.", "What now?"]}
+    seeds = [0, 1]
+    result = run_class_task(
+        tiny_llama, LengthJudge(), methods, cal, prompts, seeds, max_new_tokens=5, n_resamples=200, max_rows=3
+    )
+
+    def plain(t, steering):
+        rows = [(p, s) for s in seeds for p in prompts[t]]
+        texts = [p if steering.prefix is None else f"{steering.prefix}\n\n{p}" for p, _ in rows]
+        out = generate_tokens(
+            tiny_llama,
+            texts,
+            list(steering.vectors),
+            max_new_tokens=5,
+            do_sample=True,
+            temperature=0.7,
+            seed=[s for _, s in rows],
+            chat=True,
+            last_token_only=True,
+        )
+        labels = LengthJudge().predict(list(out.texts))
+        plain_ids = [tokenize(tiny_llama, chat_prompt(tiny_llama, p)) for p, _ in rows]
+        return [lab == t for lab in labels], perplexities(
+            tiny_llama, plain_ids, [list(n) for n in out.new_tokens]
+        )
+
+    for key in ("caa@0.1", "prompting"):
+        hits, ppl = [], []
+        for t in ("a", "b"):
+            name = key.partition("@")[0]
+            steering = methods[t][name].at(0.3 if name == "caa" else None)
+            h, p = plain(t, steering)
+            hits += h
+            ppl += list(p)
+        cell = result["cells"][key]
+        assert cell["success"]["value"] == pytest.approx(np.mean(hits)), key
+        assert cell["perplexity"]["value"] == pytest.approx(float(np.exp(np.mean(np.log(ppl)))), rel=1e-4)
+        assert cell["n_generations"] == 8

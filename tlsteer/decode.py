@@ -28,7 +28,7 @@ from tlsteer.operators import Operator
 from tlsteer.positions import Positions
 from tlsteer.tokens import left_pad, tokenize_prompts
 
-__all__ = ["Generations", "generate", "generate_tokens"]
+__all__ = ["Generations", "choose_next_tokens", "generate", "generate_tokens"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return [int(s) for s in seed]
 
 
-def _choose(
+def choose_next_tokens(
     logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, gens: list
 ) -> Tensor:
     """The next token of each row: argmax, or a draw from its own generator."""
@@ -212,7 +212,7 @@ def _generate_batch(
     with model.hooks(fwd_hooks=hooks):
         logits = model(tokens, attention_mask=mask, past_kv_cache=cache)[:, -1]
         for step in range(max_new_tokens):
-            chosen = _choose(logits, do_sample, temperature, top_k, top_p, gens)
+            chosen = choose_next_tokens(logits, do_sample, temperature, top_k, top_p, gens)
             for r in range(n_rows):
                 if not done[r]:
                     out[r].append(int(chosen[r]))

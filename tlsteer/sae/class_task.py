@@ -16,30 +16,35 @@ from typing import Any
 import numpy as np
 from transformer_lens import HookedTransformer
 
-from tlsteer.data import ABItem
+from tlsteer.data import ABItem, chat_prompt
 from tlsteer.decode import generate_tokens
-from tlsteer.eval.ab import ab_eval
-from tlsteer.sae.compare import instructed, interval, perplexities
+from tlsteer.eval.prefix_generation import (
+    RowGroup,
+    generate_from_cache,
+    perplexities_from_cache,
+    prompt_cache,
+)
+from tlsteer.hooks import vector_edits
+from tlsteer.sae.compare import cell_steerings, instructed, interval, steered_ab_scores
 from tlsteer.sae.methods import Method, Steering
-from tlsteer.tokens import tokenize
+from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["run_class_task"]
 
 
-def _generate(
+def _generate_prefixed(
     model: HookedTransformer,
     steering: Steering,
     prompts: Sequence[str],
-    seeds: Sequence[int],
+    rows: Sequence[tuple[int, int]],
     max_new_tokens: int,
-    batch_size: int,
     temperature: float,
-) -> tuple[list[str], list[list[int]], list[list[int]]]:
-    rows = [(p, s) for s in seeds for p in prompts]
-    texts = [instructed(steering.prefix, p) for p, _ in rows]
+    batch_size: int,
+) -> list[list[int]]:
+    """Rows ``(prompt index, seed)`` generated with the steering's instruction before each prompt."""
     out = generate_tokens(
         model,
-        texts,
+        [instructed(steering.prefix, prompts[p]) for p, _ in rows],
         list(steering.vectors),
         edits=list(steering.edits),
         max_new_tokens=max_new_tokens,
@@ -50,16 +55,7 @@ def _generate(
         last_token_only=True,
         batch_size=batch_size,
     )
-    plain = [
-        tokenize(
-            model,
-            model.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            ),
-        )
-        for p, _ in rows
-    ]
-    return list(out.texts), plain, [list(n) for n in out.new_tokens]
+    return [list(n) for n in out.new_tokens]
 
 
 def run_class_task(
@@ -74,8 +70,14 @@ def run_class_task(
     temperature: float = 0.7,
     n_resamples: int = 1000,
     mmlu: Sequence[ABItem] | None = None,
+    max_rows: int = 128,
 ) -> dict[str, Any]:
     """Score every method at every calibrated budget on a class set (see the module docstring).
+
+    The test prompts' unsteered prefix (all but the last token) runs once into a KV cache; each
+    cell then generates every target's rows together from it, each target's block steered by its
+    own method (:mod:`tlsteer.eval.prefix_generation`), and perplexity is read from the same
+    cache. Prompting (an instruction before the prompt) generates from scratch.
 
     Args:
         model: The steered model.
@@ -83,7 +85,9 @@ def run_class_task(
         methods: ``{target: {method name: Method}}``.
         calibrations: ``{target: {method name: calibrate_method(...)}}``.
         prompts: ``{target: test prompts}`` (user messages; each generated once per seed).
+        batch_size: Rows per batch of the prompting cells.
         mmlu: A/B items scored under each target's steering (split evenly across targets).
+        max_rows: Rows per forward pass of the cached generation.
     """
     classes = list(judge.classes)
     targets = list(methods)
@@ -95,73 +99,85 @@ def run_class_task(
     def judged(texts: list[str]) -> np.ndarray:
         return eye[[classes.index(c) for c in judge.predict(texts)]]
 
-    base = {}
-    for t in targets:
-        texts, plain, new = _generate(
-            model, Steering(), prompts[t], seeds, max_new_tokens, batch_size, temperature
-        )
-        base[t] = {"labels": judged(texts), "ppl": perplexities(model, plain, new)}
+    plans = {t: cell_steerings(methods[t], calibrations[t]) for t in targets}
+    keys = list(plans[targets[0]])
+    pool = [p for t in targets for p in prompts[t]]
+    ids = tokenize_prompts(model, [chat_prompt(model, p) for p in pool])
+    cache = prompt_cache(model, ids)
+    first = np.cumsum([0] + [len(prompts[t]) for t in targets])
+    rows = {
+        t: [(int(first[i]) + j, s) for s in seeds for j in range(len(prompts[t]))] for i, t in enumerate(targets)
+    }
+
+    def generations(steerings: Mapping[str, Steering]) -> dict[str, Any]:
+        by_target = {}
+        if all(st.prefix is None for st in steerings.values()):
+            groups = [
+                RowGroup(
+                    tuple(int(p) for p, _ in rows[t]),
+                    tuple(s for _, s in rows[t]),
+                    tuple(vector_edits(model, list(steerings[t].vectors)) if steerings[t].vectors else ())
+                    + tuple(steerings[t].edits),
+                )
+                for t in targets
+            ]
+            new = dict(
+                zip(
+                    targets,
+                    generate_from_cache(
+                        model, cache, groups, max_new_tokens, temperature=temperature, max_rows=max_rows
+                    ),
+                    strict=True,
+                )
+            )
+        else:
+            new = {
+                t: _generate_prefixed(
+                    model, steerings[t], pool, rows[t], max_new_tokens, temperature, batch_size
+                )
+                for t in targets
+            }
+        for t in targets:
+            where = [int(p) for p, _ in rows[t]]
+            texts = [model.tokenizer.decode(n, skip_special_tokens=True) for n in new[t]]
+            ppl = perplexities_from_cache(model, cache, where, new[t], max_rows=max_rows)
+            by_target[t] = {"labels": judged(texts), "ppl": ppl, "texts": texts}
+        return by_target
+
     mmlu_parts = {t: list(mmlu[i :: len(targets)]) for i, t in enumerate(targets)} if mmlu else {}
-    base_mmlu = _mmlu_correct(model, Steering(), mmlu_parts)
-    names = list(next(iter(methods.values())))
-    budgets = list(next(iter(next(iter(calibrations.values())).values())))
+    correct = {"unsteered": [], **{k: [] for k in keys}}
+    for t, part in mmlu_parts.items():
+        if not part:
+            continue
+        scored = steered_ab_scores(
+            model, part, {"unsteered": Steering(), **{k: plans[t][k][0] for k in keys}}
+        )
+        for k, scores in scored.items():
+            correct[k].extend(float(x.p_matching > 0.5) for x in scores)
+    correct = {k: np.asarray(v) for k, v in correct.items()}
+    base = generations({t: Steering() for t in targets})
     cells: dict[str, Any] = {
         "unsteered": _summary(
             base,
             {t: {"labels": base[t]["labels"]} for t in targets},
             classes,
-            base_mmlu,
-            base_mmlu,
+            correct["unsteered"],
+            correct["unsteered"],
             n_resamples,
         )
     }
     examples: dict[str, Any] = {}
-    for name in names:
-        for b in budgets if methods[targets[0]][name].has_strength else budgets[:1]:
-            steered, kls = {}, []
-            for t in targets:
-                cal = calibrations[t][name][b]
-                steering = (
-                    methods[t][name].at(cal["strength"])
-                    if cal["strength"] is not None
-                    else methods[t][name].at(None)
-                )
-                texts, plain, new = _generate(
-                    model, steering, prompts[t], seeds, max_new_tokens, batch_size, temperature
-                )
-                steered[t] = {"labels": judged(texts), "ppl": perplexities(model, plain, new)}
-                kls.append(cal)
-                examples.setdefault(f"{name}@{b}", {})[t] = texts[:2]
-            mmlu_steered = _mmlu_correct(
-                model, None, mmlu_parts, {t: (methods[t][name], calibrations[t][name][b]) for t in targets}
-            )
-            key = name if not methods[targets[0]][name].has_strength else f"{name}@{b}"
-            summary = _summary(steered, base, classes, mmlu_steered, base_mmlu, n_resamples)
-            summary["kl_mean"] = float(np.mean([c["kl_mean"] for c in kls]))
-            summary["kl_p95"] = float(np.mean([c["kl_p95"] for c in kls]))
-            summary["strength"] = [c["strength"] for c in kls]
-            summary["reached"] = all(c["reached"] for c in kls)
-            cells[key] = summary
+    for key in keys:
+        steered = generations({t: plans[t][key][0] for t in targets})
+        kls = [plans[t][key][1] for t in targets]
+        examples[key] = {t: steered[t]["texts"][:2] for t in targets}
+        summary = _summary(steered, base, classes, correct[key], correct["unsteered"], n_resamples)
+        summary["kl_mean"] = float(np.mean([c["kl_mean"] for c in kls]))
+        summary["kl_p95"] = float(np.mean([c["kl_p95"] for c in kls]))
+        summary["strength"] = [c["strength"] for c in kls]
+        summary["reached"] = all(c["reached"] for c in kls)
+        cells[key] = summary
     return {"classes": classes, "targets": targets, "cells": cells, "examples": examples}
-
-
-def _mmlu_correct(
-    model: HookedTransformer, steering: Steering | None, parts: Mapping[str, list], by_target: Any = None
-) -> np.ndarray:
-    """1/0 per MMLU item (p(correct) > p(incorrect)) under each target's steering at its strength."""
-    out = []
-    for t, items in parts.items():
-        if not items:
-            continue
-        s = steering
-        if by_target is not None:
-            method, cal = by_target[t]
-            s = method.at(cal["strength"]) if method.has_strength else method.at(None)
-        if s.prefix is not None:
-            items = [ABItem(instructed(s.prefix, i.question), i.matching, i.not_matching) for i in items]
-        result = ab_eval(model, items, list(s.vectors), edits=list(s.edits))
-        out.extend(float(x.p_matching > 0.5) for x in result.scores)
-    return np.asarray(out)
 
 
 def _summary(

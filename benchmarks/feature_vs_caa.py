@@ -7,6 +7,9 @@ bootstrap intervals:
 
 - CAA behaviours (``--caa-dir``): vectors from ``--train-pairs`` generate pairs read at the
   answer letter; success is p(matching) on the 50 held-out A/B items;
+- analogy domains (``--analogies``): vectors from the few-shot vs neutral prompts of the training
+  pairs (``tlsteer.sae.analogy_task``); success is top-5 accuracy of the answer's first token on
+  the held-out pairs (top 1 beside it), steered at the last token; no MMLU;
 - class sets: vectors from the training split (class vs the rest, mean over each reply); for each
   class, generations from built-in open prompts (second half, never used to build anything;
   ``--prompts`` split across the classes, ``--seeds`` samples each) steered toward it; success is
@@ -30,9 +33,11 @@ from pathlib import Path
 import torch
 
 import tlsteer
+from tlsteer.analogy import load_analogies
 from tlsteer.data import load_ab_items, load_caa_dataset
 from tlsteer.eval.compare_plots import comparison_table
 from tlsteer.sae import load_embedded_sae
+from tlsteer.sae.analogy_task import AnalogyTask
 from tlsteer.sae.feature_vs_caa import ABTask, builtin_instructions, feature_vs_caa
 from tlsteer.sae.methods import METHODS
 
@@ -47,8 +52,14 @@ def main() -> None:
     parser.add_argument(
         "--caa-dir", type=Path, default=None, help="the CAA datasets folder (skip CAA if absent)"
     )
-    parser.add_argument("--behaviours", nargs="+", default=["coordinate-other-ais", "sycophancy", "refusal"])
-    parser.add_argument("--sets", nargs="+", default=["speaking_styles", "aggression"])
+    parser.add_argument("--behaviours", nargs="*", default=["coordinate-other-ais", "sycophancy", "refusal"])
+    parser.add_argument("--sets", nargs="*", default=["speaking_styles", "aggression"])
+    parser.add_argument(
+        "--analogies", nargs="*", default=["number_successor", "country_capital"], help="analogy domains"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="add to an existing summary (its wall time is summed)"
+    )
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
@@ -66,7 +77,7 @@ def main() -> None:
     if args.small:
         args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
         args.max_new_tokens, args.neutral, args.resamples, args.behaviours, args.mmlu = 16, 12, 1000, [], 0
-        args.budgets, args.targets = [0.5], ["formal", "pirate"]
+        args.budgets, args.targets, args.analogies = [0.5], ["formal", "pirate"], []
         if args.out == ROOT / "benchmarks" / "results":
             args.out = args.out / "small"
     torch.set_grad_enabled(False)
@@ -101,12 +112,18 @@ def main() -> None:
             items = load_ab_items(args.caa_dir / "test" / b / "test_dataset_ab.json")
             tasks.append(ABTask(b, pairs[: args.train_pairs], items, instructions.get(b)))
     tasks += [tlsteer.load_class_dataset(name) for name in args.sets]
+    domains, analogy_instructions = load_analogies(), builtin_instructions()["analogies"]
+    tasks += [
+        AnalogyTask(domains[name], instruction=analogy_instructions.get(name)) for name in args.analogies
+    ]
     for task in tasks:
         t0 = time.perf_counter()
         kwargs = dict(common)
         if isinstance(task, tlsteer.ClassDataset):
             kwargs["n_prompts"] = args.prompts
             kwargs["targets"] = args.targets
+        if isinstance(task, AnalogyTask):
+            kwargs["mmlu"] = None  # top-k accuracy of the answer token only
         result = feature_vs_caa(model, sae, task, verbose=True, **kwargs)
         name = result["dataset"]
         summary["datasets"][name] = {
@@ -123,7 +140,14 @@ def main() -> None:
                 flush=True,
             )
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "feature_vs_caa_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    path = args.out / "feature_vs_caa_summary.json"
+    if args.append and path.exists():
+        before = json.loads(path.read_text())
+        summary["runs"] = before.get("runs", [{"settings": before["settings"], "seconds": before["seconds"]}])
+        summary["runs"].append({"settings": summary["settings"], "seconds": summary["seconds"]})
+        summary["datasets"] = {**before["datasets"], **summary["datasets"]}
+        summary["seconds"] = round(sum(r["seconds"] for r in summary["runs"]), 1)
+    path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"done in {summary['seconds']:.0f} s")
 
 

@@ -195,7 +195,7 @@ def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
     assert (tmp_path / "feature_vs_caa_toy.png").stat().st_size > 0
     with pytest.raises(ValueError, match="budgets must be finite numbers > 0"):
         feature_vs_caa(tiny_llama, sae, task, budgets=[float("nan")], neutral=NEUTRAL)
-    with pytest.raises(TypeError, match="ClassDataset or an ABTask"):
+    with pytest.raises(TypeError, match="ClassDataset, an ABTask or an AnalogyTask"):
         feature_vs_caa(tiny_llama, sae, ["not", "a", "task"], neutral=NEUTRAL)
     with pytest.raises(ValueError, match="at least 2 training pairs"):
         ABTask("tiny", pairs(tiny_llama)[:1], ITEMS)

@@ -106,7 +106,8 @@ def run_class_task(
     cache = prompt_cache(model, ids)
     first = np.cumsum([0] + [len(prompts[t]) for t in targets])
     rows = {
-        t: [(int(first[i]) + j, s) for s in seeds for j in range(len(prompts[t]))] for i, t in enumerate(targets)
+        t: [(int(first[i]) + j, s) for s in seeds for j in range(len(prompts[t]))]
+        for i, t in enumerate(targets)
     }
 
     def generations(steerings: Mapping[str, Steering]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from tlsteer.classes import ClassDataset
 from tlsteer.data import ABItem, ContrastPair, load_neutral_text, load_open_prompts
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.sae.adapter import SAELike, check_sae
+from tlsteer.sae.analogy_task import AnalogyTask, contrast_from_analogy, run_analogy_task
 from tlsteer.sae.class_task import run_class_task
 from tlsteer.sae.classes import class_profile
 from tlsteer.sae.compare import (
@@ -91,8 +92,9 @@ def feature_vs_caa(
 
     Args:
         model, sae: The model and an SAE that fits it; everything happens at the SAE's hook.
-        dataset: A :class:`~tlsteer.ClassDataset` (its training split builds the vectors) or an
-            :class:`ABTask`.
+        dataset: A :class:`~tlsteer.ClassDataset` (its training split builds the vectors), an
+            :class:`ABTask`, or an :class:`~tlsteer.sae.analogy_task.AnalogyTask` (top-k accuracy
+            of the answer's first token; no MMLU).
         methods: Method families of :data:`~tlsteer.sae.methods.METHODS` (``mean_centred`` is
             dropped for an ABTask, which has only two sides).
         budgets: Mean per-token KL budgets (nats) on neutral text.
@@ -120,8 +122,10 @@ def feature_vs_caa(
         if verbose:
             LOG.warning("[%7.1f s] %s", time.perf_counter() - start, message)
 
-    if not isinstance(dataset, (ClassDataset, ABTask)):
-        raise TypeError(f"dataset must be a ClassDataset or an ABTask, got {type(dataset).__name__}")
+    if not isinstance(dataset, (ClassDataset, ABTask, AnalogyTask)):
+        raise TypeError(
+            f"dataset must be a ClassDataset, an ABTask or an AnalogyTask, got {type(dataset).__name__}"
+        )
     hook = check_sae(model, sae, hook_name)
     neutral = list(neutral or load_neutral_text())
     budgets = [float(b) for b in budgets]
@@ -160,6 +164,15 @@ def feature_vs_caa(
             stats,
             log,
         )
+        name = dataset.name
+    elif isinstance(dataset, AnalogyTask):
+        chosen = [m for m in methods if m != "mean_centred" and (m != "prompting" or dataset.instruction)]
+        reps = contrast_from_analogy(model, sae, dataset, hook)
+        built = build_methods(model, sae, hook, reps, scale, stats, dataset.instruction, chosen, ks)
+        log(f"{dataset.name}: {len(built)} methods built")
+        calibrations = {n: calibrate_method(model, m, neutral, budgets) for n, m in built.items()}
+        log(f"{dataset.name}: calibrated")
+        result = run_analogy_task(model, built, calibrations, dataset, n_resamples)
         name = dataset.name
     else:
         chosen = [m for m in methods if m != "mean_centred"]

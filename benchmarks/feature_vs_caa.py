@@ -21,6 +21,7 @@ Writes ``benchmarks/results/feature_vs_caa_<dataset>.{json,png}`` and
 
     python benchmarks/feature_vs_caa.py --caa-dir ../shared/caa           # default run
     python benchmarks/feature_vs_caa.py --small    # about 3 minutes, into benchmarks/results/small/
+    python benchmarks/feature_vs_caa.py --replot   # redraw the figures from the JSON
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 import tlsteer
 from tlsteer.analogy import load_analogies
 from tlsteer.data import load_ab_items, load_caa_dataset
-from tlsteer.eval.compare_plots import comparison_table
+from tlsteer.eval.compare_plots import comparison_table, plot_comparison, plot_transfer_grid
 from tlsteer.sae import load_embedded_sae
 from tlsteer.sae.analogy_task import AnalogyTask
 from tlsteer.sae.feature_vs_caa import ABTask, builtin_instructions, feature_vs_caa
@@ -73,7 +74,18 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=None, help="classes to steer toward (default: all)")
     parser.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the figures from the JSON in --out"
+    )
     args = parser.parse_args()
+    if args.replot:
+        for path in sorted(args.out.glob("feature_vs_caa_*.json")):
+            if path.stem != "feature_vs_caa_summary":
+                result = json.loads(path.read_text())
+                plot_comparison(result, path=path.with_suffix(".png"))
+                if "classes" in result:
+                    plot_transfer_grid(result, path=path.with_name(f"{path.stem}_transfer.png"))
+        return
     if args.small:
         args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
         args.max_new_tokens, args.neutral, args.resamples, args.behaviours, args.mmlu = 16, 12, 1000, [], 0

@@ -8,6 +8,7 @@ The input is the dict :func:`tlsteer.sae.feature_vs_caa` returns. Cells are keye
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["comparison_table", "plot_comparison"]
+__all__ = ["comparison_table", "plot_comparison", "plot_transfer_grid"]
 
 
 def _metric(cell: dict[str, Any]) -> dict[str, float]:
@@ -95,6 +96,49 @@ def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> F
     right.set_ylabel("success")
     right.set_title("at matched KL (prompting: as it is)")
     right.legend(fontsize=7)
+    if path is not None:
+        fig.savefig(str(path), dpi=120)
+    return fig
+
+
+def plot_transfer_grid(
+    result: dict[str, Any],
+    methods: Sequence[str] = ("unsteered", "caa", "feature_full", "feature_output", "clamp", "prompting"),
+    budget: float | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Transfer matrices of a class set's cells side by side (rows: the class steered toward;
+    columns: the share the judge gives each class), at ``budget`` (default: the largest)."""
+    if "classes" not in result:
+        raise ValueError("transfer matrices need a class-set result (with 'classes' and 'targets')")
+    budgets = sorted({r["budget"] for r in comparison_table(result) if r["budget"] is not None})
+    budget = budgets[-1] if budget is None and budgets else budget
+    keys = []
+    for m in methods:
+        for key in (m, f"{m}@{budget}"):
+            if key in result["cells"] and "transfer" in result["cells"][key]:
+                keys.append(key)
+                break
+    if not keys:
+        raise ValueError(f"none of {list(methods)} has a transfer matrix at budget {budget}")
+    classes, targets = result["classes"], result["targets"]
+    fig = Figure(figsize=(2.6 * len(keys) + 0.8, 0.5 * len(targets) + 2.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        table = np.array([[result["cells"][key]["transfer"][t][c] for c in classes] for t in targets])
+        image = ax.imshow(table, vmin=0, vmax=1, cmap="viridis")
+        for (i, j), v in np.ndenumerate(table):
+            ax.text(
+                j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black"
+            )
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(targets)), targets if ax is axes[0] else [], fontsize=7)
+        success = result["cells"][key]["success"]["value"]
+        ax.set_title(f"{key}\nsuccess {success:.2f}", fontsize=8)
+    axes[0].set_ylabel("steered toward")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="share judged as")
+    fig.suptitle(f"{result.get('dataset', '')}: where generations land", fontsize=9)
     if path is not None:
         fig.savefig(str(path), dpi=120)
     return fig

@@ -201,12 +201,14 @@ def feature_vs_caa(
         "seconds": round(time.perf_counter() - start, 1),
     }
     if out_dir is not None:
-        from tlsteer.eval.compare_plots import plot_comparison
+        from tlsteer.eval.compare_plots import plot_comparison, plot_transfer_grid
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"feature_vs_caa_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         plot_comparison(result, path=out / f"feature_vs_caa_{name}.png")
+        if "classes" in result:
+            plot_transfer_grid(result, path=out / f"feature_vs_caa_{name}_transfer.png")
     return result
 
 

@@ -46,6 +46,49 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_METHODS = ("caa", "feature_full", "feature_output", "clamp", "random", "prompting")
 
 
+def _fmt(ci: dict) -> str:
+    return f"{ci['value']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def markdown_tables(results: dict[str, dict]) -> str:
+    """Matched-budget tables (methods x datasets, success with its interval) and side effects."""
+    names = list(results)
+    budgets = sorted({r["budget"] for res in results.values() for r in comparison_table(res) if r["budget"]})
+    methods = list(dict.fromkeys(r["method"] for res in results.values() for r in comparison_table(res)))
+    out = []
+    for b in budgets:
+        out += [f"Success at mean KL {b} (prompting and unsteered as they are):", ""]
+        out += ["| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for m in methods:
+            row = []
+            for name in names:
+                cell = results[name]["cells"].get(f"{m}@{b}", results[name]["cells"].get(m))
+                row.append("" if cell is None else _fmt(cell.get("success", cell.get("p_matching"))))
+            out.append(f"| `{m}` | " + " | ".join(row) + " |")
+        out.append("")
+    for name, res in results.items():
+        if "classes" not in res:
+            continue
+        b = budgets[-1]
+        out += [f"{name} at KL {b}: selectivity, perplexity under the unsteered model, MMLU change:", ""]
+        out += [
+            "| method | selectivity | perplexity | MMLU change | KL mean (p95) |",
+            "|---|---|---|---|---|",
+        ]
+        for m in methods:
+            cell = res["cells"].get(f"{m}@{b}", res["cells"].get(m))
+            if cell is None:
+                continue
+            change = cell.get("mmlu_change")
+            out.append(
+                f"| `{m}` | {_fmt(cell['selectivity'])} | {_fmt(cell['perplexity'])} | "
+                f"{'' if change is None else f'{change:+.2f}'} | "
+                f"{cell.get('kl_mean', 0):.2f} ({cell.get('kl_p95', 0):.2f}) |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,12 +122,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.replot:
-        for path in sorted(args.out.glob("feature_vs_caa_*.json")):
-            if path.stem != "feature_vs_caa_summary":
-                result = json.loads(path.read_text())
-                plot_comparison(result, path=path.with_suffix(".png"))
-                if "classes" in result:
-                    plot_transfer_grid(result, path=path.with_name(f"{path.stem}_transfer.png"))
+        summary = json.loads((args.out / "feature_vs_caa_summary.json").read_text())
+        results = {}
+        for name in summary["datasets"]:
+            path = args.out / f"feature_vs_caa_{name}.json"
+            results[name] = json.loads(path.read_text())
+            plot_comparison(results[name], path=path.with_suffix(".png"))
+            if "classes" in results[name]:
+                plot_transfer_grid(results[name], path=path.with_name(f"{path.stem}_transfer.png"))
+        (args.out / "feature_vs_caa_tables.md").write_text(markdown_tables(results) + "\n")
         return
     if args.small:
         args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
@@ -160,6 +206,10 @@ def main() -> None:
         summary["datasets"] = {**before["datasets"], **summary["datasets"]}
         summary["seconds"] = round(sum(r["seconds"] for r in summary["runs"]), 1)
     path.write_text(json.dumps(summary, indent=1) + "\n")
+    results = {
+        n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]
+    }
+    (args.out / "feature_vs_caa_tables.md").write_text(markdown_tables(results) + "\n")
     print(f"done in {summary['seconds']:.0f} s")
 
 

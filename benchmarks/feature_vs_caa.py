@@ -55,6 +55,7 @@ def markdown_tables(results: dict[str, dict]) -> str:
     names = list(results)
     budgets = sorted({r["budget"] for res in results.values() for r in comparison_table(res) if r["budget"]})
     methods = list(dict.fromkeys(r["method"] for res in results.values() for r in comparison_table(res)))
+    methods.sort(key=lambda m: (m != "unsteered", m == "prompting", m in ("caa_encoded", "random")))
     out = []
     for b in budgets:
         out += [f"Success at mean KL {b} (prompting and unsteered as they are):", ""]
@@ -64,6 +65,23 @@ def markdown_tables(results: dict[str, dict]) -> str:
             for name in names:
                 cell = results[name]["cells"].get(f"{m}@{b}", results[name]["cells"].get(m))
                 row.append("" if cell is None else _fmt(cell.get("success", cell.get("p_matching"))))
+            out.append(f"| `{m}` | " + " | ".join(row) + " |")
+        out.append("")
+    with_mmlu = [n for n in names if "mmlu" in results[n]["cells"].get("unsteered", {})]
+    if with_mmlu:
+        b = budgets[-1]
+        out += [f"MMLU accuracy (unsteered) and its change at KL {b}:", ""]
+        out += ["| method | " + " | ".join(with_mmlu) + " |", "|---" * (len(with_mmlu) + 1) + "|"]
+        for m in methods:
+            row = []
+            for name in with_mmlu:
+                cell = results[name]["cells"].get(f"{m}@{b}", results[name]["cells"].get(m))
+                if cell is None:
+                    row.append("")
+                elif m == "unsteered":
+                    row.append(_fmt(cell["mmlu"]))
+                else:
+                    row.append(f"{cell['mmlu_change']:+.2f}")
             out.append(f"| `{m}` | " + " | ".join(row) + " |")
         out.append("")
     for name, res in results.items():

@@ -1,54 +1,85 @@
-"""An analogy domain as a feature-vs-CAA dataset: contrast reps and cells against plain loops."""
+"""An analogy domain as a feature-vs-CAA dataset: contrast reps and cells against plain loops.
+
+The tiny models' tokenizer is character-level, so every answer's first token is the space of
+``" " + y``; its rank still differs from prompt to prompt and with steering, which is what the
+comparisons below check (rank for rank, not only as shares).
+"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from tlsteer.analogy import AnalogyDomain, few_shot_prompt, neutral_prompt, next_token_accuracy
-from tlsteer.decode import generate_tokens
-from tlsteer.extract import read_activations
+from tlsteer.analogy import AnalogyDomain, load_analogies, neutral_prompt, next_token_accuracy
+from tlsteer.eval.compare_plots import comparison_table
+from tlsteer.hooks import apply_edits
 from tlsteer.sae.analogy_task import AnalogyTask, analogy_ranks, contrast_from_analogy, run_analogy_task
-from tlsteer.sae.methods import Method, Steering
+from tlsteer.sae.compare import calibrate_method
+from tlsteer.sae.feature_vs_caa import builtin_instructions
+from tlsteer.sae.methods import Method, Steering, build_methods
+from tlsteer.sae.selection import feature_stats
 from tlsteer.vector import SteeringVector
 
 HOOK = "blocks.1.hook_resid_post"
-DOMAIN = AnalogyDomain("toy", tuple((f"{c}{c}", f"{c.upper()}!") for c in "abcdefghijklmnop"))
+# x's of 1 to 3 characters, so that batches are left-padded
+DOMAIN = AnalogyDomain(
+    "toy", tuple((c * (1 + i % 3), c.upper() * (1 + i % 2)) for i, c in enumerate("abcdefghijklmnop"))
+)
+NEUTRAL = ["Water boils at 100 degrees.", "The Nile flows north.", "Mix oil and vinegar well.", "Hi there"]
+K = 10
 
 
 @pytest.fixture(scope="module")
-def sae(tiny_llama):
-    sae = StandardSAE(
-        StandardSAEConfig(d_in=tiny_llama.cfg.d_model, d_sae=16, metadata=SAEMetadata(hook_name=HOOK))
-    )
+def sae():
+    d_model = 32  # both tiny models
+    sae = StandardSAE(StandardSAEConfig(d_in=d_model, d_sae=16, metadata=SAEMetadata(hook_name=HOOK)))
     with torch.no_grad():
-        sae.W_dec.copy_(
-            torch.randn(16, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(0)) / 4
-        )
+        sae.W_dec.copy_(torch.randn(16, d_model, generator=torch.Generator().manual_seed(0)) / 4)
         sae.W_enc.copy_(sae.W_dec.T.clone())
+        sae.b_enc.fill_(0.05)
     return sae
 
 
-def test_contrast_reads_few_shot_and_neutral_prompts_at_their_last_token(tiny_llama, sae):
-    task = AnalogyTask(DOMAIN, n_shots=2)
-    reps = contrast_from_analogy(tiny_llama, sae, task, HOOK)
+def last_token(model, prompt):
+    _, cache = model.run_with_cache(prompt, names_filter=HOOK)
+    return cache[HOOK][0, -1]
+
+
+def test_contrast_equals_a_plain_loop_at_the_last_token(tiny, sae):
+    task = AnalogyTask(DOMAIN, n_shots=3, seed=1)
     train, test = task.parts()
     assert len(train) + len(test) == len(DOMAIN.pairs) and not set(train) & set(test)
-    neutral = [neutral_prompt(x) for x, _ in train]
-    got_neg = read_activations(tiny_llama, neutral, [HOOK], read_token_index=-1)[HOOK]
-    torch.testing.assert_close(reps.raw_neg, got_neg, atol=1e-5, rtol=1e-5)
-    assert reps.paired and reps.raw_pos.shape == reps.raw_neg.shape
-    # each positive is a few-shot prompt ending in its own x, never demonstrating it
-    assert not torch.allclose(reps.raw_pos, reps.raw_neg)
-    assert few_shot_prompt(train[0][0], train[1:3]).endswith(neutral[0])
+    prompts = task.contrast_prompts()
+    assert len(prompts) == len(train)
+    for (x, _), (few, plain) in zip(train, prompts, strict=True):
+        *demos, last = few.split("\n")
+        assert plain == neutral_prompt(x) == last
+        shown = [tuple(line.split(" → ")) for line in demos]
+        assert len(shown) == 3 and all(p in train and p[0] != x for p in shown)
+    reps = contrast_from_analogy(tiny, sae, task, HOOK, batch_size=3)
+    with torch.no_grad():
+        pos = torch.stack([last_token(tiny, few) for few, _ in prompts])
+        neg = torch.stack([last_token(tiny, plain) for _, plain in prompts])
+        torch.testing.assert_close(reps.raw_pos, pos, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reps.raw_neg, neg, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reps.feat_pos, sae.encode(pos), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reps.feat_neg, sae.encode(neg), atol=1e-5, rtol=1e-5)
+    assert reps.paired and not torch.allclose(reps.raw_pos, reps.raw_neg)
+
+
+def toward_space(model):
+    """A unit direction that raises the space token (the tiny models' first answer token)."""
+    d = model.W_U[:, model.tokenizer.encode(" ", add_special_tokens=False)[0]].detach().clone()
+    return SteeringVector({HOOK: d / d.norm()})
 
 
 def test_cells_equal_plain_scoring(tiny_llama, sae):
-    task = AnalogyTask(DOMAIN, n_shots=2, k=3, instruction="Shout it.")
-    d = torch.randn(tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(1))
-    direction = SteeringVector({HOOK: d / d.norm()})
+    task = AnalogyTask(DOMAIN, n_shots=2, k=K, instruction="Shout it.")
+    direction = toward_space(tiny_llama)
     methods = {
         "caa": Method("caa", "vector", direction, scale=10.0, hook_name=HOOK),
         "clamp": Method(
@@ -63,46 +94,120 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
         "prompting": Method("prompting", "prompt", prefix="Shout it.", hook_name=HOOK),
     }
     cal = {
-        "caa": {0.1: {"strength": 0.5, "kl_mean": 0.1, "kl_p95": 0.3, "reached": True}},
-        "clamp": {0.1: {"strength": 2.0, "kl_mean": 0.1, "kl_p95": 0.3, "reached": True}},
+        "caa": {0.1: {"strength": 1.0, "kl_mean": 0.1, "kl_p95": 0.3, "reached": True}},
+        "clamp": {0.1: {"strength": 4.0, "kl_mean": 0.12, "kl_p95": 0.4, "reached": False}},
         "prompting": {0.1: {"strength": None, "kl_mean": 0.2, "kl_p95": 0.5, "reached": False}},
     }
-    result = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=200)
+    result = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=200, batch_size=3)
+    cells = result["cells"]
+    assert set(cells) == {"unsteered", "caa@0.1", "clamp@0.1", "prompting"}
+    train, test = task.parts()
+    assert result["n_test_pairs"] == len(test) and result["n_train_pairs"] == len(train)
+    assert result["k"] == K
+    prompts, answers = [neutral_prompt(x) for x, _ in test], [y for _, y in test]
+    plain = next_token_accuracy(tiny_llama, prompts, answers, k=K)
+    steered = next_token_accuracy(tiny_llama, prompts, answers, [(direction, 10.0)], k=K)
+    assert 0 < plain.topk < 1 and plain.top1 < steered.top1 < 1  # the checks below can tell cells apart
+    for key, score in (("unsteered", plain), ("caa@0.1", steered)):
+        assert cells[key]["success"]["value"] == pytest.approx(score.topk)
+        assert cells[key]["top1"]["value"] == pytest.approx(score.top1)
+    assert analogy_ranks(tiny_llama, Steering(), test) == list(plain.ranks)
+    assert analogy_ranks(tiny_llama, methods["caa"].at(1.0), test) == list(steered.ranks)
+    # the clamp edit, one prompt at a time, at its last position only
+    edits = list(methods["clamp"].at(4.0).edits)
+    space = tiny_llama.tokenizer.encode(" ", add_special_tokens=False)[0]
+    alone = []
+    for prompt in prompts:
+        tokens = tiny_llama.to_tokens(prompt)
+        with torch.no_grad(), apply_edits(tiny_llama, edits, token_positions=[tokens.shape[1] - 1]):
+            logits = tiny_llama(tokens)[0, -1]
+        alone.append(int((logits > logits[space]).sum()))
+    assert analogy_ranks(tiny_llama, methods["clamp"].at(4.0), test, batch_size=3) == alone
+    assert alone != list(plain.ranks)  # the edit does something
+    assert cells["clamp@0.1"]["success"]["value"] == pytest.approx(sum(r < K for r in alone) / len(alone))
+    assert cells["clamp@0.1"]["top1"]["value"] == pytest.approx(sum(r == 0 for r in alone) / len(alone))
+    # prompting puts the instruction before each neutral prompt
+    told = next_token_accuracy(tiny_llama, [f"Shout it.\n\n{p}" for p in prompts], answers, k=K)
+    assert told.ranks != plain.ranks
+    assert cells["prompting"]["success"]["value"] == pytest.approx(told.topk)
+    assert cells["prompting"]["top1"]["value"] == pytest.approx(told.top1)
+    # calibration fields copied; intervals hold their value
+    assert cells["clamp@0.1"]["strength"] == 4.0 and cells["clamp@0.1"]["reached"] is False
+    assert cells["prompting"]["strength"] is None and cells["prompting"]["kl_mean"] == 0.2
+    assert "strength" not in cells["unsteered"]
+    for cell in cells.values():
+        for metric in ("success", "top1"):
+            assert cell[metric]["low"] <= cell[metric]["value"] <= cell[metric]["high"]
+        assert cell["n_test_pairs"] == len(test)
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
+    task = AnalogyTask(DOMAIN, n_shots=2, k=K, instruction="Shout it.")
+    reps = contrast_from_analogy(tiny_llama, sae, task, HOOK)
+    stats = feature_stats(tiny_llama, sae, NEUTRAL, hook_name=HOOK)
+    methods = build_methods(
+        tiny_llama,
+        sae,
+        HOOK,
+        reps,
+        10.0,
+        stats,
+        task.instruction,
+        ["caa", "clamp", "prompting"],
+        max_density=1.0,
+        n_candidates=4,
+        k_output=2,
+        score_prompts=NEUTRAL[:2],
+    )
+    cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.1]) for n, m in methods.items()}
+    result = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=1000)
     assert set(result["cells"]) == {"unsteered", "caa@0.1", "clamp@0.1", "prompting"}
     _, test = task.parts()
-    prompts, answers = [neutral_prompt(x) for x, _ in test], [y for _, y in test]
-    plain = next_token_accuracy(tiny_llama, prompts, answers, k=3)
-    steered = next_token_accuracy(tiny_llama, prompts, answers, [(direction, 5.0)], k=3)
-    assert result["cells"]["unsteered"]["success"]["value"] == pytest.approx(plain.topk)
-    assert result["cells"]["unsteered"]["top1"]["value"] == pytest.approx(plain.top1)
-    assert result["cells"]["caa@0.1"]["success"]["value"] == pytest.approx(steered.topk)
-    assert analogy_ranks(tiny_llama, methods["caa"].at(0.5), test) == list(steered.ranks)
-    # the clamp edit, one prompt at a time with its own edit
-    edit = methods["clamp"].at(2.0).edits
-    one_by_one = []
-    for (_, y), prompt in zip(test, prompts, strict=True):
-        out = generate_tokens(
-            tiny_llama, [prompt], edits=list(edit), max_new_tokens=1, keep_logits=True, last_token_only=True
-        )
-        logits = out.step_logits[0][0]
-        target = tiny_llama.tokenizer.encode(" " + y, add_special_tokens=False)[0]
-        one_by_one.append(int((logits > logits[target]).sum()))
-    assert analogy_ranks(tiny_llama, methods["clamp"].at(2.0), test) == one_by_one
-    # prompting puts the instruction before each neutral prompt
-    instructed = next_token_accuracy(tiny_llama, [f"Shout it.\n\n{p}" for p in prompts], answers, k=3)
-    assert result["cells"]["prompting"]["success"]["value"] == pytest.approx(instructed.topk)
-    for cell in result["cells"].values():
-        assert cell["success"]["low"] <= cell["success"]["value"] <= cell["success"]["high"]
-        assert cell["n_test_pairs"] == len(test)
-    assert analogy_ranks(tiny_llama, Steering(), test) == list(plain.ranks)
+    caa = cal["caa"][0.1]["strength"]
+    direct = next_token_accuracy(
+        tiny_llama,
+        [neutral_prompt(x) for x, _ in test],
+        [y for _, y in test],
+        [(methods["caa"].direction, caa * 10.0)],
+        k=K,
+    )
+    assert result["cells"]["caa@0.1"]["success"]["value"] == pytest.approx(direct.topk)
+    assert result["cells"]["caa@0.1"]["strength"] == pytest.approx(caa)
+    rows = comparison_table(json.loads(json.dumps(result)))
+    assert {(r["method"], r["budget"]) for r in rows} == {
+        ("unsteered", None),
+        ("caa", 0.1),
+        ("clamp", 0.1),
+        ("prompting", None),
+    }
 
 
-def test_bad_input(tiny_llama):
+def test_every_builtin_domain_is_a_task_with_an_instruction():
+    instructions = builtin_instructions()["analogies"]
+    for name, domain in load_analogies().items():
+        assert isinstance(instructions.get(name), str) and instructions[name].strip()
+        task = AnalogyTask(domain, instruction=instructions[name])
+        train, test = task.parts()
+        assert task.name == f"analogy_{name}" and len(train) > task.n_shots and test
+    assert set(instructions) == set(load_analogies())
+
+
+def test_bad_input(tiny_llama, sae):
     with pytest.raises(ValueError, match="n_shots=20 needs more than 20 training pairs"):
         AnalogyTask(DOMAIN, n_shots=20)
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
+    with pytest.raises(ValueError, match="n_shots must be an int >= 1, got 0"):
+        AnalogyTask(DOMAIN, n_shots=0)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         AnalogyTask(DOMAIN, k=0)
-    with pytest.raises(TypeError, match="domain must be an AnalogyDomain"):
+    with pytest.raises(TypeError, match="domain must be an AnalogyDomain.*dict"):
         AnalogyTask({"a": "b"})
+    with pytest.raises(TypeError, match="seed must be an int, got 'x'"):
+        AnalogyTask(DOMAIN, seed="x")
     with pytest.raises(ValueError, match="instruction must be a non-empty string"):
-        AnalogyTask(DOMAIN, n_shots=2, instruction="")
+        AnalogyTask(DOMAIN, n_shots=2, instruction=" ")
+    with pytest.raises(TypeError, match="task must be an AnalogyTask, got AnalogyDomain"):
+        contrast_from_analogy(tiny_llama, sae, DOMAIN, HOOK)
+    method = Method("prompting", "prompt", prefix="Shout it.", hook_name=HOOK)
+    with pytest.raises(ValueError, match="method 'prompting' has no calibration"):
+        run_analogy_task(tiny_llama, {"prompting": method}, {}, AnalogyTask(DOMAIN, n_shots=2))

@@ -26,6 +26,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import parse_hook_name
 from tlsteer._version import __version__
+from tlsteer.gguf_vectors import read_control_vector, read_numpy_direction, write_control_vector
 from tlsteer.hooks import SteeringHandle, apply_steering, check_direction, patch_steering
 from tlsteer.operators import Operator, check_multiplier
 
@@ -341,6 +342,69 @@ class SteeringVector:
     def to_numpy_file(self, layer: int | str, path: str | Path) -> None:
         """Save one layer's direction (or one hook's) as a plain ``[d_model]`` float32 ``.npy`` file."""
         np.save(str(path), self[layer].detach().float().cpu().numpy())
+
+    @classmethod
+    def from_numpy_file(cls, path: Any, layer: Any, hook_point: Any = "resid_post") -> SteeringVector:
+        """Read a ``[d_model]`` float ``.npy`` file (e.g. from :meth:`to_numpy_file`) as one layer's vector.
+
+        Args:
+            path: The ``.npy`` file: one 1-D float16/32/64 array of finite values.
+            layer: The block the direction belongs to (an int >= 0).
+            hook_point: The hook point inside the block (``resid_post`` by default).
+
+        Returns:
+            A float32 vector with the single hook ``blocks.<layer>.hook_<hook_point>``.
+
+        Example:
+            >>> v = SteeringVector.from_numpy_file("honesty.npy", layer=12)  # doctest: +SKIP
+        """
+        return cls(read_numpy_direction(path, layer, hook_point))
+
+    def to_gguf(self, path: Any, model_hint: Any = None) -> None:
+        """Write a llama.cpp control-vector GGUF file (``llama-cli --control-vector``, repeng).
+
+        ``blocks.<l>.hook_resid_post`` is written as the float32 tensor ``direction.<l>``; other hook
+        points and layer 0 have no place in the format and are refused (see
+        :mod:`tlsteer.gguf_vectors` for the layer convention and where llama.cpp defines it).
+
+        Args:
+            path: The ``.gguf`` file to write; its folder must exist.
+            model_hint: ``controlvector.model_hint`` (llama.cpp writes the architecture, e.g.
+                ``"llama"``); ``None`` uses ``metadata.model_name``.
+
+        Example:
+            >>> import tempfile
+            >>> v = SteeringVector({"blocks.3.hook_resid_post": torch.ones(4)})
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     v.to_gguf(f"{tmp}/v.gguf", model_hint="llama")
+            ...     SteeringVector.from_gguf(f"{tmp}/v.gguf") == v
+            True
+        """
+        hint = self.metadata.model_name if model_hint is None else model_hint
+        write_control_vector(self.directions, path, hint, self.metadata.to_json())
+
+    @classmethod
+    def from_gguf(cls, path: Any, hook_point: Any = "resid_post") -> SteeringVector:
+        """Read a llama.cpp control-vector GGUF file (from :meth:`to_gguf`, llama.cpp or repeng).
+
+        ``direction.<l>`` becomes ``blocks.<l>.hook_<hook_point>``; only ``resid_post`` is where
+        llama.cpp adds it. Metadata written by :meth:`to_gguf` is restored; for other files
+        ``metadata.model_name`` is the file's ``controlvector.model_hint``.
+
+        Args:
+            path: The ``.gguf`` file.
+            hook_point: The hook point to key the directions at (``resid_post`` by default).
+
+        Returns:
+            A float32 vector on the CPU.
+
+        Example:
+            >>> v = SteeringVector.from_gguf("happy.gguf")  # doctest: +SKIP
+        """
+        directions, hint, metadata_json = read_control_vector(path, hook_point)
+        if metadata_json is None:
+            return cls(directions, VectorMetadata(model_name=hint))
+        return cls(directions, VectorMetadata.from_json(metadata_json)[0])
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{n}: {v:.3g}" for n, v in list(self.norms().items())[:4])

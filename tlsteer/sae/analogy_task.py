@@ -1,14 +1,19 @@
 """An analogy domain as a dataset of the feature-vs-CAA comparison.
 
 The contrast of a relation (:mod:`tlsteer.analogy`): for each training pair's x, the residual at
-the last token of a few-shot prompt (``"a → b"`` demonstrations from the other training pairs, then
-``"x →"``) against the same x's neutral prompt ``"x →"``. Every method of
-:mod:`tlsteer.sae.methods` is built from it; success is whether the first token of the answer is
-among the top ``k`` next tokens of a held-out x's neutral prompt, steered at its last token only
-(top 1 beside it). Prompting puts an instruction (``tlsteer/datasets/instructions.json``, key
-``"analogies"``) before the neutral prompt. The training split builds the methods; the validation
-and test splits together are the test pairs (no strength is chosen on them: strengths come from
-KL calibration on neutral text).
+the last token of a few-shot prompt (``n_shots`` ``"a → b"`` demonstrations drawn from the other
+training pairs, then ``"x →"``) against the same x's neutral prompt ``"x →"``, raw text with no
+chat template (:func:`contrast_from_analogy`). Every method of :mod:`tlsteer.sae.methods` is built
+from it. Success is whether the first token of the answer (:func:`~tlsteer.analogy.answer_token`)
+is among the top ``k`` next tokens of a held-out x's neutral prompt, steered at its last token
+only, exactly as :func:`~tlsteer.analogy.next_token_accuracy` scores it (top 1 beside it;
+:func:`run_analogy_task`). Prompting puts an instruction (``tlsteer/datasets/instructions.json``,
+key ``"analogies"``) before the neutral prompt, as ``f"{instruction}\\n\\n{prompt}"``.
+
+Splits: the training split of :meth:`AnalogyDomain.split <tlsteer.analogy.AnalogyDomain.split>`
+builds the methods (and supplies every demonstration); its validation and test splits together
+are the test pairs. Nothing is chosen on them: strengths come from KL calibration on neutral text
+(:func:`~tlsteer.sae.compare.calibrate_method`), so there is nothing to validate here.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import is_int
+from tlsteer._types import check_batch_size, is_int
 from tlsteer.analogy import AnalogyDomain, answer_token, neutral_prompt, relation_contrast
 from tlsteer.data import ContrastPair
 from tlsteer.decode import generate_tokens
@@ -33,7 +38,21 @@ __all__ = ["AnalogyTask", "analogy_ranks", "contrast_from_analogy", "run_analogy
 
 @dataclass(frozen=True)
 class AnalogyTask:
-    """One relation: its pairs, the few-shot contrast's settings, ``k`` of top-k, an instruction."""
+    """One relation as a dataset: its domain, the few-shot contrast's settings, ``k`` of top-k.
+
+    Args:
+        domain: An :class:`~tlsteer.analogy.AnalogyDomain` (see :func:`~tlsteer.load_analogies`).
+        n_shots: Demonstrations per few-shot prompt, drawn from the other training pairs (the
+            training split must hold more than ``n_shots`` pairs).
+        seed: Seeds the split (:meth:`AnalogyDomain.split`) and the choice of demonstrations.
+        k: Success is the answer's first token among the top ``k`` next tokens.
+        instruction: The prompting baseline's instruction (``None``: no prompting cell).
+
+    Example:
+        >>> task = AnalogyTask(load_analogies()["number_successor"])  # doctest: +SKIP
+        >>> task.name  # doctest: +SKIP
+        'analogy_number_successor'
+    """
 
     domain: Any
     n_shots: Any = 5
@@ -43,7 +62,10 @@ class AnalogyTask:
 
     def __post_init__(self) -> None:
         if not isinstance(self.domain, AnalogyDomain):
-            raise TypeError(f"domain must be an AnalogyDomain (see load_analogies), got {self.domain!r}")
+            raise TypeError(
+                f"domain must be an AnalogyDomain (see load_analogies), got {type(self.domain).__name__} "
+                f"{self.domain!r}"
+            )
         for name in ("n_shots", "k"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
@@ -56,34 +78,66 @@ class AnalogyTask:
                 f"{self.domain.name}: n_shots={self.n_shots} needs more than {self.n_shots} training "
                 f"pairs, the split has {len(train)}"
             )
-        if self.instruction is not None and (not isinstance(self.instruction, str) or not self.instruction):
+        if self.instruction is not None and not (
+            isinstance(self.instruction, str) and self.instruction.strip()
+        ):
             raise ValueError(f"instruction must be a non-empty string or None, got {self.instruction!r}")
 
     @property
     def name(self) -> str:
         return f"analogy_{self.domain.name}"
 
-    def parts(self) -> tuple[list, list]:
-        """``(training pairs, test pairs)``: the domain's seeded split, validation and test together."""
+    def parts(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """``(training pairs, test pairs)``: the domain's seeded split, validation and test together.
+
+        The training pairs build the contrast (and are its only demonstrations); the test pairs
+        are scored. No strength or setting is chosen on either: strengths come from calibration on
+        neutral text.
+        """
         train, val, test = self.domain.split(self.seed)
         return train, val + test
 
+    def contrast_prompts(self) -> list[tuple[str, str]]:
+        """``(few-shot prompt, neutral prompt)`` of each training x; demonstrations are other
+        training pairs (:func:`~tlsteer.analogy.relation_contrast`, seeded by ``seed``)."""
+        train, _ = self.parts()
+        return relation_contrast(train, self.n_shots, seed=self.seed, pool=train)
+
+
+def _check_task(task: Any) -> AnalogyTask:
+    if not isinstance(task, AnalogyTask):
+        raise TypeError(f"task must be an AnalogyTask, got {type(task).__name__}")
+    return task
+
 
 def contrast_from_analogy(
-    model: HookedTransformer, sae: SAELike, task: AnalogyTask, hook_name: str
+    model: HookedTransformer, sae: SAELike, task: Any, hook_name: str, batch_size: int = 8
 ) -> ContrastReps:
-    """Paired reps: few-shot prompt vs neutral prompt of each training x, at the last token."""
-    train, _ = task.parts()
-    prompts = relation_contrast(train, task.n_shots, seed=task.seed)
-    pairs = [ContrastPair(few, plain, read_index=-1) for few, plain in prompts]
-    return contrast_from_pairs(model, sae, pairs, hook_name)
+    """Paired reps at ``hook_name``: each training x's few-shot prompt (positive) against its
+    neutral prompt (negative), read at the last token, raw and SAE-encoded (``paired=True``).
+
+    Prompts are raw text (no chat template), read in left-padded batches
+    (:func:`~tlsteer.sae.compare.contrast_from_pairs`); row i of both sides is training pair i.
+    """
+    task = _check_task(task)
+    pairs = [ContrastPair(few, plain, read_index=-1) for few, plain in task.contrast_prompts()]
+    return contrast_from_pairs(model, sae, pairs, hook_name, batch_size=check_batch_size(batch_size))
 
 
 def analogy_ranks(
     model: HookedTransformer, steering: Steering, pairs: Sequence[tuple[str, str]], batch_size: int = 32
 ) -> list[int]:
-    """The rank (0 best) of each answer's first token after its x's neutral prompt, steered at the
-    prompt's last token (an instruction prefix for prompting)."""
+    """The rank (0 best) of each answer's first token after its x's neutral prompt under ``steering``.
+
+    Vectors and edits act at the prompt's last token only (batched, left-padded, each row as if
+    alone: :func:`~tlsteer.generate_tokens`); a prefix is put before the prompt as
+    ``f"{prefix}\\n\\n{prompt}"``. Ties count in the answer's favour, as in
+    :func:`~tlsteer.analogy.next_token_accuracy`.
+    """
+    if not isinstance(steering, Steering):
+        raise TypeError(f"steering must be a Steering, got {type(steering).__name__}")
+    if isinstance(pairs, str) or not pairs:
+        raise ValueError(f"need a non-empty list of (x, y) pairs, got {pairs!r}")
     prompts = [instructed(steering.prefix, neutral_prompt(x)) for x, _ in pairs]
     out = generate_tokens(
         model,
@@ -95,8 +149,8 @@ def analogy_ranks(
         last_token_only=True,
         batch_size=batch_size,
     )
-    logits = torch.stack([row[0] for row in out.step_logits])
-    targets = torch.tensor([answer_token(model, y) for _, y in pairs])
+    logits = torch.stack([row[0] for row in out.step_logits]).float()
+    targets = torch.tensor([answer_token(model, y) for _, y in pairs], device=logits.device)
     return [int(r) for r in (logits > logits.gather(1, targets[:, None])).sum(1)]
 
 
@@ -104,15 +158,36 @@ def run_analogy_task(
     model: HookedTransformer,
     methods: Mapping[str, Method],
     calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]],
-    task: AnalogyTask,
+    task: Any,
     n_resamples: int = 1000,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Top-k (``success``) and top-1 accuracy on the test pairs per cell, with bootstrap intervals."""
-    _, test = task.parts()
+    """Top-k (``success``) and top-1 accuracy of the answer's first token on the test pairs, per cell.
+
+    Cells: ``"unsteered"``, ``"<method>@<budget>"`` for a method with a strength (at the calibrated
+    strength) and the method's name alone for prompting. Each holds ``success`` and ``top1`` as
+    ``{"value", "low", "high"}`` (a seeded 95% bootstrap over test pairs), ``n_test_pairs``, and
+    for a method's cell ``strength``, ``kl_mean``, ``kl_p95`` and ``reached`` from its calibration.
+    Every cell's prompts are scored in batches (:func:`analogy_ranks`).
+
+    Args:
+        model: The model the methods were built for.
+        methods: Named methods (:func:`~tlsteer.sae.methods.build_methods`).
+        calibrations: Per method, ``{budget: calibration}``
+            (:func:`~tlsteer.sae.compare.calibrate_method`).
+        task: The :class:`AnalogyTask` whose test pairs are scored.
+        n_resamples: Bootstrap resamples (>= 100).
+        batch_size: Prompts per forward pass.
+    """
+    task = _check_task(task)
+    missing = [name for name in methods if name not in calibrations]
+    if missing:
+        raise ValueError(f"method {missing[0]!r} has no calibration; calibrate every method first")
+    train, test = task.parts()
     plan = cell_steerings(methods, calibrations)
-    cells = {}
+    cells: dict[str, Any] = {}
     for key, steering in {"unsteered": Steering(), **{k: v[0] for k, v in plan.items()}}.items():
-        ranks = analogy_ranks(model, steering, test)
+        ranks = analogy_ranks(model, steering, test, batch_size)
         cell = {
             "success": interval([float(r < task.k) for r in ranks], n_resamples),
             "top1": interval([float(r == 0) for r in ranks], n_resamples),
@@ -121,7 +196,16 @@ def run_analogy_task(
         if key in plan:
             cal = plan[key][1]
             cell.update(
-                strength=cal["strength"], kl_mean=cal["kl_mean"], kl_p95=cal["kl_p95"], reached=cal["reached"]
+                strength=None if cal["strength"] is None else float(cal["strength"]),
+                kl_mean=float(cal["kl_mean"]),
+                kl_p95=float(cal["kl_p95"]),
+                reached=bool(cal["reached"]),
             )
         cells[key] = cell
-    return {"cells": cells, "k": task.k, "n_train_pairs": len(task.parts()[0]), "n_test_pairs": len(test)}
+    return {
+        "cells": cells,
+        "k": int(task.k),
+        "n_shots": int(task.n_shots),
+        "n_train_pairs": len(train),
+        "n_test_pairs": len(test),
+    }

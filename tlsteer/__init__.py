@@ -40,6 +40,7 @@ from tlsteer.hooks import (
     remove_all_steering,
     steering_hooks,
 )
+from tlsteer.invariants import InvariantCheck, InvariantReport, check_invariants
 from tlsteer.models import load_model
 from tlsteer.operators import (
     ablation_operator,
@@ -61,6 +62,8 @@ __all__ = [
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
+    "InvariantCheck",
+    "InvariantReport",
     "Positions",
     "SteeringHandle",
     "SteeringVector",
@@ -73,6 +76,7 @@ __all__ = [
     "apply_edits",
     "apply_steering",
     "chat_prompt",
+    "check_invariants",
     "class_mean_aggregator",
     "class_reads",
     "direction_edit",

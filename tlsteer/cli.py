@@ -1,9 +1,10 @@
-"""The ``tlsteer`` console command: ``tlsteer demo`` and ``tlsteer train``."""
+"""The ``tlsteer`` console command: ``tlsteer demo``, ``tlsteer train`` and ``tlsteer check``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -26,13 +27,77 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--limit", type=int, default=None)
     train.add_argument("--out", type=Path, required=True)
+    check = sub.add_parser(
+        "check", help="check KV cache, batching, multiplier 0 and hook removal on a model (exit 1 on failure)"
+    )
+    check.add_argument("--model", default="smollm2-135m-instruct")
+    check.add_argument(
+        "--vector",
+        type=Path,
+        default=None,
+        help=".safetensors, .gguf (llama.cpp control vector) or .npy (needs --layer); "
+        "default: a random direction at --layer",
+    )
+    check.add_argument("--layer", type=int, default=None, help="layer of a .npy vector or the random one")
+    check.add_argument("--norm", type=float, default=8.0, help="norm of the random direction")
+    check.add_argument("--multiplier", type=float, default=4.0)
+    check.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several)")
+    check.add_argument("--max-new-tokens", type=int, default=8)
+    check.add_argument("--min-token-index", type=int, default=0)
+    check.add_argument("--chat", action="store_true", help="put prompts in the chat template")
+    check.add_argument("--tolerance", type=float, default=None)
+    check.add_argument("--json", type=Path, default=None, help="also write the report here")
     return parser
+
+
+def _check_vector(args: argparse.Namespace, model: Any) -> Any:
+    import torch
+
+    from tlsteer.vector import SteeringVector
+
+    if args.vector is None:
+        layer = model.cfg.n_layers // 2 if args.layer is None else args.layer
+        direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+        return SteeringVector({f"blocks.{layer}.hook_resid_post": args.norm * direction / direction.norm()})
+    suffix = args.vector.suffix.lower()
+    if suffix == ".gguf":
+        return SteeringVector.from_gguf(args.vector)
+    if suffix == ".npy":
+        if args.layer is None:
+            raise SystemExit("a .npy vector needs --layer (the block whose resid_post it steers)")
+        return SteeringVector.from_numpy_file(args.vector, args.layer)
+    return SteeringVector.load(args.vector)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import json
+
+    from tlsteer.invariants import DEFAULT_PROMPTS, check_invariants
+    from tlsteer.models import load_model
+
+    model = load_model(args.model)
+    report = check_invariants(
+        model,
+        _check_vector(args, model),
+        args.prompt or DEFAULT_PROMPTS,
+        multiplier=args.multiplier,
+        max_new_tokens=args.max_new_tokens,
+        min_token_index=args.min_token_index,
+        chat=args.chat,
+        tolerance=args.tolerance,
+    )
+    print(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_dict(), indent=1))
+    return 0 if report.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:  # plain `tlsteer` runs the demo at its defaults
         args = _parser().parse_args(["demo"])
+    if args.command == "check":
+        return _run_check(args)
     if args.command == "demo":
         from tlsteer.demo import DemoConfig, run_demo
 

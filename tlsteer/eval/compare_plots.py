@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -53,6 +54,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> F
     fig = Figure(figsize=(13.0, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    palette = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: every method its own
     for i, method in enumerate(methods):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["kl_mean"])
         x = [max(r["kl_mean"], 1e-3) for r in mine]
@@ -64,7 +66,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> F
             y,
             yerr=err,
             marker=marker,
-            color=f"C{i % 10}",
+            color=palette[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
             label=method,
             capsize=2,
             linestyle="-" if len(mine) > 1 else "none",

@@ -261,6 +261,7 @@ def test_calibration_from_a_start_guess_needs_few_measurements():
     cal = calibrate_to_kl(quadratic, budget=0.5, start=0.25)
     assert cal.reached and cal.strength == pytest.approx(math.sqrt(0.5 / 0.3), rel=1e-9)
     assert [s for s, _ in cal.evaluations] == [0.25, cal.strength]
+
     # KL that is not a power law (quadratic, then steeper): the measured slope takes over
     def curved(s: float) -> float:
         return 0.1 * (math.exp(2 * s) - 1) ** 2

@@ -40,6 +40,7 @@ from tlsteer.eval.sweeps import (
     sweep,
     sweep_items,
 )
+from tlsteer.eval.token_view import FeatureTokenView, TokenView, feature_token_view, next_token_kl, token_view
 
 __all__ = [
     "MIN_JUDGE_ACCURACY",
@@ -55,6 +56,11 @@ __all__ = [
     "GenerationSettings",
     "Setting",
     "Steerability",
+    "FeatureTokenView",
+    "TokenView",
+    "feature_token_view",
+    "next_token_kl",
+    "token_view",
     "ab_accuracy",
     "ab_eval",
     "ab_scores",

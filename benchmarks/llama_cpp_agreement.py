@@ -1,0 +1,239 @@
+"""Does llama.cpp, steered by a control vector tlsteer exported, move the next token as tlsteer does?
+
+On the embedded SmolLM2-135M-Instruct GGUF, for 16 chat prompts: the change of the last-position
+logits (steered minus unsteered) in llama.cpp, which reads the file ``vec.to_gguf(path)`` wrote at
+strength ``m`` (``--control-vector-scaled``), against tlsteer adding ``m * vec`` at every position
+of the TransformerLens model (``min_token_index=0``); Pearson r per prompt, and the 20-token
+greedy continuations. Token ids come from the TransformerLens tokenizer for both (no BOS).
+
+Two llama.cpp models: the shipped Q4_1 file (quantised weights, 8-bit activations in its matrix
+products) and a float32 copy of it (``write_f32_gguf``: the same dequantised weights tlsteer runs),
+which isolates how the vector is applied from quantisation error. Controls: the same direction
+exported one layer too low and one too high.
+
+    python benchmarks/llama_cpp_agreement.py [--prompts 16] [--new-tokens 20]   # 13 to 21 min on 2 cores
+
+Needs llama.cpp: ``pip install xllamacpp`` (or ``TLSTEER_LLAMA_CPP_LIB=/path/to/libllama.so``).
+Writes results/llama_cpp_agreement.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+import tlsteer
+from tlsteer.data import load_open_prompts
+from tlsteer.llama_cpp import LlamaCpp, compare_with_llama_cpp, find_llama_library, write_f32_gguf
+from tlsteer.models import embedded_model_path
+
+LAYER = 12
+STRENGTHS = (2.0, 4.0, 8.0, 16.0)
+PLOT_STRENGTH = 8.0
+
+
+def at_layer(vec: tlsteer.SteeringVector, layer: int) -> tlsteer.SteeringVector:
+    """The same single direction, filed under another layer (the off-by-one control)."""
+    (direction,) = vec.directions.values()
+    return tlsteer.SteeringVector({f"blocks.{layer}.hook_resid_post": direction}, vec.metadata)
+
+
+def vectors(model) -> dict[str, tlsteer.SteeringVector]:
+    pairs = tlsteer.load_builtin_dataset("sentiment", model)[:60]
+    one = tlsteer.train_steering_vector(model, pairs, layers=[LAYER], batch_size=16)
+    three = tlsteer.train_steering_vector(model, pairs, layers=[6, LAYER, 18], batch_size=16)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(model.cfg.d_model, generator=gen)
+    norm = one.norms()[f"blocks.{LAYER}.hook_resid_post"]
+    random = tlsteer.SteeringVector({f"blocks.{LAYER}.hook_resid_post": noise / noise.norm() * norm})
+    return {f"sentiment L{LAYER}": one, "sentiment L6+L12+L18": three, f"random L{LAYER} (same norm)": random}
+
+
+def divergences(model, vec, m: float, prompts: list[str], c) -> list[dict]:
+    """Where each differing greedy continuation first differs, and how close tlsteer's top two were there."""
+    out = []
+    for k, (ours, theirs) in enumerate(zip(c.greedy_tlsteer, c.greedy_llama, strict=True)):
+        if ours == theirs:
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+        again = tlsteer.generate_tokens(
+            model, [prompts[k]], [(vec, m)], max_new_tokens=step + 1, stop_at_eos=False, keep_logits=True
+        )
+        top = again.step_logits[0][step].topk(2)
+        out.append(
+            {
+                "prompt": k,
+                "step": step,
+                "tlsteer_top2_gap": round(float(top.values[0] - top.values[1]), 5),
+                "llama_took_tlsteer_runner_up": theirs[step] == int(top.indices[1]),
+            }
+        )
+    return out
+
+
+def summary(c, diverged: tuple | list = ()) -> dict:
+    out = {
+        "r_mean": statistics.fmean(c.correlations),
+        "r_min": min(c.correlations),
+        "r_per_prompt": [round(r, 5) for r in c.correlations],
+        "mean_abs_change_tlsteer": float(c.changes_tlsteer.abs().mean()),
+        "mean_abs_change_llama": float(c.changes_llama.abs().mean()),
+    }
+    if c.greedy_tlsteer:
+        out |= {
+            "greedy_same": sum(c.greedy_same),
+            "greedy_first_token_same": sum(
+                a[0] == b[0] for a, b in zip(c.greedy_tlsteer, c.greedy_llama, strict=True)
+            ),
+            "greedy_divergences": diverged,
+        }
+    return out
+
+
+def unsteered_greedy(model, llama: LlamaCpp, prompts: list[str], new_tokens: int) -> dict:
+    ours = tlsteer.generate_tokens(model, prompts, max_new_tokens=new_tokens, stop_at_eos=False).new_tokens
+    theirs = [tuple(llama.greedy(tlsteer.tokenize(model, p), new_tokens)) for p in prompts]
+    same = [a == b for a, b in zip(ours, theirs, strict=True)]
+    return {
+        "greedy_same": sum(same),
+        "greedy_first_token_same": sum(a[0] == b[0] for a, b in zip(ours, theirs, strict=True)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    torch.set_grad_enabled(False)
+    model = tlsteer.load_model(device="cpu")
+    questions = load_open_prompts()[: args.prompts]
+    prompts = [tlsteer.chat_prompt(model, q) for q in questions]
+    vecs = vectors(model)
+    library = find_llama_library()
+    result = {
+        "model": model.cfg.model_name,
+        "llama_cpp_library": str(library),
+        "xllamacpp": _xllamacpp_version(library),
+        "machine": platform.processor() or platform.machine(),
+        "prompts": questions,
+        "tokens_per_prompt": [len(tlsteer.tokenize(model, p)) for p in prompts],
+        "strengths": list(STRENGTHS),
+        "vector_norms": {name: {h: round(n, 4) for h, n in v.norms().items()} for name, v in vecs.items()},
+        "runs": {},
+    }
+    scatter = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            "Q4_1": embedded_model_path(),
+            "F32": write_f32_gguf(embedded_model_path(), f"{tmp}/f32.gguf"),
+        }
+        for file_name, path in files.items():
+            with LlamaCpp(path) as llama:
+                runs = result["runs"][file_name] = {}
+                result.setdefault("unsteered_greedy", {})[file_name] = unsteered_greedy(
+                    model, llama, prompts, args.new_tokens
+                )
+                for m in STRENGTHS:
+                    for name, vec in vecs.items():
+                        c = compare_with_llama_cpp(
+                            model, llama, vec, m, prompts, max_new_tokens=args.new_tokens
+                        )
+                        runs.setdefault(name, {})[str(m)] = summary(c, divergences(model, vec, m, prompts, c))
+                        result.setdefault("unsteered", {})[file_name] = {
+                            "r_mean": statistics.fmean(c.unsteered_correlations),
+                            "r_min": min(c.unsteered_correlations),
+                            "max_abs_diff": c.unsteered_max_abs_diff,
+                        }
+                        if name == f"sentiment L{LAYER}" and m == PLOT_STRENGTH:
+                            scatter[file_name] = c
+                    base = vecs[f"sentiment L{LAYER}"]
+                    for shift in (-1, 1):
+                        c = compare_with_llama_cpp(
+                            model,
+                            llama,
+                            base,
+                            m,
+                            prompts,
+                            max_new_tokens=0,
+                            llama_vector=at_layer(base, LAYER + shift),
+                        )
+                        runs.setdefault(f"control: exported as L{LAYER + shift}", {})[str(m)] = summary(c)
+                    print(
+                        f"{file_name} x{m:g}: "
+                        + ", ".join(f"{k} r={v[str(m)]['r_mean']:.4f}" for k, v in runs.items())
+                    )
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "llama_cpp_agreement.json").write_text(json.dumps(result, indent=1))
+    plot(result, scatter, args.out / "llama_cpp_agreement.png")
+    print(json.dumps({k: result[k] for k in ("unsteered", "unsteered_greedy", "seconds")}, indent=1))
+
+
+def plot(result: dict, scatter: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    gen = torch.Generator().manual_seed(0)
+    for ax, (file_name, c) in zip(axes, scatter.items(), strict=False):
+        x, y = c.changes_tlsteer.flatten(), c.changes_llama.flatten()
+        keep = torch.randperm(x.numel(), generator=gen)[:60_000]
+        ax.scatter(x[keep], y[keep], s=1, alpha=0.25, rasterized=True)
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--")
+        ax.set_title(
+            f"llama.cpp {file_name} vs tlsteer, sentiment L{LAYER} x{PLOT_STRENGTH:g}\n"
+            f"r per prompt: mean {statistics.fmean(c.correlations):.4f}, min {min(c.correlations):.4f}",
+            fontsize=10,
+        )
+        ax.set_xlabel("logit change, tlsteer (TransformerLens, float32)")
+        ax.set_ylabel(f"logit change, llama.cpp ({file_name})")
+    ax = axes[2]
+    styles = {"Q4_1": "-", "F32": "--"}
+    colours = {}
+    for file_name, runs in result["runs"].items():
+        for name, by_m in runs.items():
+            colour = colours.setdefault(name, f"C{len(colours)}")
+            ms = [float(m) for m in by_m]
+            r = [by_m[m]["r_mean"] for m in by_m]
+            ax.plot(ms, r, styles[file_name], color=colour, marker="o", label=f"{file_name}: {name}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("strength m")
+    ax.set_ylabel("mean Pearson r of logit changes")
+    ax.set_title(
+        "agreement by strength (solid: shipped Q4_1, dashed: F32 copy);\n"
+        "controls: the vector exported one layer off",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _xllamacpp_version(library: Path) -> str | None:
+    """xllamacpp's version, also when its library comes from another environment's site-packages."""
+    try:
+        return metadata.version("xllamacpp")
+    except metadata.PackageNotFoundError:
+        found = sorted(library.parent.parent.glob("xllamacpp-*.dist-info"))
+        return found[0].name.removesuffix(".dist-info").split("-", 1)[1] if found else None
+
+
+if __name__ == "__main__":
+    main()

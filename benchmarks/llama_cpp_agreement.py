@@ -130,7 +130,7 @@ def main() -> None:
     library = find_llama_library()
     result = {
         "model": model.cfg.model_name,
-        "llama_cpp_library": str(library),
+        "llama_cpp_library": library.name,  # the file, not this machine's path
         "xllamacpp": _xllamacpp_version(library),
         "machine": platform.processor() or platform.machine(),
         "prompts": questions,

@@ -332,3 +332,29 @@ def test_token_view_on_the_embedded_model(embedded):
     assert view.token_ids == out.prompt_tokens[0] + out.new_tokens[0]
     assert len(re.findall(r'<span class="tok[ "]', view.to_html())) == len(view.tokens)
     assert "<|im_start|>" in "".join(view.tokens) and "&lt;|im_start|&gt;" in view.to_html()
+
+
+@pytest.mark.embedded
+def test_view_command_writes_the_same_view_as_token_view(embedded, tmp_path, capsys):
+    from tlsteer.cli import main
+
+    pairs = tlsteer.load_builtin_dataset("sentiment", embedded, limit=8)
+    vec = tlsteer.train_steering_vector(embedded, pairs, layers=[9], batch_size=8)
+    vec.to_gguf(tmp_path / "v.gguf")
+    html, png, out = tmp_path / "view.html", tmp_path / "view.png", tmp_path / "view.json"
+    args = ["view", "--vector", str(tmp_path / "v.gguf"), "--prompt", "Describe your day.", "--chat"]
+    args += ["--multiplier", "8", "--max-new-tokens", "5", "--min-token-index", "20"]
+    assert main([*args, "--html", str(html), "--png", str(png), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    direct = token_view(
+        embedded, vec, "Describe your day.", 8.0, max_new_tokens=5, chat=True, min_token_index=20
+    )
+    assert tuple(data["token_ids"]) == direct.token_ids and sum(data["generated"]) == 5
+    assert data["projection"] == pytest.approx(direct.projection, rel=1e-4, abs=1e-3)
+    assert data["kl"] == pytest.approx(direct.kl, rel=1e-3, abs=1e-6)
+    page = html.read_text(encoding="utf-8")
+    assert page.lower().startswith("<!doctype html") and len(
+        re.findall(r'<span class="tok[ "]', page)
+    ) == len(direct.tokens)
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "5 generated" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The ``tlsteer`` console command: ``tlsteer demo``, ``tlsteer train`` and ``tlsteer check``."""
+"""The ``tlsteer`` console command: ``tlsteer demo``, ``train``, ``check`` and ``view``."""
 
 from __future__ import annotations
 
@@ -47,10 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--chat", action="store_true", help="put prompts in the chat template")
     check.add_argument("--tolerance", type=float, default=None)
     check.add_argument("--json", type=Path, default=None, help="also write the report here")
+    view = sub.add_parser(
+        "view", help="per-token projection on a vector and KL of its steering, as HTML (and a figure)"
+    )
+    view.add_argument("--model", default="smollm2-135m-instruct")
+    view.add_argument(
+        "--vector", type=Path, required=True, help=".safetensors, .gguf or .npy (needs --layer)"
+    )
+    view.add_argument("--prompt", required=True)
+    view.add_argument("--multiplier", type=float, required=True)
+    view.add_argument("--layer", type=int, default=None, help="layer to read (and of a .npy vector)")
+    view.add_argument("--max-new-tokens", type=int, default=30)
+    view.add_argument("--min-token-index", type=int, default=0)
+    view.add_argument("--chat", action="store_true", help="put the prompt in the chat template")
+    view.add_argument("--html", type=Path, required=True, help="write the token strip here (a whole page)")
+    view.add_argument("--png", type=Path, default=None, help="also write the figure here")
+    view.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     return parser
 
 
-def _check_vector(args: argparse.Namespace, model: Any) -> Any:
+def _load_vector(args: argparse.Namespace, model: Any) -> Any:
     import torch
 
     from tlsteer.vector import SteeringVector
@@ -78,7 +94,7 @@ def _run_check(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     report = check_invariants(
         model,
-        _check_vector(args, model),
+        _load_vector(args, model),
         args.prompt or DEFAULT_PROMPTS,
         multiplier=args.multiplier,
         max_new_tokens=args.max_new_tokens,
@@ -92,12 +108,42 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _run_view(args: argparse.Namespace) -> int:
+    import json
+
+    from tlsteer.eval.token_view import token_view
+    from tlsteer.models import load_model
+
+    model = load_model(args.model)
+    view = token_view(
+        model,
+        _load_vector(args, model),
+        args.prompt,
+        args.multiplier,
+        max_new_tokens=args.max_new_tokens,
+        chat=args.chat,
+        min_token_index=args.min_token_index,
+        layer=args.layer,
+    )
+    args.html.write_text(view.to_html(standalone=True), encoding="utf-8")
+    if args.png is not None:
+        view.plot(args.png)
+    if args.json is not None:
+        args.json.write_text(json.dumps(view.to_dict(), indent=1))
+    n = view.n_prompt
+    print(f"{len(view.tokens)} tokens ({n} prompt, {len(view.tokens) - n} generated); wrote {args.html}")
+    print("continuation:", model.tokenizer.decode(list(view.token_ids[n:])))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:  # plain `tlsteer` runs the demo at its defaults
         args = _parser().parse_args(["demo"])
     if args.command == "check":
         return _run_check(args)
+    if args.command == "view":
+        return _run_view(args)
     if args.command == "demo":
         from tlsteer.demo import DemoConfig, run_demo
 

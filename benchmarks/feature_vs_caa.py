@@ -1,6 +1,6 @@
 """Feature steering against raw CAA at matched side effects, on CAA behaviours and built-in class sets.
 
-For each dataset, ``tlsteer.sae.feature_vs_caa`` builds every method from the same training data
+For each dataset, ``tlsteer.experiments.feature_vs_caa`` builds every method from the same training data
 at the shipped SAE's hook, calibrates each method's strength so that its mean per-token KL from
 the unsteered model on neutral text reaches each budget, and scores it on held-out data with 95%
 bootstrap intervals:
@@ -8,7 +8,7 @@ bootstrap intervals:
 - CAA behaviours (``--caa-dir``): vectors from ``--train-pairs`` generate pairs read at the
   answer letter; success is p(matching) on the 50 held-out A/B items;
 - analogy domains (``--analogies``): vectors from the few-shot vs neutral prompts of the training
-  pairs (``tlsteer.sae.analogy_task``); success is top-5 accuracy of the answer's first token on
+  pairs (``tlsteer.experiments.analogy_task``); success is top-5 accuracy of the answer's first token on
   the held-out pairs (top 1 beside it), steered at the last token; no MMLU;
 - class sets: vectors from the training split (class vs the rest, mean over each reply); for each
   class, generations from built-in open prompts (second half, never used to build anything;
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -36,11 +37,18 @@ import torch
 import tlsteer
 from tlsteer.analogy import load_analogies
 from tlsteer.data import load_ab_items, load_caa_dataset
-from tlsteer.eval.compare_plots import comparison_table, plot_comparison, plot_transfer_grid
+from tlsteer.experiments import (
+    METHODS,
+    ABTask,
+    AnalogyTask,
+    applicable_methods,
+    builtin_instructions,
+    comparison_table,
+    feature_vs_caa,
+    plot_comparison,
+    plot_transfer_grid,
+)
 from tlsteer.sae import load_embedded_sae
-from tlsteer.sae.analogy_task import AnalogyTask
-from tlsteer.sae.feature_vs_caa import ABTask, builtin_instructions, feature_vs_caa
-from tlsteer.sae.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_METHODS = ("caa", "feature_full", "feature_output", "clamp", "random", "prompting")
@@ -123,7 +131,9 @@ def main() -> None:
         "--append", action="store_true", help="add to an existing summary (its wall time is summed)"
     )
     parser.add_argument("--layer", type=int, default=6)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help=f"of {', '.join(METHODS)} (default: all that apply)"
+    )
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=3)
@@ -156,6 +166,8 @@ def main() -> None:
         args.budgets, args.targets, args.analogies = [0.5], ["formal", "pirate"], []
         if args.out == ROOT / "benchmarks" / "results":
             args.out = args.out / "small"
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("tlsteer").setLevel(logging.INFO)  # the comparison's progress, stage by stage
     torch.set_grad_enabled(False)
     start = time.perf_counter()
     model = tlsteer.load_model()
@@ -167,7 +179,6 @@ def main() -> None:
             : args.mmlu
         ]
     common = {
-        "methods": args.methods,
         "budgets": args.budgets,
         "seeds": list(range(args.seeds)),
         "max_new_tokens": args.max_new_tokens,
@@ -200,7 +211,13 @@ def main() -> None:
             kwargs["targets"] = args.targets
         if isinstance(task, AnalogyTask):
             kwargs["mmlu"] = None  # top-k accuracy of the answer token only
-        result = feature_vs_caa(model, sae, task, verbose=True, **kwargs)
+        if args.methods is not None:  # one list for every dataset: each runs those that apply to it
+            applicable = applicable_methods(task)
+            kwargs["methods"] = [m for m in args.methods if m in applicable]
+            skipped = [m for m in args.methods if m not in applicable]
+            if skipped:
+                print(f"{task.name}: {', '.join(skipped)} do not apply to it; running the others", flush=True)
+        result = feature_vs_caa(model, sae, task, **kwargs)
         name = result["dataset"]
         summary["datasets"][name] = {
             "table": comparison_table(result),

@@ -126,13 +126,15 @@ def main() -> None:
     view.plot(args.out / "token_view.png")
     browser = screenshot(args.out / "token_view.html", args.out / "token_view_screenshot.png")
 
-    from tlsteer.sae import feature_vector, load_embedded_sae
+    from tlsteer.sae import as_feature_dictionary, feature_vector, load_embedded_sae
 
     sae = load_embedded_sae(args.layer)
     fv = feature_vector(model, sae, pairs, formula="paired")
     top = fv.values.topk(args.features).indices.tolist()  # the features the positive side raises most
     t0 = time.perf_counter()
-    features = feature_token_view(model, sae, top, view, vectors=[(vec, multiplier)], min_token_index=first)
+    features = feature_token_view(
+        model, as_feature_dictionary(sae), top, view, vectors=[(vec, multiplier)], min_token_index=first
+    )
     seconds_features = time.perf_counter() - t0
     (args.out / "token_view_features.html").write_text(features.to_html(standalone=True), encoding="utf-8")
     features.plot(args.out / "token_view_features.png")

@@ -15,12 +15,17 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from tlsteer.analogy import AnalogyDomain, load_analogies, neutral_prompt, next_token_accuracy
-from tlsteer.eval.compare_plots import comparison_table
+from tlsteer.experiments.analogy_task import (
+    AnalogyTask,
+    analogy_ranks,
+    contrast_from_analogy,
+    run_analogy_task,
+)
+from tlsteer.experiments.cells import calibrate_method
+from tlsteer.experiments.comparison_plots import comparison_table
+from tlsteer.experiments.feature_vs_caa import applicable_methods, builtin_instructions, feature_vs_caa
+from tlsteer.experiments.methods import METHODS, Method, Steering, build_methods
 from tlsteer.hooks import apply_edits
-from tlsteer.sae.analogy_task import AnalogyTask, analogy_ranks, contrast_from_analogy, run_analogy_task
-from tlsteer.sae.compare import calibrate_method
-from tlsteer.sae.feature_vs_caa import builtin_instructions
-from tlsteer.sae.methods import Method, Steering, build_methods
 from tlsteer.sae.selection import feature_stats
 from tlsteer.vector import SteeringVector
 
@@ -211,3 +216,16 @@ def test_bad_input(tiny_llama, sae):
     method = Method("prompting", "prompt", prefix="Shout it.", hook_name=HOOK)
     with pytest.raises(ValueError, match="method 'prompting' has no calibration"):
         run_analogy_task(tiny_llama, {"prompting": method}, {}, AnalogyTask(DOMAIN, n_shots=2))
+
+
+def test_methods_that_do_not_apply_to_an_analogy_are_refused(tiny_llama, sae):
+    bare = AnalogyTask(DOMAIN, n_shots=2)
+    with pytest.raises(ValueError, match="method 'mean_centred' does not apply to AnalogyTask 'analogy_toy'"):
+        feature_vs_caa(tiny_llama, sae, bare, methods=["mean_centred"], neutral=NEUTRAL)
+    with pytest.raises(ValueError, match="method 'prompting' does not apply to .*: it has no instruction"):
+        feature_vs_caa(tiny_llama, sae, bare, methods=["caa", "prompting"], neutral=NEUTRAL)
+    with pytest.raises(ValueError, match="mmlu= does not apply to AnalogyTask 'analogy_toy'"):
+        feature_vs_caa(tiny_llama, sae, bare, methods=["caa"], mmlu=[], neutral=NEUTRAL)
+    with pytest.raises(ValueError, match=r"split_seed .* carries its own seed \(AnalogyTask\(seed=...\)\)"):
+        feature_vs_caa(tiny_llama, sae, bare, split_seed=3, neutral=NEUTRAL)
+    assert applicable_methods(bare) == tuple(m for m in METHODS if m not in ("mean_centred", "prompting"))

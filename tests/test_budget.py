@@ -21,6 +21,8 @@ from tlsteer.eval.budget import (
     paired_difference_ci,
 )
 from tlsteer.models import attach_tokenizer
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
 
 HOOK = "blocks.1.hook_resid_post"
@@ -81,12 +83,20 @@ def no_forward(model, monkeypatch):
 
 
 # -- kl_stats -------------------------------------------------------------------------------------
+# The old kl_stats(min_token_index=k) steered AND measured from k (default 1): in the new API that is
+# a steering at Positions.make(k) with measure_from=k.
+FROM_1 = Positions.start_at(1)
+
+
+def vector_steering(d, multiplier, positions=FROM_1):
+    return Steering.from_vector({HOOK: d}, multiplier, positions=positions)
 
 
 @pytest.mark.parametrize("first", [1, 4])
 def test_kl_stats_matches_a_plain_loop(tiny, first):
     d = direction()
-    stats = kl_stats(tiny, [({HOOK: d}, 3.0)], prompts=NEUTRAL, min_token_index=first, batch_size=3)
+    steering = vector_steering(d, 3.0, Positions.make(first))
+    stats = kl_stats(tiny, steering, prompts=NEUTRAL, measure_from=first, batch_size=3)
     check(stats, reference(tiny, NEUTRAL, first, 3.0 * d))
     assert stats.n_tokens == sum(max(len(tokenize(tiny, p)) - first, 0) for p in NEUTRAL)
     assert stats.p95 > stats.mean
@@ -95,60 +105,107 @@ def test_kl_stats_matches_a_plain_loop(tiny, first):
 
 def test_edits_vectors_and_both_together_agree(tiny_llama):
     d = direction()
-    by_vector = kl_stats(tiny_llama, [({HOOK: d}, 3.0)], prompts=NEUTRAL)
-    by_edit = kl_stats(tiny_llama, edits=[(HOOK, lambda act: (3.0 * d).expand_as(act))], prompts=NEUTRAL)
+    by_vector = kl_stats(tiny_llama, vector_steering(d, 3.0), prompts=NEUTRAL)
+    by_edit = kl_stats(
+        tiny_llama,
+        Steering.from_edits([(HOOK, lambda act: (3.0 * d).expand_as(act))], positions=FROM_1),
+        prompts=NEUTRAL,
+    )
     together = kl_stats(
-        tiny_llama, [({HOOK: d}, 1.0)], [(HOOK, lambda act: (2.0 * d).expand_as(act))], prompts=NEUTRAL
+        tiny_llama,
+        vector_steering(d, 1.0)
+        + Steering.from_edits([(HOOK, lambda act: (2.0 * d).expand_as(act))], positions=FROM_1),
+        prompts=NEUTRAL,
     )
     for other in (by_edit, together):
         assert other.mean == pytest.approx(by_vector.mean, rel=1e-5)
         assert other.p95 == pytest.approx(by_vector.p95, rel=1e-5)
         assert other.n_tokens == by_vector.n_tokens
-    half = kl_stats(tiny_llama, [({HOOK: d}, 1.0)], prompts=NEUTRAL)
+    half = kl_stats(tiny_llama, vector_steering(d, 1.0), prompts=NEUTRAL)
     assert half.mean < by_vector.mean  # the edit was really applied on top of the vector
 
 
 def test_zero_multiplier_gives_zero(tiny):
-    stats = kl_stats(tiny, [({HOOK: direction()}, 0.0)], prompts=NEUTRAL, min_token_index=0)
+    stats = kl_stats(tiny, vector_steering(direction(), 0.0, Positions.all()), prompts=NEUTRAL, measure_from=0)
     assert stats.mean < 1e-7 and stats.p95 < 1e-7
     assert stats.n_tokens == sum(len(tokenize(tiny, p)) for p in NEUTRAL)
 
 
 def test_batches_of_uneven_prompts_match_one_at_a_time(tiny):
-    vectors = [({HOOK: direction()}, 2.0)]
-    one = kl_stats(tiny, vectors, prompts=NEUTRAL, batch_size=1)
-    two = kl_stats(tiny, vectors, prompts=NEUTRAL, batch_size=2)
+    steering = vector_steering(direction(), 2.0)
+    one = kl_stats(tiny, steering, prompts=NEUTRAL, batch_size=1)
+    two = kl_stats(tiny, steering, prompts=NEUTRAL, batch_size=2)
     assert two.mean == pytest.approx(one.mean, rel=1e-5)
     assert two.p95 == pytest.approx(one.p95, rel=1e-5)
     assert two.n_tokens == one.n_tokens
+
+
+def test_steering_later_than_the_measurement_does_not_depend_on_batching(tiny_llama):
+    """A steering that starts after some short prompts end steers nothing there: KL 0, in any batch."""
+    d = direction()
+    prompts = ["Water boils at 100 degrees.", "Hi there"]  # 27 and 8 tokens
+    steering = vector_steering(d, 3.0, Positions.start_at(10))
+    one = kl_stats(tiny_llama, steering, prompts=prompts, measure_from=1, batch_size=1)
+    two = kl_stats(tiny_llama, steering, prompts=prompts, measure_from=1, batch_size=2)
+    assert two.mean == pytest.approx(one.mean, rel=1e-5) and two.n_tokens == one.n_tokens
+    check(one, _later(tiny_llama, prompts, d))
+    with pytest.raises(ValueError, match="beyond"):  # beyond every prompt: nothing would be steered
+        kl_stats(tiny_llama, vector_steering(d, 3.0, Positions.start_at(40)), prompts=prompts)
+
+
+def _later(model, prompts, d):
+    """Per-token KL from position 1 with ``3 d`` added from position 10 on, one prompt at a time."""
+    kls = []
+    with torch.no_grad():
+        for prompt in prompts:
+            tokens = torch.tensor([tokenize(model, prompt)])
+            clean = model(tokens)[0].log_softmax(-1)
+            steered = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, adding(3.0 * d, 10))])[0].log_softmax(-1)
+            kls += [float((c.exp() * (c - s)).sum()) for c, s in zip(clean[1:], steered[1:], strict=True)]
+    return float(np.mean(kls)), float(np.percentile(kls, 95)), len(kls)
+
+
+def test_kl_stats_refuses_positions_other_than_all_or_start_at(tiny_llama, monkeypatch):
+    no_forward(tiny_llama, monkeypatch)
+    for positions in (Positions.last(), Positions.from_end(3), Positions.at([2, 5])):
+        with pytest.raises(ValueError, match=r"kl_stats steers every position or from an index on"):
+            kl_stats(tiny_llama, vector_steering(direction(), 1.0, positions), prompts=NEUTRAL)
 
 
 # -- prefix ---------------------------------------------------------------------------------------
 
 
 def test_prefix_matches_a_hand_computation(tiny):
-    stats = kl_stats(tiny, prompts=NEUTRAL, prefix=PREFIX, batch_size=3)
+    stats = kl_stats(tiny, Steering.from_prompt(PREFIX), prompts=NEUTRAL, batch_size=3)
     check(stats, reference(tiny, NEUTRAL, prefix=PREFIX))
-    one = kl_stats(tiny, prompts=NEUTRAL, prefix=PREFIX, batch_size=1)
+    one = kl_stats(tiny, Steering.from_prompt(PREFIX), prompts=NEUTRAL, batch_size=1)
     assert one.mean == pytest.approx(stats.mean, rel=1e-5) and one.n_tokens == stats.n_tokens
 
 
 def test_prefix_with_a_vector_steers_the_prompt_tokens(tiny_llama):
     d = direction()
-    stats = kl_stats(tiny_llama, [({HOOK: d}, 2.0)], prompts=NEUTRAL, prefix=PREFIX, min_token_index=3)
+    prompted = Steering.from_prompt(PREFIX)
+    steering = vector_steering(d, 2.0, Positions.start_at(3)) + prompted
+    stats = kl_stats(tiny_llama, steering, prompts=NEUTRAL, measure_from=3)
     check(stats, reference(tiny_llama, NEUTRAL, 3, 2.0 * d, prefix=PREFIX))
-    alone = kl_stats(tiny_llama, prompts=NEUTRAL, prefix=PREFIX, min_token_index=3)
+    alone = kl_stats(tiny_llama, prompted, prompts=NEUTRAL, measure_from=3)
     assert abs(alone.mean - stats.mean) > 1e-3
 
 
 def test_empty_prefix_and_nothing_to_measure_are_refused(tiny_llama, monkeypatch):
     no_forward(tiny_llama, monkeypatch)
-    with pytest.raises(ValueError, match="prefix is empty; pass prefix=None"):
-        kl_stats(tiny_llama, prompts=NEUTRAL, prefix="")
-    with pytest.raises(ValueError, match="nothing to measure: give vectors, edits or a prefix"):
-        kl_stats(tiny_llama, prompts=NEUTRAL)
-    with pytest.raises(TypeError, match="prefix must be a string or None, got int"):
-        kl_stats(tiny_llama, prompts=NEUTRAL, prefix=3)
+    with pytest.raises(ValueError, match="a prompt prefix must be a non-empty string, got ''"):
+        kl_stats(tiny_llama, Steering.from_prompt(""), prompts=NEUTRAL)
+    with pytest.raises(ValueError, match="nothing to measure: the steering has no edits and no prefix"):
+        kl_stats(tiny_llama, Steering(), prompts=NEUTRAL)
+    with pytest.raises(ValueError, match="nothing to measure"):
+        kl_stats(tiny_llama, None, prompts=NEUTRAL)
+    with pytest.raises(TypeError, match="prefix must be a string, got 3"):
+        kl_stats(tiny_llama, Steering(prefix=3), prompts=NEUTRAL)
+    with pytest.raises(ValueError, match="a prompt prefix must be a non-empty string, got 3"):
+        kl_stats(tiny_llama, Steering.from_prompt(3), prompts=NEUTRAL)
+    with pytest.raises(TypeError, match="expected a tlsteer.Steering"):
+        kl_stats(tiny_llama, [({HOOK: direction()}, 1.0)], prompts=NEUTRAL)  # the old vector pairs
 
 
 def tokenizer(pattern: str = ".", add_bos: bool = False) -> PreTrainedTokenizerFast:
@@ -170,12 +227,13 @@ def test_prefix_is_aligned_after_the_bos_the_tokenizer_adds():
     model = make_model("llama", seed=3)
     attach_tokenizer(model, tokenizer(add_bos=True))
     assert tokenize(model, "Hi") == [1, *tokenize(model, "Hi")[1:]] and len(tokenize(model, "Hi")) == 3
+    prompted = Steering.from_prompt(PREFIX)
     for first in (0, 1):
-        stats = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=first, batch_size=3)
+        stats = kl_stats(model, prompted, prompts=NEUTRAL, measure_from=first, batch_size=3)
         check(stats, reference(model, NEUTRAL, first, prefix=PREFIX, lead=1))
-    # position 0 is BOS in both runs: the same distribution, so min_token_index=0 only adds zeros
-    at_bos = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=0)
-    after = kl_stats(model, prompts=NEUTRAL, prefix=PREFIX, min_token_index=1)
+    # position 0 is BOS in both runs: the same distribution, so measure_from=0 only adds zeros
+    at_bos = kl_stats(model, prompted, prompts=NEUTRAL, measure_from=0)
+    after = kl_stats(model, prompted, prompts=NEUTRAL, measure_from=1)
     assert at_bos.mean * at_bos.n_tokens == pytest.approx(after.mean * after.n_tokens, rel=1e-5)
 
 
@@ -185,32 +243,45 @@ def test_a_prefix_merging_into_the_prompt_is_refused_before_any_forward(monkeypa
     assert len(tokenize(model, "xab")) == 2
     no_forward(model, monkeypatch)
     with pytest.raises(ValueError, match=r"prompt 1 \('bcd'\).*merges across the boundary"):
-        kl_stats(model, prompts=["cd", "bcd"], prefix="xa")
+        kl_stats(model, Steering.from_prompt("xa"), prompts=["cd", "bcd"])
 
 
 def test_everything_is_checked_before_any_forward(tiny_llama, monkeypatch):
     no_forward(tiny_llama, monkeypatch)
-    good = [({HOOK: direction()}, 1.0)]
     nan = torch.ones(32)
     nan[2] = float("nan")
-    cases = [
-        (dict(vectors=good, edits=[("blocks.9.hook_resid_post", lambda a: a)]), KeyError, "out of range"),
-        (dict(vectors=good, edits=[(HOOK, "not callable")]), TypeError, "must be a callable"),
-        (dict(vectors=[({HOOK: nan}, 1.0)]), ValueError, "1 non-finite entries"),
-        (dict(vectors=[({HOOK: direction()}, float("inf"))]), ValueError, "multiplier must be finite"),
-        (dict(vectors=good, min_token_index=-1), ValueError, "min_token_index=-1 is negative"),
-        (dict(vectors=good, min_token_index=1.5), TypeError, "min_token_index must be an int"),
-        (dict(vectors=good, min_token_index=40), ValueError, r"min_token_index=40 leaves no position"),
-        (dict(vectors=good, batch_size=0), ValueError, "batch_size must be an int >= 1"),
-        (dict(vectors=good, prompts="one string"), ValueError, "non-empty list of strings"),
-        (dict(vectors=good, prompts=[]), ValueError, "non-empty list of strings"),
-        (dict(vectors=good, prompts=["ok", ""]), ValueError, "prompt 1 must be a non-empty string"),
-        (dict(vectors=good, prefix="x" * 120), ValueError, r"more than the model's context"),
-    ]
-    for kwargs, error, match in cases:
+
+    def good(positions=FROM_1):
+        return vector_steering(direction(), 1.0, positions)
+
+    def run(steering=None, **kwargs):
         kwargs.setdefault("prompts", NEUTRAL)
+        return kl_stats(tiny_llama, good() if steering is None else steering, **kwargs)
+
+    cases = [
+        (
+            lambda: run(good() + Steering.from_edits([("blocks.9.hook_resid_post", lambda a: a)], positions=FROM_1)),
+            KeyError,
+            "out of range",
+        ),
+        (lambda: run(good() + Steering.from_edits([(HOOK, "not callable")])), TypeError, "must be a callable"),
+        (lambda: run(vector_steering(nan, 1.0)), ValueError, "1 non-finite entries"),
+        (lambda: run(vector_steering(direction(), float("inf"))), ValueError, "multiplier must be finite"),
+        (lambda: run(good(Positions.make(-1))), ValueError, "min_token_index=-1 is negative"),
+        (lambda: run(good(Positions.make(1.5))), TypeError, "min_token_index must be an int"),
+        (lambda: run(measure_from=-1), ValueError, r"measure_from must be an int >= 0 .*got -1"),
+        (lambda: run(measure_from=1.5), ValueError, r"measure_from must be an int >= 0 .*got 1.5"),
+        (lambda: run(measure_from=40), ValueError, r"measure_from=40 leaves no position"),
+        (lambda: run(good(Positions.start_at(40))), ValueError, r"min_token_index=40 is beyond"),
+        (lambda: run(batch_size=0), ValueError, "batch_size must be an int >= 1"),
+        (lambda: run(prompts="one string"), ValueError, "non-empty list of strings"),
+        (lambda: run(prompts=[]), ValueError, "non-empty list of strings"),
+        (lambda: run(prompts=["ok", ""]), ValueError, "prompt 1 must be a non-empty string"),
+        (lambda: run(good() + Steering.from_prompt("x" * 120)), ValueError, r"more than the model's context"),
+    ]
+    for case, error, match in cases:
         with pytest.raises(error, match=match):
-            kl_stats(tiny_llama, **kwargs)
+            case()
 
 
 @pytest.mark.parametrize("prefix", [None, PREFIX])
@@ -218,8 +289,11 @@ def test_hooks_are_removed_when_the_steered_forward_raises(tiny, prefix):
     def boom(act):
         raise RuntimeError("edit failed")
 
+    steering = vector_steering(direction(), 1.0) + Steering.from_edits([(HOOK, boom)], positions=FROM_1)
+    if prefix is not None:
+        steering = steering + Steering.from_prompt(prefix)
     with pytest.raises(RuntimeError, match="edit failed"):
-        kl_stats(tiny, [({HOOK: direction()}, 1.0)], [(HOOK, boom)], prompts=NEUTRAL, prefix=prefix)
+        kl_stats(tiny, steering, prompts=NEUTRAL)
     assert count_hooks(tiny) == 0
     assert all(not point.fwd_hooks for point in tiny.hook_dict.values())
 
@@ -394,17 +468,18 @@ def test_kl_stats_cache_reuses_the_unsteered_run_and_changes_nothing(tiny_llama)
     import tlsteer
 
     vec = tlsteer.SteeringVector({"blocks.1.hook_resid_post": torch.ones(tiny_llama.cfg.d_model)})
+    steering = vec.steering(0.5, positions=FROM_1)  # the old default: steer and measure from 1
     prompts = ["Water boils at 100 degrees.", "The Nile flows north.", "Hi"]
     cache = {}
-    first = kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2, cache=cache)
+    first = kl_stats(tiny_llama, steering, prompts=prompts, batch_size=2, cache=cache)
     assert len(cache) == 2  # one entry per batch
     calls = []
     handle = tiny_llama.register_forward_hook(lambda *a: calls.append(1))
     try:
-        again = kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2, cache=cache)
+        again = kl_stats(tiny_llama, steering, prompts=prompts, batch_size=2, cache=cache)
     finally:
         handle.remove()
     assert len(calls) == 2  # only the steered forwards ran
-    assert again == first == kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, batch_size=2)
+    assert again == first == kl_stats(tiny_llama, steering, prompts=prompts, batch_size=2)
     with pytest.raises(TypeError, match="cache must be a dict"):
-        kl_stats(tiny_llama, [(vec, 0.5)], prompts=prompts, cache=[])
+        kl_stats(tiny_llama, steering, prompts=prompts, cache=[])

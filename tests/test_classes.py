@@ -405,3 +405,123 @@ def test_transfer_matrix_equals_a_one_prompt_at_a_time_loop(tiny_llama):
     assert steer("calm", "calm") == {}
     vec, mult = steer("calm", "angry")["vectors"][0]
     assert float(vec[HOOK].norm()) * mult == pytest.approx(1.5, rel=1e-5)
+
+
+# -- bad input: n_bootstrap, dataset shape, key typos, file encodings, one-token texts -------
+def test_a_profile_without_resamples_refuses_a_stability_filter(tiny_llama):
+    profile, _, _ = planted_profile(n_bootstrap=0)
+    with pytest.raises(
+        ValueError,
+        match=r"^distinctive with stable_only=True needs a stability estimate, but this profile was built "
+        r"with n_bootstrap=0 .*build it with n_bootstrap >= 1 \(default 50\), or pass stable_only=False",
+    ):
+        profile.distinctive("a")
+    with pytest.raises(ValueError, match=r"^shared with stable_only=True needs a stability estimate"):
+        profile.shared(k=3)
+    table = profile.distinctive("a", k=3, stable_only=False)
+    assert len(table) == 3 and table.stability.isna().all()  # no estimate, not a zero one
+    assert profile.shared(k=1, stable_only=False).stability.isna().all()
+    for build in (
+        lambda n: raw_class_profile(tiny_llama, toy(), HOOK, n_bootstrap=n),
+        lambda n: class_profile(tiny_llama, orthonormal_sae(), toy(), n_bootstrap=n),
+    ):
+        with pytest.raises(ValueError, match=r"needs a stability estimate.*n_bootstrap=0"):
+            build(0).distinctive("calm", space="raw")
+        with pytest.raises(ValueError, match=r"^n_bootstrap must be an int >= 0 .*got -1$"):
+            build(-1)
+        with pytest.raises(ValueError, match=r"^n_bootstrap must be an int >= 0 .*got 2\.5$"):
+            build(2.5)
+    with pytest.raises(ValueError, match=r"^n_bootstrap must be an int >= 0"):
+        ClassProfile.from_representations(
+            {"a": torch.ones(2, 3), "b": torch.zeros(2, 3)}, HOOK, n_bootstrap=-3
+        )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5, "0.5"])
+def test_min_stability_must_be_a_share(bad):
+    profile, _, _ = planted_profile(n_bootstrap=3)
+    with pytest.raises(ValueError, match=r"^min_stability must be a number in \[0, 1\], got "):
+        profile.distinctive("a", min_stability=bad)
+    with pytest.raises(ValueError, match=r"^min_stability must be a number in \[0, 1\], got "):
+        profile.shared(min_stability=bad)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: ClassDataset.from_dict({"examples": ["fine", "NO!"]}), r"examples must be a mapping"),
+        (
+            lambda: ClassDataset("toy", ["a", "b"], []),
+            r"^toy: examples must be a mapping \{class_name: \[examples\]\}, got list",
+        ),
+        (
+            lambda: ClassDataset("toy", ["a", "b"], {"a": ["x", "y"], "b": ["z", "w"]}, judge_texts=["t"]),
+            r"judge_texts must be a mapping",
+        ),
+        (
+            lambda: ClassDataset.from_dict([["fine", "ok"], ["NO!", "ugh"]]),
+            r"^expected a mapping \{class_name: \[examples\]\} or \{'examples'",
+        ),
+    ],
+)
+def test_a_class_set_from_a_list_says_it_wants_a_mapping(build, match):
+    with pytest.raises(TypeError, match=match):
+        build()
+
+
+def test_a_misspelled_key_is_named_with_the_closest_valid_key():
+    examples = {"calm": ["fine", "ok"], "angry": ["NO!", "ugh"]}
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown key 'exmaples' \(its value is a dict, not a list of examples"
+        r".*closest valid key: 'examples'",
+    ):
+        ClassDataset.from_dict({"exmaples": examples})
+    with pytest.raises(
+        ValueError,
+        match=r"^the dict has the top-level key 'name' but no 'examples' "
+        r"\(is 'exmaples' a misspelling of 'examples'\?\)",
+    ):
+        ClassDataset.from_dict({"name": "toy", "exmaples": examples})
+    with pytest.raises(
+        ValueError, match=r"^unknown key 'clases'; closest: 'classes'; valid keys: 'classes', "
+    ):
+        ClassDataset.from_dict({"examples": examples, "clases": ["calm", "angry"]})
+    assert ClassDataset.from_dict(examples).classes == ("calm", "angry")  # a bare dict still works
+
+
+CSV_BODY = "class,text\ncalm,caf\u00e9 is fine\ncalm,all good\nangry,NO!\nangry,ugh\n"
+
+
+def test_a_csv_with_a_byte_order_mark_loads_like_one_without(tmp_path):
+    (tmp_path / "plain.csv").write_bytes(CSV_BODY.encode())
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + CSV_BODY.encode())  # as spreadsheets save it
+    plain = ClassDataset.from_csv(tmp_path / "plain.csv", name="toy")
+    assert ClassDataset.from_csv(tmp_path / "bom.csv", name="toy") == plain
+    assert plain.examples["calm"][0].response == "caf\u00e9 is fine"
+
+
+def test_a_latin1_csv_names_the_file_and_the_byte_or_is_read_with_its_encoding(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(CSV_BODY.encode("latin-1"))
+    with pytest.raises(
+        ValueError,
+        match=r"latin\.csv' is not valid UTF-8: byte b'\\xe9' at offset 19 \(line 2\) cannot be decoded .*"
+        r"save the file as UTF-8, or pass encoding=",
+    ):
+        ClassDataset.from_csv(path)
+    assert ClassDataset.from_csv(path, encoding="latin-1").examples["calm"][0].response == "caf\u00e9 is fine"
+    with pytest.raises(ValueError, match=r"^unknown encoding 'utf-9'"):
+        ClassDataset.from_csv(path, encoding="utf-9")
+
+
+def test_a_one_token_plain_text_is_named_when_its_response_is_read(tiny_llama):
+    ds = ClassDataset.from_dict({"a": ["hello", "x"], "b": ["yo there", "ok go"]}, name="toy")
+    with pytest.raises(
+        ValueError,
+        match=r"^toy: class 'a', example 1 \('x'\) is a plain text of 1 token: read='response' "
+        r"averages every token of a plain text but the first .*read='last'",
+    ):
+        class_reads(tiny_llama, ds, HOOK)
+    last = class_reads(tiny_llama, ds, HOOK, read="last")  # its one token can be read at a position
+    assert last["a"].shape == (2, tiny_llama.cfg.d_model)

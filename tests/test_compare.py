@@ -14,17 +14,13 @@ from tlsteer.data import ABItem, ContrastPair, chat_prompt
 from tlsteer.eval.ab import ab_eval, ab_scores
 from tlsteer.eval.budget import kl_stats
 from tlsteer.eval.judge import perplexity
+from tlsteer.eval.prefix_generation import perplexities
+from tlsteer.experiments.ab_task import ABTask, run_ab_task, steered_ab_scores
+from tlsteer.experiments.cells import calibrate_method
+from tlsteer.experiments.contrasts import contrast_from_pairs
+from tlsteer.experiments.feature_vs_caa import applicable_methods, feature_vs_caa
+from tlsteer.experiments.methods import METHODS, ContrastReps, Method, Steering, build_methods, instructed
 from tlsteer.extract import read_activations
-from tlsteer.sae.compare import (
-    calibrate_method,
-    contrast_from_pairs,
-    instructed,
-    perplexities,
-    run_ab_task,
-    steered_ab_scores,
-)
-from tlsteer.sae.feature_vs_caa import ABTask, feature_vs_caa
-from tlsteer.sae.methods import ContrastReps, Method, Steering, build_methods
 from tlsteer.sae.selection import feature_stats
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector
@@ -183,13 +179,14 @@ def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
         tiny_llama,
         sae,
         task,
-        methods=["caa", "mean_centred", "feature_full", "random", "prompting"],
+        methods=["caa", "feature_full", "random", "prompting"],
         budgets=[0.1],
         neutral=NEUTRAL,
         n_resamples=200,
         out_dir=tmp_path,
     )
     assert set(result["cells"]) == {"unsteered", "caa@0.1", "feature_full@0.1", "random@0.1", "prompting"}
+    assert result["settings"]["methods"] == ["caa", "feature_full", "random", "prompting"]
     saved = json.loads((tmp_path / "feature_vs_caa_toy.json").read_text())
     assert saved["cells"]["caa@0.1"]["p_matching"] == result["cells"]["caa@0.1"]["p_matching"]
     assert (tmp_path / "feature_vs_caa_toy.png").stat().st_size > 0
@@ -199,6 +196,46 @@ def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
         feature_vs_caa(tiny_llama, sae, ["not", "a", "task"], neutral=NEUTRAL)
     with pytest.raises(ValueError, match="at least 2 training pairs"):
         ABTask("tiny", pairs(tiny_llama)[:1], ITEMS)
+
+
+def test_methods_that_do_not_apply_are_refused_not_dropped(tiny_llama, sae):
+    """mean_centred (no class means) and prompting (no instruction) used to vanish from an A/B or
+    analogy run without a word; now they are refused, naming the method and what is valid."""
+    task = ABTask("toy", pairs(tiny_llama), ITEMS, instruction="Say yes.")
+    bare = ABTask("bare", pairs(tiny_llama), ITEMS)
+    valid = (
+        "valid for ABTask 'toy': 'caa', 'feature_full', 'feature_topk', 'feature_output', 'single_feature'"
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"method 'mean_centred' does not apply to ABTask 'toy': it has two sides .*; {valid}",
+    ):
+        feature_vs_caa(tiny_llama, sae, task, methods=["caa", "mean_centred"], neutral=NEUTRAL)
+    with pytest.raises(
+        ValueError, match="method 'prompting' does not apply to ABTask 'bare': it has no instruction"
+    ):
+        feature_vs_caa(tiny_llama, sae, bare, methods=["caa", "prompting"], neutral=NEUTRAL)
+    with pytest.raises(
+        ValueError, match=r"unknown method 'cca' \(closest: 'caa'\); valid for ABTask 'toy': 'caa'"
+    ):
+        feature_vs_caa(tiny_llama, sae, task, methods=["cca"], neutral=NEUTRAL)
+    with pytest.raises(ValueError, match="methods is empty; valid for ABTask 'toy'"):
+        feature_vs_caa(tiny_llama, sae, task, methods=[], neutral=NEUTRAL)
+    with pytest.raises(TypeError, match="methods must be a list of method names, got 'caa'"):
+        feature_vs_caa(tiny_llama, sae, task, methods="caa", neutral=NEUTRAL)
+    with pytest.raises(ValueError, match=r"feature_topk needs ks, a non-empty list of ints >= 1, got \(\)"):
+        feature_vs_caa(tiny_llama, sae, task, methods=["feature_topk"], ks=(), budgets=[0.1], neutral=NEUTRAL)
+    # arguments only a class set reads are refused for an A/B task too
+    with pytest.raises(ValueError, match="targets= applies to a ClassDataset only, not to ABTask 'toy'"):
+        feature_vs_caa(tiny_llama, sae, task, targets=["a"], neutral=NEUTRAL)
+    with pytest.raises(
+        ValueError, match="split_seed applies to a ClassDataset only; ABTask 'toy' has no split"
+    ):
+        feature_vs_caa(tiny_llama, sae, task, split_seed=1, neutral=NEUTRAL)
+    # the default is every method that applies
+    assert "mean_centred" not in applicable_methods(task) and "prompting" in applicable_methods(task)
+    assert "prompting" not in applicable_methods(bare)
+    assert set(applicable_methods(task)) == set(METHODS) - {"mean_centred"}
 
 
 def test_contrast_reps_use_class_means_for_mean_centred():
@@ -259,7 +296,7 @@ class LengthJudge:
 
 def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
     from tlsteer.decode import generate_tokens
-    from tlsteer.sae.class_task import run_class_task
+    from tlsteer.experiments.class_task import run_class_task
 
     hook = HOOK
     gen = torch.Generator().manual_seed(3)

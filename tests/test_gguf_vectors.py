@@ -106,7 +106,7 @@ def test_reads_a_file_written_by_another_tool(tmp_path):
     write_foreign(tmp_path / "r.gguf", data, layer_count=31)  # layer_count is not read by llama.cpp
     w = SteeringVector.from_gguf(tmp_path / "r.gguf")
     assert w.hooks == ["blocks.2.hook_resid_post", "blocks.4.hook_resid_post"]
-    assert w.metadata == VectorMetadata(model_name="mistral")
+    assert w.metadata == VectorMetadata(model_hint="mistral")  # an architecture, not a model name
     assert torch.equal(w[4], torch.full((D,), 4.0))
     pre = SteeringVector.from_gguf(tmp_path / "r.gguf", hook_point="resid_pre")
     assert pre.hooks == ["blocks.2.hook_resid_pre", "blocks.4.hook_resid_pre"]
@@ -138,6 +138,76 @@ def test_non_finite_directions_are_refused(tmp_path):
     write_foreign(tmp_path / "nan.gguf", {"direction.1": bad.numpy()})
     with pytest.raises(ValueError, match=r"1 non-finite entries \(first at index 2: nan\)"):
         SteeringVector.from_gguf(tmp_path / "nan.gguf")
+
+
+def test_an_architecture_hint_is_not_the_model_name(tmp_path):
+    """Defect: llama.cpp and repeng write the architecture as model_hint; it became model_name, and
+    steering refused the vector for every model whose name is not "llama"."""
+    write_foreign(tmp_path / "r.gguf", {"direction.2": np.ones(D, dtype=np.float32)}, hint="llama")
+    w = SteeringVector.from_gguf(tmp_path / "r.gguf")
+    assert w.metadata.model_name == ""  # nothing for model checks to refuse
+    assert w.metadata.model_hint == "llama"  # not lost
+    w.to_gguf(tmp_path / "again.gguf")  # the hint is written back, and kept by tlsteer's own file
+    assert fields(tmp_path / "again.gguf")["controlvector.model_hint"][1] == "llama"
+    assert SteeringVector.from_gguf(tmp_path / "again.gguf").metadata == w.metadata
+    v = vec()  # a file tlsteer wrote keeps its full provenance, whatever hint it was given
+    v.to_gguf(tmp_path / "ours.gguf", model_hint="llama")
+    assert SteeringVector.from_gguf(tmp_path / "ours.gguf").metadata.model_name == "tiny-llama"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("direction.01", "direction.1"), ("direction.3", "direction.003")]
+)
+def test_a_layer_written_twice_is_refused(tmp_path, first, second):
+    """Defect: llama.cpp's stoi reads both names as one layer and adds them; tlsteer kept one of them."""
+    data = {first: np.ones(D, dtype=np.float32), second: np.full(D, 2.0, dtype=np.float32)}
+    write_foreign(tmp_path / "twice.gguf", data)
+    layer = int(first.split(".")[1])
+    message = rf"tensors '{re.escape(first)}' and '{re.escape(second)}' are both layer {layer}"
+    with pytest.raises(ValueError, match=message):
+        SteeringVector.from_gguf(tmp_path / "twice.gguf")
+
+
+def test_a_layer_in_non_ascii_digits_is_refused(tmp_path):
+    write_foreign(tmp_path / "u.gguf", {"direction.\u0661": np.ones(D, dtype=np.float32)})  # Arabic-Indic 1
+    with pytest.raises(ValueError, match="is not a control-vector direction"):
+        SteeringVector.from_gguf(tmp_path / "u.gguf")
+
+
+def test_tampered_tlsteer_metadata_in_a_gguf_names_the_file_and_key(tmp_path):
+    one = {"blocks.1.hook_resid_post": torch.ones(D)}
+    write_control_vector(one, tmp_path / "json.gguf", "llama", metadata_json="{oops")
+    with pytest.raises(ValueError, match=r"json\.gguf' key 'tlsteer\.metadata' is not JSON .*'\{oops'"):
+        SteeringVector.from_gguf(tmp_path / "json.gguf")
+    write_control_vector(one, tmp_path / "type.gguf", "llama", metadata_json='{"model_name": 5}')
+    with pytest.raises(ValueError, match=r"type\.gguf' key .*field 'model_name' must be a string, got 5"):
+        SteeringVector.from_gguf(tmp_path / "type.gguf")
+    write_control_vector(one, tmp_path / "point.gguf", "llama", metadata_json='{"hook_point": "mlp_out"}')
+    with pytest.raises(ValueError, match="says hook_point='mlp_out' but its directions are at 'resid_post'"):
+        SteeringVector.from_gguf(tmp_path / "point.gguf")
+
+
+def test_values_beyond_float32_are_refused_before_writing(tmp_path):
+    """Defect: a float64 direction past float32's range was written as inf (and the file then refused)."""
+    big = SteeringVector({"blocks.1.hook_resid_post": torch.tensor([1e300, 0.0], dtype=torch.float64)})
+    message = r"'blocks\.1\.hook_resid_post' has values beyond the float32 range \(largest \|x\| = 1e\+300"
+    with pytest.raises(ValueError, match=message):
+        big.to_gguf(tmp_path / "v.gguf")
+    with pytest.raises(ValueError, match=message):
+        big.to_numpy_file(1, tmp_path / "v.npy")
+    assert not list(tmp_path.iterdir())
+    fits = SteeringVector({"blocks.1.hook_resid_post": torch.tensor([3e38, -1e-300], dtype=torch.float64)})
+    fits.to_gguf(tmp_path / "fits.gguf")  # within range; the tiny value rounds to 0
+    assert SteeringVector.from_gguf(tmp_path / "fits.gguf")[1].tolist() == [np.float32(3e38), 0.0]
+
+
+def test_bad_hook_point_types_are_named(tmp_path):
+    vec().to_gguf(tmp_path / "v.gguf")
+    np.save(tmp_path / "v.npy", np.ones(D, dtype=np.float32))
+    with pytest.raises(TypeError, match="hook_point must be a string, one of 'resid_pre'.*; got None"):
+        SteeringVector.from_gguf(tmp_path / "v.gguf", hook_point=None)
+    with pytest.raises(TypeError, match=r"hook_point must be a string.*; got \['resid_post'\]"):
+        SteeringVector.from_numpy_file(tmp_path / "v.npy", 1, hook_point=["resid_post"])
 
 
 def test_bad_gguf_files_are_refused(tmp_path):
@@ -266,3 +336,25 @@ def test_numpy_bad_path_layer_and_hook_point(tmp_path):
         SteeringVector.from_numpy_file(tmp_path / "v.npz", 1)
     with pytest.raises(TypeError, match="path must be a str or pathlib.Path"):
         SteeringVector.from_numpy_file(b"v.npy", 1)
+    with pytest.raises(IsADirectoryError, match=r"\.npy direction path .* is a folder; expected a file"):
+        SteeringVector.from_numpy_file(tmp_path, 1)
+    with pytest.raises(IsADirectoryError, match="control vector path .* is a folder"):
+        SteeringVector.from_gguf(tmp_path)
+
+
+def test_numpy_truncated_file_names_the_file(tmp_path):
+    np.save(tmp_path / "v.npy", np.ones(1000, dtype=np.float32))
+    data = (tmp_path / "v.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:200])
+    with pytest.raises(ValueError, match=r"cut\.npy' is a truncated or corrupt \.npy file"):
+        SteeringVector.from_numpy_file(tmp_path / "cut.npy", 1)
+
+
+def test_to_numpy_file_writes_exactly_the_given_path(tmp_path):
+    """np.save adds '.npy' to a name without it, so from_numpy_file(same path) could not find it."""
+    v = vec((1, 3))
+    v.to_numpy_file(3, tmp_path / "layer3.direction")
+    assert [p.name for p in tmp_path.iterdir()] == ["layer3.direction"]
+    assert torch.equal(SteeringVector.from_numpy_file(tmp_path / "layer3.direction", 3)[3], v[3])
+    with pytest.raises(FileNotFoundError, match="folder .* does not exist"):
+        v.to_numpy_file(3, tmp_path / "no" / "v.npy")

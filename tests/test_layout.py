@@ -1,6 +1,18 @@
-"""The package's shape: no import cycles, no private names across modules, the core apart from eval.
+"""The package's shape: its layers, no import cycles, no private names across modules.
 
-The same check runs from the command line: ``python tests/test_layout.py`` prints the import graph.
+Layers, each importing only those below it (``../shared/STYLE.md``, "A layout that shows the
+architecture"):
+
+- ``core``: the top-level modules ``tlsteer/*.py``; they import only the core;
+- ``eval`` (``tlsteer.eval``) and ``sae`` (``tlsteer.sae``), side by side: each imports the core
+  and itself, never the other and never experiments;
+- ``experiments`` (``tlsteer.experiments``): may import all of the above;
+- the entry points (``tlsteer.cli``, ``tlsteer.demo``, ``tlsteer.__main__``): the console command
+  runs the whole package, so it may import any layer.
+
+No module imports a package's ``__init__`` (``tlsteer``, ``tlsteer.eval``, ``tlsteer.sae``,
+``tlsteer.experiments``): those only re-export for users. The same checks run from the command
+line: ``python tests/test_layout.py`` prints the import graph, its cycles and any layer violation.
 """
 
 from __future__ import annotations
@@ -12,18 +24,42 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tlsteer"
 
+ENTRY_POINTS = ("tlsteer.demo", "tlsteer.cli", "tlsteer.__main__")
+"""The console command and its demo run the whole package, evaluation included."""
+
+MAY_IMPORT = {
+    "core": {"core"},
+    "eval": {"core", "eval"},
+    "sae": {"core", "sae"},
+    "experiments": {"core", "eval", "sae", "experiments"},
+    "entry": {"core", "eval", "sae", "experiments", "entry"},
+}
+"""Each layer and the layers its modules may import."""
+
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def package_inits() -> set[str]:
+    """Every package of tlsteer (a folder with ``__init__.py``), by module name."""
+    return {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+
+
 def imports_of(path: Path) -> list[tuple[str, list[str]]]:
-    """Every ``tlsteer`` import in a module (at any depth): ``(module, names)``."""
+    """Every ``tlsteer`` import in a module (at any depth, relative ones resolved): ``(module, names)``."""
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tlsteer":
-            out.append((node.module, [a.name for a in node.names]))
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join(base + ([module] if module else []))
+            if module.split(".")[0] == "tlsteer":
+                out.append((module, [a.name for a in node.names]))
         elif isinstance(node, ast.Import):
             out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "tlsteer"]
     return out
@@ -38,6 +74,30 @@ def graph() -> dict[str, set[str]]:
             subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
             edges[name].update(subs or [target])
     return edges
+
+
+def layer(module: str) -> str:
+    """The layer of a tlsteer module; a subpackage with no layer yet is an error to fix here."""
+    if module in ENTRY_POINTS:
+        return "entry"
+    parts = module.split(".")
+    if len(parts) <= 2 and module not in package_inits() - {"tlsteer"}:
+        return "core"
+    if parts[1] in ("eval", "sae", "experiments"):
+        return parts[1]
+    raise AssertionError(f"{module} is in no layer: add its subpackage to MAY_IMPORT in tests/test_layout.py")
+
+
+def layer_violations(edges: dict[str, set[str]]) -> list[str]:
+    """``"a (layer) imports b (layer)"`` for every edge that goes up or sideways between layers."""
+    out = []
+    for module, targets in sorted(edges.items()):
+        mine = layer(module)
+        for target in sorted(targets):
+            theirs = layer(target)
+            if theirs not in MAY_IMPORT[mine]:
+                out.append(f"{module} ({mine}) imports {target} ({theirs})")
+    return out
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -62,8 +122,13 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def without_package_inits(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     """The graph between implementation modules: a package's ``__init__`` only re-exports."""
-    inits = {"tlsteer", "tlsteer.eval"}
+    inits = package_inits()
     return {m: {t for t in ts if t not in inits} for m, ts in edges.items() if m not in inits}
+
+
+def test_every_package_is_a_known_layer():
+    assert package_inits() == {"tlsteer", "tlsteer.eval", "tlsteer.sae", "tlsteer.experiments"}
+    assert {layer(m) for m in graph()} == set(MAY_IMPORT)
 
 
 def test_no_import_cycles():
@@ -71,11 +136,48 @@ def test_no_import_cycles():
     assert cycles(edges) == []
 
 
-def test_no_module_imports_the_package_init():
-    offenders = {m: sorted(ts & {"tlsteer", "tlsteer.eval"}) for m, ts in graph().items()}
-    offenders = {m: ts for m, ts in offenders.items() if ts and m not in ("tlsteer", "tlsteer.eval")}
+def test_no_module_imports_a_package_init():
+    inits = package_inits()
+    offenders = {m: sorted(ts & inits) for m, ts in graph().items() if m not in inits}
     offenders.pop("tlsteer.__main__", None)
-    assert offenders == {}
+    assert {m: ts for m, ts in offenders.items() if ts} == {}
+
+
+def test_the_core_imports_only_the_core():
+    """Core modules (``tlsteer/*.py``) import neither eval, sae nor experiments."""
+    edges = {m: ts for m, ts in graph().items() if layer(m) == "core"}
+    assert layer_violations(edges) == []
+
+
+def test_eval_never_imports_sae_or_experiments():
+    edges = {m: ts for m, ts in graph().items() if layer(m) == "eval"}
+    assert layer_violations(edges) == []
+
+
+def test_sae_never_imports_eval_or_experiments():
+    edges = {m: ts for m, ts in graph().items() if layer(m) == "sae"}
+    assert layer_violations(edges) == []
+
+
+def test_every_import_follows_the_layers():
+    assert layer_violations(graph()) == []
+
+
+def test_the_layer_rules_catch_what_they_forbid():
+    edges = {
+        "tlsteer.vector": {"tlsteer.eval.ab", "tlsteer.hooks"},
+        "tlsteer.eval.token_view": {"tlsteer.sae.adapter", "tlsteer.dictionary"},
+        "tlsteer.sae.methods": {"tlsteer.eval.budget", "tlsteer.experiments.cells"},
+        "tlsteer.experiments.cells": {"tlsteer.eval.budget", "tlsteer.sae.adapter", "tlsteer.hooks"},
+        "tlsteer.cli": {"tlsteer.experiments.cells"},
+    }
+    assert layer_violations(edges) == [
+        "tlsteer.eval.token_view (eval) imports tlsteer.sae.adapter (sae)",
+        "tlsteer.sae.methods (sae) imports tlsteer.eval.budget (eval)",
+        "tlsteer.sae.methods (sae) imports tlsteer.experiments.cells (experiments)",
+        "tlsteer.vector (core) imports tlsteer.eval.ab (eval)",
+    ]
+    assert layer("tlsteer") == "core" and layer("tlsteer.experiments") == "experiments"
 
 
 def test_no_private_name_crosses_a_module_boundary():
@@ -89,24 +191,8 @@ def test_no_private_name_crosses_a_module_boundary():
     assert crossing == [], crossing
 
 
-ENTRY_POINTS = ("tlsteer.demo", "tlsteer.cli", "tlsteer.__main__")
-"""The console command and its demo run the whole package, evaluation included."""
-
-
-def test_the_core_never_imports_eval_or_sae():
-    core = {
-        m: ts
-        for m, ts in graph().items()
-        if not m.startswith(("tlsteer.eval", "tlsteer.sae")) and m not in ENTRY_POINTS
-    }
-    leaks = {
-        m: sorted(t for t in ts if t.startswith(("tlsteer.eval", "tlsteer.sae"))) for m, ts in core.items()
-    }
-    assert {m: ts for m, ts in leaks.items() if ts} == {}
-
-
 def test_importing_tlsteer_does_not_load_evaluation_libraries():
-    heavy = "('matplotlib', 'sklearn', 'sae_lens', 'tlsteer.eval')"
+    heavy = "('matplotlib', 'sklearn', 'sae_lens', 'tlsteer.eval', 'tlsteer.sae', 'tlsteer.experiments')"
     code = f"import sys, tlsteer; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -118,7 +204,9 @@ def test_modules_stay_small():
 
 
 if __name__ == "__main__":
-    edges = without_package_inits(graph())
+    full = graph()
+    edges = without_package_inits(full)
     for module in sorted(edges):
-        print(f"{module} -> {', '.join(sorted(edges[module])) or '-'}")
+        print(f"{module} [{layer(module)}] -> {', '.join(sorted(edges[module])) or '-'}")
     print("cycles:", cycles(edges) or "none")
+    print("layer violations:", layer_violations(full) or "none")

@@ -7,8 +7,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from tlsteer.experiments.methods import METHODS, ContrastReps, build_methods
 from tlsteer.sae import encode_steering_vector, output_scores
-from tlsteer.sae.methods import METHODS, ContrastReps, build_methods
 from tlsteer.sae.selection import FeatureStats
 from tlsteer.vector import SteeringVector
 

@@ -10,11 +10,11 @@ from tlsteer.decode import generate_tokens
 from tlsteer.eval.prefix_generation import (
     RowGroup,
     generate_from_cache,
+    perplexities,
     perplexities_from_cache,
     prompt_cache,
 )
 from tlsteer.hooks import vector_edits
-from tlsteer.sae.compare import perplexities
 from tlsteer.tokens import tokenize_prompts
 from tlsteer.vector import SteeringVector
 

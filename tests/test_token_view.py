@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 import tlsteer
 from tests.test_sae import random_sae
 from tlsteer import SteeringVector, VectorMetadata
-from tlsteer.eval.token_view import TokenView, feature_token_view, token_view
-from tlsteer.eval.token_view_render import token_label, token_segments
+from tlsteer.eval.token_view import TokenView, byte_level_bytes, feature_token_view, token_text, token_view
+from tlsteer.eval.token_view_render import split_characters, token_bytes, token_label, token_segments
 from tlsteer.sae import feature_edit
+from tlsteer.sae.adapter import as_feature_dictionary, sae_fingerprint
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "The cat sat on the mat"
@@ -46,6 +47,12 @@ def steered_reference(model, vector, multiplier, ids, hook, min_token_index=0):
 @pytest.fixture(scope="module")
 def sae():
     return random_sae("standard")
+
+
+@pytest.fixture(scope="module")
+def fd(sae):
+    """The SAE as the feature dictionary the token view reads."""
+    return as_feature_dictionary(sae)
 
 
 # -- the numbers ------------------------------------------------------------------------------------
@@ -110,21 +117,21 @@ def test_max_new_tokens_zero_views_the_prompt_alone(tiny_llama):
     assert view.token_ids == tuple(tlsteer.tokenize(tiny_llama, PROMPT)) and not any(view.generated)
 
 
-def test_feature_activations_equal_sae_encode_of_the_cached_residual(tiny_llama, sae):
+def test_feature_activations_equal_sae_encode_of_the_cached_residual(tiny_llama, sae, fd):
     ids = tlsteer.tokenize(tiny_llama, PROMPT)
-    view = feature_token_view(tiny_llama, sae, [3, 17, 40], PROMPT)
+    view = feature_token_view(tiny_llama, fd, [3, 17, 40], PROMPT)
     _, cache = tiny_llama.run_with_cache(torch.tensor([ids]), names_filter=HOOK)
     expected = sae.encode(cache[HOOK][0])[:, [3, 17, 40]].T
     torch.testing.assert_close(torch.tensor(view.activations), expected, rtol=1e-5, atol=1e-5)
     assert view.kl is None and view.unsteered_activations is None and view.steering == ""
-    same = feature_token_view(tiny_llama, sae, torch.tensor([3, 17, 40]), torch.tensor(ids))
+    same = feature_token_view(tiny_llama, fd, torch.tensor([3, 17, 40]), torch.tensor(ids))
     assert same.activations == view.activations
 
 
-def test_feature_view_under_steering_reads_the_steered_residual(tiny_llama, sae):
+def test_feature_view_under_steering_reads_the_steered_residual(tiny_llama, sae, fd):
     vec = make_vector(tiny_llama)
     base_view = token_view(tiny_llama, vec, PROMPT, 4.0, max_new_tokens=5, min_token_index=5)
-    view = feature_token_view(tiny_llama, sae, 9, base_view, vectors=[(vec, 4.0)], min_token_index=5)
+    view = feature_token_view(tiny_llama, fd, 9, base_view, vectors=[(vec, 4.0)], min_token_index=5)
     assert view.token_ids == base_view.token_ids and view.generated == base_view.generated
     _, base, _, steered = steered_reference(tiny_llama, vec, 4.0, list(view.token_ids), HOOK, 5)
     torch.testing.assert_close(
@@ -137,9 +144,9 @@ def test_feature_view_under_steering_reads_the_steered_residual(tiny_llama, sae)
     assert "random x 4" in view.steering
 
 
-def test_feature_view_generates_under_a_feature_edit(tiny_llama, sae):
+def test_feature_view_generates_under_a_feature_edit(tiny_llama, sae, fd):
     edit = feature_edit(sae, [5], "clamp", values=6.0)
-    view = feature_token_view(tiny_llama, sae, [5], PROMPT, edits=[(HOOK, edit)], max_new_tokens=6)
+    view = feature_token_view(tiny_llama, fd, [5], PROMPT, edits=[(HOOK, edit)], max_new_tokens=6)
     out = tlsteer.generate_tokens(tiny_llama, [PROMPT], edits=[(HOOK, edit)], max_new_tokens=6)
     assert view.token_ids == out.prompt_tokens[0] + out.new_tokens[0]
     assert sum(view.generated) == len(out.new_tokens[0]) and min(view.kl) > 0
@@ -212,25 +219,26 @@ def test_an_attention_sink_at_token_0_does_not_set_the_scale():
     assert "+2</span>" in page and "token 0, at 1000, is off the scale" in page
 
 
-def test_feature_view_renders_a_strip_and_a_panel_per_feature(tiny_llama, sae, tmp_path):
+def test_feature_view_renders_a_strip_and_a_panel_per_feature(tiny_llama, sae, fd, tmp_path):
     vec = make_vector(tiny_llama)
-    view = feature_token_view(tiny_llama, sae, [1, 2], PROMPT, vectors=[(vec, 2.0)], min_token_index=3)
+    view = feature_token_view(tiny_llama, fd, [1, 2], PROMPT, vectors=[(vec, 2.0)], min_token_index=3)
     page = view.to_html()
     assert page.count('class="strip"') == 2
     assert len(re.findall(r'<span class="tok[ "]', page)) == 2 * len(view.tokens)
     assert len(view.plot(tmp_path / "f.png").axes) == 3  # two features and the KL
-    assert len(feature_token_view(tiny_llama, sae, [1, 2], PROMPT).plot().axes) == 2
+    assert len(feature_token_view(tiny_llama, fd, [1, 2], PROMPT).plot().axes) == 2
 
 
-def test_to_dict_is_json_ready(tiny_llama, sae):
+def test_to_dict_is_json_ready(tiny_llama, sae, fd):
     view = token_view(tiny_llama, make_vector(tiny_llama), PROMPT, 1.0, max_new_tokens=3)
     data = json.loads(json.dumps(view.to_dict()))
     assert data["projection"] == list(view.projection) and data["n_prompt"] == view.n_prompt
     assert data["hook_name"] == HOOK and data["multiplier"] == 1.0
-    feats = json.loads(json.dumps(feature_token_view(tiny_llama, sae, 4, PROMPT).to_dict()))
+    feats = json.loads(json.dumps(feature_token_view(tiny_llama, fd, 4, PROMPT).to_dict()))
     assert feats["features"] == [4] and len(feats["activations"][0]) == len(
         tlsteer.tokenize(tiny_llama, PROMPT)
     )
+    assert feats["dictionary_fingerprint"] == sae_fingerprint(sae)  # ties the view to its SAE
 
 
 # -- bad inputs -------------------------------------------------------------------------------------
@@ -266,23 +274,26 @@ def test_bad_inputs_name_the_value_and_what_is_valid(tiny_llama, sae):
         view.to_html(vmax=-1)
 
 
-def test_bad_feature_view_inputs(tiny_llama, sae):
+def test_bad_feature_view_inputs(tiny_llama, sae, fd):
     with pytest.raises(
-        IndexError, match=r"feature 64 is out of range: the SAE has d_sae=64 features \(valid: 0..63\)"
+        IndexError, match=r"feature 64 is out of range: the dictionary has width=64 features \(valid: 0..63\)"
     ):
-        feature_token_view(tiny_llama, sae, [1, 64], PROMPT)
+        feature_token_view(tiny_llama, fd, [1, 64], PROMPT)
     with pytest.raises(TypeError, match="feature ids must be ints, got 1.5"):
-        feature_token_view(tiny_llama, sae, [1.5], PROMPT)
+        feature_token_view(tiny_llama, fd, [1.5], PROMPT)
     with pytest.raises(ValueError, match=r"token ids must be ints in 0..105 .*got \[999\]"):
-        feature_token_view(tiny_llama, sae, 1, [5, 999])
+        feature_token_view(tiny_llama, fd, 1, [5, 999])
     with pytest.raises(ValueError, match="tokens is empty"):
-        feature_token_view(tiny_llama, sae, 1, [])
+        feature_token_view(tiny_llama, fd, 1, [])
     with pytest.raises(TypeError, match="prompt must be a string, token ids or a TokenView, got float"):
-        feature_token_view(tiny_llama, sae, 1, 3.5)
+        feature_token_view(tiny_llama, fd, 1, 3.5)
     with pytest.raises(ValueError, match="max_new_tokens > 0 needs a text prompt"):
-        feature_token_view(tiny_llama, sae, 1, [5, 6], max_new_tokens=3)
-    with pytest.raises(TypeError, match="expected a sae-lens SAE"):
+        feature_token_view(tiny_llama, fd, 1, [5, 6], max_new_tokens=3)
+    with pytest.raises(TypeError, match="expected a feature dictionary .* got object lacking hook_name"):
         feature_token_view(tiny_llama, object(), 1, PROMPT)
+    # a bare sae-lens SAE is not a dictionary: the error says how to adapt it
+    with pytest.raises(TypeError, match=r"StandardSAE lacking hook_name, .*as_feature_dictionary\(sae\)"):
+        feature_token_view(tiny_llama, sae, 1, PROMPT)
 
 
 # -- a real browser ---------------------------------------------------------------------------------
@@ -358,3 +369,71 @@ def test_view_command_writes_the_same_view_as_token_view(embedded, tmp_path, cap
     ) == len(direct.tokens)
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert "5 generated" in capsys.readouterr().out
+
+
+# -- byte-level BPE: characters split over tokens ------------------------------------------------------
+def byte_level_tokenizer():
+    """A GPT-2 style byte-level BPE tokenizer, built offline: the 256 byte characters, and merges that
+    make ``'ðŁĺ'`` (the first 3 bytes of 😀) and ``'ï¿½'`` (a whole U+FFFD) single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(["<eos>", *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    merges = [("ð", "Ł"), ("ðŁ", "ĺ"), ("ï", "¿"), ("ï¿", "½")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    inner = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<eos>")
+
+
+def test_byte_level_bytes_inverts_the_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    assert byte_level_bytes("ðŁĺ") == "😀".encode()[:3] and byte_level_bytes("Ģ") == b"\x80"
+    assert byte_level_bytes("Ġcat") == b" cat" and byte_level_bytes("<0xE7>") == b"\xe7"
+    assert byte_level_bytes("▁cat") is None and byte_level_bytes("") is None
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the tokenizers library's own alphabet
+    assert sorted(byte_level_bytes(ch)[0] for ch in alphabet) == list(range(256))
+
+
+def test_split_characters_show_as_byte_escapes_not_replacement_characters():
+    tok = byte_level_tokenizer()
+    text = "hi 😀 猫 \ufffd"
+    ids = tok.encode(text)
+    assert tok.convert_ids_to_tokens(ids)[3:5] == ["ðŁĺ", "Ģ"]
+    assert tok.decode(ids[3:4]) == "\ufffd"  # what the view showed before
+    shown = [token_text(tok, i) for i in ids]
+    assert shown == ["h", "i", " ", r"\xf0\x9f\x98", r"\x80", " ", r"\xe7", r"\x8c", r"\xab", " ", "\ufffd"]
+    assert b"".join(token_bytes(t) for t in shown) == text.encode()  # lossless
+    notes = split_characters(shown)
+    assert notes[3] == notes[4] == "'😀' (U+1F600) across tokens 3-4"
+    assert notes[6] == notes[7] == notes[8] == "'猫' (U+732B) across tokens 6-8"
+    assert notes[:3] == ["", "", ""] and notes[10] == ""  # a real U+FFFD in one token stays itself
+    assert token_segments(r"a\xf0\x9f") == [("a", False), (r"\xf0\x9f", True)]
+    assert token_segments(r"\x41") == [(r"\x41", False)]  # only bytes >= 0x80 are escapes
+    assert token_label(r"\xe7") == r"\xe7"
+
+
+def test_token_view_of_a_byte_level_model_shows_emoji_bytes(tmp_path):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+    from tlsteer.models import attach_tokenizer
+
+    tok = byte_level_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, n_ctx=64, d_vocab=len(tok), act_fn="gelu",
+        normalization_type="LN", seed=0, device="cpu", dtype=torch.float32, default_prepend_bos=False,
+    )  # fmt: skip
+    model = HookedTransformer(cfg)
+    attach_tokenizer(model, tok)
+    vec = SteeringVector({HOOK: torch.ones(16)})
+    view = token_view(model, vec, "I 😀 猫", 2.0, max_new_tokens=2, stop_at_eos=False)
+    assert "\ufffd" not in "".join(view.tokens)
+    assert view.tokens[:7] == ("I", " ", r"\xf0\x9f\x98", r"\x80", " ", r"\xe7", r"\x8c")
+    page = view.to_html()
+    assert r'<i class="ws">\xf0\x9f\x98</i>' in page
+    assert "part of &#x27;😀&#x27; (U+1F600) across tokens 2-3" in page
+    view.plot(tmp_path / "v.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -190,3 +191,143 @@ def test_a_file_with_non_finite_values_is_refused(tmp_path):
     save_file({A: torch.tensor([1.0, float("inf")])}, str(path), metadata=meta)
     with pytest.raises(ValueError, match=r"direction at 'blocks.1.hook_resid_post' has 1 non-finite entries"):
         SteeringVector.load(path)
+
+
+def write_raw(path, header, tensors=None) -> None:
+    """A safetensors file with a hand-made header, as a tampered or foreign vector file would be."""
+    from safetensors.torch import save_file
+
+    save_file({A: torch.ones(2)} if tensors is None else tensors, str(path), metadata=header)
+
+
+def tlsteer_header(metadata) -> dict:
+    text = metadata if isinstance(metadata, str) else json.dumps(metadata)
+    return {"format": "tlsteer.SteeringVector/1", "metadata": text}
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (
+            tlsteer_header("{not json"),
+            r"metadata is not JSON \(.*\): '\{not json'; expected a JSON object with fields from \[",
+        ),
+        (
+            tlsteer_header("[1, 2]"),
+            r"metadata is a JSON list \(\[1, 2\]\), not an object; expected \{field: value\}",
+        ),
+        (
+            {"format": "tlsteer.SteeringVector/1"},
+            r"has no 'metadata' entry in its safetensors header \(entries: \['format'\]\); a tlsteer vector",
+        ),
+        (
+            tlsteer_header({"model_name": 123}),
+            r"metadata: field 'model_name' must be a string, got 123 \(int\)",
+        ),
+        (tlsteer_header({"note": None}), r"metadata: field 'note' must be a string, got None \(NoneType\)"),
+        (tlsteer_header({"n_pairs": "3"}), r"field 'n_pairs' must be an int >= 0 .*got '3' \(str\)"),
+        (tlsteer_header({"n_pairs": True}), r"field 'n_pairs' must be an int >= 0 .*got True \(bool\)"),
+        (tlsteer_header({"n_pairs": 2.5}), r"field 'n_pairs' must be an int >= 0 .*got 2\.5 \(float\)"),
+        (tlsteer_header({"n_pairs": -1}), r"field 'n_pairs' must be an int >= 0 .*got -1 \(int\)"),
+        (tlsteer_header({"frobnicate": 1}), r"metadata: unknown metadata fields \['frobnicate'\]; known: "),
+        (tlsteer_header({"d_model": "2"}), r"field 'd_model' is '2' \(str\); expected an int >= 0"),
+        (tlsteer_header({"layers": 1}), r"field 'layers' is 1; expected a list of ints >= 0"),
+        (tlsteer_header({"layers": [1.0]}), r"field 'layers' is \[1\.0\]; expected a list of ints >= 0"),
+        (tlsteer_header({"hook_point": "resid"}), r"field 'hook_point' is 'resid'; valid: 'resid_pre', "),
+        (
+            tlsteer_header({"hook_point": "mlp_out"}),
+            r"says hook_point='mlp_out' but its directions are at 'resid_post' \(hooks: \['blocks\.1\.",
+        ),
+        (tlsteer_header({"d_model": 3, "layers": [1]}), r"says d_model=3 but its directions have 2"),
+    ],
+)
+def test_tampered_metadata_names_the_file_field_and_value(tmp_path, header, message):
+    """Defect: bad JSON was a bare JSONDecodeError, a missing key a KeyError, wrong types were kept and
+    the stored hook_point was never compared with the directions."""
+    path = tmp_path / "tampered.safetensors"
+    write_raw(path, header)
+    with pytest.raises(ValueError, match=r"tampered\.safetensors' .*" + message):
+        SteeringVector.load(path)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"direction.1": torch.ones(2)}, r"hook 'direction\.1' is not a residual-shaped block hook"),
+        (
+            {A: torch.ones(2, dtype=torch.int32)},
+            r"direction at 'blocks\.1\.hook_resid_post' must be a floating",
+        ),
+        ({A: torch.ones(2, 2)}, r"direction at .* must be 1-D \[d_model\], got shape \(2, 2\)"),
+    ],
+)
+def test_tampered_tensors_name_the_file(tmp_path, tensors, message):
+    path = tmp_path / "tampered.safetensors"
+    write_raw(path, tlsteer_header({}), tensors)
+    with pytest.raises(ValueError, match=r"tampered\.safetensors': " + message):
+        SteeringVector.load(path)
+
+
+def test_old_files_that_recorded_nothing_about_their_directions_load(tmp_path):
+    """tlsteer 0.1 wrote d_model=0, layers=[], hook_point='resid_post' when the metadata was not filled in."""
+    path = tmp_path / "old.safetensors"
+    unfilled = {"d_model": 0, "hook_point": "resid_post", "layers": [], "note": "hand-made"}
+    write_raw(path, tlsteer_header(unfilled), {"blocks.3.hook_mlp_out": torch.ones(2)})
+    assert SteeringVector.load(path).metadata == VectorMetadata(note="hand-made")
+    filled = {"d_model": 2, "hook_point": "mlp_out", "layers": [3]}
+    write_raw(path, tlsteer_header(filled), {"blocks.3.hook_mlp_out": torch.ones(2)})
+    assert SteeringVector.load(path).hooks == ["blocks.3.hook_mlp_out"]
+    write_raw(
+        path, tlsteer_header({**filled, "hook_point": "resid_post"}), {"blocks.3.hook_mlp_out": torch.ones(2)}
+    )
+    with pytest.raises(ValueError, match="says hook_point='resid_post' but its directions are at 'mlp_out'"):
+        SteeringVector.load(path)
+
+
+def test_metadata_fields_are_typed():
+    assert VectorMetadata(model_hint="llama").model_hint == "llama"
+    with pytest.raises(TypeError, match="model_name"):
+        VectorMetadata(model_name=123)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, ValueError), match="n_pairs"):
+        VectorMetadata(n_pairs=-1)
+    with pytest.raises(ValueError, match=r"^metadata is not JSON"):
+        VectorMetadata.from_json("")
+
+
+def test_values_beyond_float32_are_refused_before_saving(tmp_path):
+    """Defect: save() cast a float64 1e300 to float32 inf, and load() then refused the file."""
+    big = SteeringVector({A: torch.tensor([1e300, 0.0], dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"'blocks\.1\.hook_resid_post' has values beyond the float32 range"):
+        big.save(tmp_path / "v.safetensors")
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_select_takes_any_integral_and_names_bad_layers():
+    """Defect: select(np.int64(1)) was a TypeError, select(True) selected layer 1, and a missing layer
+    in a list was dropped silently."""
+    v = vec()
+    assert v.select(np.int64(1)).hooks == [A]
+    assert v.select([np.int32(2)]).hooks == [B]
+    assert v.select(np.array([2, 1])).hooks == [A, B]
+    assert v.select(range(1, 3)) == v
+    with pytest.raises(
+        TypeError,
+        match=r"layers must be an int or a list of ints \(this vector's layers: \[1, 2\]\), got True",
+    ):
+        v.select(True)
+    for bad in ("1", 1.0, None, {1: 2}):
+        with pytest.raises(
+            TypeError, match=rf"layers must be an int or a list of ints .*got {re.escape(repr(bad))}"
+        ):
+            v.select(bad)
+    with pytest.raises(
+        TypeError,
+        match=r"layers must be ints, got 1\.0 \(float\) in \[1\.0\]; this vector's layers: \[1, 2\]",
+    ):
+        v.select([1.0])
+    with pytest.raises(
+        ValueError, match=r"layers is empty; pass at least one of this vector's layers: \[1, 2\]"
+    ):
+        v.select([])
+    with pytest.raises(KeyError, match=r"layers \[7\] not in this vector; its layers: \[1, 2\]"):
+        v.select([1, 7])

@@ -29,17 +29,7 @@ from tlsteer.data import (
 )
 from tlsteer.decode import generate, generate_tokens
 from tlsteer.extract import ContrastActivations, extract_activations, read_activations
-from tlsteer.hooks import (
-    SteeringHandle,
-    apply_edits,
-    apply_steering,
-    direction_edit,
-    edit_hooks,
-    patch_edits,
-    patch_steering,
-    remove_all_steering,
-    steering_hooks,
-)
+from tlsteer.hooks import Edit, SteeringHandle, remove_all_steering
 from tlsteer.invariants import InvariantCheck, InvariantReport, check_invariants
 from tlsteer.models import load_model
 from tlsteer.operators import (
@@ -49,6 +39,7 @@ from tlsteer.operators import (
 )
 from tlsteer.positions import Positions
 from tlsteer.profile import ClassProfile, raw_class_profile
+from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector, VectorMetadata
 
@@ -65,6 +56,8 @@ __all__ = [
     "InvariantCheck",
     "InvariantReport",
     "Positions",
+    "Edit",
+    "Steering",
     "SteeringHandle",
     "SteeringVector",
     "VectorMetadata",
@@ -73,14 +66,10 @@ __all__ = [
     "ablation_then_addition_operator",
     "addition_operator",
     "aggregate_activations",
-    "apply_edits",
-    "apply_steering",
     "chat_prompt",
     "check_invariants",
     "class_mean_aggregator",
     "class_reads",
-    "direction_edit",
-    "edit_hooks",
     "extract_activations",
     "generate",
     "generate_tokens",
@@ -91,13 +80,10 @@ __all__ = [
     "load_neutral_text",
     "logistic_aggregator",
     "mean_aggregator",
-    "patch_edits",
-    "patch_steering",
     "pca_aggregator",
     "raw_class_profile",
     "read_activations",
     "remove_all_steering",
-    "steering_hooks",
     "tokenize",
     "train_steering_vector",
 ]

@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import is_int
 from tlsteer.decode import generate_tokens
+from tlsteer.steering import Steering
 from tlsteer.vector import SteeringVector
 
 __all__ = [
@@ -202,14 +203,17 @@ def next_token_accuracy(
     model: HookedTransformer,
     prompts: Sequence[str],
     answers: Sequence[str],
-    vectors: Any = (),
+    steering: Steering | None = None,
+    *,
     k: int = 5,
     batch_size: int = 16,
+    check_model: bool = True,
 ) -> AnalogyScore:
     """Share of ``prompts`` whose next token's top 1 and top ``k`` hold the first token of their answer.
 
-    Steering (``(vector, multiplier)`` pairs) acts at each prompt's last token only; prompts are
-    raw text, batched and left-padded (each row as if alone: :func:`tlsteer.generate_tokens`).
+    The steering acts at its positions (for analogies: each prompt's last token,
+    ``Positions.last()``); prompts are raw text, batched and left-padded (each row as if alone:
+    :func:`tlsteer.generate_tokens`).
     """
     if isinstance(prompts, str) or not prompts or len(prompts) != len(answers):
         raise ValueError(
@@ -221,11 +225,11 @@ def next_token_accuracy(
     out = generate_tokens(
         model,
         list(prompts),
-        vectors,
+        steering,
         max_new_tokens=1,
         keep_logits=True,
-        last_token_only=True,
         batch_size=batch_size,
+        check_model=check_model,
     )
     logits = torch.stack([row[0] for row in out.step_logits])
     ranks = (logits > logits.gather(1, targets[:, None])).sum(1)

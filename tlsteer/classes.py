@@ -15,6 +15,7 @@ whose first position is an attention sink), or the activation at a chosen read p
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +29,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int, validate_hook_name
-from tlsteer.data import chat_prompt, reply_start
-from tlsteer.errors import format_options
+from tlsteer.data import chat_prompt, read_text, reply_start
+from tlsteer.errors import closest, format_options
 from tlsteer.reading import plan_reads, read_all
 
 __all__ = [
@@ -82,6 +83,32 @@ def _example(raw: Any, where: str) -> ClassExample:
     return ClassExample(response, prompt)
 
 
+def _check_bare_classes(data: Mapping[Any, Any], known: Sequence[str]) -> None:
+    """Refuse a dict without ``examples`` that is not a bare ``{class: [examples]}`` dict either.
+
+    A key that is a top-level key, or whose value is not a list of examples (a misspelled
+    ``examples``, say), would otherwise be read as a class.
+    """
+    for key, value in data.items():
+        is_list = isinstance(value, Sequence) and not isinstance(value, str)
+        if key not in known and is_list:
+            continue
+        if key in known:
+            typo = [k for k in data if k not in known and closest(str(k), ["examples"])]
+            hint = f" (is {typo[0]!r} a misspelling of 'examples'?)" if typo else ""
+            raise ValueError(
+                f"the dict has the top-level key {key!r} but no 'examples'{hint}; give "
+                "{'examples': {class_name: [examples]}, ...} or a bare {class_name: [examples]}"
+            )
+        near = closest(str(key), known)
+        hint = f"; closest valid key: {near[0]!r}" if near else ""
+        raise ValueError(
+            f"unknown key {key!r} (its value is a {type(value).__name__}, not a list of examples, so it "
+            f"is no class){hint}; a dict without 'examples' is read as "
+            f"{{class_name: [examples]}}, and top-level keys are {format_options(known)}"
+        )
+
+
 @dataclass(frozen=True)
 class ClassDataset:
     """K >= 2 named classes of examples; see the module docstring.
@@ -106,6 +133,18 @@ class ClassDataset:
     description: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a string, got {self.name!r:.80}")
+        for label, given, shape in (
+            ("examples", self.examples, "{class_name: [examples]}"),
+            ("judge_texts", self.judge_texts, "{class_name: [texts]}"),
+            ("factors", self.factors, "{factor: {class_name: label}}"),
+        ):
+            if not isinstance(given, Mapping):
+                raise TypeError(
+                    f"{self.name}: {label} must be a mapping {shape}, got {type(given).__name__} "
+                    f"{given!r:.80}"
+                )
         classes = self.classes
         if isinstance(classes, str) or not isinstance(classes, Sequence):
             raise TypeError(f"classes must be a list of names, got {classes!r}")
@@ -166,13 +205,19 @@ class ClassDataset:
             (('calm', 'angry'), {'calm': 2, 'angry': 2})
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"expected a dict, got {type(data).__name__}")
+            raise TypeError(
+                "expected a mapping {class_name: [examples]} or {'examples': {class_name: [examples]}, "
+                f"'classes': ..., ...}}, got {type(data).__name__} {data!r:.80}"
+            )
+        known = ("classes", "description", "examples", "factors", "judge_texts", "name", "ordinal")
         if "examples" not in data:
+            _check_bare_classes(data, known)
             data = {"examples": data}
-        known = {"name", "description", "ordinal", "classes", "examples", "judge_texts", "factors"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted((k for k in data if k not in known), key=str)
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid keys: {format_options(sorted(known))}")
+            near = closest(str(unknown[0]), known)
+            hint = f"; closest: {near[0]!r}" if near else ""
+            raise ValueError(f"unknown key {unknown[0]!r}{hint}; valid keys: {format_options(known)}")
         ordinal = data.get("ordinal", False)
         if ordinal and "classes" not in data:
             raise ValueError("an ordinal set needs 'classes': its levels in order, lowest first")
@@ -187,10 +232,10 @@ class ClassDataset:
         )
 
     @classmethod
-    def from_json(cls, path: str | Path) -> ClassDataset:
-        """From a JSON file in the :meth:`from_dict` layout."""
+    def from_json(cls, path: str | Path, encoding: str = "utf-8-sig") -> ClassDataset:
+        """From a JSON file in the :meth:`from_dict` layout (UTF-8 by default, see :meth:`from_csv`)."""
         path = Path(path)
-        return cls.from_dict(json.loads(path.read_text()), name=None)
+        return cls.from_dict(json.loads(read_text(path, encoding)), name=None)
 
     @classmethod
     def from_csv(
@@ -201,25 +246,27 @@ class ClassDataset:
         prompt_column: str = "prompt",
         order: Sequence[str] | None = None,
         name: str | None = None,
+        encoding: str = "utf-8-sig",
     ) -> ClassDataset:
         """From a CSV with a class column and a text column (and optionally a prompt column).
 
         ``order`` lists the classes in order and makes the set ordinal; without it, classes come in
-        the order they first appear.
+        the order they first appear. The file is read as UTF-8, with or without the byte-order
+        mark that spreadsheet programs write; a file in another encoding is refused with the
+        offset of its first bad byte, unless ``encoding`` names it (e.g. ``"latin-1"``).
         """
         path = Path(path)
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            for needed in (class_column, text_column):
-                if needed not in columns:
-                    raise ValueError(f"{path.name}: no column {needed!r}; columns: {columns}")
-            examples: dict[str, list[dict[str, str]]] = {}
-            for row in reader:
-                example = {"response": row[text_column]}
-                if prompt_column in columns and row[prompt_column]:
-                    example["prompt"] = row[prompt_column]
-                examples.setdefault(row[class_column], []).append(example)
+        reader = csv.DictReader(io.StringIO(read_text(path, encoding), newline=""))
+        columns = reader.fieldnames or []
+        for needed in (class_column, text_column):
+            if needed not in columns:
+                raise ValueError(f"{path.name}: no column {needed!r}; columns: {columns}")
+        examples: dict[str, list[dict[str, str]]] = {}
+        for row in reader:
+            example = {"response": row[text_column]}
+            if prompt_column in columns and row[prompt_column]:
+                example["prompt"] = row[prompt_column]
+            examples.setdefault(row[class_column], []).append(example)
         data: dict[str, Any] = {"examples": examples}
         if order is not None:
             data["classes"], data["ordinal"] = list(order), True
@@ -317,13 +364,28 @@ ReadMode = Any
 """``"response"`` (the mean over the response tokens), ``"last"`` or a token position (int)."""
 
 
-def _response_span(model: HookedTransformer, examples: Sequence[ClassExample]) -> Callable[..., Any]:
-    starts = {}
-    for e in examples:
-        text = e.text(model)
-        starts[text] = 1 if e.prompt is None else reply_start(model, text)
+def _response_span(model: HookedTransformer, dataset: ClassDataset) -> Callable[..., Any]:
+    """The ``span=`` of ``read="response"``: a reply's tokens, or a plain text's tokens but the first."""
+    starts: dict[str, int] = {}
+    where: dict[str, str] = {}
+    for c in dataset.classes:
+        for i, e in enumerate(dataset.examples[c]):
+            text = e.text(model)
+            if text in starts:
+                continue
+            where[text] = f"{dataset.name}: class {c!r}, example {i} ({e.response[:40]!r})"
+            try:
+                starts[text] = 1 if e.prompt is None else reply_start(model, text)
+            except ValueError as err:
+                raise ValueError(f"{where[text]}: {err}") from err
 
-    def span(prompt: str, _ids: Sequence[int]) -> tuple[int, None]:
+    def span(prompt: str, ids: Sequence[int]) -> tuple[int, None]:
+        if starts[prompt] >= len(ids):
+            raise ValueError(
+                f"{where[prompt]} is a plain text of {len(ids)} token: read='response' averages every "
+                "token of a plain text but the first (an attention sink), which leaves none; give a "
+                "longer text, or read='last' or a token position"
+            )
         return starts[prompt], None
 
     return span
@@ -351,7 +413,7 @@ def class_reads(
     examples = [e for c in dataset.classes for e in dataset.examples[c]]
     texts = [e.text(model) for e in examples]
     if isinstance(read, str) and read == "response":
-        plan = plan_reads(model, texts, "mean", _response_span(model, examples))
+        plan = plan_reads(model, texts, "mean", _response_span(model, dataset))
     elif (isinstance(read, str) and read == "last") or is_int(read):
         plan = plan_reads(model, texts, read)
     else:

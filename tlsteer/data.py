@@ -4,11 +4,13 @@ A :class:`ContrastPair` holds a positive and a negative prompt (plain strings, a
 and optionally the token index to read them at. :class:`ContrastSet` holds unpaired lists of
 positive and negative prompts of any lengths. :func:`load_caa_dataset` reads the CAA A/B JSON
 format and formats each item with the model's chat template, the answer letter opening the
-assistant turn, and the read position on that letter.
+assistant turn, and the read position on that letter. :func:`read_text` reads a data file as
+UTF-8 (a byte-order mark allowed) or a named encoding, naming the offset of a byte it cannot decode.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +40,7 @@ __all__ = [
     "load_neutral_text",
     "load_builtin_replies",
     "load_open_prompts",
+    "read_text",
     "reply_span",
     "reply_start",
 ]
@@ -403,6 +406,36 @@ def load_builtin_replies(
             )
         )
     return pairs
+
+
+def read_text(path: str | Path, encoding: Any = "utf-8-sig") -> str:
+    """The text of a file in ``encoding``; a byte it cannot decode is named with its offset.
+
+    The default reads UTF-8 with or without the byte-order mark that spreadsheet programs write.
+    """
+    if not isinstance(encoding, str):
+        raise TypeError(f"encoding must be a codec name such as 'utf-8' or 'latin-1', got {encoding!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise ValueError(
+            f"unknown encoding {encoding!r}; give a codec name such as 'utf-8' or 'latin-1'"
+        ) from err
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        codec = codecs.lookup(encoding).name
+        # utf-8-sig counts from after the byte-order mark; the offset is in the file
+        at = err.start + (3 if codec == "utf-8-sig" and raw.startswith(codecs.BOM_UTF8) else 0)
+        line = raw[:at].count(b"\n") + 1
+        named = "UTF-8" if codec in ("utf-8", "utf-8-sig") else encoding
+        raise ValueError(
+            f"{str(path)!r} is not valid {named}: byte {raw[at : at + 1]!r} at offset "
+            f"{at} (line {line}) cannot be decoded ({err.reason}); save the file as UTF-8, or pass "
+            "encoding= naming its encoding (e.g. encoding='latin-1')"
+        ) from err
 
 
 def load_open_prompts() -> list[str]:

@@ -1,8 +1,8 @@
 """Batched steered generation: many prompts at once, each row as if it were generated alone.
 
 :func:`generate` left-pads a batch of prompts, runs the prompt once into a TransformerLens KV
-cache, then one token per step, with steering (``(vector, multiplier)`` pairs or edits) at the
-positions of :func:`tlsteer.apply_steering` counted in each row's own numbering. Sampling draws
+cache, then one token per step, steered by a :class:`~tlsteer.Steering` whose positions count
+in each row's own numbering (its prompt prefix goes before every prompt). Sampling draws
 from one ``torch.Generator`` per row, seeded per prompt, so a sampled row is the same in any batch;
 the global RNG is never touched. :func:`generate_tokens` returns the token ids (and optionally
 each step's logits) as well as the text.
@@ -10,8 +10,9 @@ each step's logits) as well as the text.
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt
-from tlsteer.hooks import Edit, EditPairs, VectorPairs, edit_hooks, vector_edits
-from tlsteer.operators import Operator
-from tlsteer.positions import Positions
+from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import left_pad, tokenize_prompts
 
 __all__ = ["Generations", "choose_next_tokens", "generate", "generate_tokens"]
@@ -45,11 +44,23 @@ class Generations:
     step_logits: tuple[Tensor, ...] | None = None
 
 
+_MIN_TEMPERATURE = 1e-6
+_SEED_RANGE = (0, 2**64 - 1)
+
+
 def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any) -> None:
     if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not math.isfinite(temperature)
+        or not temperature >= _MIN_TEMPERATURE
+    ):
+        raise ValueError(
+            f"temperature must be a finite number >= {_MIN_TEMPERATURE:g} (smaller ones overflow logits / "
+            f"temperature; use do_sample=False for greedy decoding), got {temperature!r}"
+        )
     if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and (
@@ -58,15 +69,31 @@ def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: An
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
+def _check_seed(seed: Any) -> int:
+    low, high = _SEED_RANGE
+    if not is_int(seed) or not low <= seed <= high:
+        raise ValueError(f"a seed must be an int in {low}..2**64-1 (torch.Generator's range), got {seed!r}")
+    return int(seed)
+
+
 def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     if is_int(seed):
-        return [int(seed)] * n
+        return [_check_seed(seed)] * n
     if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence) or len(seed) != n:
         raise ValueError(f"seed must be an int or one int per prompt ({n}), got {seed!r}")
-    bad = [s for s in seed if not is_int(s)]
+    return [_check_seed(s) for s in seed]
+
+
+def _prompt_list(prompts: Any) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Iterable):
+        raise TypeError(f"prompts must be a list (or any iterable) of strings, got {prompts!r}")
+    out = list(prompts)
+    if not out:
+        raise ValueError("prompts is empty; give at least one prompt string")
+    bad = [p for p in out if not isinstance(p, str)]
     if bad:
-        raise ValueError(f"seeds must be ints, got {bad[:3]}")
-    return [int(s) for s in seed]
+        raise TypeError(f"prompts must be strings, got {bad[0]!r}")
+    return out
 
 
 def choose_next_tokens(
@@ -90,64 +117,62 @@ def choose_next_tokens(
 
 def generate_tokens(
     model: HookedTransformer,
-    prompts: Sequence[str],
-    vectors: VectorPairs = (),
-    edits: EditPairs = (),
+    prompts: Iterable[str],
+    steering: Steering | None = None,
+    *,
     max_new_tokens: int = 40,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | Sequence[int] = 0,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    operator: Operator | None = None,
     chat: bool = False,
     stop_at_eos: bool = True,
     batch_size: int = 16,
     keep_logits: bool = False,
     show_progress: bool = False,
+    check_model: bool = True,
 ) -> Generations:
     """Generate a continuation of every prompt, batched, steered, row by row as if alone.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
         prompts: Prompt strings (with ``chat=True``, user messages put in the chat template).
-        vectors: ``(vector, multiplier)`` pairs, as for :func:`tlsteer.apply_steering`.
-        edits: ``(hook_name, edit)`` pairs, as for :func:`tlsteer.apply_edits`.
+        steering: A :class:`~tlsteer.Steering` (``None``: unsteered). Its positions count in each
+            prompt's own tokens (0 is its first token); every row must be able to reach them
+            (prompt plus generated tokens), the same rule alone and in a batch. Its prefix goes
+            before every prompt.
         max_new_tokens: New tokens per prompt (fewer where the row stops at end of sequence).
         do_sample: Sample (``True``) or take the most likely token (``False``).
         temperature, top_k, top_p: Sampling settings.
         seed: The seed of every row's generator, or one seed per prompt.
-        min_token_index, token_positions, last_token_only: Where to steer, in each prompt's own
-            positions (0 is its first token), as for :func:`tlsteer.apply_steering`.
-        operator: How vectors act (default: addition).
         chat: Format each prompt as a user turn of the model's chat template.
         stop_at_eos: Stop a row at the tokenizer's end-of-sequence token (kept in its tokens).
         batch_size: Rows per batch; prompts are sorted by length to cut padding.
         keep_logits: Keep each step's logits in the result.
         show_progress: A progress bar over batches.
+        check_model: Refuse a steering made for another model (``False`` steers anyway).
 
     Example:
-        >>> out = generate_tokens(model, ["Hi!"], [(vec, 4.0)], max_new_tokens=8)  # doctest: +SKIP
+        >>> out = generate_tokens(model, ["Hi!"], vec.steering(4.0), max_new_tokens=8)  # doctest: +SKIP
         >>> out.texts[0]  # doctest: +SKIP
     """
+    steering = as_steering(steering)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch_size = check_batch_size(batch_size)
-    if not isinstance(do_sample, bool) or not isinstance(chat, bool) or not isinstance(stop_at_eos, bool):
-        raise TypeError("do_sample, chat and stop_at_eos must be True or False")
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    positions = Positions.make(min_token_index, token_positions, last_token_only)
-    all_edits = list(edits) + (vector_edits(model, list(vectors), operator) if len(vectors) else [])
-    if all_edits:
-        edit_hooks(model, all_edits, positions=positions)  # validate everything before any forward
-    texts = [chat_prompt(model, p) if chat else p for p in prompts]
+    for name, flag in (("do_sample", do_sample), ("chat", chat), ("stop_at_eos", stop_at_eos)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    prompts = _prompt_list(prompts)
+    steering.check(model, check_model=check_model)  # everything validated before any forward
+    texts = [steering.instruct(p) for p in prompts]
+    texts = [chat_prompt(model, t) if chat else t for t in texts]
     ids = tokenize_prompts(model, texts, room=max_new_tokens)
-    if positions.mode == "explicit":
-        reach = max(len(i) for i in ids) + max_new_tokens - 1  # the last new token is never fed back
-        positions.check_length(reach)
+    if steering.edits:
+        for i, row in enumerate(ids):  # the last new token is never fed back
+            steering.positions.check_length(
+                len(row) + max_new_tokens - 1, f"prompt {i}'s reach (its {len(row)} tokens + new tokens - 1)"
+            )
     seeds = _seeds(seed, len(prompts))
     eos = model.tokenizer.eos_token_id if stop_at_eos else None
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
@@ -159,8 +184,7 @@ def generate_tokens(
             rows = _generate_batch(
                 model,
                 [ids[i] for i in batch],
-                all_edits,
-                positions,
+                steering,
                 max_new_tokens,
                 do_sample,
                 float(temperature),
@@ -184,8 +208,7 @@ def generate_tokens(
 def _generate_batch(
     model: HookedTransformer,
     ids: list[list[int]],
-    edits: list[tuple[str, Edit]],
-    positions: Positions,
+    steering: Steering,
     max_new_tokens: int,
     do_sample: bool,
     temperature: float,
@@ -199,10 +222,8 @@ def _generate_batch(
     n_rows, width = tokens.shape
     device = tokens.device
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if do_sample else []
-    hooks = []
-    if edits:
-        pads = [width - len(i) for i in ids]
-        hooks = edit_hooks(model, edits, positions=positions.shifted(pads))
+    # checked by the caller; check_model=False here so the opt-out holds
+    hooks = steering.hooks(model, check_model=False, row_shift=[width - len(i) for i in ids])
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n_rows)
     done = torch.zeros(n_rows, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in ids]
@@ -229,23 +250,24 @@ def _generate_batch(
 
 def generate(
     model: HookedTransformer,
-    prompts: Sequence[str],
-    vectors: VectorPairs = (),
+    prompts: Iterable[str],
+    steering: Steering | None = None,
+    *,
     max_new_tokens: int = 40,
     do_sample: bool = False,
     **kwargs: Any,
 ) -> list[str]:
     """The continuation of each prompt as a string, generated in batches with steering.
 
-    Takes the arguments of :func:`generate_tokens` (``edits``, ``seed``, ``chat``, position modes,
-    ``batch_size``, ...). Each row's per-step logits equal those of the row generated alone.
+    Takes the keyword arguments of :func:`generate_tokens` (``seed``, ``chat``, ``batch_size``,
+    ``check_model``, ...). Each row's per-step logits equal those of the row generated alone.
 
     Example:
-        >>> tlsteer.generate(model, ["Tell me a story."], [(vec, 6.0)], max_new_tokens=20,
-        ...                  chat=True, min_token_index=0)  # doctest: +SKIP
+        >>> tlsteer.generate(model, ["Tell me a story."], vec.steering(6.0), max_new_tokens=20,
+        ...                  chat=True)  # doctest: +SKIP
     """
     return list(
         generate_tokens(
-            model, prompts, vectors, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs
+            model, prompts, steering, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs
         ).texts
     )

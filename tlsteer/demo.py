@@ -15,8 +15,9 @@ from pathlib import Path
 from tlsteer.caa import train_steering_vector
 from tlsteer.data import builtin_dataset_path, load_ab_items, load_builtin_dataset
 from tlsteer.decode import generate
-from tlsteer.eval.ab import ab_scores
+from tlsteer.eval.ab import ab_scores, question_end
 from tlsteer.models import load_model
+from tlsteer.positions import Positions
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -78,10 +79,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             generate(
                 model,
                 questions,
-                [(vec, mult)] if mult else [],
+                vec.steering(mult, positions=Positions.last()) if mult else None,
                 max_new_tokens=cfg.max_new_tokens,
                 chat=True,
-                last_token_only=True,
                 stop_at_eos=True,
             )
         )
@@ -99,7 +99,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"{'multiplier':>10}  {'p(matching)':>11}  {'matching > 0.5':>14}  {'letter mass':>11}")
     table = []
     for mult in (-m, -m / 2, 0.0, m / 2, m):
-        scores = ab_scores(model, held_out, [(vec, mult)] if mult else [], batch_size=cfg.batch_size)
+        steering = vec.steering(mult, positions=question_end(model)) if mult else None
+        scores = ab_scores(model, held_out, steering, batch_size=cfg.batch_size)
         p = sum(s.p_matching for s in scores) / len(scores)
         wins = sum(s.p_matching > 0.5 for s in scores)
         mass = sum(s.letter_mass for s in scores) / len(scores)

@@ -32,6 +32,11 @@ So only ``resid_post`` directions at layers >= 1 can be exported. llama.cpp appl
 ``--control-vector-layer-range`` (default ``1 .. n_layer``, set in ``common_init_from_params``) and
 silently skips ``direction.<n>`` with ``n >= n_layer``. The file also keeps tlsteer's provenance as
 JSON under ``tlsteer.metadata``, a key that llama.cpp and repeng do not read.
+
+llama.cpp parses the layer with ``std::stoi``, so ``direction.01`` and ``direction.1`` are both layer
+1, and it adds every tensor of a layer into the same buffer slot: such a file is refused here rather
+than read as one of the two. Files store float32: a direction whose values overflow float32 is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -45,15 +50,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tlsteer._types import hook_name, is_int, parse_hook_name, validate_hook_point
+from tlsteer._types import HOOK_POINTS, hook_name, is_int, parse_hook_name, validate_hook_point
+from tlsteer.errors import format_options
 from tlsteer.hooks import check_direction
 
 __all__ = [
     "CONTROL_VECTOR_ARCH",
     "METADATA_KEY",
+    "float32_direction",
     "read_control_vector",
     "read_numpy_direction",
     "write_control_vector",
+    "write_numpy_direction",
 ]
 
 CONTROL_VECTOR_ARCH = "controlvector"
@@ -62,7 +70,7 @@ CONTROL_VECTOR_ARCH = "controlvector"
 METADATA_KEY = "tlsteer.metadata"
 """GGUF key holding tlsteer's :class:`~tlsteer.vector.VectorMetadata` as JSON (ignored by llama.cpp)."""
 
-_DIRECTION = re.compile(r"^direction\.(\d+)$")
+_DIRECTION = re.compile(r"^direction\.([0-9]+)$")  # ASCII digits only: std::stoi refuses others
 
 
 def write_control_vector(directions: Any, path: Any, model_hint: Any = "", metadata_json: Any = None) -> None:
@@ -126,7 +134,7 @@ def read_control_vector(
     """
     import gguf
 
-    point = validate_hook_point(hook_point)
+    point = _hook_point(hook_point)
     path = _input_path(path, "control vector")
     try:
         reader = gguf.GGUFReader(str(path))
@@ -141,8 +149,16 @@ def read_control_vector(
     hint = _string_field(reader, f"{CONTROL_VECTOR_ARCH}.model_hint", path) or ""
     metadata_json = _string_field(reader, METADATA_KEY, path)
     found: dict[int, Tensor] = {}
+    names: dict[int, str] = {}
     for tensor in reader.tensors:
         layer = _direction_layer(tensor.name, path)
+        if layer in names:
+            raise ValueError(
+                f"{str(path)!r}: tensors {names[layer]!r} and {tensor.name!r} are both layer {layer} "
+                "(llama.cpp would add them together); a control vector needs one 'direction.<layer>' "
+                f"tensor per layer, e.g. only 'direction.{layer}'"
+            )
+        names[layer] = tensor.name
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
             raise ValueError(
                 f"{str(path)!r}: tensor {tensor.name!r} must be a 1-D F32 tensor (as llama.cpp requires), "
@@ -186,7 +202,7 @@ def read_numpy_direction(path: Any, layer: Any, hook_point: Any = "resid_post") 
         raise TypeError(f"layer must be an int >= 0 (the block index), got {layer!r}")
     if layer < 0:
         raise ValueError(f"layer must be an int >= 0 (the block index), got {layer}")
-    point = validate_hook_point(hook_point)
+    point = _hook_point(hook_point)
     path = _input_path(path, ".npy direction")
     shape, dtype = _npy_header(path)
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8) or dtype.shape:
@@ -198,7 +214,10 @@ def read_numpy_direction(path: Any, layer: Any, hook_point: Any = "resid_post") 
             f"{str(path)!r} holds an array of shape {tuple(shape)}; expected a non-empty 1-D [d_model] "
             "array (one layer's direction; squeeze a [1, d_model] array before saving)"
         )
-    array = np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise ValueError(f"{str(path)!r} is a truncated or corrupt .npy file: {err}") from err
     bad = ~np.isfinite(array)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -211,6 +230,56 @@ def read_numpy_direction(path: Any, layer: Any, hook_point: Any = "resid_post") 
         raise ValueError(f"{str(path)!r} has values beyond the float32 range (largest |x| = {largest:g})")
     converted = np.ascontiguousarray(array, dtype=np.float32)
     return {hook_name(int(layer), point): torch.from_numpy(converted)}
+
+
+def write_numpy_direction(direction: Any, path: Any, name: str = "direction") -> None:
+    """Write one direction as a plain ``[d_model]`` float32 ``.npy`` file, at exactly ``path``.
+
+    The counterpart of :func:`read_numpy_direction` (``np.save`` would add ``.npy`` to a name
+    without it; this does not).
+
+    Args:
+        direction: A 1-D finite floating tensor whose values fit in float32.
+        path: The file to write; its folder must exist.
+        name: What to call the direction in an error (e.g. its hook name).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_numpy_direction(torch.tensor([0.5, -1.0]), f"{tmp}/v.npy")
+        ...     read_numpy_direction(f"{tmp}/v.npy", layer=2)
+        {'blocks.2.hook_resid_post': tensor([ 0.5000, -1.0000])}
+    """
+    array = float32_direction(name, direction).numpy()
+    path = _output_path(path)
+    with path.open("wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def float32_direction(name: str, direction: Any) -> Tensor:
+    """``direction`` as a contiguous float32 CPU tensor, as files store it; refuses what float32 cannot hold.
+
+    Args:
+        name: What to call the direction in an error (usually its hook name).
+        direction: A 1-D finite floating tensor.
+
+    Returns:
+        A float32 CPU tensor (a copy unless it already was one).
+
+    Example:
+        >>> float32_direction("blocks.1.hook_resid_post", torch.tensor([1.0, 2.0], dtype=torch.float64))
+        tensor([1., 2.])
+    """
+    check_direction(name, direction)
+    converted = direction.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(converted).all()):
+        largest = float(direction.detach().abs().max())
+        raise ValueError(
+            f"direction at {name!r} has values beyond the float32 range (largest |x| = {largest:g}, "
+            f"float32 holds up to {float(np.finfo(np.float32).max):g}); files store float32, so "
+            "scale the vector down before writing it"
+        )
+    return converted
 
 
 def _export_arrays(directions: Any) -> dict[int, np.ndarray]:
@@ -236,8 +305,7 @@ def _export_arrays(directions: Any) -> dict[int, np.ndarray]:
                 f"cannot export hook {name!r}: llama.cpp has no control vector for layer 0 (its loader "
                 "refuses 'direction.0'); drop it first, e.g. vector.select(layers_without_0)"
             )
-        check_direction(name, direction)
-        arrays[layer] = direction.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        arrays[layer] = float32_direction(name, direction).numpy()
     sizes = {layer: a.shape[0] for layer, a in arrays.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"directions have different sizes: {sizes}")
@@ -253,10 +321,18 @@ def _output_path(path: Any) -> Path:
     return path
 
 
+def _hook_point(point: Any) -> str:
+    if not isinstance(point, str):
+        raise TypeError(f"hook_point must be a string, one of {format_options(HOOK_POINTS)}; got {point!r}")
+    return validate_hook_point(point)
+
+
 def _input_path(path: Any, what: str) -> Path:
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} path {str(path)!r} is a folder; expected a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
     return path

@@ -1,22 +1,20 @@
-"""Steering hooks: edits keyed by hook name, at absolute positions, as ``(hook_name, fn)`` pairs.
+"""Steering hooks, the engine under :class:`tlsteer.Steering`: edits at absolute positions as hooks.
 
 An :data:`Edit` is any function of the activation at the steered positions that returns the
-delta to add there. :func:`direction_edit` makes the CAA one (an :mod:`operator <tlsteer.operators>`
+delta to add there. :class:`DirectionEdit` is the CAA one (an :mod:`operator <tlsteer.operators>`
 applied to ``multiplier * direction``); the SAE module makes others (encode, edit features,
 decode, keep the error). :func:`edit_hooks` turns edits into hooks that steer the positions of
 :class:`~tlsteer.positions.Positions`, right under KV-cached generation: its list includes the
 position tracker's own hooks, so it works alone with ``model.hooks(fwd_hooks=...)``,
-``run_with_hooks`` or ``add_hook``. :func:`steering_hooks` does the same for ``(vector,
-multiplier)`` pairs. Each hook returns a new tensor (``act + delta``); its state lives in itself.
-
-:func:`apply_steering` and :func:`apply_edits` are ``model.hooks(...)`` contexts;
-:func:`patch_steering` and :func:`patch_edits` stay until ``handle.remove()``.
+``run_with_hooks`` or ``add_hook``. Each hook returns a new tensor (``act + delta``); its state
+lives in itself. :func:`apply_edits` is a ``model.hooks(...)`` context; :func:`patch_edits` stays
+until ``handle.remove()``. Users reach all of this through :class:`tlsteer.Steering`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,32 +28,21 @@ from tlsteer.operators import Operator, addition_operator, check_multiplier
 from tlsteer.positions import OFFSET_HOOK, Positions, PositionTracker, TrackerHook, steered_columns
 
 __all__ = [
+    "DirectionEdit",
     "Edit",
     "EditHook",
-    "EditPairs",
     "SteeringHandle",
-    "VectorPairs",
     "apply_edits",
-    "apply_steering",
     "check_direction",
     "direction_edit",
     "edit_hooks",
     "patch_edits",
-    "patch_steering",
     "remove_all_steering",
-    "steering_hooks",
-    "vector_edits",
+    "scaled_direction",
 ]
 
 Edit = Callable[[Float[Tensor, "batch pos d_model"]], Tensor]
 """``activation at the steered positions -> delta`` added there (same shape, or broadcastable)."""
-
-VectorPairs = Any
-"""A list of ``(vector, multiplier)`` pairs; a vector is a ``SteeringVector`` or a
-``{hook_name: direction}`` mapping. Checked by :func:`vector_edits`, which names what is wrong."""
-
-EditPairs = Any
-"""A list of ``(hook_name, edit)`` pairs. Checked when the hooks are built."""
 
 _BEFORE_OFFSET = {
     "hook_resid_pre",
@@ -117,6 +104,23 @@ def check_direction(name: str, direction: Any, d_model: int | None = None) -> Te
     return direction
 
 
+def scaled_direction(name: str, direction: Any, multiplier: float) -> Tensor:
+    """``multiplier * direction``, detached, after checking both and that the product is finite.
+
+    A finite direction times a finite multiplier can still overflow (``3e38 * 10`` is ``inf`` in
+    float32), which would make every logit NaN; that is refused here, naming the largest entry.
+    """
+    check_direction(name, direction)
+    scaled = direction.detach() * multiplier
+    if not bool(torch.isfinite(scaled).all()):
+        biggest = float(direction.detach().abs().max())
+        raise ValueError(
+            f"multiplier {multiplier} times the direction at {name!r} overflows {direction.dtype} (largest "
+            f"|entry| {biggest:.3g}); steering needs a finite product: scale the direction down"
+        )
+    return scaled
+
+
 def direction_edit(direction: Tensor, multiplier: Any = 1.0, operator: Operator | None = None) -> Edit:
     """The edit that applies ``operator`` (default: addition) to ``multiplier * direction``.
 
@@ -127,66 +131,7 @@ def direction_edit(direction: Tensor, multiplier: Any = 1.0, operator: Operator 
     operator = addition_operator() if operator is None else operator
     if not callable(operator):
         raise TypeError(f"operator must be a callable (activation, vector) -> delta, got {operator!r}")
-    check_direction("direction", direction)
-    return DirectionEdit(direction.detach() * check_multiplier(multiplier), operator)
-
-
-def _directions_of(vector: Any) -> Mapping[str, Tensor]:
-    directions = getattr(vector, "directions", vector)
-    if not isinstance(directions, Mapping):
-        raise TypeError(
-            f"expected a SteeringVector or a {{hook_name: direction}} mapping, got {type(vector).__name__}"
-        )
-    return directions
-
-
-def vector_edits(
-    model: HookedTransformer,
-    vectors: VectorPairs,
-    operator: Operator | None = None,
-    check_model: bool = True,
-) -> list[tuple[str, Edit]]:
-    """Validated ``(hook_name, edit)`` pairs for ``(vector, multiplier)`` pairs.
-
-    A vector is a :class:`~tlsteer.vector.SteeringVector` or a ``{hook_name: direction}``
-    mapping. With ``check_model``, a vector whose metadata names another model is refused (both
-    names must be known for the check to apply).
-    """
-    if operator is None:
-        operator = addition_operator()
-    if not callable(operator):
-        raise TypeError(f"operator must be a callable (activation, vector) -> delta, got {operator!r}")
-    if hasattr(vectors, "directions") or isinstance(vectors, Mapping):
-        raise TypeError(
-            "expected a list of (vector, multiplier) pairs, got a single vector; pass "
-            "[(vector, 1.0)] or use vector.apply(model, multiplier)"
-        )
-    if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence) or not vectors:
-        raise ValueError(
-            f"no vectors to apply; give a non-empty list of (vector, multiplier) pairs, got {vectors!r}"
-        )
-    d_model = model.cfg.d_model
-    edits = []
-    for item in vectors:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise TypeError(f"expected (SteeringVector, multiplier) pairs, got {item!r}")
-        vector, multiplier = item
-        multiplier = check_multiplier(multiplier)
-        directions = _directions_of(vector)
-        if not directions:
-            raise ValueError("a vector with no directions cannot steer")
-        made_for = getattr(getattr(vector, "metadata", None), "model_name", "")
-        if check_model and made_for and model.cfg.model_name and made_for != model.cfg.model_name:
-            raise ValueError(
-                f"the vector was made for model {made_for!r} but this model is "
-                f"{model.cfg.model_name!r}; pass check_model=False to steer with it anyway"
-            )
-        for name, direction in directions.items():
-            validate_hook_name(model, name)
-            parse_hook_name(name)
-            check_direction(name, direction, d_model)
-            edits.append((name, DirectionEdit(direction.detach() * multiplier, operator)))
-    return edits
+    return DirectionEdit(scaled_direction("direction", direction, check_multiplier(multiplier)), operator)
 
 
 @dataclass(eq=False)
@@ -226,37 +171,36 @@ class EditHook:
         return torch.where(mask, act + self._delta(act), act)
 
 
-def _as_positions(
-    min_token_index: int,
-    token_positions: Sequence[int] | None,
-    last_token_only: bool,
-    positions: Positions | None,
-) -> Positions:
-    if positions is not None:
-        if min_token_index != 0 or token_positions is not None or last_token_only:
-            raise ValueError(
-                "give either positions= or min_token_index/token_positions/last_token_only, not both"
-            )
-        if not isinstance(positions, Positions):
-            raise TypeError(f"positions must be a tlsteer.positions.Positions, got {positions!r}")
-        return positions
-    return Positions.make(min_token_index, token_positions, last_token_only)
+_QUERY_KEY_HOOKS = ("hook_pattern", "hook_attn_scores")
+"""Hooks shaped ``[batch, head, query_pos, key_pos]``: their axis 1 is heads, not positions."""
+
+
+def _check_position_axis(name: str, positions: Positions) -> None:
+    if positions.needs_tracker and name.rsplit(".", 1)[-1] in _QUERY_KEY_HOOKS:
+        raise ValueError(
+            f"{name!r} is shaped [batch, head, query_pos, key_pos], so its axis 1 is heads, not positions; "
+            f"steering it at {positions.describe()} would edit heads. Steer it at every position "
+            "(Positions.all()), or at a hook shaped [batch, pos, ...] such as the attention's hook_z"
+        )
 
 
 def _build(
-    model: HookedTransformer, edits: EditPairs, positions: Positions
+    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
 ) -> tuple[list[tuple[str, Any]], PositionTracker]:
     if isinstance(edits, (str, bytes)) or not isinstance(edits, Sequence) or not edits:
         raise ValueError(
             f"no edits to apply; give a non-empty list of (hook_name, edit) pairs, got {edits!r}"
         )
-    tracker = PositionTracker(track_anchor=positions.mode == "last")
+    if not isinstance(positions, Positions):
+        raise TypeError(f"positions must be a tlsteer.Positions, got {positions!r}")
+    tracker = PositionTracker(track_anchor=positions.mode == "last", back=positions.back)
     hooks: list[tuple[str, Any]] = tracker.hooks() if positions.needs_tracker else []
     if positions.needs_tracker and OFFSET_HOOK not in model.hook_dict:
         raise ValueError(
             f"positions other than every position need {OFFSET_HOOK!r}, which this model lacks; "
-            "steer every position (min_token_index=0)"
+            "steer every position (Positions.all())"
         )
+    d_model = model.cfg.d_model
     for item in edits:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise TypeError(f"expected (hook_name, edit) pairs, got {item!r}")
@@ -264,56 +208,29 @@ def _build(
         validate_hook_name(model, name)
         if not callable(edit):
             raise TypeError(f"the edit at {name!r} must be a callable activation -> delta, got {edit!r}")
+        if isinstance(edit, DirectionEdit):
+            parse_hook_name(name)
+            check_direction(name, edit.direction, d_model)
+        _check_position_axis(name, positions)
         if positions.needs_tracker and _fires_before_offset(name):
             raise ValueError(
                 f"{name!r} runs before block 0's attention, where token positions are known; steer it "
-                f"at every position (min_token_index=0) or at a later hook such as 'blocks.0.hook_resid_post'"
+                f"at every position (Positions.all()) or at a later hook such as 'blocks.0.hook_resid_post'"
             )
         hooks.append((name, EditHook(name, edit, positions, tracker)))
     return hooks, tracker
 
 
 def edit_hooks(
-    model: HookedTransformer,
-    edits: EditPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    positions: Positions | None = None,
+    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
 ) -> list[tuple[str, Any]]:
-    """``(hook_name, fn)`` pairs that apply each edit at the chosen absolute positions.
+    """``(hook_name, fn)`` pairs that apply each edit at ``positions`` (the engine under
+    :meth:`tlsteer.Steering.hooks`, which users call).
 
     The list carries its own position tracking; register all of it together (``model.hooks``,
     ``run_with_hooks`` or ``add_hook``) and nothing else is needed, KV cache or not.
-
-    Example:
-        >>> hooks = edit_hooks(model, [("blocks.1.hook_resid_post", direction_edit(d, 4.0))],
-        ...                    min_token_index=5)  # doctest: +SKIP
-        >>> with model.hooks(fwd_hooks=hooks):  # doctest: +SKIP
-        ...     out = model.generate(tokens, max_new_tokens=10)
     """
-    return _build(model, edits, _as_positions(min_token_index, token_positions, last_token_only, positions))[
-        0
-    ]
-
-
-def steering_hooks(
-    model: HookedTransformer,
-    vectors: VectorPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    operator: Operator | None = None,
-    check_model: bool = True,
-    positions: Positions | None = None,
-) -> list[tuple[str, Any]]:
-    """``(hook_name, fn)`` pairs that steer with several ``(vector, multiplier)`` pairs.
-
-    Everything is validated before a hook is built. The pairs work alone with
-    ``model.hooks(fwd_hooks=...)``, KV-cached ``generate`` included (see :func:`edit_hooks`).
-    """
-    pos = _as_positions(min_token_index, token_positions, last_token_only, positions)
-    return _build(model, vector_edits(model, vectors, operator, check_model), pos)[0]
+    return _build(model, edits, positions)[0]
 
 
 def _is_ours(fn: Any) -> bool:
@@ -337,52 +254,23 @@ def _remove_lens_hooks(model: HookedTransformer, hook_fns: set[int] | None) -> i
 
 
 def _check_reached(positions: Positions, tracker: PositionTracker) -> None:
-    if positions.mode == "explicit" and tracker.seen_end > 0:
-        positions.check_length(tracker.seen_end)
+    if positions.mode in ("explicit", "from") and tracker.seen_end > 0:
+        positions.check_length(tracker.seen_end, "every forward in the block")
 
 
 @contextlib.contextmanager
 def apply_edits(
-    model: HookedTransformer,
-    edits: EditPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    positions: Positions | None = None,
+    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
 ) -> Iterator[HookedTransformer]:
-    """Apply ``(hook_name, edit)`` pairs inside a ``with`` block (see :func:`edit_hooks`).
+    """Apply ``(hook_name, edit)`` pairs inside a ``with`` block (under :meth:`tlsteer.Steering.apply`).
 
-    Explicit ``token_positions`` that no forward inside the block reached raise on a normal exit.
+    Positions that no forward inside the block reached raise on a normal exit: nothing was steered
+    there.
     """
-    pos = _as_positions(min_token_index, token_positions, last_token_only, positions)
-    hooks, tracker = _build(model, edits, pos)
+    hooks, tracker = _build(model, edits, positions)
     with model.hooks(fwd_hooks=hooks):
         yield model
-    _check_reached(pos, tracker)
-
-
-@contextlib.contextmanager
-def apply_steering(
-    model: HookedTransformer,
-    vectors: VectorPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    operator: Operator | None = None,
-    check_model: bool = True,
-) -> Iterator[HookedTransformer]:
-    """Steer ``model`` with several ``(vector, multiplier)`` pairs inside a ``with`` block.
-
-    Everything is validated before any hook is added; the hooks are removed on exit, also when the
-    block raises. It is ``model.hooks(...)`` underneath, so it nests with other hook contexts.
-
-    Example:
-        >>> with apply_steering(model, [(honesty, 4.0), (formality, -2.0)], min_token_index=12):
-        ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
-    """
-    edits = vector_edits(model, vectors, operator, check_model)
-    with apply_edits(model, edits, min_token_index, token_positions, last_token_only) as steered:
-        yield steered
+    _check_reached(positions, tracker)
 
 
 @dataclass(eq=False)
@@ -401,32 +289,13 @@ class SteeringHandle:
 
 
 def patch_edits(
-    model: HookedTransformer,
-    edits: EditPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    positions: Positions | None = None,
+    model: HookedTransformer, edits: Sequence[tuple[str, Edit]], positions: Positions
 ) -> SteeringHandle:
     """Like :func:`apply_edits` but stays until ``handle.remove()`` or :func:`remove_all_steering`."""
-    hooks = edit_hooks(model, edits, min_token_index, token_positions, last_token_only, positions)
+    hooks = edit_hooks(model, edits, positions)
     for name, fn in hooks:
         model.add_hook(name, fn)
     return SteeringHandle(model, hooks)
-
-
-def patch_steering(
-    model: HookedTransformer,
-    vectors: VectorPairs,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    operator: Operator | None = None,
-    check_model: bool = True,
-) -> SteeringHandle:
-    """Like :func:`apply_steering` but stays until ``handle.remove()`` or :func:`remove_all_steering`."""
-    edits = vector_edits(model, vectors, operator, check_model)
-    return patch_edits(model, edits, min_token_index, token_positions, last_token_only)
 
 
 def remove_all_steering(model: HookedTransformer) -> int:

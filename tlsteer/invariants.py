@@ -35,9 +35,9 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import is_int
 from tlsteer.data import chat_prompt
 from tlsteer.decode import generate_tokens
-from tlsteer.hooks import apply_edits, edit_hooks, vector_edits
-from tlsteer.operators import Operator, check_multiplier
+from tlsteer.hooks import DirectionEdit
 from tlsteer.positions import Positions
+from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["InvariantCheck", "InvariantReport", "check_invariants"]
@@ -145,18 +145,16 @@ def _default_tolerance(model: HookedTransformer) -> float:
     return 1e-3 if model.cfg.dtype == torch.float32 else 5e-2
 
 
-def _steering_edits(model: HookedTransformer, steering: Any, multiplier: float, operator: Any) -> tuple:
-    """``(edits, is_vector)`` for a vector (scaled by ``multiplier``) or ``(hook_name, edit)`` pairs."""
-    if hasattr(steering, "directions"):
-        return vector_edits(model, [(steering, multiplier)], operator), True
-    pairs = isinstance(steering, Sequence) and not isinstance(steering, (str, bytes)) and steering
-    if pairs and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in steering):
-        edit_hooks(model, list(steering))  # validates hook names and callables
-        return list(steering), False
-    raise TypeError(
-        "steering must be a SteeringVector or a non-empty list of (hook_name, edit) pairs "
-        f"(e.g. from tlsteer.sae.feature_edit), got {type(steering).__name__}"
+def _at_zero(steering: Steering) -> Steering | None:
+    """The same steering with every direction times 0, or ``None`` when an edit is not a direction."""
+    if not all(isinstance(edit, DirectionEdit) for _, edit in steering.edits):
+        return None
+    zeroed = tuple(
+        (name, DirectionEdit(edit.direction * 0.0, edit.operator))
+        for name, edit in steering.edits
+        if isinstance(edit, DirectionEdit)
     )
+    return Steering(zeroed, steering.positions, steering.prefix, steering.model_name)
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -183,21 +181,21 @@ def _verdict(name: str, diff: float, tol: float, notes: list[str], extra: str = 
 
 
 def _uncached_logits(
-    model: HookedTransformer, edits: list, positions: Positions, prompt: list[int], new: Sequence[int]
+    model: HookedTransformer, steering: Steering, prompt: list[int], new: Sequence[int]
 ) -> Tensor:
     """Logits that chose each new token, from one forward pass without a cache."""
     tokens = torch.tensor([prompt + list(new[:-1])], device=model.cfg.device)
-    if positions.mode == "last":  # the prompt's last token and every generated one
-        positions = Positions.make(min_token_index=len(prompt) - 1)
-    with torch.no_grad(), model.hooks(fwd_hooks=edit_hooks(model, edits, positions=positions)):
+    if steering.positions.mode == "last":  # the prompt's last token(s) and every generated one
+        steering = steering.at(Positions.start_at(len(prompt) - steering.positions.back))
+    with torch.no_grad(), model.hooks(fwd_hooks=steering.hooks(model, check_model=False)):
         logits = model(tokens)[0]
     return logits[len(prompt) - 1 :].float().cpu()
 
 
-def _kv_check(model, edits, positions, ids, single, tol) -> InvariantCheck:
+def _kv_check(model, steering, ids, single, tol) -> InvariantCheck:
     diff, notes = 0.0, []
     for i, prompt in enumerate(ids):
-        ref = _uncached_logits(model, edits, positions, prompt, single.new_tokens[i])
+        ref = _uncached_logits(model, steering, prompt, single.new_tokens[i])
         got = single.step_logits[i]
         diff = max(diff, float((got - ref[: len(got)]).abs().max()))
         chosen = ref[: len(got)].argmax(-1).tolist()
@@ -207,7 +205,7 @@ def _kv_check(model, edits, positions, ids, single, tol) -> InvariantCheck:
     return _verdict("kv_cache", diff, tol, notes, "cached generation vs one uncached forward")
 
 
-def _hooks_checks(model, edits, positions, ids, texts, where, tol) -> list[InvariantCheck]:
+def _hooks_checks(model, steering, ids, texts, tol) -> list[InvariantCheck]:
     first = torch.tensor([ids[0]], device=model.cfg.device)
     with torch.no_grad():
         clean = model(first).float()
@@ -220,11 +218,11 @@ def _hooks_checks(model, edits, positions, ids, texts, where, tol) -> list[Invar
         passed = left == 0 and diff <= tol
         return InvariantCheck(name, diff, tol, passed, f"{detail}; {left} hooks left (unsteered logits diff)")
 
-    with torch.no_grad(), apply_edits(model, edits, positions=positions):
+    with torch.no_grad(), steering.apply(model, check_model=False):
         model(first)
     results = [after("hooks_normal_exit", "steering block exited normally")]
     try:
-        with torch.no_grad(), apply_edits(model, edits, positions=positions):
+        with torch.no_grad(), steering.apply(model, check_model=False):
             model(first)
             raise _ProbeError("raised on purpose inside a steering block")
     except _ProbeError:
@@ -234,7 +232,9 @@ def _hooks_checks(model, edits, positions, ids, texts, where, tol) -> list[Invar
     raised = False
     try:
         with model.hooks(fwd_hooks=[("hook_embed", probe)]):
-            generate_tokens(model, [texts[0]], edits=edits, max_new_tokens=4, stop_at_eos=False, **where)
+            generate_tokens(
+                model, [texts[0]], steering, max_new_tokens=4, stop_at_eos=False, check_model=False
+            )
     except _ProbeError:
         raised = True
     check = after("hooks_generation_error", "error raised inside a steered generation")
@@ -246,42 +246,45 @@ def _hooks_checks(model, edits, positions, ids, texts, where, tol) -> list[Invar
 
 def check_invariants(
     model: HookedTransformer,
-    steering: Any,
+    steering: Steering,
     prompts: Sequence[str] = DEFAULT_PROMPTS,
-    multiplier: Any = 4.0,
+    *,
     max_new_tokens: int = 8,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-    operator: Operator | None = None,
-    chat: Any = False,
-    tolerance: Any = None,
+    chat: bool = False,
+    tolerance: float | None = None,
+    check_model: bool = True,
 ) -> InvariantReport:
     """Check tlsteer's guarantees on ``model`` with ``steering`` and ``prompts`` (see the module doc).
 
     Args:
         model: Any ``HookedTransformer`` with a tokenizer.
-        steering: A :class:`~tlsteer.SteeringVector`, or ``(hook_name, edit)`` pairs such as a
-            feature edit of :func:`tlsteer.sae.feature_edit`.
+        steering: A :class:`~tlsteer.Steering` with edits (``vec.steering(4.0, positions=...)``,
+            or a feature edit); its positions are the ones checked. A prompt prefix goes before
+            every prompt.
         prompts: A few prompts, best of different lengths (the batch check then pads).
-        multiplier: The vector's multiplier (ignored for edits).
         max_new_tokens: Greedy steps per prompt.
-        min_token_index, token_positions, last_token_only: Where to steer, as for
-            :func:`tlsteer.apply_steering`.
-        operator: How the vector acts (default: addition).
         chat: Put each prompt in the model's chat template first.
         tolerance: Largest absolute logit difference that passes (default 1e-3 for float32
             models, 5e-2 otherwise). The hook checks also need zero hooks left.
+        check_model: Refuse a steering made for another model (``False`` checks anyway).
 
     Returns:
         An :class:`InvariantReport`; ``print(report)`` shows the table, ``report.passed`` the verdict.
+        The multiplier-0 check runs when every edit is a direction (else it reports n/a).
 
     Example:
-        >>> report = tlsteer.check_invariants(model, vec, ["Hello", "The cat sat on"])  # doctest: +SKIP
+        >>> steering = vec.steering(4.0, positions=tlsteer.Positions.last())  # doctest: +SKIP
+        >>> report = tlsteer.check_invariants(model, steering, ["Hello", "The cat"])  # doctest: +SKIP
         >>> print(report)  # doctest: +SKIP
     """
     if not isinstance(model, HookedTransformer):
         raise TypeError(f"model must be a HookedTransformer, got {type(model).__name__}")
+    steering = as_steering(steering)
+    if not steering.edits:
+        raise ValueError(
+            f"{steering!r} has no edits, so there are no hooks to check; give a vector's steering "
+            "(vec.steering(4.0)) or a feature edit"
+        )
     if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     if not is_int(max_new_tokens) or max_new_tokens < 1:
@@ -299,23 +302,17 @@ def check_invariants(
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     else:
         tol = float(tolerance)
-    multiplier = check_multiplier(multiplier)
-    positions = Positions.make(min_token_index, token_positions, last_token_only)
-    where = {
-        "min_token_index": min_token_index,
-        "token_positions": token_positions,
-        "last_token_only": last_token_only,
-    }
-    edits, is_vector = _steering_edits(model, steering, multiplier, operator)
-    edit_hooks(model, edits, positions=positions)  # validate positions against the edits up front
-    texts = [chat_prompt(model, p) if chat else p for p in prompts]
+    steering.check(model, check_model=check_model)  # validate everything up front
+    texts = [steering.instruct(p) for p in prompts]
+    texts = [chat_prompt(model, t) if chat else t for t in texts]
+    steering = steering.without_prefix()
     ids = tokenize_prompts(model, texts, room=max_new_tokens)
-    run = {"max_new_tokens": max_new_tokens, "keep_logits": True, "stop_at_eos": False, **where}
+    run = {"max_new_tokens": max_new_tokens, "keep_logits": True, "stop_at_eos": False, "check_model": False}
 
-    single = generate_tokens(model, texts, edits=edits, batch_size=1, **run)
-    checks = [_kv_check(model, edits, positions, ids, single, tol)]
+    single = generate_tokens(model, texts, steering, batch_size=1, **run)
+    checks = [_kv_check(model, steering, ids, single, tol)]
 
-    batched = generate_tokens(model, texts, edits=edits, batch_size=len(texts), **run)
+    batched = generate_tokens(model, texts, steering, batch_size=len(texts), **run)
     diff, notes = 0.0, []
     for i in range(len(texts)):
         d, note = _compare_runs(batched, single, i)
@@ -328,10 +325,9 @@ def check_invariants(
     )
     checks.append(_verdict("batch", diff, tol, notes, f"one left-padded batch vs one at a time ({pad})"))
 
-    if is_vector:
-        zero = generate_tokens(
-            model, texts, edits=vector_edits(model, [(steering, 0.0)], operator), batch_size=len(texts), **run
-        )
+    zeroed = _at_zero(steering)
+    if zeroed is not None:
+        zero = generate_tokens(model, texts, zeroed, batch_size=len(texts), **run)
         plain = generate_tokens(model, texts, batch_size=len(texts), **run)
         diff, notes = 0.0, []
         for i in range(len(texts)):
@@ -341,5 +337,5 @@ def check_invariants(
     else:
         checks.append(InvariantCheck("multiplier_zero", None, None, None, "an edit has no multiplier"))
 
-    checks.extend(_hooks_checks(model, edits, positions, ids, texts, where, tol))
+    checks.extend(_hooks_checks(model, steering, ids, texts, tol))
     return InvariantReport(tuple(checks), str(model.cfg.model_name), len(texts), int(max_new_tokens))

@@ -401,7 +401,6 @@ def compare_with_llama_cpp(
         llama_vector: What llama.cpp runs instead of ``vector`` (a control, e.g. one layer off).
     """
     from tlsteer.decode import generate_tokens
-    from tlsteer.hooks import apply_steering
     from tlsteer.tokens import tokenize
 
     ids = [tokenize(model, prompt) for prompt in prompts]
@@ -411,11 +410,15 @@ def compare_with_llama_cpp(
 
     with torch.no_grad():
         plain = torch.stack([last(i) for i in ids])
-        with apply_steering(model, [(vector, multiplier)], min_token_index=0):
+        with vector.steering(multiplier).apply(model):
             steered = torch.stack([last(i) for i in ids])
     ours = (
         generate_tokens(
-            model, list(prompts), [(vector, multiplier)], max_new_tokens=max_new_tokens, stop_at_eos=False
+            model,
+            list(prompts),
+            vector.steering(multiplier),
+            max_new_tokens=max_new_tokens,
+            stop_at_eos=False,
         )
         if max_new_tokens
         else None

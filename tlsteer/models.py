@@ -28,7 +28,15 @@ from transformer_lens import HookedTransformer
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EMBEDDED_MODELS", "cache_dir", "embedded_model_path", "load_hf_model", "load_model"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "available_devices",
+    "cache_dir",
+    "check_device",
+    "embedded_model_path",
+    "load_hf_model",
+    "load_model",
+]
 
 CACHE_ENV = "TLSTEER_CACHE_DIR"
 _CACHE_FORMAT = 1
@@ -109,7 +117,8 @@ def load_model(
     Args:
         name: ``"smollm2-135m-instruct"`` (the embedded model, offline) or any name that
             ``HookedTransformer.from_pretrained`` accepts (needs a network or a hub cache).
-        device: Where to put the model; ``None`` means CUDA if available, else CPU.
+        device: Where to put the model; ``None`` means CUDA if available, else CPU. A device this
+            machine lacks is refused up front (:func:`check_device`).
         dtype: Parameter dtype, a real ``torch.dtype``.
         **from_pretrained_kwargs: Passed to ``HookedTransformer.from_pretrained`` for hub names.
 
@@ -126,7 +135,7 @@ def load_model(
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = check_device(device)
     if name not in EMBEDDED_MODELS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -142,6 +151,53 @@ def load_model(
     if not (folder / "DONE").is_file():
         _convert_to_cache(name, folder)
     return _load_cached(folder, device, dtype)
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can put a model on: ``"cpu"``, each CUDA GPU, and MPS where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has, else an error naming the available ones.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string or a torch.device such as 'cpu', got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device {device!r} is not a device name ({err}); available here: "
+            f"{', '.join(repr(d) for d in available_devices())}"
+        ) from None
+    available = available_devices()
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        ok = torch.cuda.is_available() and (parsed.index is None or parsed.index < torch.cuda.device_count())
+    else:
+        ok = parsed.type in available and parsed.index in (None, 0)
+    if not ok:
+        why = (
+            ""
+            if torch.cuda.is_available() or parsed.type != "cuda"
+            else " (torch.cuda.is_available() is False)"
+        )
+        raise ValueError(
+            f"device {str(device)!r} is not available on this machine{why}; available: "
+            f"{', '.join(repr(d) for d in available)}"
+        )
+    return parsed
 
 
 def _cache_folder(name: str) -> Path:

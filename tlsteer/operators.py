@@ -22,10 +22,15 @@ __all__ = [
     "ablation_then_addition_operator",
     "addition_operator",
     "check_multiplier",
+    "is_addition",
 ]
 
 Operator = Callable[[Float[Tensor, "batch pos d_model"], Float[Tensor, " d_model"]], Tensor]
 """``(activation, multiplier * direction) -> delta`` added to the activation."""
+
+
+def _add(act: Tensor, vector: Tensor) -> Tensor:
+    return vector.expand_as(act)
 
 
 def addition_operator() -> Operator:
@@ -35,11 +40,12 @@ def addition_operator() -> Operator:
         >>> addition_operator()(torch.zeros(1, 2, 3), torch.ones(3)).tolist()
         [[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]
     """
+    return _add
 
-    def add(act: Tensor, vector: Tensor) -> Tensor:
-        return vector.expand_as(act)
 
-    return add
+def is_addition(operator: Operator) -> bool:
+    """Whether ``operator`` is :func:`addition_operator`'s (engines may then add a precomputed delta)."""
+    return operator is _add
 
 
 def _projection(act: Tensor, vector: Tensor) -> Tensor:

@@ -44,23 +44,28 @@ TOKEN_HOOK = "hook_embed"
 class Positions:
     """Which absolute token positions to steer.
 
-    Build it with :meth:`make`: every position (``min_token_index=0``), every position from
-    ``min_token_index`` onward, the explicit ``token_positions``, or only the last position of a
-    sequence's first forward and every position after it (``last_token_only``: under generation,
-    the last prompt token and every generated token, with the KV cache on or off).
+    Build it with :meth:`all` (every position), :meth:`start_at` (every position from an index
+    onward), :meth:`at` (explicit positions) or :meth:`last` (the last position of a sequence's
+    first forward and every position after it: under generation, the last prompt token and every
+    generated token, with the KV cache on or off). :meth:`make` takes the keyword triplet
+    ``min_token_index`` / ``token_positions`` / ``last_token_only`` of ``vec.apply``.
 
     ``row_shift`` (one int per row, e.g. the left padding of each row) moves every row's position
     0 to that column, so each row of a left-padded batch is steered in its own numbering.
 
     Example:
-        >>> Positions.make(min_token_index=5)
-        Positions(mode='from', min_index=5, indices=(), row_shift=None)
+        >>> Positions.start_at(5)
+        Positions(mode='from', min_index=5, indices=(), row_shift=None, back=1)
+        >>> Positions.make(min_token_index=5) == Positions.start_at(5)
+        True
     """
 
     mode: PositionMode
     min_index: int = 0
     indices: tuple[int, ...] = ()
     row_shift: tuple[int, ...] | None = None
+    back: int = 1
+    """In ``last`` mode: how many positions from the end of the first forward steering starts."""
 
     @classmethod
     def make(
@@ -103,21 +108,73 @@ class Positions:
             return cls("all")
         return cls("from", min_index=min_token_index)
 
+    @classmethod
+    def all(cls) -> Positions:
+        """Every position (the default)."""
+        return cls("all")
+
+    @classmethod
+    def start_at(cls, index: int) -> Positions:
+        """Every position from absolute position ``index`` onward (``0`` is every position)."""
+        return cls.make(min_token_index=index)
+
+    @classmethod
+    def at(cls, indices: Sequence[int]) -> Positions:
+        """Only these absolute positions."""
+        return cls.make(token_positions=indices)
+
+    @classmethod
+    def last(cls) -> Positions:
+        """The last position of a sequence's first forward and every position after it.
+
+        Under generation: the last prompt token and every generated token.
+        """
+        return cls("last")
+
+    @classmethod
+    def from_end(cls, n: int) -> Positions:
+        """The last ``n`` positions of a sequence's first forward and every position after it.
+
+        ``from_end(1)`` is :meth:`last`. CAA's A/B evaluation steers from the end of the question:
+        the question's last token and the ``n - 1`` answer-template tokens after it.
+        """
+        if not is_int(n) or n < 1:
+            raise ValueError(f"from_end needs an int n >= 1 (1 is the last position), got {n!r}")
+        return cls("last", back=int(n))
+
+    def describe(self) -> str:
+        """A short human-readable form, e.g. ``'from 5'``."""
+        if self.mode == "all":
+            return "every position"
+        if self.mode == "from":
+            return f"from {self.min_index}"
+        if self.mode == "explicit":
+            return f"at {list(self.indices)}"
+        return "last prompt token onward" if self.back == 1 else f"last {self.back} prompt tokens onward"
+
     def shifted(self, row_shift: Sequence[int]) -> Positions:
         """The same positions in each row's own numbering, row ``i`` starting at ``row_shift[i]``."""
-        return Positions(self.mode, self.min_index, self.indices, tuple(int(s) for s in row_shift))
+        return Positions(self.mode, self.min_index, self.indices, tuple(int(s) for s in row_shift), self.back)
 
     @property
     def needs_tracker(self) -> bool:
         return self.mode != "all"
 
-    def check_length(self, n_tokens: int) -> None:
-        """Refuse explicit positions that a sequence of ``n_tokens`` can never reach."""
+    def check_length(self, n_tokens: int, what: str = "the sequence") -> None:
+        """Refuse positions that a sequence of ``n_tokens`` can never reach (nothing would be steered).
+
+        Explicit positions must all be reachable; a start index must be below ``n_tokens``.
+        """
         if self.mode == "explicit" and self.indices[-1] >= n_tokens:
             beyond = [p for p in self.indices if p >= n_tokens]
             raise ValueError(
-                f"token_positions {beyond} are beyond the sequence ({n_tokens} tokens; valid: "
+                f"token_positions {beyond} are beyond {what} ({n_tokens} tokens; valid: "
                 f"0..{n_tokens - 1}); nothing would be steered there"
+            )
+        if self.mode == "from" and self.min_index >= n_tokens:
+            raise ValueError(
+                f"min_token_index={self.min_index} is beyond {what} ({n_tokens} tokens; valid: "
+                f"0..{n_tokens - 1}); nothing would be steered"
             )
 
 
@@ -134,6 +191,7 @@ class PositionTracker:
     """
 
     track_anchor: bool = False
+    back: int = 1
     offset: int = 0
     anchor: int = 0
     seen_end: int = 0
@@ -165,7 +223,12 @@ class PositionTracker:
             and torch.equal(current[:, : prev.shape[1]], prev)
         )
         if not extends:
-            self.anchor = current.shape[1] - 1
+            if current.shape[1] < self.back:
+                raise ValueError(
+                    f"Positions.from_end({self.back}) needs a first forward of at least {self.back} "
+                    f"positions, got {current.shape[1]}"
+                )
+            self.anchor = current.shape[1] - self.back
         self._previous = current
 
     def reset(self) -> None:

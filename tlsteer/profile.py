@@ -23,6 +23,7 @@ bootstrap need them; class means are computed from them.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "SHARED_RANKINGS",
     "SPACES",
     "ClassProfile",
+    "check_n_bootstrap",
     "raw_class_profile",
     "spearman",
 ]
@@ -128,7 +130,11 @@ class ClassProfile:
     ordinal: bool = False
     model_name: str = ""
     n_bootstrap: int = 50
+    """Resamples for the stability column; 0 means none (then ``stable_only=True`` is refused)."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_n_bootstrap(self.n_bootstrap)
 
     @classmethod
     def from_representations(
@@ -180,6 +186,23 @@ class ClassProfile:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         return int(k)
 
+    def _check_stability(self, stable_only: Any, min_stability: Any, what: str) -> None:
+        """Refuse a stability filter that cannot be applied (no resamples, a bad threshold)."""
+        if not stable_only:
+            return
+        if not (isinstance(min_stability, numbers.Real) and 0 <= min_stability <= 1):  # NaN too
+            raise ValueError(f"min_stability must be a number in [0, 1], got {min_stability!r}")
+        if self.n_bootstrap == 0:
+            raise ValueError(
+                f"{what} with stable_only=True needs a stability estimate, but this profile was built "
+                "with n_bootstrap=0 (no resamples), so every row would be dropped; build it with "
+                "n_bootstrap >= 1 (default 50), or pass stable_only=False"
+            )
+
+    def _stability(self, hits: Tensor) -> Tensor:
+        """The share of resamples that hit each column; NaN when there were none."""
+        return hits / self.n_bootstrap if self.n_bootstrap else torch.full_like(hits, float("nan"))
+
     def _resampled(self, rows: Mapping[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
         return {c: t[torch.randint(t.shape[0], (t.shape[0],), generator=gen)] for c, t in rows.items()}
 
@@ -222,12 +245,14 @@ class ClassProfile:
         Columns: ``feature``, ``mean_in``, ``mean_out``, ``mean_diff``, ``effect``, ``auroc``,
         ``frequency_in``, ``frequency_out``, ``stability``. Ties are broken by the effect size (by the
         difference of means when ranking by effect). With ``stable_only`` the rows whose
-        stability is below ``min_stability`` are dropped (the table may then be shorter than k).
+        stability is below ``min_stability`` are dropped (the table may then be shorter than k);
+        a profile built with ``n_bootstrap=0`` has no stability (NaN) and needs ``stable_only=False``.
         """
         rows = self._space(space)
         name, k = self.check_class(name), self._check_k(k)
         if rank_by not in RANKINGS:
             raise ValueError(f"unknown rank_by {rank_by!r}; valid: {format_options(RANKINGS)}")
+        self._check_stability(stable_only, min_stability, "distinctive")
         d = rows[name].shape[1]
         k = min(k, d)
         top, stats = self._top(rows, name, rank_by, k)
@@ -237,7 +262,7 @@ class ClassProfile:
         hits = torch.zeros(d)
         for _ in range(self.n_bootstrap):
             hits[self._top(self._resampled(rows, gen), name, rank_by, k)[0]] += 1
-        stats["stability"] = hits / max(self.n_bootstrap, 1)
+        stats["stability"] = self._stability(hits)
         table = pd.DataFrame({"feature": top.tolist(), **{key: v[top].tolist() for key, v in stats.items()}})
         if stable_only:
             table = table[table.stability >= min_stability].reset_index(drop=True)
@@ -272,6 +297,7 @@ class ClassProfile:
             raise ValueError(f"unknown rank_by {rank_by!r}; valid: {format_options(SHARED_RANKINGS)}")
         if rank_by == "contrast" and not rest:
             raise ValueError("rank_by='contrast' needs a group smaller than all classes: pass classes=[...]")
+        self._check_stability(stable_only, min_stability, "shared")
 
         def score(sample: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
             freq = torch.stack([(sample[c] != 0).float().mean(0) for c in chosen]).min(0).values
@@ -306,7 +332,7 @@ class ClassProfile:
                     else {}
                 ),
                 **{f"mean_{c}": rows[c].mean(0)[top].tolist() for c in chosen},
-                "stability": (hits / max(self.n_bootstrap, 1))[top].tolist(),
+                "stability": self._stability(hits)[top].tolist(),
             }
         )
         if stable_only:
@@ -379,6 +405,16 @@ def _ordinal_fit(rows: Mapping[str, Tensor], classes: Sequence[str], method: str
     return torch.linalg.solve(gram, x.T @ y).float()
 
 
+def check_n_bootstrap(n_bootstrap: Any) -> int:
+    """``n_bootstrap`` as an int >= 0 (0: no stability estimate), else a ``ValueError``."""
+    if not is_int(n_bootstrap) or n_bootstrap < 0:
+        raise ValueError(
+            f"n_bootstrap must be an int >= 0 (resamples for the stability column; 0 means no "
+            f"stability, so distinctive() and shared() then need stable_only=False), got {n_bootstrap!r}"
+        )
+    return int(n_bootstrap)
+
+
 def raw_class_profile(
     model: HookedTransformer,
     dataset: ClassDataset,
@@ -390,6 +426,8 @@ def raw_class_profile(
 ) -> ClassProfile:
     """A raw-space :class:`ClassProfile` of ``dataset`` at ``hook`` (no SAE needed).
 
+    With ``n_bootstrap=0`` it has no stability, and ``distinctive`` needs ``stable_only=False``.
+
     Example:
         >>> styles = load_class_dataset("speaking_styles")  # doctest: +SKIP
         >>> profile = raw_class_profile(model, styles, "blocks.6.hook_resid_post")  # doctest: +SKIP
@@ -397,8 +435,7 @@ def raw_class_profile(
     """
     if not isinstance(dataset, ClassDataset):
         raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
-    if not is_int(n_bootstrap) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+    check_n_bootstrap(n_bootstrap)
     batch_size = check_batch_size(batch_size)
     raw = class_reads(model, dataset, hook, read, batch_size=batch_size)
     return ClassProfile(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -24,11 +24,21 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import parse_hook_name
+from tlsteer._types import HOOK_POINTS, is_int, parse_hook_name
 from tlsteer._version import __version__
-from tlsteer.gguf_vectors import read_control_vector, read_numpy_direction, write_control_vector
-from tlsteer.hooks import SteeringHandle, apply_steering, check_direction, patch_steering
+from tlsteer.errors import format_options
+from tlsteer.gguf_vectors import (
+    METADATA_KEY,
+    float32_direction,
+    read_control_vector,
+    read_numpy_direction,
+    write_control_vector,
+    write_numpy_direction,
+)
+from tlsteer.hooks import SteeringHandle, check_direction
 from tlsteer.operators import Operator, check_multiplier
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 
 __all__ = ["SteeringVector", "VectorMetadata"]
 
@@ -41,6 +51,14 @@ class VectorMetadata:
     """Where a vector came from. Unknown fields are an error, not ``None``.
 
     Facts about the directions themselves (``d_model``, hooks, layers) live on the vector.
+    Every field is a string except ``n_pairs`` (an int >= 0); other types are refused.
+
+    Attributes:
+        model_name: The TransformerLens model the vector was made for (``model.cfg.model_name``);
+            steering refuses another model unless asked not to check. Empty when unknown.
+        model_hint: The architecture a llama.cpp or repeng control-vector file names in
+            ``controlvector.model_hint`` (e.g. ``"llama"``). Kept for the record and written back
+            by :meth:`SteeringVector.to_gguf`; never compared with a model.
     """
 
     model_name: str = ""
@@ -50,20 +68,116 @@ class VectorMetadata:
     data_hash: str = ""
     tlsteer_version: str = __version__
     note: str = ""
+    model_hint: str = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            problem = _field_problem(f.name, getattr(self, f.name))
+            if problem is not None:
+                wrong_type = not is_int(self.n_pairs) if f.name == "n_pairs" else True
+                raise (TypeError if wrong_type else ValueError)(f"VectorMetadata {problem}")
+        object.__setattr__(self, "n_pairs", int(self.n_pairs))  # a NumPy int becomes a JSON-able int
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> tuple[VectorMetadata, dict[str, Any]]:
-        """The metadata, and the derived fields an older file also stored (to check)."""
-        raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_json(cls, text: str, source: str = "metadata") -> tuple[VectorMetadata, dict[str, Any]]:
+        """The metadata, and the derived fields an older file also stored (to check).
+
+        Args:
+            text: A JSON object of metadata fields, as :meth:`to_json` writes it.
+            source: Where the text came from, named in errors (e.g. the file and its key).
+
+        Raises:
+            ValueError: The text is not a JSON object, has unknown fields, or a field has the wrong
+                type; the message names ``source``, the field, its value and what is valid.
+
+        Example:
+            >>> VectorMetadata.from_json('{"model_name": "gpt2", "n_pairs": 3}')[0].n_pairs
+            3
+        """
+        known = [f.name for f in dataclasses.fields(cls)]
+        try:
+            raw = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{source} is not JSON ({err}): {_clip(text)}; expected a JSON object with fields from "
+                f"{known}"
+            ) from err
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{source} is a JSON {type(raw).__name__} ({_clip(raw)}), not an object; expected "
+                f"{{field: value}} with fields from {known}"
+            )
         derived = {k: raw.pop(k) for k in _DERIVED if k in raw}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ValueError(f"unknown metadata fields {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{source}: unknown metadata fields {unknown}; known: {sorted(known)}")
+        for key, value in derived.items():
+            _check_derived_type(key, value, source)
+        for key, value in raw.items():
+            problem = _field_problem(key, value)
+            if problem is not None:
+                raise ValueError(f"{source}: {problem}")
         return cls(**raw), derived
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a metadata field's value, or ``None``: n_pairs is an int >= 0, the rest strings."""
+    if name == "n_pairs":
+        if is_int(value) and value >= 0:
+            return None
+        return (
+            f"field 'n_pairs' must be an int >= 0 (the number of pairs), got {_clip(value)} "
+            f"({type(value).__name__})"
+        )
+    if isinstance(value, str):
+        return None
+    return f"field {name!r} must be a string, got {_clip(value)} ({type(value).__name__})"
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_derived_type(key: str, value: Any, source: str) -> None:
+    """The type of a field a tlsteer 0.1 file stored (``d_model``, ``layers``, ``hook_point``)."""
+    if key == "d_model" and not (is_int(value) and value >= 0):
+        raise ValueError(
+            f"{source}: field 'd_model' is {value!r} ({type(value).__name__}); expected an int >= 0 "
+            "(the size of the directions)"
+        )
+    if key == "layers" and not (isinstance(value, list) and all(is_int(x) and x >= 0 for x in value)):
+        raise ValueError(
+            f"{source}: field 'layers' is {_clip(value)}; expected a list of ints >= 0 (the layers of "
+            "the directions)"
+        )
+    if key == "hook_point" and value not in HOOK_POINTS:
+        raise ValueError(
+            f"{source}: field 'hook_point' is {_clip(value)}; valid: {format_options(HOOK_POINTS)}"
+        )
+
+
+def _check_derived(vector: SteeringVector, derived: dict[str, Any], source: str) -> None:
+    """Refuse a tlsteer 0.1 file whose stored ``d_model``, ``layers`` or ``hook_point`` disagree.
+
+    A 0.1 file whose metadata was never filled in holds the defaults ``d_model=0``, ``layers=[]``
+    and ``hook_point='resid_post'``: it recorded nothing about its directions, so those defaults are
+    not checked.
+    """
+    d_model, layers = derived.get("d_model", 0), derived.get("layers", [])
+    if d_model != 0 and d_model != vector.d_model:
+        raise ValueError(f"{source} says d_model={d_model} but its directions have {vector.d_model}")
+    if layers and sorted(set(layers)) != vector.layers:
+        raise ValueError(f"{source} says layers={layers} but its directions have {vector.layers}")
+    unfilled = d_model == 0 and not layers and derived.get("hook_point") == "resid_post"
+    if "hook_point" in derived and not unfilled and vector.hook_points != [derived["hook_point"]]:
+        raise ValueError(
+            f"{source} says hook_point={derived['hook_point']!r} but its directions are at "
+            f"{format_options(vector.hook_points)} (hooks: {vector.hooks})"
+        )
 
 
 def _describe(vector: SteeringVector, default: str) -> str:
@@ -245,55 +359,88 @@ class SteeringVector:
                 raise ValueError(f"direction at {name!r} is zero and cannot be normalised")
         return self._map(lambda d: d / d.norm(), f"normalized({_describe(self, 'v')})")
 
-    def select(self, layers: int | list[int]) -> SteeringVector:
-        """Only the directions at these layers."""
-        wanted = [layers] if isinstance(layers, int) else list(layers)
+    def select(self, layers: Any) -> SteeringVector:
+        """Only the directions at these layers (an int or ints, NumPy's too), each of which it must have.
+
+        Example:
+            >>> v = SteeringVector({f"blocks.{n}.hook_resid_post": torch.ones(2) for n in (1, 4)})
+            >>> v.select(4).layers, v.select([1, 4]).layers
+            ([4], [1, 4])
+        """
+        if is_int(layers):
+            wanted = [int(layers)]
+        elif isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+            raise TypeError(
+                f"layers must be an int or a list of ints (this vector's layers: {self.layers}), "
+                f"got {layers!r} ({type(layers).__name__})"
+            )
+        else:
+            wanted = list(layers)
+            for layer in wanted:
+                if not is_int(layer):
+                    raise TypeError(
+                        f"layers must be ints, got {layer!r} ({type(layer).__name__}) in {wanted!r}; "
+                        f"this vector's layers: {self.layers}"
+                    )
+            wanted = [int(layer) for layer in wanted]
+        if not wanted:
+            raise ValueError(f"layers is empty; pass at least one of this vector's layers: {self.layers}")
+        missing = [layer for layer in wanted if layer not in self.layers]
+        if missing:
+            raise KeyError(f"layers {missing} not in this vector; its layers: {self.layers}")
         kept = {n: d for n, d in self.directions.items() if parse_hook_name(n)[0] in wanted}
-        if not kept:
-            raise KeyError(f"none of layers {wanted} in this vector; layers: {self.layers}")
         return SteeringVector(kept, self.metadata)
 
     # -- steering -------------------------------------------------------------------------
+    def steering(
+        self,
+        multiplier: Any = 1.0,
+        *,
+        positions: Positions | None = None,
+        operator: Operator | None = None,
+    ) -> Steering:
+        """This vector times ``multiplier`` as a :class:`~tlsteer.Steering` (``Steering.from_vector``)."""
+        return Steering.from_vector(
+            self, multiplier, positions=Positions.all() if positions is None else positions, operator=operator
+        )
+
     def apply(
         self,
         model: HookedTransformer,
         multiplier: Any = 1.0,
+        *,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
-        operator: Operator | None = None,
         last_token_only: bool = False,
+        operator: Operator | None = None,
         check_model: bool = True,
     ) -> Any:
-        """Context manager that steers ``model`` with this vector (see :func:`tlsteer.apply_steering`)."""
-        return apply_steering(
-            model,
-            [(self, multiplier)],
-            min_token_index,
-            token_positions,
-            last_token_only,
-            operator,
-            check_model,
+        """Steer ``model`` with this vector inside a ``with`` block: the shortcut for
+        ``vec.steering(multiplier, positions=...).apply(model)`` (see :class:`tlsteer.Steering`).
+
+        ``min_token_index``, ``token_positions`` and ``last_token_only`` choose one
+        :class:`~tlsteer.Positions` mode (every position by default).
+        """
+        positions = Positions.make(min_token_index, token_positions, last_token_only)
+        return self.steering(multiplier, positions=positions, operator=operator).apply(
+            model, check_model=check_model
         )
 
     def patch(
         self,
         model: HookedTransformer,
         multiplier: Any = 1.0,
+        *,
         min_token_index: int = 0,
         token_positions: list[int] | None = None,
-        operator: Operator | None = None,
         last_token_only: bool = False,
+        operator: Operator | None = None,
         check_model: bool = True,
     ) -> SteeringHandle:
-        """Add the steering hooks until ``handle.remove()`` (see :func:`tlsteer.patch_steering`)."""
-        return patch_steering(
-            model,
-            [(self, multiplier)],
-            min_token_index,
-            token_positions,
-            last_token_only,
-            operator,
-            check_model,
+        """Add the steering hooks until ``handle.remove()`` (the shortcut for ``Steering.patch``)."""
+        positions = Positions.make(min_token_index, token_positions, last_token_only)
+        return self.steering(multiplier, positions=positions, operator=operator).patch(
+            model, check_model=check_model
         )
 
     # -- files ----------------------------------------------------------------------------
@@ -306,7 +453,7 @@ class SteeringVector:
             raise FileNotFoundError(
                 f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist"
             )
-        tensors = {n: d.detach().float().cpu().contiguous() for n, d in self.directions.items()}
+        tensors = {n: float32_direction(n, d) for n, d in self.directions.items()}
         save_file(tensors, str(path), metadata={"format": _FORMAT, "metadata": self.metadata.to_json()})
 
     @classmethod
@@ -331,17 +478,30 @@ class SteeringVector:
                 f"{str(path)!r} is a safetensors file but not a tlsteer vector (format "
                 f"{header.get('format')!r}, expected {_FORMAT!r})"
             )
-        metadata, derived = VectorMetadata.from_json(header["metadata"])
-        vector = cls(tensors, metadata)
-        found = {"d_model": vector.d_model, "layers": vector.layers}
-        for key, value in derived.items():
-            if key in found and list(np.atleast_1d(value)) != list(np.atleast_1d(found[key])):
-                raise ValueError(f"{str(path)!r} says {key}={value} but its directions have {found[key]}")
+        if "metadata" not in header:
+            raise ValueError(
+                f"{str(path)!r} has no 'metadata' entry in its safetensors header (entries: "
+                f"{sorted(header)}); a tlsteer vector file stores its VectorMetadata as JSON under 'metadata'"
+            )
+        source = f"{str(path)!r} metadata"
+        metadata, derived = VectorMetadata.from_json(header["metadata"], source)
+        try:
+            for name, tensor in tensors.items():  # tlsteer's own messages, before any type checker's
+                parse_hook_name(name)
+                check_direction(name, tensor)
+            vector = cls(tensors, metadata)
+        except KeyError as err:  # a tensor name that is not a block hook
+            raise ValueError(f"{str(path)!r}: {err.args[0]}") from err
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(path)!r}: {err}") from err
+        _check_derived(vector, derived, source)
         return vector.to(target)
 
     def to_numpy_file(self, layer: int | str, path: str | Path) -> None:
         """Save one layer's direction (or one hook's) as a plain ``[d_model]`` float32 ``.npy`` file."""
-        np.save(str(path), self[layer].detach().float().cpu().numpy())
+        direction = self[layer]
+        hook = next(name for name, d in self.directions.items() if d is direction)
+        write_numpy_direction(direction, path, name=hook)
 
     @classmethod
     def from_numpy_file(cls, path: Any, layer: Any, hook_point: Any = "resid_post") -> SteeringVector:
@@ -370,7 +530,8 @@ class SteeringVector:
         Args:
             path: The ``.gguf`` file to write; its folder must exist.
             model_hint: ``controlvector.model_hint`` (llama.cpp writes the architecture, e.g.
-                ``"llama"``); ``None`` uses ``metadata.model_name``.
+                ``"llama"``); ``None`` uses ``metadata.model_name``, or ``metadata.model_hint`` when
+                the model is unknown.
 
         Example:
             >>> import tempfile
@@ -380,16 +541,19 @@ class SteeringVector:
             ...     SteeringVector.from_gguf(f"{tmp}/v.gguf") == v
             True
         """
-        hint = self.metadata.model_name if model_hint is None else model_hint
-        write_control_vector(self.directions, path, hint, self.metadata.to_json())
+        if model_hint is None:
+            model_hint = self.metadata.model_name or self.metadata.model_hint
+        write_control_vector(self.directions, path, model_hint, self.metadata.to_json())
 
     @classmethod
     def from_gguf(cls, path: Any, hook_point: Any = "resid_post") -> SteeringVector:
         """Read a llama.cpp control-vector GGUF file (from :meth:`to_gguf`, llama.cpp or repeng).
 
         ``direction.<l>`` becomes ``blocks.<l>.hook_<hook_point>``; only ``resid_post`` is where
-        llama.cpp adds it. Metadata written by :meth:`to_gguf` is restored; for other files
-        ``metadata.model_name`` is the file's ``controlvector.model_hint``.
+        llama.cpp adds it. Metadata written by :meth:`to_gguf` is restored. Other files (llama.cpp,
+        repeng) name an architecture such as ``"llama"`` in ``controlvector.model_hint``, not a
+        model: it becomes ``metadata.model_hint`` and ``metadata.model_name`` stays empty, so
+        steering any model with the vector is not refused.
 
         Args:
             path: The ``.gguf`` file.
@@ -403,8 +567,14 @@ class SteeringVector:
         """
         directions, hint, metadata_json = read_control_vector(path, hook_point)
         if metadata_json is None:
-            return cls(directions, VectorMetadata(model_name=hint))
-        return cls(directions, VectorMetadata.from_json(metadata_json)[0])
+            # llama.cpp and repeng write the architecture ("llama") here, not a model name: keeping it
+            # as model_name would make every steering function refuse the vector for any real model
+            return cls(directions, VectorMetadata(model_hint=hint))
+        source = f"{str(Path(path))!r} key {METADATA_KEY!r}"
+        metadata, derived = VectorMetadata.from_json(metadata_json, source)
+        vector = cls(directions, metadata)
+        _check_derived(vector, derived, source)
+        return vector
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{n}: {v:.3g}" for n, v in list(self.norms().items())[:4])

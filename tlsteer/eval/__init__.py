@@ -4,7 +4,16 @@ Everything here runs on top of the core (:mod:`tlsteer`) and never the other way
 (:mod:`tlsteer.eval.judge`) needs the ``judge`` extra and loads its packages when called.
 """
 
-from tlsteer.eval.ab import ABAccuracy, ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
+from tlsteer.eval.ab import (
+    ABAccuracy,
+    ABResult,
+    ABScore,
+    ab_accuracy,
+    ab_eval,
+    ab_scores,
+    kl_on_neutral,
+    question_end,
+)
 from tlsteer.eval.budget import (
     Calibration,
     KLStats,
@@ -13,7 +22,7 @@ from tlsteer.eval.budget import (
     kl_stats,
     paired_difference_ci,
 )
-from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.eval.diagnostics import (
     Steerability,
     cosine_matrix,
@@ -54,7 +63,6 @@ __all__ = [
     "Generation",
     "GenerationReport",
     "GenerationSettings",
-    "Setting",
     "Steerability",
     "FeatureTokenView",
     "TokenView",
@@ -64,6 +72,7 @@ __all__ = [
     "ab_accuracy",
     "ab_eval",
     "ab_scores",
+    "question_end",
     "bootstrap_ci",
     "calibrate_to_kl",
     "cached_ab_scores",

@@ -5,10 +5,11 @@
 :func:`kl_on_neutral` measures how far steering moves next-token distributions on neutral text.
 
 For a CAA A/B item the prompt is the chat-formatted question, the assistant turn, then ``(``; the
-item's score is ``p(matching letter) / (p(A) + p(B))`` at the next token. Steering follows the CAA
-semantics: from the last token of the user turn onward. Items are batched with left padding; the
-text after the question is the same for every item, so the first steered column is the same for
-every row of a batch.
+item's score is ``p(matching letter) / (p(A) + p(B))`` at the next token. A
+:class:`~tlsteer.Steering` acts at its own positions, counted in each item's own tokens; CAA's
+semantics, from the last token of the user turn onward, are :func:`question_end` (``steering.at(
+question_end(model))``). Items are batched with left padding; the text after the question is the
+same for every item, so the first steered column is the same for every row of a batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size
 from tlsteer.data import ABItem, answer_letter, chat_prompt
 from tlsteer.eval.budget import kl_stats
-from tlsteer.hooks import EditPairs, VectorPairs, apply_edits, vector_edits
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import left_pad, tokenize, tokenize_prompts
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ab_scores",
     "kl_on_neutral",
     "letter_token_id",
+    "question_end",
 ]
 
 
@@ -134,29 +137,45 @@ def score_logits(model: HookedTransformer, logits: torch.Tensor, items: Sequence
     return out
 
 
+def question_end(model: HookedTransformer) -> Positions:
+    """CAA's A/B positions: the question's last token, the answer-template tokens after it, onward.
+
+    Example:
+        >>> ab_scores(model, items, vec.steering(4.0, positions=question_end(model)))  # doctest: +SKIP
+    """
+    return Positions.from_end(tokens_after_question(model) + 1)
+
+
 def ab_scores(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: VectorPairs = (),
+    steering: Steering | None = None,
+    *,
     batch_size: int = 16,
-    steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
-    edits: EditPairs = (),
+    check_model: bool = True,
 ) -> list[ABScore]:
-    """Score A/B items, optionally steered by ``(vector, multiplier)`` pairs and ``(hook, edit)`` pairs.
+    """Score A/B items, optionally steered.
 
-    Items, prompts (against the context length) and vectors are all checked before the first
-    forward pass. Batches hold prompts of similar lengths (less padding); scores come back in the
-    order of ``items``.
+    The steering acts at its positions in each item's own tokens (CAA's: :func:`question_end`);
+    its prefix goes before every question. Items, prompts (against the context length) and the
+    steering are all checked before the first forward pass. Batches hold prompts of similar
+    lengths (less padding); scores come back in the order of ``items``.
 
     Example:
-        >>> scores = ab_scores(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
+        >>> steering = vec.steering(4.0, positions=question_end(model))  # doctest: +SKIP
+        >>> scores = ab_scores(model, load_ab_items(path), steering)  # doctest: +SKIP
     """
+    steering = as_steering(steering)
     batch_size = check_batch_size(batch_size)
     check_ab_items(items, outside_ab)
-    edits = (vector_edits(model, list(vectors)) if len(vectors) else []) + list(edits)
+    steering.check(model, check_model=check_model)
+    if steering.prefix:
+        items = [ABItem(steering.instruct(i.question), i.matching, i.not_matching) for i in items]
     ids = ab_prompt_ids(model, items)
-    n_after = tokens_after_question(model)
+    if steering.edits:
+        for i, row in enumerate(ids):
+            steering.positions.check_length(len(row), f"A/B item {i}'s prompt")
     results: list[ABScore | None] = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(ids[i]))  # similar lengths: less padding
     for start in range(0, len(items), batch_size):
@@ -164,13 +183,9 @@ def ab_scores(
         batch = [items[i] for i in rows]
         tokens, mask = left_pad(model, [ids[i] for i in rows])
         width = tokens.shape[1]
-        first_steered = 0 if steer_all_positions else width - n_after - 1
-        with torch.no_grad():
-            if edits:
-                with apply_edits(model, edits, min_token_index=first_steered):
-                    logits = model(tokens, attention_mask=mask)[:, -1]
-            else:
-                logits = model(tokens, attention_mask=mask)[:, -1]
+        hooks = steering.hooks(model, check_model=False, row_shift=[width - len(ids[i]) for i in rows])
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            logits = model(tokens, attention_mask=mask)[:, -1]
         for i, score in zip(rows, score_logits(model, logits, batch), strict=True):
             results[i] = score
     return [r for r in results if r is not None]
@@ -220,11 +235,11 @@ class ABResult:
 def ab_eval(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: VectorPairs = (),
+    steering: Steering | None = None,
+    *,
     batch_size: int = 16,
-    steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
-    edits: EditPairs = (),
+    check_model: bool = True,
 ) -> ABResult:
     """Score A/B items (see :func:`ab_scores`) and keep every item's result with the summary.
 
@@ -232,11 +247,15 @@ def ab_eval(
     rule) and counts them in ``ABResult.n_outside_ab``; the default refuses them.
 
     Example:
-        >>> result = ab_eval(model, load_ab_items(path), [(vec, 4.0)])  # doctest: +SKIP
+        >>> result = ab_eval(model, load_ab_items(path), steering)  # doctest: +SKIP
         >>> result.p_matching, result.n_matching, result.scores[0]  # doctest: +SKIP
     """
     return ABResult(
-        tuple(ab_scores(model, items, vectors, batch_size, steer_all_positions, outside_ab, edits))
+        tuple(
+            ab_scores(
+                model, items, steering, batch_size=batch_size, outside_ab=outside_ab, check_model=check_model
+            )
+        )
     )
 
 
@@ -268,11 +287,11 @@ class ABAccuracy:
 def ab_accuracy(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    vectors: VectorPairs = (),
+    steering: Steering | None = None,
+    *,
     batch_size: int = 16,
-    steer_all_positions: bool = False,
     outside_ab: OutsideAB = "error",
-    edits: EditPairs = (),
+    check_model: bool = True,
 ) -> ABAccuracy:
     """Accuracy on MMLU / TruthfulQA style A/B items, optionally steered.
 
@@ -280,11 +299,13 @@ def ab_accuracy(
     correct.
 
     Example:
-        >>> acc = ab_accuracy(model, load_ab_items("mmlu.json"), [(vec, -2.0)])  # doctest: +SKIP
+        >>> acc = ab_accuracy(model, load_ab_items("mmlu.json"), steering)  # doctest: +SKIP
         >>> acc.accuracy, acc.p_correct  # doctest: +SKIP
     """
     return ABAccuracy(
-        ab_eval(model, items, vectors, batch_size, steer_all_positions, outside_ab, edits).scores
+        ab_eval(
+            model, items, steering, batch_size=batch_size, outside_ab=outside_ab, check_model=check_model
+        ).scores
     )
 
 
@@ -293,31 +314,29 @@ def ab_accuracy(
 
 def kl_on_neutral(
     model: HookedTransformer,
-    vectors: VectorPairs,
+    steering: Steering,
     prompts: Sequence[str],
-    min_token_index: int = 0,
+    *,
+    measure_from: int = 0,
     batch_size: int = 8,
+    check_model: bool = True,
 ) -> float:
     """Mean KL(unsteered || steered) of the next-token distributions on neutral text.
 
-    Steering acts from absolute position ``min_token_index`` on (0: every position), and the KL
-    is averaged over those same positions of every prompt, pooled (a longer prompt weighs more):
-    the mean of :func:`tlsteer.eval.budget.kl_stats`, which also gives the 95th percentile.
-
-    Args:
-        model: A ``HookedTransformer`` with a tokenizer.
-        vectors: ``(vector, multiplier)`` pairs applied together (see :func:`apply_steering`).
-        prompts: Neutral text; each is tokenized with :func:`tlsteer.data.tokenize`.
-        min_token_index: First steered and measured absolute position.
-        batch_size: Prompts per forward pass (right-padded, so positions are the same in every row).
+    The mean of :func:`tlsteer.eval.budget.kl_stats` (which also gives the 95th percentile),
+    measured at every position from ``measure_from`` on (0: every position), pooled over prompts
+    (a longer prompt weighs more).
 
     Example:
-        >>> kl_on_neutral(model, [(vec, 4.0)], ["Water boils at 100 degrees."])  # doctest: +SKIP
+        >>> kl_on_neutral(model, vec.steering(4.0), ["Water boils at 100 degrees."])  # doctest: +SKIP
         0.0123
     """
-    if not len(vectors):
-        raise ValueError("no vectors to measure; give a non-empty list of (vector, multiplier) pairs")
     stats = kl_stats(
-        model, list(vectors), prompts=prompts, min_token_index=min_token_index, batch_size=batch_size
+        model,
+        steering,
+        prompts=prompts,
+        measure_from=measure_from,
+        batch_size=batch_size,
+        check_model=check_model,
     )
     return stats.mean

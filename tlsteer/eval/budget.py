@@ -22,8 +22,8 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.eval.bootstrap import bootstrap_ci, paired_difference_ci
-from tlsteer.hooks import apply_edits, edit_hooks, vector_edits
-from tlsteer.positions import Positions
+from tlsteer.hooks import apply_edits
+from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import right_pad, tokenize_prompts
 
 __all__ = [
@@ -52,14 +52,6 @@ class KLStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _is_empty(pairs: Any) -> bool:
-    if pairs is None:
-        return True
-    if isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
-        return len(pairs) == 0
-    return False
 
 
 def _own_start(model: HookedTransformer, prompt: str, ids: list[int]) -> int:
@@ -101,73 +93,72 @@ def _align_prefixed(
 
 def kl_stats(
     model: HookedTransformer,
-    vectors: Any = (),
-    edits: Any = (),
+    steering: Steering,
     *,
-    prompts: Any,
-    min_token_index: Any = 1,
-    batch_size: Any = 8,
-    prefix: Any = None,
-    cache: Any = None,
+    prompts: Sequence[str],
+    measure_from: int = 1,
+    batch_size: int = 8,
+    cache: dict | None = None,
+    check_model: bool = True,
 ) -> KLStats:
     """Per-token KL(unsteered || steered) of next-token distributions on neutral prompts.
 
-    The unsteered run is the plain prompt; the steered run applies ``(vector, multiplier)`` pairs
-    and ``(hook_name, edit)`` pairs together from absolute position ``min_token_index`` on, and/or
-    prepends ``prefix`` to the prompt. The KL is taken at every position ``>= min_token_index`` of
-    every prompt and pooled (a longer prompt weighs more); the default 1 leaves out the first
-    position, an attention sink whose distribution is far from the rest.
+    The unsteered run is the plain prompt; the steered run applies ``steering``: its edits at its
+    positions (every position or from an index on, counted in each prompt's own tokens), and its
+    prefix before the prompt. The KL is taken at every position ``>= measure_from`` of every
+    prompt and pooled (a longer prompt weighs more); the default 1 leaves out the first position,
+    an attention sink whose distribution is far from the rest.
 
-    With a ``prefix`` (an instruction, for the "prompting" method) the steered run reads
-    ``prefix + prompt`` and the distributions are compared at the same prompt tokens: ``prefix +
-    prompt`` must tokenize to the tokenizer's leading special tokens (BOS), the prefix's tokens,
-    then exactly the prompt's own tokens; a tokenizer that merges across the boundary is refused
-    (end the prefix with a separator such as a newline). Vectors and edits given with a prefix
-    steer the prompt's own tokens from ``min_token_index`` on (every position, the prefix's
-    included, when ``min_token_index=0``). An empty prefix is refused: use ``None``.
+    With a prefix (an instruction, the "prompting" method) the steered run reads ``prefix +
+    prompt`` (the prefix exactly as given, here with no separator added) and the distributions are
+    compared at the same prompt tokens: ``prefix + prompt`` must tokenize to the tokenizer's
+    leading special tokens (BOS), the prefix's tokens, then exactly the prompt's own tokens; a
+    tokenizer that merges across the boundary is refused (end the prefix with a separator such as
+    a newline). Edits given with a prefix steer the prompt's own tokens at the steering's
+    positions (every position, the prefix's included, with ``Positions.all()``).
 
-    Everything (vectors, edits, positions, prompts, alignment) is checked before any forward pass.
+    Everything (edits, positions, prompts, alignment) is checked before any forward pass.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        vectors: ``(vector, multiplier)`` pairs (see :func:`tlsteer.hooks.vector_edits`).
-        edits: ``(hook_name, edit)`` pairs, e.g. SAE feature edits.
+        steering: A :class:`~tlsteer.Steering` with edits, a prefix, or both.
         prompts: Neutral text, a non-empty list of non-empty strings.
-        min_token_index: First steered and measured absolute position of each prompt.
+        measure_from: First measured absolute position of each prompt.
         batch_size: Prompts per forward pass (right-padded).
-        prefix: Text prepended to every prompt in the steered run only, or ``None``.
         cache: A dict kept between calls on the same prompts (as in a calibration): the
             unsteered log-probabilities are stored there on the first call and reused after.
+        check_model: Refuse a steering made for another model (``False`` measures anyway).
 
     Returns:
         :class:`KLStats` with the mean, the 95th percentile and the number of measured tokens.
 
     Example:
-        >>> stats = kl_stats(model, [(vec, 4.0)], prompts=["Water boils at 100 degrees."])  # doctest: +SKIP
+        >>> stats = kl_stats(model, vec.steering(4.0), prompts=["Water boils."])  # doctest: +SKIP
         >>> stats.mean, stats.p95, stats.n_tokens  # doctest: +SKIP
         (0.0123, 0.0410, 26)
-        >>> kl_stats(model, prompts=neutral, prefix="Answer angrily.\\n")  # doctest: +SKIP
+        >>> kl_stats(model, Steering.from_prompt("Answer angrily.\n"), prompts=neutral)  # doctest: +SKIP
     """
+    steering = as_steering(steering)
+    min_token_index = measure_from
     batch_size = check_batch_size(batch_size)
     if cache is not None and not isinstance(cache, dict):
         raise TypeError(f"cache must be a dict or None, got {type(cache).__name__}")
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    if not is_int(min_token_index):
-        raise TypeError(f"min_token_index must be an int, got {min_token_index!r}")
-    base = Positions.make(int(min_token_index))  # sign check
-    min_token_index = int(min_token_index)
-    if prefix is not None and not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a string or None, got {type(prefix).__name__}")
-    if prefix == "":
-        raise ValueError("prefix is empty; pass prefix=None to measure vectors or edits alone")
-    all_edits = ([] if _is_empty(vectors) else vector_edits(model, vectors)) + (
-        [] if _is_empty(edits) else list(edits)
-    )
-    if not all_edits and prefix is None:
-        raise ValueError("nothing to measure: give vectors, edits or a prefix (at least one of them)")
-    if all_edits:
-        edit_hooks(model, all_edits, positions=base)  # hook names and callables, nothing registered
+    if not is_int(measure_from) or measure_from < 0:
+        raise ValueError(f"measure_from must be an int >= 0 (an absolute position), got {measure_from!r}")
+    min_token_index = int(measure_from)
+    prefix = steering.prefix or None
+    base = steering.positions
+    if steering.is_unsteered:
+        raise ValueError("nothing to measure: the steering has no edits and no prefix")
+    if base.mode not in ("all", "from"):
+        raise ValueError(
+            f"kl_stats steers every position or from an index on (Positions.all(), .start_at(i)); "
+            f"got {base.describe()}, which right-padded prompts of different lengths cannot share"
+        )
+    steering.check(model, check_model=check_model)  # hook names and callables, nothing registered
+    all_edits = list(steering.edits)
     token_ids = tokenize_prompts(model, prompts)
     longest = max(len(ids) for ids in token_ids)
     if min_token_index >= longest:
@@ -207,7 +198,7 @@ def kl_stats(
                 if cache is not None:
                     cache[key] = clean_lp
             if all_edits:
-                with apply_edits(model, all_edits, positions=positions):
+                with apply_edits(model, all_edits, positions):
                     steered = model(s_tokens, attention_mask=s_mask)
             else:
                 steered = model(s_tokens, attention_mask=s_mask)
@@ -291,7 +282,7 @@ def calibrate_to_kl(
 
     Args:
         measure: ``strength -> mean KL``, e.g.
-            ``lambda s: kl_stats(model, [(vec, s)], prompts=neutral).mean``.
+            ``lambda s: kl_stats(model, vec.steering(s), prompts=neutral).mean``.
         budget: The KL to spend, finite and > 0.
         low, high: The bracket of strengths, ``0 < low < high``.
         steps: Most steps (the two ends are measured on top of them).

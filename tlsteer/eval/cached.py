@@ -1,10 +1,10 @@
 """A sweep engine that runs the unsteered prompt once: KV-cached prefixes, batched settings.
 
-With CAA semantics, steering starts at the last token of the user turn, so every position before
-it is the same in every setting. :func:`cached_ab_scores` runs those positions once per batch of
-items into a TransformerLens KV cache, then runs only the steered suffix (the last question token,
-the end of turn, the assistant header and ``(``) for many ``(hook, multiplier)`` settings at once,
-one setting per block of rows.
+With CAA semantics (:func:`tlsteer.eval.ab.question_end`), steering starts at the last token of
+the user turn, so every position before it is the same in every steering. :func:`cached_ab_scores`
+runs those positions once per batch of items into a TransformerLens KV cache, then runs only the
+steered suffix (the last question token, the end of turn, the assistant header and ``(``) for many
+steerings at once (each one edit at one hook), one steering per block of rows.
 
 Two ways to run the suffix rows (``attention=``):
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -49,6 +50,7 @@ from tlsteer.eval.ab import (
     OutsideAB,
     ab_prompt_ids,
     check_ab_items,
+    question_end,
     score_logits,
     tokens_after_question,
 )
@@ -58,60 +60,84 @@ from tlsteer.eval.shared_attention import (
     mlp_weights_stored_transposed,
     resolve_attention,
 )
-from tlsteer.hooks import Edit, check_direction, direction_edit
+from tlsteer.hooks import DirectionEdit, Edit, check_direction
 from tlsteer.kv import MIN_SHARED_HEAD, common_prefix_length, head_cache, repeat_cache
-from tlsteer.operators import check_multiplier
+from tlsteer.operators import is_addition
+from tlsteer.steering import Steering, check_model_match
 from tlsteer.tokens import left_pad
 
-__all__ = ["Setting", "cached_ab_scores"]
+__all__ = ["cached_ab_scores"]
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One steered setting: from the end of the question onward, at ``hook``.
-
-    Either ``multiplier * direction`` is added there (CAA), or ``edit`` (any
-    :data:`tlsteer.hooks.Edit`: activation -> delta) is applied there. A setting with no edit and
-    multiplier 0 is the unsteered baseline.
-
-    Example:
-        >>> Setting("blocks.1.hook_resid_post", torch.ones(4), 2.0).is_baseline
-        False
-    """
+class _Setting:
+    """One steering as the engine runs it: ``delta`` added at ``hook`` (an addition), or ``edit``."""
 
     hook: str
-    direction: Tensor | None = None
-    multiplier: float = 0.0
+    delta: Tensor | None = None
     edit: Edit | None = None
-
-    def __post_init__(self) -> None:
-        if (self.direction is None) == (self.edit is None):
-            raise ValueError(
-                f"a Setting at {self.hook!r} needs a direction (with a multiplier) or an edit, not "
-                f"{'both' if self.edit is not None else 'neither'}"
-            )
-        if self.edit is not None and not callable(self.edit):
-            raise TypeError(f"Setting.edit must be a callable activation -> delta, got {self.edit!r}")
-        object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
 
     @property
     def is_baseline(self) -> bool:
-        return self.edit is None and self.multiplier == 0
+        return self.edit is None and (self.delta is None or not bool(self.delta.any()))
+
+
+def _setting(model: HookedTransformer, steering: Steering, where: Any, check_model: bool) -> _Setting:
+    if not isinstance(steering, Steering):
+        raise TypeError(f"steerings must be tlsteer.Steering values, got {steering!r}")
+    if check_model:
+        check_model_match(model, steering.model_name)
+    if steering.prefix:
+        raise ValueError(
+            f"the cached engine shares the prompt's prefix across steerings, so it cannot run {steering!r} "
+            "with a prompt prefix; score it with tlsteer.eval.ab_scores"
+        )
+    if steering.is_unsteered:
+        return _Setting(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    if len(steering.edits) != 1:
+        raise ValueError(
+            f"the cached engine runs one edit at one hook per steering; {steering!r} has "
+            f"{len(steering.edits)}: score it with tlsteer.eval.ab_scores"
+        )
+    if steering.positions != where:
+        raise ValueError(
+            f"the cached engine steers from the end of the question ({where.describe()}: "
+            f"question_end(model)); {steering!r} acts at {steering.positions.describe()}: move it with "
+            ".at(question_end(model)) or score it with tlsteer.eval.ab_scores"
+        )
+    hook, edit = steering.edits[0]
+    validate_hook_name(model, hook)
+    parse_hook_name(hook)
+    if isinstance(edit, DirectionEdit):
+        check_direction(hook, edit.direction, model.cfg.d_model)
+        if is_addition(edit.operator):
+            return _Setting(hook, delta=edit.direction)
+    return _Setting(hook, edit=edit)
+
+
+def model_width(settings: Sequence[_Setting | None]) -> int:
+    """``d_model`` as the settings' deltas know it (every addition setting has one)."""
+    return next(s.delta.shape[0] for s in settings if s is not None and s.delta is not None)
 
 
 def _row_hook(
-    name: str, settings: Sequence[Setting | None], n_items: int, device: torch.device
+    name: str, settings: Sequence[_Setting | None], n_items: int, device: torch.device
 ) -> tuple[str, Callable[[Tensor, object], Tensor]]:
     """A hook at ``name``: the block of rows ``s * n_items ...`` gets ``settings[s]``'s steering.
 
     A ``None`` setting, or one at another hook, is a block of rows left as they are.
     """
-    here = [s if s is not None and s.hook == name else None for s in settings]
+    here = [s if s is not None and s.hook == name and not s.is_baseline else None for s in settings]
+    if all(s is None for s in here):
+
+        def keep(act: Tensor, hook: object) -> Tensor:  # noqa: ARG001
+            return act
+
+        return name, keep
     if all(s is None or s.edit is None for s in here):  # additions only: one precomputed delta
-        d_model = next(s.direction for s in here if s is not None).shape[0]
-        zero = torch.zeros(d_model, dtype=torch.float32)
+        zero = torch.zeros(model_width(here), dtype=torch.float32)
         rows = torch.stack(
-            [s.multiplier * s.direction.float().cpu() if s is not None else zero for s in here]
+            [s.delta.float().cpu() if s is not None and s.delta is not None else zero for s in here]
         )
         delta = rows.repeat_interleave(n_items, dim=0)[:, None, :].to(device)  # [rows, 1, d_model]
 
@@ -120,11 +146,20 @@ def _row_hook(
 
         return name, add
 
-    edits = [None if s is None else s.edit or direction_edit(s.direction, s.multiplier) for s in here]
+    def delta_of(s: _Setting | None, b: Tensor) -> Tensor | None:
+        if s is None:
+            return None
+        if s.edit is not None:
+            return s.edit(b)
+        return None if s.delta is None else s.delta.to(b.dtype).expand_as(b)
 
     def edit_rows(act: Tensor, hook: object) -> Tensor:  # noqa: ARG001
         blocks = act.split(n_items)
-        return torch.cat([b if e is None else b + e(b) for b, e in zip(blocks, edits, strict=True)])
+        out = []
+        for b, s in zip(blocks, here, strict=True):
+            d = delta_of(s, b)
+            out.append(b if d is None else b + d)
+        return torch.cat(out)
 
     return name, edit_rows
 
@@ -148,7 +183,7 @@ def _shared_batch(
     tokens: Tensor,
     mask: Tensor,
     first: int,
-    settings: Sequence[Setting],
+    settings: Sequence[_Setting],
     starts: Sequence[int],
     per_forward: int,
 ) -> list[Tensor]:
@@ -176,7 +211,7 @@ def _shared_batch(
     with attending_to(model, prefix):
         for n_pass, chunk in enumerate(passes):
             first_pass = n_pass == 0
-            layout: list[Setting | None] = [None] if first_pass else []  # None: the unsteered block
+            layout: list[_Setting | None] = [None] if first_pass else []  # None: the unsteered block
             hooks = []
             for name in dict.fromkeys(settings[i].hook for i in chunk):
                 layer = parse_hook_name(name)[0]  # the rows present there: every block started by then
@@ -216,7 +251,7 @@ def _repeat_batch(
     tokens: Tensor,
     mask: Tensor,
     first: int,
-    settings: Sequence[Setting],
+    settings: Sequence[_Setting],
     per_forward: int,
 ) -> list[Tensor]:
     """Next-token logits of one batch under each setting, with TransformerLens's repeated cache."""
@@ -229,7 +264,8 @@ def _repeat_batch(
     for s0 in range(0, len(settings), per_forward):
         chunk = settings[s0 : s0 + per_forward]
         rows = suffix.repeat(len(chunk), 1)
-        hooks = [_row_hook(name, chunk, n_items, device) for name in dict.fromkeys(c.hook for c in chunk)]
+        names = dict.fromkeys(c.hook for c in chunk if not c.is_baseline)
+        hooks = [_row_hook(name, chunk, n_items, device) for name in names]
         with model.hooks(fwd_hooks=hooks):
             logits = model(
                 rows, attention_mask=torch.ones_like(rows), past_kv_cache=repeat_cache(cache, len(chunk))
@@ -241,41 +277,42 @@ def _repeat_batch(
 def cached_ab_scores(
     model: HookedTransformer,
     items: Sequence[ABItem],
-    settings: Sequence[Setting],
+    steerings: Sequence[Steering],
+    *,
     batch_size: int = 16,
     max_rows: int = 256,
     attention: str = "auto",
     share_head: bool = True,
     outside_ab: OutsideAB = "error",
+    check_model: bool = True,
 ) -> list[list[ABScore]]:
-    """A/B scores of ``items`` under each setting, running each batch's prompt prefix once.
+    """A/B scores of ``items`` under each steering, running each batch's prompt prefix once.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
         items: CAA A/B items.
-        settings: ``(hook, direction, multiplier)`` settings; a multiplier of 0 is the baseline.
+        steerings: Each the unsteered ``Steering()`` or one edit at one hook acting at
+            :func:`~tlsteer.eval.ab.question_end` (``vec.select(l).steering(m,
+            positions=question_end(model))``); anything else is refused, naming
+            :func:`~tlsteer.eval.ab.ab_scores`, which scores any steering.
         batch_size: Items per prefix forward (items of similar lengths are batched together).
-        max_rows: At most this many ``setting x item`` rows per suffix forward.
+        max_rows: At most this many ``steering x item`` rows per suffix forward.
         attention: ``"auto"``, ``"shared"`` or ``"repeat"`` (see the module docstring).
-        outside_ab: ``"zero"`` scores items with answers outside A/B as 0 (CAA); ``"error"``
-            refuses them.
         share_head: With ``"shared"`` attention, run the tokens every prompt starts with (the
             chat template's system turn and user header) once for all items, not once per batch.
+        outside_ab: ``"zero"`` scores items with answers outside A/B as 0 (CAA); ``"error"``
+            refuses them.
+        check_model: Refuse a steering made for another model.
 
     Returns:
-        One list of :class:`~tlsteer.eval.ab.ABScore` per setting, in the order of ``items``.
+        One list of :class:`~tlsteer.eval.ab.ABScore` per steering, in the order of ``items``.
     """
     check_ab_items(items, outside_ab)
-    if not settings:
-        raise ValueError("no settings to score; give at least one Setting")
-    starts = []
-    for s in settings:
-        if not isinstance(s, Setting):
-            raise TypeError(f"settings must be Setting objects, got {s!r}")
-        validate_hook_name(model, s.hook)
-        starts.append(parse_hook_name(s.hook)[0])
-        if s.direction is not None:
-            check_direction(s.hook, s.direction, model.cfg.d_model)
+    if isinstance(steerings, Steering) or not steerings:
+        raise ValueError("no steerings to score; give a non-empty list of Steering values")
+    where = question_end(model)
+    settings = [_setting(model, s, where, check_model) for s in steerings]
+    starts = [parse_hook_name(s.hook)[0] for s in settings]
     if batch_size < 1 or max_rows < 1:
         raise ValueError(f"batch_size and max_rows must be >= 1, got {batch_size} and {max_rows}")
     mode = resolve_attention(model, attention)

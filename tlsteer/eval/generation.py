@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from transformer_lens import HookedTransformer
 
 from tlsteer.decode import generate_tokens
-from tlsteer.hooks import steering_hooks
 from tlsteer.operators import check_multiplier
+from tlsteer.positions import Positions
 from tlsteer.vector import SteeringVector
 
 __all__ = ["Generation", "GenerationReport", "GenerationSettings", "compare_generations"]
@@ -118,15 +118,19 @@ def compare_generations(
     vector: SteeringVector,
     multipliers: Sequence[float | int] = (-4.0, 0.0, 4.0),
     settings: GenerationSettings | None = None,
+    *,
+    positions: Positions | None = None,
     batch_size: int = 16,
+    check_model: bool = True,
 ) -> GenerationReport:
     """Generate each prompt at each multiplier, steering from the last prompt token onward.
 
     Generation runs through :func:`tlsteer.generate_tokens` (batched, KV-cached), one call per
-    multiplier. Steering starts at each prompt's own last token (``last_token_only``) and stays on
-    every generated token. Multiplier 0 runs with no hooks at all. Sampling draws
-    from a ``torch.Generator`` seeded with ``settings.seed`` for every continuation, so each
-    continuation can be repeated on its own; the global torch RNG is left untouched.
+    multiplier. Steering starts at each prompt's own last token (``positions``, default
+    ``Positions.last()``) and stays on every generated token. Multiplier 0 runs with no hooks at
+    all. Sampling draws from a ``torch.Generator`` seeded with ``settings.seed`` for every
+    continuation, so each continuation can be repeated on its own; the global torch RNG is left
+    untouched.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
@@ -135,7 +139,9 @@ def compare_generations(
         vector: The steering vector.
         multipliers: One column per multiplier; 0 is the unsteered baseline.
         settings: Generation settings.
+        positions: Where to steer (default: the last prompt token and every generated one).
         batch_size: Rows per batch of :func:`tlsteer.generate_tokens`.
+        check_model: Refuse a vector made for another model.
 
     Example:
         >>> report = compare_generations(model, ["Tell me about it."], vec, [-8, 0, 8])  # doctest: +SKIP
@@ -147,22 +153,22 @@ def compare_generations(
     mults = [check_multiplier(m) for m in multipliers]
     if not mults:
         raise ValueError("multipliers is empty; give at least one (0 is the unsteered baseline)")
-    steering_hooks(model, [(vector, 1.0)])  # refuse a vector that does not fit before generating
+    where = Positions.last() if positions is None else positions
+    vector.steering(1.0, positions=where).check(model, check_model=check_model)  # before generating
     made: dict[tuple[int, int], Generation] = {}
     for j, m in enumerate(mults):
-        # last_token_only: each prompt's own last token, then every generated token
         out = generate_tokens(
             model,
             list(prompts),
-            [(vector, m)] if m != 0 else (),
+            vector.steering(m, positions=where) if m != 0 else None,
             max_new_tokens=settings.max_new_tokens,
             do_sample=settings.do_sample,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
             seed=settings.seed,
-            last_token_only=True,
             chat=settings.chat,
+            check_model=check_model,
             stop_at_eos=settings.stop_at_eos,
             batch_size=batch_size,
         )

@@ -21,7 +21,9 @@ from transformer_lens import HookedTransformer
 
 from tlsteer.decode import generate
 from tlsteer.operators import check_multiplier
+from tlsteer.positions import Positions
 from tlsteer.profile import spearman
+from tlsteer.steering import Steering
 
 __all__ = ["OrdinalSweep", "ordinal_sweep"]
 
@@ -72,6 +74,8 @@ def ordinal_sweep(
     vector: Any,
     multipliers: Sequence[float],
     scale: float = 1.0,
+    *,
+    positions: Positions | None = None,
     max_new_tokens: int = 40,
     batch_size: int = 16,
     **generate_kwargs: Any,
@@ -86,8 +90,9 @@ def ordinal_sweep(
         multipliers: At least 2 distinct finite multipliers (kept in the result as given).
         scale: Each generation is steered at ``multiplier * scale`` (e.g. the mean residual
             norm at the hook with a unit vector, for multipliers in units of that norm).
-        max_new_tokens, batch_size, generate_kwargs: For :func:`tlsteer.generate` (greedy, chat
-            prompts and steering from each prompt's last token on, unless overridden).
+        positions: Where to steer (default: from each prompt's last token on, ``Positions.last()``).
+        max_new_tokens, batch_size, generate_kwargs: For :func:`tlsteer.generate` (greedy and
+            chat prompts unless overridden).
     """
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
@@ -97,10 +102,11 @@ def ordinal_sweep(
     scale = float(check_multiplier(scale))
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    kwargs = {"chat": True, "last_token_only": True, **generate_kwargs}
+    kwargs = {"chat": True, **generate_kwargs}
+    where = Positions.last() if positions is None else positions
     scores, generations = [], []
     for m in values:
-        steer = [(vector, m * scale)] if m != 0 else []
+        steer = Steering.from_vector(vector, m * scale, positions=where) if m != 0 else None
         texts = generate(
             model, list(prompts), steer, max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs
         )

@@ -1,13 +1,14 @@
-"""Steered generation from a shared, unsteered prompt cache: many steering settings, one prefill.
+"""Steered generation from a shared, unsteered prompt cache: many steerings, one prefill.
 
 A comparison of steering methods generates continuations of the *same* prompts under many
-settings. With steering from each prompt's last token on (``last_token_only=True`` in
-:func:`tlsteer.generate_tokens`), every position before the last prompt token is unsteered and the
-same in every setting. :func:`prompt_cache` runs those positions once, for every prompt, into a
-TransformerLens KV cache; :func:`generate_from_cache` then runs only the last prompt token and the
-new tokens, for several groups of rows at once, each group with its own steering edits on its own
-block of rows; :func:`perplexities_from_cache` scores continuations under the unsteered model from
-the same cache. Each row equals the row generated alone by :func:`tlsteer.generate_tokens` with the
+steerings. With steering from each prompt's last token on (``Positions.last()``), every position
+before the last prompt token is unsteered and the same in every steering. :func:`prompt_cache`
+runs those positions once, for every prompt, into a TransformerLens KV cache;
+:func:`generate_from_cache` then runs only the last prompt token and the new tokens, for several
+groups of rows at once, each group with its own :class:`~tlsteer.Steering` on its own block of
+rows; :func:`perplexities_from_cache` scores continuations under the unsteered model from the
+same cache (:func:`perplexities` is the same without the cache, the full sequences in plain
+batches). Each row equals the row generated alone by :func:`tlsteer.generate_tokens` with the
 same seed (tested token for token).
 """
 
@@ -27,9 +28,18 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from tlsteer._types import is_int
 from tlsteer.decode import choose_next_tokens
 from tlsteer.hooks import edit_hooks
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 from tlsteer.tokens import left_pad, right_pad
 
-__all__ = ["PromptCache", "RowGroup", "generate_from_cache", "perplexities_from_cache", "prompt_cache"]
+__all__ = [
+    "PromptCache",
+    "RowGroup",
+    "generate_from_cache",
+    "perplexities",
+    "perplexities_from_cache",
+    "prompt_cache",
+]
 
 
 @dataclass(frozen=True)
@@ -62,11 +72,33 @@ class PromptCache:
 
 @dataclass(frozen=True)
 class RowGroup:
-    """Rows generated under one steering: prompt indices, one seed per row, ``(hook, edit)`` pairs."""
+    """Rows generated under one steering: prompt indices, one seed per row, a :class:`~tlsteer.Steering`.
+
+    The steering acts from each prompt's last token on (``Positions.last()``) and has no prompt
+    prefix (the cache holds the prompts as they are).
+    """
 
     prompts: tuple[int, ...]
     seeds: tuple[int, ...]
-    edits: tuple = ()
+    steering: Steering = field(default_factory=Steering)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steering, Steering):
+            raise TypeError(f"RowGroup.steering must be a tlsteer.Steering, got {self.steering!r}")
+        if self.steering.prefix:
+            raise ValueError(
+                f"{self.steering!r} has a prompt prefix; a shared prompt cache holds the prompts as they "
+                "are: generate it with tlsteer.generate_tokens"
+            )
+        if self.steering.edits and self.steering.positions != Positions.last():
+            raise ValueError(
+                f"generation from a prompt cache steers from each prompt's last token on "
+                f"(Positions.last()); {self.steering!r} acts at {self.steering.positions.describe()}"
+            )
+
+    @property
+    def edits(self) -> tuple:
+        return self.steering.edits
 
 
 def prompt_cache(model: HookedTransformer, prompt_ids: Any) -> PromptCache:
@@ -113,7 +145,7 @@ def _block_hooks(model: HookedTransformer, blocks: list[tuple[int, tuple]]) -> l
     names = list(dict.fromkeys(name for _, edits in blocks for name, _ in edits))
     for _, edits in blocks:
         if edits:
-            edit_hooks(model, list(edits))  # validates names and callables
+            edit_hooks(model, list(edits), Positions.all())  # validates names and callables
     sizes = [n for n, _ in blocks]
     hooks = []
     for name in names:
@@ -147,13 +179,13 @@ def generate_from_cache(
 
     Rows run together in chunks of at most ``max_rows`` (a group may span chunks); each row draws
     from its own generator seeded by its seed, so a row is the same in any chunk and equals
-    :func:`tlsteer.generate_tokens` with ``last_token_only=True`` and that seed.
+    :func:`tlsteer.generate_tokens` steered at ``Positions.last()`` with that seed.
 
     Returns:
         ``out[g][r]``: the new token ids of row ``r`` of group ``g`` (ending at EOS if it stopped).
 
     Example:
-        >>> groups = [RowGroup((0, 1), (0, 0)), RowGroup((0, 1), (0, 0), ((hook, edit),))]  # doctest: +SKIP
+        >>> groups = [RowGroup((0, 1), (0, 0)), RowGroup((0, 1), (0, 0), steering)]  # doctest: +SKIP
         >>> generate_from_cache(model, pc, groups, max_new_tokens=24, temperature=0.7)  # doctest: +SKIP
     """
     groups = _check_groups(cache, groups)
@@ -211,6 +243,30 @@ def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperatur
     return out
 
 
+def perplexities(
+    model: HookedTransformer,
+    prompt_ids: Sequence[Sequence[int]],
+    new_ids: Sequence[Sequence[int]],
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Perplexity of each continuation after its prompt under ``model`` as it is (right-padded
+    batches of the full sequences; NaN if a continuation is empty)."""
+    out = []
+    for start in range(0, len(prompt_ids), batch_size):
+        prompts, news = prompt_ids[start : start + batch_size], new_ids[start : start + batch_size]
+        tokens, mask = right_pad(model, [list(p) + list(n) for p, n in zip(prompts, news, strict=True)])
+        with torch.no_grad():
+            logprobs = model(tokens, attention_mask=mask).float().log_softmax(-1)
+        for i, (p, n) in enumerate(zip(prompts, news, strict=True)):
+            if not n:
+                out.append(float("nan"))
+                continue
+            targets = tokens[i, len(p) : len(p) + len(n)]
+            picked = logprobs[i, len(p) - 1 : len(p) + len(n) - 1].gather(-1, targets[:, None])[:, 0]
+            out.append(float(torch.exp(-picked.mean())))
+    return np.asarray(out)
+
+
 def perplexities_from_cache(
     model: HookedTransformer,
     cache: PromptCache,
@@ -220,7 +276,7 @@ def perplexities_from_cache(
 ) -> np.ndarray:
     """Perplexity of each continuation after its prompt under the unsteered model (NaN if empty).
 
-    Equals :func:`tlsteer.sae.compare.perplexities` on the full prompt and continuation; only
+    Equals :func:`perplexities` on the full prompt and continuation; only
     the last prompt token and the continuation run.
     """
     if len(prompts) != len(new_tokens):

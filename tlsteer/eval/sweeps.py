@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,10 +25,12 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, parse_hook_name, resolve_layers, validate_hook_name
 from tlsteer.data import ABItem
 from tlsteer.errors import format_options
-from tlsteer.eval.ab import ABResult, OutsideAB, ab_eval, check_ab_items, kl_on_neutral
-from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.ab import ABResult, OutsideAB, ab_eval, check_ab_items, kl_on_neutral, question_end
+from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.hooks import check_direction
 from tlsteer.operators import check_multiplier
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 from tlsteer.tokens import left_pad, tokenize_prompts
 from tlsteer.vector import SteeringVector
 
@@ -166,11 +169,13 @@ def sweep_items(
     multipliers: Sequence[float | int],
     relative: bool = False,
     norms: Mapping[str, float] | None = None,
+    *,
     batch_size: int = 16,
-    steer_all_positions: bool = False,
+    positions: Positions | None = None,
     engine: str = "cached",
     attention: str = "auto",
     outside_ab: OutsideAB = "error",
+    check_model: bool = True,
 ) -> pd.DataFrame:
     """Score every A/B item with the vector's direction at each layer alone, at each multiplier.
 
@@ -184,11 +189,12 @@ def sweep_items(
             actually applied is in the ``multiplier_abs`` column.
         norms: Mean residual norm per hook, from :func:`residual_norms`; needed when ``relative``.
         batch_size: Items per forward pass.
-        steer_all_positions: Steer the whole prompt, not only from the end of the question.
+        positions: Where to steer (default: CAA's :func:`~tlsteer.eval.ab.question_end`).
         engine: ``"cached"`` runs each batch's unsteered prefix once and all settings' steered
             suffixes together (:mod:`tlsteer.eval.cached`); ``"full"`` runs a full forward per
-            setting. Both give the same scores up to float error; ``steer_all_positions`` needs
-            ``"full"``.
+            setting. Both give the same scores up to float error; positions other than the
+            question end need ``"full"``.
+        check_model: Refuse a vector made for another model.
         attention: How the cached engine runs the suffix rows: ``"auto"``, ``"shared"`` or
             ``"repeat"`` (see :mod:`tlsteer.eval.cached`).
 
@@ -204,32 +210,38 @@ def sweep_items(
     layer_list = resolve_layers(model, layers if isinstance(layers, int) else list(layers))
     if engine not in ("cached", "full"):
         raise ValueError(f"engine must be 'cached' or 'full', got {engine!r}")
-    if engine == "cached" and steer_all_positions:
-        raise ValueError("steer_all_positions=True steers the whole prompt; use engine='full'")
+    where = question_end(model) if positions is None else positions
+    if engine == "cached" and where != question_end(model):
+        raise ValueError(
+            f"the cached engine steers from the end of the question; positions={where.describe()} "
+            "needs engine='full'"
+        )
     grid = []  # (layer, hook, multiplier, applied)
     for layer in layer_list:
         hook = _layer_hook(vector, layer)
         scale = _scale(vector, hook, relative, norms)
         grid += [(layer, hook, m, m * scale) for m in mults]
-    if engine == "cached":
-        settings = [Setting(hook, vector.directions[hook], applied) for _, hook, _, applied in grid]
-        all_scores = cached_ab_scores(
-            model, items, settings, batch_size=batch_size, attention=attention, outside_ab=outside_ab
+    steerings = [
+        Steering.from_vector(
+            SteeringVector({hook: vector.directions[hook]}, vector.metadata), applied, positions=where
         )
+        if applied != 0
+        else Steering()
+        for _, hook, _, applied in grid
+    ]
+    run = {"batch_size": batch_size, "outside_ab": outside_ab, "check_model": check_model}
+    if engine == "cached":
+        all_scores = cached_ab_scores(model, items, steerings, attention=attention, **run)
     else:
         all_scores = []
         baseline: ABResult | None = None
-        for _, hook, _, applied in grid:
-            single = SteeringVector({hook: vector.directions[hook]}, vector.metadata)
-            if applied == 0:
+        for steering in steerings:
+            if steering.is_unsteered:
                 if baseline is None:
-                    baseline = ab_eval(model, items, (), batch_size, steer_all_positions, outside_ab)
+                    baseline = ab_eval(model, items, **run)
                 all_scores.append(list(baseline.scores))
             else:
-                result = ab_eval(
-                    model, items, [(single, applied)], batch_size, steer_all_positions, outside_ab
-                )
-                all_scores.append(list(result.scores))
+                all_scores.append(list(ab_eval(model, items, steering, **run).scores))
     rows = []
     for (layer, hook, m, applied), scores in zip(grid, all_scores, strict=True):
         for i, score in enumerate(scores):
@@ -270,34 +282,20 @@ def sweep(
     multipliers: Sequence[float | int],
     relative: bool = False,
     norms: Mapping[str, float] | None = None,
-    batch_size: int = 16,
-    steer_all_positions: bool = False,
-    engine: str = "cached",
-    attention: str = "auto",
-    outside_ab: OutsideAB = "error",
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """A layer x multiplier sweep of A/B scores, one row per pair (:data:`SUMMARY_COLUMNS`).
 
-    Takes the arguments of :func:`sweep_items`; keep that function's output instead when
-    per-item results are wanted (for :func:`steerability`).
+    Takes the arguments of :func:`sweep_items` (``batch_size``, ``positions``, ``engine``, ...);
+    keep that function's output instead when per-item results are wanted (for
+    :func:`steerability`).
 
     Example:
         >>> norms = residual_norms(model, neutral, vec.hooks)  # doctest: +SKIP
         >>> df = sweep(model, items, vec, [4, 6], [-1, 0, 1], relative=True, norms=norms)  # doctest: +SKIP
     """
     per_item = sweep_items(
-        model,
-        items,
-        vector,
-        layers,
-        multipliers,
-        relative=relative,
-        norms=norms,
-        batch_size=batch_size,
-        steer_all_positions=steer_all_positions,
-        engine=engine,
-        attention=attention,
-        outside_ab=outside_ab,
+        model, items, vector, layers, multipliers, relative=relative, norms=norms, **kwargs
     )
     return summarize_sweep(per_item)
 
@@ -328,13 +326,15 @@ def compete(
     vec_b: SteeringVector,
     multipliers_a: Sequence[float | int],
     multipliers_b: Sequence[float | int],
+    *,
     batch_size: int = 16,
-    steer_all_positions: bool = False,
+    positions: Positions | None = None,
+    check_model: bool = True,
 ) -> pd.DataFrame:
     """A/B scores with two vectors applied together, for every pair of multipliers.
 
     ``p_matching`` is with respect to the items' matching answer, whichever vector pushes
-    towards it.
+    towards it. Both act at ``positions`` (default: CAA's :func:`~tlsteer.eval.ab.question_end`).
 
     Returns:
         A DataFrame with ``multiplier_a``, ``multiplier_b``, ``p_matching``, ``n_matching``,
@@ -345,10 +345,12 @@ def compete(
     """
     mults_a = _check_multipliers(multipliers_a, "multipliers_a")
     mults_b = _check_multipliers(multipliers_b, "multipliers_b")
+    where = question_end(model) if positions is None else positions
     rows = []
     for ma in mults_a:
         for mb in mults_b:
-            result = ab_eval(model, items, [(vec_a, ma), (vec_b, mb)], batch_size, steer_all_positions)
+            both = Steering.from_vectors([(vec_a, ma), (vec_b, mb)], positions=where)
+            result = ab_eval(model, items, both, batch_size=batch_size, check_model=check_model)
             rows.append((ma, mb, result.p_matching, result.n_matching, result.letter_mass, result.logit_diff))
     columns = ["multiplier_a", "multiplier_b", "p_matching", "n_matching", "letter_mass", "logit_diff"]
     return pd.DataFrame(rows, columns=columns)
@@ -361,12 +363,17 @@ def calibrate_multiplier(
     neutral_prompts: Sequence[str],
     target_kl: float | int,
     candidates: Sequence[float | int],
-    min_token_index: int = 0,
+    *,
+    positions: Positions | None = None,
+    measure_from: int = 0,
     batch_size: int = 8,
+    check_model: bool = True,
 ) -> dict[int, float | None]:
     """Per layer, the largest candidate multiplier whose mean KL on neutral text is <= ``target_kl``.
 
-    The vector's direction at each layer is applied alone (see :func:`tlsteer.eval.ab.kl_on_neutral`).
+    The vector's direction at each layer is applied alone at ``positions`` (default: every
+    position), and the KL measured from ``measure_from`` on (see
+    :func:`tlsteer.eval.ab.kl_on_neutral`).
     Candidates are tried from the largest down; a layer where none stays within budget maps to
     ``None``. Candidates must be positive: to calibrate steering the other way, pass ``-vector``.
 
@@ -388,7 +395,15 @@ def calibrate_multiplier(
         single = SteeringVector({hook: vector.directions[hook]}, vector.metadata)
         out[layer] = None
         for m in sorted(set(mults), reverse=True):
-            kl = kl_on_neutral(model, [(single, m)], neutral_prompts, min_token_index, batch_size)
+            steering = single.steering(m, positions=Positions.all() if positions is None else positions)
+            kl = kl_on_neutral(
+                model,
+                steering,
+                neutral_prompts,
+                measure_from=measure_from,
+                batch_size=batch_size,
+                check_model=check_model,
+            )
             if kl <= target_kl:
                 out[layer] = m
                 break

@@ -15,15 +15,25 @@ has, from absolute position ``min_token_index`` on, as during generation). Per t
   :func:`tlsteer.eval.kl_on_neutral` and :func:`tlsteer.eval.kl_stats`, so a view's numbers read on
   the same scale as a KL budget. It is 0 before ``min_token_index``.
 
-:func:`feature_token_view` is the same for SAE features: their activations per token, from the
-SAE's encoding of the residual at its hook, optionally under steering (then with the KL and the
+:func:`feature_token_view` is the same for the features of a feature dictionary (an SAE, say:
+:class:`tlsteer.dictionary.FeatureDictionary`): their activations per token, from its encoding of
+the residual at its hook, optionally under steering (then with the KL and the
 unsteered activations too). Both return frozen values with ``to_html`` (a coloured token strip; see
 :mod:`tlsteer.eval.token_view_render`), ``_repr_html_`` for notebooks, ``plot`` and ``to_dict``.
+
+``tokens`` holds each token's own text (:func:`token_text`). A byte-level BPE token (GPT-2,
+Llama 3, SmolLM2) can hold part of a multi-byte UTF-8 character (an emoji or a CJK character is
+often split over two or three tokens), which ``tokenizer.decode`` alone turns into U+FFFD; such
+bytes are written as ``\\xNN`` escapes instead (``😀``, split as ``'ðŁĺ'`` + ``'Ģ'``, shows as the
+two tokens ``\\xf0\\x9f\\x98`` and ``\\x80``), so one token stays one entry with its own values, and
+the HTML tooltip names the character the token shares with its neighbours.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +48,28 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import is_int, parse_hook_name
 from tlsteer.data import chat_prompt
 from tlsteer.decode import generate_tokens
+from tlsteer.dictionary import (
+    FeatureDictionary,
+    check_feature_dictionary,
+    check_feature_ids,
+    dictionary_fingerprint,
+)
 from tlsteer.eval.token_view_render import Row, view_figure, view_html
-from tlsteer.hooks import edit_hooks, vector_edits
 from tlsteer.operators import check_multiplier
 from tlsteer.positions import Positions
+from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import tokenize_prompts
 from tlsteer.vector import SteeringVector
 
-__all__ = ["FeatureTokenView", "TokenView", "feature_token_view", "next_token_kl", "token_view"]
+__all__ = [
+    "FeatureTokenView",
+    "TokenView",
+    "byte_level_bytes",
+    "feature_token_view",
+    "next_token_kl",
+    "token_text",
+    "token_view",
+]
 
 
 @dataclass(frozen=True)
@@ -126,7 +150,7 @@ class FeatureTokenView:
     hook_name: str
     steering: str = ""
     min_token_index: int = 0
-    sae_fingerprint: str = ""
+    dictionary_fingerprint: str = ""
 
     def title(self) -> str:
         how = (
@@ -244,6 +268,19 @@ def _pick_hook(vector: SteeringVector, layer: Any) -> str:
     return hooks[0]
 
 
+def _view_positions(positions: Any) -> Positions:
+    """The view steers every position or from an index on: one sequence, run whole."""
+    where = Positions.all() if positions is None else positions
+    if not isinstance(where, Positions):
+        raise TypeError(f"positions must be a tlsteer.Positions, got {where!r}")
+    if where.mode not in ("all", "from"):
+        raise ValueError(
+            "the token view steers every position or from an index on (Positions.all(), "
+            f"Positions.start_at(i)), got {where.describe()}"
+        )
+    return where
+
+
 def _prompt_and_new(
     model: HookedTransformer, prompt: str, chat: bool, max_new_tokens: int, **steer: Any
 ) -> tuple[list[int], list[int]]:
@@ -254,8 +291,72 @@ def _prompt_and_new(
     return list(out.prompt_tokens[0]), list(out.new_tokens[0])
 
 
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the character that stands for each byte -> the byte.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 are ``chr(256 + n)`` in byte order
+    (``bytes_to_unicode`` in GPT-2's ``encoder.py`` and in ``transformers``).
+    """
+    ranges = (range(ord("!"), ord("~") + 1), range(ord("¡"), ord("¬") + 1), range(ord("®"), ord("ÿ") + 1))
+    printable = {b for r in ranges for b in r}
+    alphabet, n = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + n)] = byte
+            n += 1
+    return alphabet
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def byte_level_bytes(piece: str) -> bytes | None:
+    r"""The raw bytes of a token string from ``tokenizer.convert_ids_to_tokens``, or ``None``.
+
+    A byte-level BPE token string (GPT-2 style: one character per byte) or a SentencePiece
+    byte-fallback piece (``<0xF0>``); any other string gives ``None``.
+
+    Example:
+        >>> byte_level_bytes("ðŁĺ"), byte_level_bytes("Ġcat"), byte_level_bytes("<0xF0>")
+        (b'\xf0\x9f\x98', b' cat', b'\xf0')
+        >>> byte_level_bytes("▁cat") is None
+        True
+    """
+    fallback = _BYTE_FALLBACK.fullmatch(piece)
+    if fallback:
+        return bytes([int(fallback[1], 16)])
+    alphabet = _byte_level_alphabet()
+    if not piece or any(ch not in alphabet for ch in piece):
+        return None
+    return bytes(alphabet[ch] for ch in piece)
+
+
+def token_text(tokenizer: Any, token_id: int) -> str:
+    r"""One token's text as the token view shows it: the bytes of a split character as ``\xNN``.
+
+    ``tokenizer.decode([token_id])``, unless that holds U+FFFD and the token's string is
+    byte-level BPE or a byte-fallback piece (see :func:`byte_level_bytes`): then the token's own
+    bytes, decoded as UTF-8, with each byte that is not part of a whole character in this token
+    written ``\xNN`` (always ``\x80`` or above: bytes of a multi-byte character). A real U+FFFD
+    (bytes ``ef bf bd`` in one token) stays U+FFFD. The escapes are plain text: a token whose
+    text is literally ``\xf0`` looks the same (``token_ids`` are the ground truth).
+
+    Example:
+        >>> token_text(gpt2_tokenizer, gpt2_tokenizer.convert_tokens_to_ids("ðŁĺ"))  # doctest: +SKIP
+        '\\xf0\\x9f\\x98'
+    """
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text
+    raw = byte_level_bytes(tokenizer.convert_ids_to_tokens(token_id))
+    return text if raw is None else raw.decode("utf-8", "backslashreplace")
+
+
 def _decode(model: HookedTransformer, ids: list[int]) -> tuple[str, ...]:
-    return tuple(model.tokenizer.decode([i]) for i in ids)
+    return tuple(token_text(model.tokenizer, i) for i in ids)
 
 
 def token_view(
@@ -263,11 +364,13 @@ def token_view(
     vector: Any,
     prompt: Any,
     multiplier: Any,
-    max_new_tokens: Any = 30,
-    chat: Any = False,
-    min_token_index: Any = 0,
-    layer: Any = None,
-    stop_at_eos: Any = True,
+    *,
+    positions: Positions | None = None,
+    max_new_tokens: int = 30,
+    chat: bool = False,
+    layer: int | str | None = None,
+    stop_at_eos: bool = True,
+    check_model: bool = True,
 ) -> TokenView:
     """Per token of a prompt and its steered greedy continuation: projection on the vector and KL.
 
@@ -278,11 +381,13 @@ def token_view(
         multiplier: The steering strength (finite; 0 gives the unsteered continuation, KL 0).
         max_new_tokens: Greedy tokens to generate under steering (0: the prompt alone).
         chat: Format the prompt as a user turn of the model's chat template.
-        min_token_index: Steer from this absolute position on (0 is the first prompt token), in
-            generation and in the steered forward alike.
+        positions: Where to steer: every position (default) or from an index on
+            (``Positions.start_at(i)``, 0 is the first prompt token), in generation and in the
+            steered forward alike.
         layer: The layer (or the vector's hook name) whose residual is projected; default the
             vector's first hook.
         stop_at_eos: Stop the continuation at the end-of-sequence token (kept).
+        check_model: Refuse a vector made for another model.
 
     Example:
         >>> view = token_view(model, vec, "Tell me about cats.", 6.0, chat=True)  # doctest: +SKIP
@@ -299,7 +404,8 @@ def token_view(
     new_tokens = _check_new_tokens(max_new_tokens)
     chat = _check_flag("chat", chat)
     stop_at_eos = _check_flag("stop_at_eos", stop_at_eos)
-    start = Positions.make(min_token_index).min_index
+    where = _view_positions(positions)
+    start = where.min_index
     hook = _pick_hook(vector, layer)
     direction = vector.directions[hook].detach().float()
     norm = float(direction.norm())
@@ -307,10 +413,10 @@ def token_view(
         raise ValueError(
             f"the vector's direction at {hook!r} is zero; a projection needs a nonzero direction"
         )
-    pairs = [(vector, value)]
-    hooks = edit_hooks(model, vector_edits(model, pairs), min_token_index=start)  # checks before generating
+    steering = vector.steering(value, positions=where)
+    hooks = steering.hooks(model, check_model=check_model)  # checks before generating
     prompt_ids, new_ids = _prompt_and_new(
-        model, prompt, chat, new_tokens, vectors=pairs, min_token_index=start, stop_at_eos=stop_at_eos
+        model, prompt, chat, new_tokens, steering=steering, stop_at_eos=stop_at_eos, check_model=False
     )
     ids = prompt_ids + new_ids
     base_logits, base_act = _forward(model, ids, hook, [])
@@ -353,65 +459,54 @@ def _token_ids(model: HookedTransformer, tokens: Any) -> list[int]:
     return [int(t) for t in ids]
 
 
-def _describe(vectors: Any, edits: Any) -> str:
-    parts = []
-    for vector, multiplier in vectors:
-        name = getattr(getattr(vector, "metadata", None), "note", "") or "vector at " + ", ".join(
-            getattr(vector, "hooks", None) or list(vector)
-        )
-        parts.append(f"{name} x {float(multiplier):.4g}")
-    parts += [f"edit at {name}" for name, _ in edits]
-    return "; ".join(parts)
-
-
 def feature_token_view(
     model: HookedTransformer,
-    sae: Any,
+    dictionary: FeatureDictionary,
     features: Any,
     prompt: Any,
-    vectors: Any = (),
-    edits: Any = (),
-    max_new_tokens: Any = 0,
-    chat: Any = False,
-    min_token_index: Any = 0,
-    hook_name: Any = None,
+    steering: Steering | None = None,
+    *,
+    max_new_tokens: int = 0,
+    chat: bool = False,
+    check_model: bool = True,
 ) -> FeatureTokenView:
     """Per token: the activations of a few SAE features at the SAE's hook, optionally under steering.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE whose ``d_in`` is ``model.cfg.d_model`` (needs the ``sae`` extra).
-        features: A feature id or a list of distinct ids in ``0..d_sae-1``.
+        dictionary: A :class:`~tlsteer.dictionary.FeatureDictionary` that reads ``model``'s residual
+            (a sae-lens SAE adapted by ``tlsteer.sae.adapter.as_feature_dictionary(sae)``, say).
+        features: A feature id or a list of distinct ids in ``0..width-1``.
         prompt: A text; or token ids (a list or a 1-D tensor); or a :class:`TokenView`, whose
             tokens and generated flags are reused.
-        vectors: ``(vector, multiplier)`` pairs to steer with, as for :func:`tlsteer.apply_steering`.
-        edits: ``(hook_name, edit)`` pairs to steer with (``tlsteer.sae.feature_edit``, say).
+        steering: A :class:`~tlsteer.Steering` (a vector's, or feature edits), acting at every
+            position or from an index on; ``None``: unsteered.
         max_new_tokens: With a text prompt, greedy tokens to generate under the steering first.
         chat: Format a text prompt as a user turn of the model's chat template.
-        min_token_index: Steer from this absolute position on.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        check_model: Refuse a steering made for another model.
 
-    The activations are read after any steering at the SAE's own hook (the edited residual).
+    The activations are read after any steering at the dictionary's own hook (the edited residual).
 
     Example:
-        >>> view = feature_token_view(model, sae, [12, 40], "I love this film")  # doctest: +SKIP
+        >>> view = feature_token_view(model, as_feature_dictionary(sae), [12, 40], "I love")  # doctest: +SKIP
         >>> view.to_html()  # doctest: +SKIP
     """
-    from tlsteer.sae.adapter import check_feature_ids, check_sae, sae_dims, sae_fingerprint
-
-    hook = check_sae(model, sae, hook_name)
-    ids_f = check_feature_ids(features, sae_dims(sae)[1])
+    dictionary = check_feature_dictionary(dictionary, model)
+    hook = dictionary.hook_name
+    ids_f = check_feature_ids(features, dictionary.width)
     new_tokens = _check_new_tokens(max_new_tokens)
     chat = _check_flag("chat", chat)
-    start = Positions.make(min_token_index).min_index
-    vectors, edits = list(vectors), list(edits)
-    all_edits = edits + (vector_edits(model, vectors) if vectors else [])
-    hooks = edit_hooks(model, all_edits, min_token_index=start) if all_edits else []
+    steering = as_steering(steering)
+    if steering.prefix:
+        raise ValueError(f"the feature view reads the prompt as given; {steering!r} has a prompt prefix")
+    start = _view_positions(steering.positions).min_index
+    hooks = steering.hooks(model, check_model=check_model)
     if isinstance(prompt, TokenView):
         ids, n_prompt = list(prompt.token_ids), prompt.n_prompt
     elif isinstance(prompt, str):
-        steer = {"vectors": vectors, "edits": edits, "min_token_index": start}
-        prompt_ids, new_ids = _prompt_and_new(model, _check_prompt(prompt), chat, new_tokens, **steer)
+        prompt_ids, new_ids = _prompt_and_new(
+            model, _check_prompt(prompt), chat, new_tokens, steering=steering, check_model=False
+        )
         ids, n_prompt = prompt_ids + new_ids, len(prompt_ids)
     elif isinstance(prompt, (Tensor, Sequence)) and not isinstance(prompt, bytes):
         ids = _token_ids(model, prompt)
@@ -420,12 +515,12 @@ def feature_token_view(
         raise TypeError(f"prompt must be a string, token ids or a TokenView, got {type(prompt).__name__}")
     if new_tokens and not isinstance(prompt, str):
         raise ValueError("max_new_tokens > 0 needs a text prompt; with token ids or a TokenView pass 0")
-    w_dec = sae.W_dec
-    index = torch.tensor(ids_f, dtype=torch.long, device=w_dec.device)
+    index = torch.tensor(ids_f, dtype=torch.long)
 
     def encoded(act: Tensor) -> tuple[tuple[float, ...], ...]:
         with torch.no_grad():
-            feats = sae.encode(act.to(device=w_dec.device, dtype=w_dec.dtype))[:, index]
+            codes = dictionary.encode(act)
+            feats = codes[:, index.to(codes.device)]
         return tuple(tuple(row) for row in feats.float().T.tolist())
 
     logits, act = _forward(model, ids, hook, hooks)
@@ -442,7 +537,7 @@ def feature_token_view(
         unsteered_activations=base,
         kl=kl,
         hook_name=hook,
-        steering=_describe(vectors, edits),
+        steering="" if steering.is_unsteered else repr(steering),
         min_token_index=start,
-        sae_fingerprint=sae_fingerprint(sae),
+        dictionary_fingerprint=dictionary_fingerprint(dictionary),
     )

@@ -5,14 +5,20 @@ at 0 (``RdBu_r``: blue below 0, red above, white at 0), and under it a bar whose
 second channel (the KL divergence of the next-token distributions), on a fixed 0..max scale that the
 legend states. Tokens are HTML-escaped; spaces, newlines, tabs and control characters are drawn
 as visible marks (``·``, ``↵``, ``→``, ``\\x0b``); generated tokens are bold with an outline, after a
-``▸`` mark. :func:`bars_figure` draws the same values as aligned bar panels over token index.
+``▸`` mark. Bytes of a multi-byte character that a byte-level tokenizer split over several tokens
+come as ``\\xNN`` escapes (see :func:`tlsteer.eval.token_view.token_text`) and are drawn as marks
+too; each such token's tooltip names the whole character and the tokens it spans
+(:func:`split_characters`). :func:`bars_figure` draws the same values as aligned bar panels over
+token index.
 Nothing here runs a model: :mod:`tlsteer.eval.token_view` computes, this module draws.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import html
+import re
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -44,6 +50,8 @@ __all__ = [
     "token_label",
     "token_segments",
     "scale_values",
+    "split_characters",
+    "token_bytes",
     "value_colour",
     "view_figure",
     "view_html",
@@ -59,6 +67,9 @@ KL_BAR_PX = 8.0
 """The height of the KL bar at the scale's maximum, in CSS pixels."""
 
 _MARKS = {" ": "·", "\n": "↵", "\t": "→", "\r": "\\r"}
+
+_BYTE_ESCAPE = re.compile(r"\\x([89a-f][0-9a-f])")
+"""A byte of a split multi-byte character, as :func:`tlsteer.eval.token_view.token_text` writes it."""
 
 _STYLE = """
 .tlsteer-tv{font-family:'DejaVu Sans Mono',Menlo,Consolas,monospace;font-size:14px;line-height:1.2;
@@ -86,6 +97,55 @@ padding:1px 3px}
 """
 
 
+def _units(text: str) -> list[str]:
+    """The characters of ``text``, each ``\\xNN`` byte escape kept as one unit."""
+    units: list[str] = []
+    pos = 0
+    for match in _BYTE_ESCAPE.finditer(text):
+        units += text[pos : match.start()]
+        units.append(match[0])
+        pos = match.end()
+    return units + list(text[pos:])
+
+
+def token_bytes(text: str) -> bytes:
+    r"""The bytes a token's text stands for: UTF-8, each ``\xNN`` escape (``NN`` >= 80) as its byte.
+
+    Example:
+        >>> token_bytes(r"\xf0\x9f\x98"), token_bytes(" é")
+        (b'\xf0\x9f\x98', b' \xc3\xa9')
+    """
+    out = bytearray()
+    for unit in _units(text):
+        out += bytes([int(unit[2:], 16)]) if len(unit) > 1 else unit.encode("utf-8", "replace")
+    return bytes(out)
+
+
+def split_characters(tokens: Sequence[str]) -> list[str]:
+    r"""Per token, the characters whose bytes it shares with neighbouring tokens ('' for none).
+
+    A byte-level tokenizer can split one character (an emoji, a CJK character) over several tokens,
+    each shown with ``\xNN`` escapes; this names the character they make together.
+
+    Example:
+        >>> split_characters(["a", r"\xf0\x9f\x98", r"\x80", "猫"])
+        ['', "'😀' (U+1F600) across tokens 1-2", "'😀' (U+1F600) across tokens 1-2", '']
+    """
+    data = [token_bytes(text) for text in tokens]
+    starts = np.cumsum([0] + [len(d) for d in data[:-1]]).tolist() if data else []
+    notes: list[list[str]] = [[] for _ in tokens]
+    pos = 0
+    for ch in b"".join(data).decode("utf-8", "surrogateescape"):
+        size = 1 if "\udc80" <= ch <= "\udcff" else len(ch.encode("utf-8"))
+        first = bisect.bisect_right(starts, pos) - 1
+        last = bisect.bisect_right(starts, pos + size - 1) - 1
+        if first != last and size > 1:
+            for i in range(first, last + 1):
+                notes[i].append(f"{ch!r} (U+{ord(ch):04X}) across tokens {first}-{last}")
+        pos += size
+    return ["; ".join(n) for n in notes]
+
+
 def token_segments(text: str) -> list[tuple[str, bool]]:
     """A token's text as ``(piece, is_mark)`` runs, whitespace and control characters as marks.
 
@@ -96,8 +156,10 @@ def token_segments(text: str) -> list[tuple[str, bool]]:
     if text == "":
         return [("∅", True)]
     out: list[tuple[str, bool]] = []
-    for ch in text:
-        if ch in _MARKS:
+    for ch in _units(text):
+        if len(ch) > 1:  # a \xNN byte escape
+            piece, mark = ch, True
+        elif ch in _MARKS:
             piece, mark = _MARKS[ch], True
         elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             piece, mark = (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"), True
@@ -270,11 +332,14 @@ def view_html(
     kl_max = max(kl, default=0.0) if kl is not None else 0.0
     mark = (mark_at, f"steering starts at token {mark_at}") if 0 < mark_at < len(tokens) else (None, "")
     parts = [f'<div class="head"><b>{html.escape(title)}</b></div>']
+    shared = split_characters(tokens)
     for row in rows:
         scale = _check_vmax(vmax, row.values)
         tips = []
         for i, (text, value) in enumerate(zip(tokens, row.values, strict=True)):
-            tip = f"{i}: {text!r}{' (generated)' if generated[i] else ''} | {row.label} {value:+.4g}"
+            tip = f"{i}: {text!r}{' (generated)' if generated[i] else ''}"
+            tip += f", part of {shared[i]}" if shared[i] else ""
+            tip += f" | {row.label} {value:+.4g}"
             tip += f" ({row.other_label} {row.other[i]:+.4g})" if row.other is not None else ""
             tips.append(tip + (f" | KL {kl[i]:.4g}" if kl is not None else ""))
         if len(rows) > 1:

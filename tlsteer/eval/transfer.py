@@ -3,7 +3,7 @@
 For each source class ``i`` the prompts put the model in class ``i`` (by default, a chat whose
 first exchange is an example of class ``i``, then a new user turn: :func:`source_prompts`), and
 for each target class ``j`` the model is steered from ``i`` toward ``j`` by a method (a callable
-``(i, j) -> vectors and/or edits``; :func:`class_switch_methods` gives the standard ones). Every
+``(i, j) -> Steering``; :func:`class_switch_methods` gives the standard ones). Every
 cell generates all of the source's prompts in one batched call; the judge labels every
 generation. ``matrix[i][j]`` is the share of the generations steered ``i -> j`` that the judge
 calls ``j``; ``landing[(i, j)]`` has the share for every judged class.
@@ -23,11 +23,13 @@ from transformer_lens import HookedTransformer
 from tlsteer.classes import ClassDataset
 from tlsteer.decode import generate
 from tlsteer.operators import check_multiplier
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 
 __all__ = ["TransferResult", "class_switch_methods", "source_prompts", "transfer_matrix"]
 
-Steer = Callable[[str, str], Mapping[str, Any]]
-"""``(source, target) -> {"vectors": [(SteeringVector, multiplier)], "edits": [(hook, edit)]}``."""
+SteerFor = Callable[[str, str], Steering]
+"""``(source, target) -> Steering`` (the unsteered ``Steering()`` for no steering)."""
 
 
 def source_prompts(
@@ -99,7 +101,8 @@ def transfer_matrix(
     model: HookedTransformer,
     judge: Any,
     prompts: Mapping[str, Sequence[str]],
-    steer: Steer,
+    steer: SteerFor,
+    *,
     max_new_tokens: int = 32,
     batch_size: int = 16,
     **generate_kwargs: Any,
@@ -110,29 +113,22 @@ def transfer_matrix(
         model: The steered model.
         judge: A :class:`~tlsteer.eval.ClassJudge` over the same classes.
         prompts: ``{source class: raw prompts}`` (e.g. :func:`source_prompts`).
-        steer: ``(source, target) -> {"vectors": [...], "edits": [...]}``; empty for no steering.
+        steer: ``(source, target) -> Steering``; its positions count in each prompt's own tokens
+            (the standard methods steer from each prompt's last token on: ``Positions.last()``).
         max_new_tokens, batch_size, generate_kwargs: For :func:`tlsteer.generate` (greedy by
-            default; ``chat=False`` since the prompts are formatted; steering from each prompt's
-            last token on unless ``generate_kwargs`` says otherwise).
+            default; ``chat=False`` since the prompts are formatted).
     """
     classes = tuple(judge.classes)
     unknown = [c for c in prompts if c not in classes]
     if unknown:
         raise ValueError(f"source class {unknown[0]!r} is not a class of the judge {list(classes)}")
-    kwargs = {"chat": False, "last_token_only": True, **generate_kwargs}
+    kwargs = {"chat": False, **generate_kwargs}
     landing, generations = {}, {}
     matrix = pd.DataFrame(0.0, index=list(prompts), columns=list(classes))
     for i, rows in prompts.items():
         for j in classes:
-            how = steer(i, j)
             texts = generate(
-                model,
-                list(rows),
-                list(how.get("vectors", ())),
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                edits=list(how.get("edits", ())),
-                **kwargs,
+                model, list(rows), steer(i, j), max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs
             )
             found = judge.predict(texts)
             landing[(i, j)] = {c: found.count(c) / len(found) for c in classes}
@@ -141,7 +137,7 @@ def transfer_matrix(
     return TransferResult(classes, matrix, landing, generations, float(judge.held_out_accuracy))
 
 
-def class_switch_methods(profile: Any, strength: Any, norm: float) -> dict[str, Steer]:
+def class_switch_methods(profile: Any, strength: Any, norm: float) -> dict[str, SteerFor]:
     """Standard ways to steer from class ``i`` to ``j``, each scaled to ``strength * norm``.
 
     - ``"centroid"``: ``profile.direction(i, j)`` (raw mean difference);
@@ -150,18 +146,21 @@ def class_switch_methods(profile: Any, strength: Any, norm: float) -> dict[str, 
       only for a profile from :func:`tlsteer.sae.class_profile`).
 
     ``norm`` is the mean residual norm at the hook (e.g. from ``residual_norms``): every vector
-    is rescaled to ``strength`` times it. ``i == j`` gives no steering.
+    is rescaled to ``strength`` times it, acting from each prompt's last token on
+    (``Positions.last()``). ``i == j`` gives no steering.
     """
     strength = check_multiplier(strength)
     hook = profile.hook_name
 
-    def scaled(make: Callable[[str, str], Any]) -> Steer:
-        def steer(i: str, j: str) -> Mapping[str, Any]:
+    def scaled(make: Callable[[str, str], Any]) -> SteerFor:
+        def steer(i: str, j: str) -> Steering:
             if i == j:
-                return {}
+                return Steering()
             vec = make(i, j)
             size = float(vec[hook].norm())
-            return {"vectors": [(vec, strength * norm / size)]} if size > 0 else {}
+            if size == 0:
+                return Steering()
+            return Steering.from_vector(vec, strength * norm / size, positions=Positions.last())
 
         return steer
 

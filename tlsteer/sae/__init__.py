@@ -4,12 +4,14 @@
 works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``, ``W_dec``,
 ``cfg.d_in``, ``cfg.d_sae`` and the hook name in ``cfg.metadata.hook_name`` (or ``hook_name=``).
 
-- Load and check: :func:`load_sae`, :func:`sae_hook_name`, :func:`sae_fingerprint`.
+- Load and check: :func:`load_sae`, :func:`sae_hook_name`, :func:`sae_fingerprint`;
+  :func:`as_feature_dictionary` (an SAE as a :class:`tlsteer.dictionary.FeatureDictionary`, what
+  :func:`tlsteer.eval.feature_token_view` reads).
 - Read: :func:`encode` (features at a position, the last token, or the mean over a span).
 - Build: :func:`feature_vector` (``paired``, ``sums``, ``class_means``) giving a
   :class:`FeatureVector`; :func:`raw_vector` (the same formulas on residuals);
   :func:`encode_steering_vector` (the negative control).
-- Steer: :func:`feature_edit` (a core edit), :func:`steer_features`, :func:`patch_features`.
+- Steer: :func:`feature_edit` (a core edit), :func:`feature_steering` (a :class:`tlsteer.Steering`).
 - Classes: :func:`class_profile` (K classes: distinctive and shared features, directions).
 - Select: :func:`feature_stats` (densities, first-token features), :func:`output_scores`.
 - Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
@@ -19,7 +21,7 @@ SAEs trained for the embedded model load offline with :func:`load_embedded_sae` 
 """
 
 from tlsteer.sae._lens import INSTALL_HINT
-from tlsteer.sae.adapter import load_sae, sae_fingerprint, sae_hook_name
+from tlsteer.sae.adapter import SAEDictionary, as_feature_dictionary, load_sae, sae_fingerprint, sae_hook_name
 from tlsteer.sae.classes import SAEClassProfile, class_profile
 from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import ContrastFeatures, encode
@@ -28,7 +30,7 @@ from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vecto
 from tlsteer.sae.inspection import FeatureExample, FeatureReport, inspect_feature, plot_feature_vector
 from tlsteer.sae.quality import SAEQuality, sae_quality
 from tlsteer.sae.selection import FeatureStats, feature_stats, output_scores
-from tlsteer.sae.steering import MODES, FeatureEdit, feature_edit, patch_features, steer_features
+from tlsteer.sae.steering import MODES, FeatureEdit, feature_edit, feature_steering
 
 __all__ = [
     "FORMULAS",
@@ -40,8 +42,10 @@ __all__ = [
     "FeatureStats",
     "FeatureReport",
     "FeatureVector",
+    "SAEDictionary",
     "SAEClassProfile",
     "SAEQuality",
+    "as_feature_dictionary",
     "class_profile",
     "embedded_sae_layers",
     "encode",
@@ -53,11 +57,10 @@ __all__ = [
     "load_embedded_sae",
     "load_sae",
     "output_scores",
-    "patch_features",
     "plot_feature_vector",
     "raw_vector",
     "sae_fingerprint",
     "sae_hook_name",
     "sae_quality",
-    "steer_features",
+    "feature_steering",
 ]

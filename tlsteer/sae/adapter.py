@@ -10,25 +10,31 @@ feature), feature-id and value checks, and the logit lens of a decoder row.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import numbers
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import is_int, validate_hook_name
-from tlsteer.sae._lens import SAE
+from tlsteer._types import validate_hook_name
+from tlsteer.dictionary import check_feature_ids as check_dictionary_ids
+from tlsteer.dictionary import weights_fingerprint
+from tlsteer.errors import closest, format_options
+from tlsteer.sae._lens import SAE, sae_lens
 
 __all__ = [
     "DecoderChange",
+    "SAEDictionary",
     "SAELike",
+    "as_feature_dictionary",
     "check_feature_ids",
     "check_feature_values",
     "check_sae",
@@ -45,6 +51,52 @@ SAELike = Any
 
 _INPUT_DEPENDENT = ("layer_norm", "constant_norm_rescale")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_SAVED = "a folder with cfg.json and sae_weights.safetensors, as sae.save_model(path) writes"
+
+
+def _check_saved_sae(folder: Path, dtype_given: bool) -> None:
+    """Refuse a folder whose cfg.json or sae_weights.safetensors is not what sae-lens loads."""
+    cfg_path, weights_path = folder / "cfg.json", folder / "sae_weights.safetensors"
+    for path in (cfg_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no SAE at {str(folder)!r}: {path.name} is missing; expected {_SAVED}")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{str(cfg_path)!r} is not valid JSON ({err}); expected the JSON object of an SAE's config "
+            f"in {_SAVED}"
+        ) from err
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f"{str(cfg_path)!r} holds a JSON {type(cfg).__name__}; expected the JSON object of an SAE's "
+            f"config (with d_in, d_sae, dtype and architecture) in {_SAVED}"
+        )
+    needed = ("d_in", "d_sae") if dtype_given else ("d_in", "d_sae", "dtype")
+    missing = [key for key in needed if key not in cfg]
+    if missing:
+        has = f"it has {format_options(sorted(cfg))}" if cfg else "it is empty"
+        raise ValueError(
+            f"{str(cfg_path)!r} lacks {', '.join(repr(k) for k in missing)} ({has}); expected an SAE "
+            "config with d_in, d_sae, dtype and architecture, as sae.save_model(path) writes"
+        )
+    known = list(sae_lens.registry.SAE_CLASS_REGISTRY)
+    architecture = cfg.get("architecture", "standard")
+    if architecture not in known:
+        near = closest(str(architecture), known)
+        hint = f"; closest: {near[0]!r}" if near else ""
+        raise ValueError(
+            f"{str(cfg_path)!r} names architecture {architecture!r}, which sae-lens does not know; "
+            f"valid: {format_options(known, limit=len(known))}{hint}"
+        )
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            list(handle.keys())
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{str(weights_path)!r} is not a readable safetensors file ({err}); expected the SAE's "
+            f"weights in {_SAVED}"
+        ) from err
 
 
 def load_sae(
@@ -73,8 +125,16 @@ def load_sae(
         )
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    _check_saved_sae(folder, dtype is not None)
     dtype_name = None if dtype is None else str(dtype).removeprefix("torch.")
-    sae = SAE.load_from_disk(str(folder), device=str(torch.device(device)), dtype=dtype_name)
+    try:
+        sae = SAE.load_from_disk(str(folder), device=str(torch.device(device)), dtype=dtype_name)
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ValueError(
+            f"sae-lens could not load the SAE in {str(folder)!r} ({type(err).__name__}: {err}); its "
+            "cfg.json and sae_weights.safetensors do not make one SAE (a config field or a weight's "
+            f"shape is wrong or missing); expected {_SAVED}"
+        ) from err
     if hook_name is not None:
         name = sae_hook_name(sae, hook_name)
         sae.cfg.metadata.hook_name = name
@@ -161,10 +221,7 @@ def sae_fingerprint(sae: SAELike) -> str:
         '3f1c0a9be2d47c55'
     """
     sae_dims(sae)
-    weights = sae.W_dec.detach().float().cpu().contiguous()
-    digest = hashlib.sha256(str(tuple(weights.shape)).encode())
-    digest.update(weights.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return weights_fingerprint(sae.W_dec)
 
 
 @dataclass(frozen=True)
@@ -222,30 +279,7 @@ def decoder_change(sae: SAELike) -> DecoderChange:
 
 def check_feature_ids(features: Any, d_sae: int) -> list[int]:
     """Feature ids as distinct ints in ``0..d_sae-1``; an int, a list or a 1-D integer tensor."""
-    if isinstance(features, Tensor):
-        if features.ndim > 1 or features.is_floating_point() or features.dtype == torch.bool:
-            raise TypeError(
-                f"feature ids must be a 1-D integer tensor, got {features.dtype} {tuple(features.shape)}"
-            )
-        features = features.reshape(-1).tolist()
-    if is_int(features):
-        features = [features]
-    if isinstance(features, (str, bytes)) or not isinstance(features, Sequence) or len(features) == 0:
-        raise ValueError(f"features must be a feature id or a non-empty list of ids, got {features!r}")
-    ids = []
-    for f in features:
-        if not is_int(f):
-            raise TypeError(f"feature ids must be ints, got {f!r}")
-        if not 0 <= f < d_sae:
-            raise IndexError(
-                f"feature {int(f)} is out of range: the SAE has d_sae={d_sae} features "
-                f"(valid: 0..{d_sae - 1})"
-            )
-        ids.append(int(f))
-    if len(set(ids)) != len(ids):
-        twice = sorted({f for f in ids if ids.count(f) > 1})
-        raise ValueError(f"feature ids must be distinct; given more than once: {twice}")
-    return ids
+    return check_dictionary_ids(features, d_sae, owner="the SAE", size="d_sae")
 
 
 def check_feature_values(values: Any, n: int, name: str = "values") -> Float[Tensor, " n"]:
@@ -292,3 +326,50 @@ def logit_lens(
         return [(model.tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals, strict=True)]
 
     return named(top.indices, top.values), named(low.indices, -low.values)
+
+
+@dataclass(frozen=True)
+class SAEDictionary:
+    """A sae-lens SAE as a :class:`~tlsteer.dictionary.FeatureDictionary` (see :func:`as_feature_dictionary`).
+
+    ``width`` is ``cfg.d_sae``, ``d_model`` is ``cfg.d_in``, ``decoder_rows`` are rows of ``W_dec``;
+    ``encode`` and ``decode`` move their input to the SAE's device and dtype first.
+    """
+
+    sae: Any = field(repr=False)
+    hook_name: str
+
+    @property
+    def width(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    def encode(self, acts: Float[Tensor, "... d_model"]) -> Float[Tensor, "... width"]:
+        w_dec = self.sae.W_dec
+        return self.sae.encode(acts.to(device=w_dec.device, dtype=w_dec.dtype))
+
+    def decode(self, features: Float[Tensor, "... width"]) -> Float[Tensor, "... d_model"]:
+        w_dec = self.sae.W_dec
+        return self.sae.decode(features.to(device=w_dec.device, dtype=w_dec.dtype))
+
+    def decoder_rows(self, ids: Tensor) -> Float[Tensor, "n d_model"]:
+        w_dec = self.sae.W_dec
+        return w_dec.detach()[ids.to(device=w_dec.device, dtype=torch.long)]
+
+
+def as_feature_dictionary(sae: SAELike, hook_name: Any = None) -> SAEDictionary:
+    """A sae-lens SAE as a :class:`~tlsteer.dictionary.FeatureDictionary`, after checking it.
+
+    Args:
+        sae: Any sae-lens SAE whose decoder is affine in its features (see :func:`sae_dims`).
+        hook_name: Where it reads, if its metadata does not say (one that disagrees is refused).
+
+    Example:
+        >>> view = feature_token_view(model, as_feature_dictionary(sae), [12, 40], "Hi")  # doctest: +SKIP
+    """
+    if isinstance(sae, SAEDictionary):
+        return sae if hook_name in (None, sae.hook_name) else as_feature_dictionary(sae.sae, hook_name)
+    return SAEDictionary(sae, sae_hook_name(sae, hook_name))

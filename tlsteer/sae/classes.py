@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import check_batch_size, is_int
+from tlsteer._types import check_batch_size
 from tlsteer.classes import ClassDataset, ReadMode, class_reads
-from tlsteer.profile import ClassProfile
+from tlsteer.profile import ClassProfile, check_n_bootstrap
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
 from tlsteer.sae.features import FeatureVector
 from tlsteer.vector import SteeringVector
@@ -95,7 +95,9 @@ def class_profile(
         dataset: The classes.
         read: ``"response"`` (mean over the response tokens), ``"last"`` or a token position.
         batch_size: Examples per forward pass.
-        n_bootstrap: Resamples for the stability of distinctive and shared features.
+        n_bootstrap: Resamples for the stability of distinctive and shared features; 0 builds a
+            profile without stability (enough for directions and feature vectors), whose
+            ``distinctive`` and ``shared`` then need ``stable_only=False``.
         seed: Seeds the resamples.
         hook_name: Where the SAE reads, if its metadata does not say.
 
@@ -106,8 +108,7 @@ def class_profile(
     """
     hook = check_sae(model, sae, hook_name)
     d_in, d_sae = sae_dims(sae)
-    if not is_int(n_bootstrap) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be an int >= 0, got {n_bootstrap!r}")
+    check_n_bootstrap(n_bootstrap)
     batch_size = check_batch_size(batch_size)
     device = sae.W_dec.device
 

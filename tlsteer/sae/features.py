@@ -2,7 +2,8 @@
 
 A :class:`FeatureVector` owns a finite ``[d_sae]`` float32 copy of its values, names the SAE it
 belongs to (hook name, ``d_sae`` and a fingerprint of ``W_dec``) and how it was made. Its selection
-methods return new vectors with the other features set to 0; :meth:`~FeatureVector.to_steering_vector`
+methods return new vectors with the other features set to 0 (a vector with no nonzero feature,
+or a selection that would leave none, is refused); :meth:`~FeatureVector.to_steering_vector`
 decodes it into a core :class:`~tlsteer.SteeringVector` (``values @ W_dec``) for that SAE only.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,19 @@ def _per_feature(values: Any, d_sae: int, name: str) -> Tensor:
     if not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} has non-finite entries")
     return values.detach().float().cpu()
+
+
+def _threshold(value: Any, name: str, bounds: tuple[float, float] | None = None) -> float:
+    """``value`` as a finite float within ``bounds`` (inclusive, optional), else an error naming both."""
+    valid = "a finite number" if bounds is None else f"a finite number in [{bounds[0]:g}, {bounds[1]:g}]"
+    if isinstance(value, Tensor) and value.ndim == 0 and value.dtype != torch.bool and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {valid}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or (bounds is not None and not bounds[0] <= number <= bounds[1]):
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +96,12 @@ class FeatureVector:
             raise ValueError("a FeatureVector needs the SAE's hook_name and fingerprint")
         if not isinstance(self.n_examples, numbers.Integral) or self.n_examples < 0:
             raise ValueError(f"n_examples must be an int >= 0, got {self.n_examples!r}")
+        if not bool(values.any()):
+            made = f" (formula={self.formula!r}, note={self.note!r})" if self.formula or self.note else ""
+            raise ValueError(
+                f"a FeatureVector needs at least one nonzero feature; all {values.shape[0]} values are 0"
+                f"{made}: steering with it would change nothing"
+            )
         object.__setattr__(self, "values", values.detach().float().cpu().clone())
 
     @classmethod
@@ -125,6 +146,12 @@ class FeatureVector:
 
     # -- selection ------------------------------------------------------------------------
     def _keep(self, keep: Tensor, what: str) -> FeatureVector:
+        before = int((self.values != 0).sum())
+        if not bool((keep & (self.values != 0)).any()):
+            raise ValueError(
+                f"{what} removed all {before} nonzero features of the vector, which would steer with "
+                "nothing; loosen that selection"
+            )
         note = f"{self.note}; {what}" if self.note else what
         return dataclasses.replace(self, values=torch.where(keep, self.values, 0.0), note=note)
 
@@ -142,15 +169,17 @@ class FeatureVector:
             raise ValueError(f"sign must be 'positive' or 'negative', got {which!r}")
         return self._keep(self.values > 0 if which == "positive" else self.values < 0, f"sign({which})")
 
-    def max_density(self, ceiling: float, densities: Any) -> FeatureVector:
+    def max_density(self, ceiling: Any, densities: Any) -> FeatureVector:
         """Drop features that fire on more than ``ceiling`` of tokens (``densities``: ``[d_sae]``)."""
+        ceiling = _threshold(ceiling, "ceiling (a share of tokens)", (0.0, 1.0))
         dens = _per_feature(densities, self.d_sae, "densities")
-        return self._keep(dens <= float(ceiling), f"max_density({ceiling:g})")
+        return self._keep(dens <= ceiling, f"max_density({ceiling:g})")
 
-    def min_frequency(self, threshold: float, frequencies: Any) -> FeatureVector:
+    def min_frequency(self, threshold: Any, frequencies: Any) -> FeatureVector:
         """Keep features active in at least ``threshold`` of the examples (``frequencies``: ``[d_sae]``)."""
+        threshold = _threshold(threshold, "threshold (a share of examples)", (0.0, 1.0))
         freq = _per_feature(frequencies, self.d_sae, "frequencies")
-        return self._keep(freq >= float(threshold), f"min_frequency({threshold:g})")
+        return self._keep(freq >= threshold, f"min_frequency({threshold:g})")
 
     def _drop(self, features: Any, what: str) -> FeatureVector:
         keep = torch.ones(self.d_sae, dtype=torch.bool)
@@ -170,9 +199,7 @@ class FeatureVector:
         """
         return self._drop(ids, "drop_first_token_features")
 
-    def by_output_score(
-        self, scores: Any, threshold: float | None = None, k: int | None = None
-    ) -> FeatureVector:
+    def by_output_score(self, scores: Any, threshold: Any = None, k: Any = None) -> FeatureVector:
         """Keep features whose output score (``[d_sae]``) is at least ``threshold``, or the ``k`` best.
 
         The scores measure how much each feature's decoder row moves the output the intended way
@@ -183,7 +210,8 @@ class FeatureVector:
             raise ValueError("give exactly one of threshold= or k=")
         nonzero = self.values != 0
         if threshold is not None:
-            return self._keep(nonzero & (score >= float(threshold)), f"by_output_score(>={threshold:g})")
+            threshold = _threshold(threshold, "threshold")
+            return self._keep(nonzero & (score >= threshold), f"by_output_score(>={threshold:g})")
         if not is_int(k) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         ranked = torch.where(nonzero, score, float("-inf"))
@@ -223,12 +251,15 @@ class FeatureVector:
         return SteeringVector({self.hook_name: direction}, meta)
 
     def table(
-        self, model: HookedTransformer, sae: SAELike, k: int = 10, densities: Any = None, n_tokens: int = 5
+        self, model: HookedTransformer, sae: SAELike, k: Any = 10, densities: Any = None, n_tokens: Any = 5
     ) -> pd.DataFrame:
         """The ``k`` largest features: feature, value, density (when given), top_tokens.
 
         ``top_tokens`` are the tokens each decoder row promotes most (``W_dec[f] @ model.W_U``).
         """
+        for name, value in (("k", k), ("n_tokens", n_tokens)):
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.check_sae(sae)
         dens = None if densities is None else _per_feature(densities, self.d_sae, "densities")
         order = [

@@ -7,16 +7,14 @@ features not chosen keep their contribution exactly, because the change is compu
 ``add`` (``f[ids] += values``), ``scale`` (``f[ids] *= values``), ``clamp`` (``f[ids] = values``).
 A :class:`~tlsteer.sae.FeatureVector` steers by adding ``multiplier * values`` in feature space.
 
-:func:`feature_edit` is a core :data:`~tlsteer.hooks.Edit` (activation -> delta), so it works with
-:func:`tlsteer.apply_edits`, :func:`tlsteer.generate_tokens` (``edits=``) and the sweep engine's
-``Setting(hook, edit=...)``, with the core's absolute positions under the KV cache.
-:func:`steer_features` is a ``with`` block, :func:`patch_features` stays until ``.remove()``.
+:func:`feature_edit` is a core :data:`~tlsteer.Edit` (activation -> delta);
+:func:`feature_steering` wraps it as a :class:`~tlsteer.Steering`, so it steers everything that
+takes one (``.apply(model)``, ``.patch(model)``, :func:`tlsteer.generate`, A/B scoring, the sweep
+engine), with the core's absolute positions under the KV cache.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -25,8 +23,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer.errors import format_options
-from tlsteer.hooks import SteeringHandle, apply_edits, patch_edits
 from tlsteer.operators import check_multiplier
+from tlsteer.positions import Positions
 from tlsteer.sae.adapter import (
     DecoderChange,
     SAELike,
@@ -38,8 +36,9 @@ from tlsteer.sae.adapter import (
     sae_hook_name,
 )
 from tlsteer.sae.features import FeatureVector
+from tlsteer.steering import Steering
 
-__all__ = ["MODES", "FeatureEdit", "Mode", "feature_edit", "patch_features", "steer_features"]
+__all__ = ["MODES", "FeatureEdit", "Mode", "feature_edit", "feature_steering"]
 
 Mode = Literal["add", "scale", "clamp"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -145,45 +144,26 @@ def _hook_and_edit(
     return hook, feature_edit(sae, features, mode, values, multiplier, hook)
 
 
-@contextlib.contextmanager
-def steer_features(
+def feature_steering(
     model: HookedTransformer,
     sae: SAELike,
     features: Any,
     mode: str = "add",
     values: Any = None,
     multiplier: Any = 1.0,
+    *,
+    positions: Positions | None = None,
     hook_name: str | None = None,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-) -> Iterator[HookedTransformer]:
-    """Steer ``model`` by editing SAE features inside a ``with`` block (see :func:`feature_edit`).
-
-    Positions are those of :func:`tlsteer.apply_edits` (absolute, right under the KV cache); the
-    hooks go on exit, also when the block raises.
+) -> Steering:
+    """A :class:`~tlsteer.Steering` that edits SAE features at the SAE's hook (see :func:`feature_edit`).
 
     Example:
-        >>> with steer_features(model, sae, [7], "clamp", values=8.0, last_token_only=True):
-        ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
+        >>> s = feature_steering(model, sae, [7], "clamp", values=8.0, positions=Positions.last())
+        >>> with s.apply(model):  # doctest: +SKIP
+        ...     out = model.generate(tokens, max_new_tokens=20)
     """
     hook, edit = _hook_and_edit(model, sae, features, mode, values, multiplier, hook_name)
-    with apply_edits(model, [(hook, edit)], min_token_index, token_positions, last_token_only) as steered:
-        yield steered
-
-
-def patch_features(
-    model: HookedTransformer,
-    sae: SAELike,
-    features: Any,
-    mode: str = "add",
-    values: Any = None,
-    multiplier: Any = 1.0,
-    hook_name: str | None = None,
-    min_token_index: int = 0,
-    token_positions: Sequence[int] | None = None,
-    last_token_only: bool = False,
-) -> SteeringHandle:
-    """Like :func:`steer_features`, but stays until ``handle.remove()`` (or ``remove_all_steering``)."""
-    hook, edit = _hook_and_edit(model, sae, features, mode, values, multiplier, hook_name)
-    return patch_edits(model, [(hook, edit)], min_token_index, token_positions, last_token_only)
+    made_for = features.model_name if isinstance(features, FeatureVector) else ""
+    return Steering.from_edits(
+        [(hook, edit)], positions=Positions.all() if positions is None else positions, model_name=made_for
+    )

@@ -3,7 +3,7 @@
 The contrast of a relation (:mod:`tlsteer.analogy`): for each training pair's x, the residual at
 the last token of a few-shot prompt (``n_shots`` ``"a → b"`` demonstrations drawn from the other
 training pairs, then ``"x →"``) against the same x's neutral prompt ``"x →"``, raw text with no
-chat template (:func:`contrast_from_analogy`). Every method of :mod:`tlsteer.sae.methods` is built
+chat template (:func:`contrast_from_analogy`). Every method of :mod:`tlsteer.experiments.methods` is built
 from it. Success is whether the first token of the answer (:func:`~tlsteer.analogy.answer_token`)
 is among the top ``k`` next tokens of a held-out x's neutral prompt, steered at its last token
 only, exactly as :func:`~tlsteer.analogy.next_token_accuracy` scores it (top 1 beside it;
@@ -13,7 +13,7 @@ key ``"analogies"``) before the neutral prompt, as ``f"{instruction}\\n\\n{promp
 Splits: the training split of :meth:`AnalogyDomain.split <tlsteer.analogy.AnalogyDomain.split>`
 builds the methods (and supplies every demonstration); its validation and test splits together
 are the test pairs. Nothing is chosen on them: strengths come from KL calibration on neutral text
-(:func:`~tlsteer.sae.compare.calibrate_method`), so there is nothing to validate here.
+(:func:`~tlsteer.experiments.cells.calibrate_method`), so there is nothing to validate here.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from tlsteer._types import check_batch_size, is_int
 from tlsteer.analogy import AnalogyDomain, answer_token, neutral_prompt, relation_contrast
 from tlsteer.data import ContrastPair
 from tlsteer.decode import generate_tokens
+from tlsteer.experiments.cells import cell_steerings, interval
+from tlsteer.experiments.contrasts import contrast_from_pairs
+from tlsteer.experiments.methods import ContrastReps, Method, Steering, instructed
 from tlsteer.sae.adapter import SAELike
-from tlsteer.sae.compare import cell_steerings, contrast_from_pairs, instructed, interval
-from tlsteer.sae.methods import ContrastReps, Method, Steering
 
 __all__ = ["AnalogyTask", "analogy_ranks", "contrast_from_analogy", "run_analogy_task"]
 
@@ -117,7 +118,7 @@ def contrast_from_analogy(
     neutral prompt (negative), read at the last token, raw and SAE-encoded (``paired=True``).
 
     Prompts are raw text (no chat template), read in left-padded batches
-    (:func:`~tlsteer.sae.compare.contrast_from_pairs`); row i of both sides is training pair i.
+    (:func:`~tlsteer.experiments.contrasts.contrast_from_pairs`); row i of both sides is training pair i.
     """
     task = _check_task(task)
     pairs = [ContrastPair(few, plain, read_index=-1) for few, plain in task.contrast_prompts()]
@@ -172,9 +173,9 @@ def run_analogy_task(
 
     Args:
         model: The model the methods were built for.
-        methods: Named methods (:func:`~tlsteer.sae.methods.build_methods`).
+        methods: Named methods (:func:`~tlsteer.experiments.methods.build_methods`).
         calibrations: Per method, ``{budget: calibration}``
-            (:func:`~tlsteer.sae.compare.calibrate_method`).
+            (:func:`~tlsteer.experiments.cells.calibrate_method`).
         task: The :class:`AnalogyTask` whose test pairs are scored.
         n_resamples: Bootstrap resamples (>= 100).
         batch_size: Prompts per forward pass.

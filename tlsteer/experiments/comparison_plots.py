@@ -1,6 +1,6 @@
 """Figures of the feature-vs-CAA comparison: success against KL per method, and bars at each budget.
 
-The input is the dict :func:`tlsteer.sae.feature_vs_caa` returns. Cells are keyed
+The input is the dict :func:`tlsteer.experiments.feature_vs_caa` returns. Cells are keyed
 ``"<method>@<budget>"`` (``"prompting"`` and ``"unsteered"`` have no budget); success is
 ``success`` (class sets: share judged as the target) or ``p_matching`` (A/B data), each with a
 95% bootstrap interval. Like the other plot modules: a fresh ``Figure`` on the Agg canvas.
@@ -17,7 +17,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["comparison_table", "plot_comparison", "plot_transfer_grid"]
+__all__ = ["TRANSFER_METHODS", "comparison_table", "plot_comparison", "plot_transfer_grid"]
+
+TRANSFER_METHODS = ("unsteered", "caa", "feature_full", "feature_output", "clamp", "prompting")
+"""The cells :func:`plot_transfer_grid` shows by default, those of them that the result holds."""
 
 
 def _metric(cell: dict[str, Any]) -> dict[str, float]:
@@ -105,24 +108,43 @@ def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> F
 
 def plot_transfer_grid(
     result: dict[str, Any],
-    methods: Sequence[str] = ("unsteered", "caa", "feature_full", "feature_output", "clamp", "prompting"),
+    methods: Sequence[str] | None = None,
     budget: float | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """Transfer matrices of a class set's cells side by side (rows: the class steered toward;
-    columns: the share the judge gives each class), at ``budget`` (default: the largest)."""
+    columns: the share the judge gives each class), at ``budget`` (default: the largest).
+
+    ``methods`` default to those of :data:`TRANSFER_METHODS` that the result holds; a method asked
+    for by name that has no transfer matrix at ``budget`` is refused, naming those that have one.
+    """
     if "classes" not in result:
         raise ValueError("transfer matrices need a class-set result (with 'classes' and 'targets')")
     budgets = sorted({r["budget"] for r in comparison_table(result) if r["budget"] is not None})
     budget = budgets[-1] if budget is None and budgets else budget
-    keys = []
-    for m in methods:
+
+    def cell_key(m: str) -> str | None:
         for key in (m, f"{m}@{budget}"):
             if key in result["cells"] and "transfer" in result["cells"][key]:
-                keys.append(key)
-                break
-    if not keys:
-        raise ValueError(f"none of {list(methods)} has a transfer matrix at budget {budget}")
+                return key
+        return None
+
+    if methods is None:
+        keys = [k for k in map(cell_key, TRANSFER_METHODS) if k is not None]
+        if not keys:
+            raise ValueError(f"none of {list(TRANSFER_METHODS)} has a transfer matrix at budget {budget}")
+    else:
+        if isinstance(methods, str):
+            raise TypeError(f"methods must be a list of method names, got the string {methods!r}")
+        found = {m: cell_key(m) for m in methods}
+        missing = [m for m, k in found.items() if k is None]
+        if missing or not found:
+            have = sorted({k.partition("@")[0] for k, c in result["cells"].items() if "transfer" in c})
+            what = (
+                f"method {missing[0]!r} has no transfer matrix at budget {budget}" if missing else "no method"
+            )
+            raise ValueError(f"{what}; those that have one: {have}")
+        keys = [k for k in found.values() if k is not None]
     classes, targets = result["classes"], result["targets"]
     fig = Figure(figsize=(2.6 * len(keys) + 0.8, 0.5 * len(targets) + 2.2), layout="constrained")
     FigureCanvasAgg(fig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tlsteer.eval.compare_plots import comparison_table, plot_comparison, plot_transfer_grid
+from tlsteer.experiments.comparison_plots import comparison_table, plot_comparison, plot_transfer_grid
 
 
 def ci(v):
@@ -82,5 +82,11 @@ def test_transfer_grid_shows_each_matrix_at_the_largest_budget(tmp_path):
     assert low.axes[0].images[0].get_array()[0, 0] == 0.4
     with pytest.raises(ValueError, match="class-set result"):
         plot_transfer_grid({"cells": {}})
-    with pytest.raises(ValueError, match="has a transfer matrix"):
-        plot_transfer_grid(RESULT, methods=["clamp"])
+    # a method asked for by name with no matrix is refused, not skipped
+    have = r"those that have one: \['caa', 'prompting', 'unsteered'\]"
+    with pytest.raises(ValueError, match=rf"method 'clamp' has no transfer matrix at budget 0.5; {have}"):
+        plot_transfer_grid(RESULT, methods=["caa", "clamp"])
+    with pytest.raises(ValueError, match=rf"no method; {have}"):
+        plot_transfer_grid(RESULT, methods=[])
+    with pytest.raises(ValueError, match="none of .* has a transfer matrix"):
+        plot_transfer_grid({"classes": CLASSES, "targets": ["a"], "cells": {"caa@0.1": cell(0.4)}})

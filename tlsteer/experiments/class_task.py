@@ -24,9 +24,10 @@ from tlsteer.eval.prefix_generation import (
     perplexities_from_cache,
     prompt_cache,
 )
+from tlsteer.experiments.ab_task import steered_ab_scores
+from tlsteer.experiments.cells import cell_steerings, interval
+from tlsteer.experiments.methods import Method, Steering, instructed
 from tlsteer.hooks import vector_edits
-from tlsteer.sae.compare import cell_steerings, instructed, interval, steered_ab_scores
-from tlsteer.sae.methods import Method, Steering
 from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["run_class_task"]

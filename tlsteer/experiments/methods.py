@@ -11,18 +11,19 @@ strength to a :class:`Steering` (vectors, edits, or a prompt prefix):
 - ``feature_top<k>``: the same after dropping first-token features and features denser than
   ``max_density`` on neutral text, keeping the ``k`` largest (one method per ``k``);
 - ``feature_output``: of the ``n_candidates`` (40) largest positive filtered features, the
-  ``k_output`` with the best output score (:func:`~tlsteer.sae.output_scores`), decoded;
+  ``k_output`` with the best output score (:func:`tlsteer.sae.selection.output_scores`), decoded;
 - ``single_feature``: the decoder row of the best of those;
 - ``clamp``: those features clamped to ``strength`` times their typical activation (their mean
   when active on neutral text), and the ``k_output`` largest negative filtered features clamped
-  to 0, with the SAE's error term kept (:func:`~tlsteer.sae.feature_edit`);
+  to 0, with the SAE's error term kept (:func:`tlsteer.sae.steering.feature_edit`);
 - ``caa_encoded``: the CAA vector encoded by the SAE and decoded (a negative control: an
   encoder reads activations, not differences);
 - ``random``: a seeded random direction (a control);
 - ``prompting``: an instruction before the prompt (no strength; the reference to beat).
 
 Vector methods are unit-norm directions; strength is in units of ``scale`` (the mean residual norm
-at the hook). Clamp strength is in units of each feature's typical activation.
+at the hook). Clamp strength is in units of each feature's typical activation. A prompt prefix goes
+before the prompt as ``f"{prefix}\\n\\n{prompt}"`` (:func:`instructed`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tlsteer._types import is_int
 from tlsteer.errors import format_options
 from tlsteer.operators import check_multiplier
 from tlsteer.sae.adapter import SAELike, sae_dims
@@ -43,7 +45,7 @@ from tlsteer.sae.selection import FeatureStats, output_scores
 from tlsteer.sae.steering import feature_edit
 from tlsteer.vector import SteeringVector, VectorMetadata
 
-__all__ = ["METHODS", "ContrastReps", "Method", "Steering", "build_methods"]
+__all__ = ["METHODS", "ContrastReps", "Method", "Steering", "build_methods", "instructed"]
 
 METHODS: tuple[str, ...] = (
     "caa",
@@ -105,6 +107,11 @@ class Steering:
     vectors: tuple = ()
     edits: tuple = ()
     prefix: str | None = None
+
+
+def instructed(instruction: str | None, prompt: str) -> str:
+    """``prompt`` with ``instruction`` before it (a blank line between), or as it is for ``None``."""
+    return prompt if instruction is None else f"{instruction}\n\n{prompt}"
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,10 @@ def build_methods(
         raise ValueError(f"unknown method {unknown[0]!r}; valid: {format_options(METHODS)}")
     if "prompting" in methods and not (isinstance(instruction, str) and instruction.strip()):
         raise ValueError("the prompting method needs a non-empty instruction")
+    if "feature_topk" in methods and (
+        isinstance(ks, (str, bytes)) or not ks or any(not is_int(k) or k < 1 for k in ks)
+    ):
+        raise ValueError(f"feature_topk needs ks, a non-empty list of ints >= 1, got {ks!r}")
     if "mean_centred" in methods and reps.class_means is None:
         raise ValueError("mean_centred needs class means (a class set); drop it for contrast pairs")
     scale = float(check_multiplier(scale))

@@ -1,0 +1,123 @@
+"""A CAA behaviour as a dataset of the comparison: p(matching) on held-out A/B items per cell.
+
+An :class:`ABTask` holds training contrast pairs (read at the answer letter:
+:func:`~tlsteer.experiments.contrasts.contrast_from_pairs`), held-out A/B items and the prompting
+baseline's instruction. :func:`run_ab_task` scores every cell on the held-out items, steered from
+the answer position (CAA's protocol), with MMLU accuracy as a side effect when MMLU items are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from tlsteer.data import ABItem, ContrastPair
+from tlsteer.eval.ab import ABScore, ab_scores
+from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.experiments.cells import cell_steerings, interval
+from tlsteer.experiments.methods import Method, Steering, instructed
+from tlsteer.hooks import vector_edits
+
+__all__ = ["ABTask", "run_ab_task", "steered_ab_scores"]
+
+
+@dataclass(frozen=True)
+class ABTask:
+    """A CAA behaviour: training contrast pairs, held-out A/B items and a prompting instruction."""
+
+    name: str
+    train_pairs: Sequence[ContrastPair]
+    test_items: Sequence[ABItem]
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.train_pairs) < 2 or len(self.test_items) < 2:
+            raise ValueError(
+                f"{self.name}: needs at least 2 training pairs and 2 test items, "
+                f"got {len(self.train_pairs)} and {len(self.test_items)}"
+            )
+
+
+def steered_ab_scores(
+    model: HookedTransformer,
+    items: Sequence[ABItem],
+    steerings: Mapping[str, Steering],
+    outside_ab: str = "error",
+) -> dict[str, list[ABScore]]:
+    """A/B scores of ``items`` under each named :class:`Steering` (CAA semantics: steered from the
+    end of the question).
+
+    Steerings that act at one hook (one vector or one edit, no prefix) and the unsteered one share
+    a single run of the cached engine (:func:`tlsteer.eval.cached.cached_ab_scores`: each batch's
+    prompt prefix runs once for all of them); the others (an instruction prefix, several hooks)
+    run on their own with :func:`tlsteer.eval.ab.ab_scores`.
+    """
+    settings, keys, alone = [], [], {}
+    for key, steering in steerings.items():
+        pairs = (vector_edits(model, list(steering.vectors)) if steering.vectors else []) + list(
+            steering.edits
+        )
+        if steering.prefix is None and len(pairs) == 1:
+            settings.append(Setting(pairs[0][0], edit=pairs[0][1]))
+            keys.append(key)
+        elif steering.prefix is None and not pairs:
+            keys.append(key)
+            settings.append(None)
+        else:
+            alone[key] = steering
+    out: dict[str, list[ABScore]] = {}
+    if any(s is not None for s in settings):
+        hook = next(s.hook for s in settings if s is not None)
+        zero = Setting(hook, torch.zeros(model.cfg.d_model), 0.0)  # the unsteered rows
+        scores = cached_ab_scores(
+            model, list(items), [zero if s is None else s for s in settings], outside_ab=outside_ab
+        )
+        out.update(zip(keys, scores, strict=True))
+    elif keys:
+        alone.update({k: Steering() for k in keys})
+    for key, steering in alone.items():
+        steered = list(items)
+        if steering.prefix is not None:
+            steered = [
+                ABItem(instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in items
+            ]
+        out[key] = ab_scores(
+            model, steered, list(steering.vectors), edits=list(steering.edits), outside_ab=outside_ab
+        )
+    return {key: out[key] for key in steerings}
+
+
+def run_ab_task(
+    model: HookedTransformer,
+    methods: Mapping[str, Method],
+    calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]],
+    test_items: Sequence[ABItem],
+    n_resamples: int = 1000,
+    mmlu: Sequence[ABItem] | None = None,
+) -> dict[str, Any]:
+    """p(matching) on held-out A/B items (steered from the answer position, CAA's protocol) per cell.
+
+    All cells are scored together (:func:`steered_ab_scores`); MMLU accuracy, if given, likewise.
+    """
+    plan = cell_steerings(methods, calibrations)
+    steerings = {"unsteered": Steering(), **{k: v[0] for k, v in plan.items()}}
+    scores = steered_ab_scores(model, test_items, steerings, outside_ab="zero")
+    correct = steered_ab_scores(model, mmlu, steerings) if mmlu else {}
+    cells = {}
+    for key in steerings:
+        cell = {"p_matching": interval([x.p_matching for x in scores[key]], n_resamples)}
+        if mmlu:
+            cell["mmlu"] = interval([float(x.p_matching > 0.5) for x in correct[key]], n_resamples)
+        if key in plan:
+            cal = plan[key][1]
+            cell.update(
+                strength=cal["strength"], kl_mean=cal["kl_mean"], kl_p95=cal["kl_p95"], reached=cal["reached"]
+            )
+            if mmlu:
+                cell["mmlu_change"] = cell["mmlu"]["value"] - cells["unsteered"]["mmlu"]["value"]
+        cells[key] = cell
+    return {"cells": cells}

@@ -24,9 +24,10 @@ from tlsteer.experiments.analogy_task import (
 from tlsteer.experiments.cells import calibrate_method
 from tlsteer.experiments.comparison_plots import comparison_table
 from tlsteer.experiments.feature_vs_caa import applicable_methods, builtin_instructions, feature_vs_caa
-from tlsteer.experiments.methods import METHODS, Method, Steering, build_methods
-from tlsteer.hooks import apply_edits
+from tlsteer.experiments.methods import METHODS, Method, build_methods
+from tlsteer.positions import Positions
 from tlsteer.sae.selection import feature_stats
+from tlsteer.steering import Steering
 from tlsteer.vector import SteeringVector
 
 HOOK = "blocks.1.hook_resid_post"
@@ -111,7 +112,9 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
     assert result["k"] == K
     prompts, answers = [neutral_prompt(x) for x, _ in test], [y for _, y in test]
     plain = next_token_accuracy(tiny_llama, prompts, answers, k=K)
-    steered = next_token_accuracy(tiny_llama, prompts, answers, [(direction, 10.0)], k=K)
+    steered = next_token_accuracy(
+        tiny_llama, prompts, answers, direction.steering(10.0, positions=Positions.last()), k=K
+    )
     assert 0 < plain.topk < 1 and plain.top1 < steered.top1 < 1  # the checks below can tell cells apart
     for key, score in (("unsteered", plain), ("caa@0.1", steered)):
         assert cells[key]["success"]["value"] == pytest.approx(score.topk)
@@ -124,7 +127,8 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
     alone = []
     for prompt in prompts:
         tokens = tiny_llama.to_tokens(prompt)
-        with torch.no_grad(), apply_edits(tiny_llama, edits, token_positions=[tokens.shape[1] - 1]):
+        at_last = Steering.from_edits(edits, positions=Positions.at([tokens.shape[1] - 1]))
+        with torch.no_grad(), at_last.apply(tiny_llama):
             logits = tiny_llama(tokens)[0, -1]
         alone.append(int((logits > logits[space]).sum()))
     assert analogy_ranks(tiny_llama, methods["clamp"].at(4.0), test, batch_size=3) == alone
@@ -174,7 +178,7 @@ def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
         tiny_llama,
         [neutral_prompt(x) for x, _ in test],
         [y for _, y in test],
-        [(methods["caa"].direction, caa * 10.0)],
+        methods["caa"].direction.steering(caa * 10.0, positions=Positions.last()),
         k=K,
     )
     assert result["cells"]["caa@0.1"]["success"]["value"] == pytest.approx(direct.topk)

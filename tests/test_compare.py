@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from tlsteer.data import ABItem, ContrastPair, chat_prompt
-from tlsteer.eval.ab import ab_eval, ab_scores
+from tlsteer.eval.ab import ab_eval, ab_scores, question_end
 from tlsteer.eval.budget import kl_stats
 from tlsteer.eval.judge import perplexity
 from tlsteer.eval.prefix_generation import perplexities
@@ -19,9 +20,11 @@ from tlsteer.experiments.ab_task import ABTask, run_ab_task, steered_ab_scores
 from tlsteer.experiments.cells import calibrate_method
 from tlsteer.experiments.contrasts import contrast_from_pairs
 from tlsteer.experiments.feature_vs_caa import applicable_methods, feature_vs_caa
-from tlsteer.experiments.methods import METHODS, ContrastReps, Method, Steering, build_methods, instructed
+from tlsteer.experiments.methods import METHODS, ContrastReps, Method, build_methods
 from tlsteer.extract import read_activations
+from tlsteer.positions import Positions
 from tlsteer.sae.selection import feature_stats
+from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector
 
@@ -80,7 +83,8 @@ def test_calibration_meets_each_budget_and_reports_its_kl(tiny_llama):
     cal = calibrate_method(tiny_llama, method, NEUTRAL, [0.05, 0.2])
     for budget, row in cal.items():
         assert row["reached"] and abs(row["kl_mean"] / budget - 1) <= 0.1
-        again = kl_stats(tiny_llama, [(method.direction, row["strength"] * 10.0)], prompts=NEUTRAL)
+        steering = method.direction.steering(row["strength"] * 10.0, positions=Positions.start_at(1))
+        again = kl_stats(tiny_llama, steering, prompts=NEUTRAL, measure_from=1)
         assert row["kl_mean"] == pytest.approx(again.mean) and row["kl_p95"] == pytest.approx(again.p95)
     assert cal[0.05]["strength"] < cal[0.2]["strength"]
     # a budget the method cannot spend within its strength range is reported, not hidden
@@ -88,7 +92,7 @@ def test_calibration_meets_each_budget_and_reports_its_kl(tiny_llama):
     assert not calibrate_method(tiny_llama, weak, NEUTRAL, [0.2])[0.2]["reached"]
     prompt = Method("prompting", "prompt", prefix="Talk like a pirate.", hook_name=HOOK)
     measured = calibrate_method(tiny_llama, prompt, NEUTRAL, [0.1, 0.5])
-    direct = kl_stats(tiny_llama, prompts=NEUTRAL, prefix="Talk like a pirate.\n\n").mean
+    direct = kl_stats(tiny_llama, Steering.from_prompt("Talk like a pirate."), prompts=NEUTRAL).mean
     assert measured[0.1]["kl_mean"] == measured[0.5]["kl_mean"] == pytest.approx(direct)
     assert measured[0.1]["strength"] is None
 
@@ -114,7 +118,8 @@ def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
     assert result["cells"]["unsteered"]["p_matching"]["value"] == pytest.approx(plain.p_matching)
     strength = cal["caa"][0.2]["strength"]
     scale = methods["caa"].scale
-    steered = ab_eval(tiny_llama, ITEMS, [(methods["caa"].direction, strength * scale)], outside_ab="zero")
+    caa = methods["caa"].direction.steering(strength * scale, positions=question_end(tiny_llama))
+    steered = ab_eval(tiny_llama, ITEMS, caa, outside_ab="zero")
     cell = result["cells"]["caa@0.2"]
     assert cell["p_matching"]["value"] == pytest.approx(steered.p_matching)
     assert cell["p_matching"]["low"] <= cell["p_matching"]["value"] <= cell["p_matching"]["high"]
@@ -145,19 +150,15 @@ def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
         "caa": methods["caa"].at(0.3),
         "clamp": methods["clamp"].at(2.0),  # an SAE edit, not a vector
         "prompting": methods["prompting"].at(None),  # a prefix: runs on its own
-        "two_hooks": Steering(vectors=((methods["caa"].direction, 2.0), (other, 0.5))),  # on its own too
+        "two_hooks": Steering.from_vectors([(methods["caa"].direction, 2.0), (other, 0.5)]),  # on its own
         "unsteered": Steering(),
     }
     got = steered_ab_scores(tiny_llama, ITEMS, steerings, outside_ab="zero")
     assert list(got) == list(steerings)
     for key, steering in steerings.items():
-        items = ITEMS
-        if steering.prefix is not None:
-            items = [
-                ABItem(instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in ITEMS
-            ]
+        items = [ABItem(steering.instruct(i.question), i.matching, i.not_matching) for i in ITEMS]
         alone = ab_scores(
-            tiny_llama, items, list(steering.vectors), edits=list(steering.edits), outside_ab="zero"
+            tiny_llama, items, steering.without_prefix().at(question_end(tiny_llama)), outside_ab="zero"
         )
         np.testing.assert_allclose(
             [s.p_matching for s in got[key]], [s.p_matching for s in alone], atol=1e-4, err_msg=key
@@ -173,7 +174,8 @@ def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
     )
 
 
-def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
+def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tlsteer")
     task = ABTask("toy", pairs(tiny_llama), ITEMS, instruction="Say yes.")
     result = feature_vs_caa(
         tiny_llama,
@@ -187,6 +189,10 @@ def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path):
     )
     assert set(result["cells"]) == {"unsteered", "caa@0.1", "feature_full@0.1", "random@0.1", "prompting"}
     assert result["settings"]["methods"] == ["caa", "feature_full", "random", "prompting"]
+    # progress is logged at INFO (not WARNING), stage by stage, under the tlsteer logger
+    stages = [r.getMessage() for r in caplog.records if r.name == "tlsteer.experiments.feature_vs_caa"]
+    assert {r.levelno for r in caplog.records if r.name.startswith("tlsteer")} == {logging.INFO}
+    assert any(m.endswith("toy: 4 methods built") for m in stages) and stages[-1].endswith("toy: done")
     saved = json.loads((tmp_path / "feature_vs_caa_toy.json").read_text())
     assert saved["cells"]["caa@0.1"]["p_matching"] == result["cells"]["caa@0.1"]["p_matching"]
     assert (tmp_path / "feature_vs_caa_toy.png").stat().st_size > 0
@@ -216,9 +222,10 @@ def test_methods_that_do_not_apply_are_refused_not_dropped(tiny_llama, sae):
     ):
         feature_vs_caa(tiny_llama, sae, bare, methods=["caa", "prompting"], neutral=NEUTRAL)
     with pytest.raises(
-        ValueError, match=r"unknown method 'cca' \(closest: 'caa'\); valid for ABTask 'toy': 'caa'"
+        ValueError,
+        match=r"unknown method 'feature_ful' \(closest: 'feature_full'\); valid for ABTask 'toy': 'caa'",
     ):
-        feature_vs_caa(tiny_llama, sae, task, methods=["cca"], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, task, methods=["feature_ful"], neutral=NEUTRAL)
     with pytest.raises(ValueError, match="methods is empty; valid for ABTask 'toy'"):
         feature_vs_caa(tiny_llama, sae, task, methods=[], neutral=NEUTRAL)
     with pytest.raises(TypeError, match="methods must be a list of method names, got 'caa'"):
@@ -281,6 +288,7 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
         assert set(cell["transfer"]) == {"calm", "loud"} and set(cell["transfer"]["calm"]) == set(words)
         assert cell["success"]["low"] <= cell["success"]["value"] <= cell["success"]["high"]
     assert result["cells"]["unsteered"]["selectivity"]["value"] == 0.0
+    assert result["settings"]["split_seed"] == 0  # the training split, as before split_seed existed
     with pytest.raises(ValueError, match="targets must be distinct classes"):
         feature_vs_caa(tiny_llama, sae, ds, methods=["caa"], targets=["calm", "nope"], neutral=NEUTRAL)
 
@@ -320,17 +328,16 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
 
     def plain(t, steering):
         rows = [(p, s) for s in seeds for p in prompts[t]]
-        texts = [p if steering.prefix is None else f"{steering.prefix}\n\n{p}" for p, _ in rows]
+        texts = [p if not steering.prefix else f"{steering.prefix}\n\n{p}" for p, _ in rows]
         out = generate_tokens(
             tiny_llama,
             texts,
-            list(steering.vectors),
+            steering.without_prefix().at(Positions.last()),
             max_new_tokens=5,
             do_sample=True,
             temperature=0.7,
             seed=[s for _, s in rows],
             chat=True,
-            last_token_only=True,
         )
         labels = LengthJudge().predict(list(out.texts))
         plain_ids = [tokenize(tiny_llama, chat_prompt(tiny_llama, p)) for p, _ in rows]

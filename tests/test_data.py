@@ -210,3 +210,53 @@ def test_reply_span_reads_the_reply_and_refuses_text_without_one(tiny_llama):
         reply_start(tiny_llama, tlsteer.chat_prompt(tiny_llama, "Hi there"))
     with pytest.raises(TypeError, match="text must be a string"):
         reply_start(tiny_llama, 3)
+
+
+def test_load_model_refuses_a_device_this_machine_lacks_before_loading(monkeypatch):
+    import torch
+    from transformer_lens import HookedTransformer
+
+    import tlsteer.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the device is checked before any model is read")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "embedded_model_path", no_loading)
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", no_loading)
+    for name in ("smollm2-135m-instruct", "gpt2"):
+        with pytest.raises(
+            ValueError,
+            match=r"^device 'cuda' is not available on this machine \(torch\.cuda\.is_available\(\) is "
+            r"False\); available: 'cpu'",
+        ):
+            tlsteer.load_model(name, device="cuda")
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' is not available .*available: 'cpu'"):
+        tlsteer.load_model(device=torch.device("cuda:1"))
+    with pytest.raises(ValueError, match=r"^device 'gpu' is not a device name \(.*\); available here: 'cpu'"):
+        tlsteer.load_model(device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(
+        ValueError, match=r"^device 'cuda:2' is not available .*available: 'cpu', 'cuda:0', 'cuda:1'"
+    ):
+        tlsteer.load_model(device="cuda:2")
+    assert models.check_device("cuda:1") == torch.device("cuda:1")
+    assert models.check_device("cpu") == torch.device("cpu")
+
+
+def test_read_text_names_the_file_the_byte_and_its_offset(tmp_path):
+    from tlsteer.data import read_text
+
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"\xef\xbb\xbfab\nc\xe9d")  # a byte-order mark, then a Latin-1 byte
+    with pytest.raises(
+        ValueError,
+        match=r"notes\.txt' is not valid UTF-8: byte b'\\xe9' at offset 7 \(line 2\) cannot be decoded",
+    ):
+        read_text(path)
+    assert read_text(path, "latin-1").endswith("c\xe9d")
+    path.write_bytes(b"\xef\xbb\xbfcaf\xc3\xa9")
+    assert read_text(path) == "caf\xe9"
+    with pytest.raises(TypeError, match=r"^encoding must be a codec name such as 'utf-8'"):
+        read_text(path, encoding=8)

@@ -85,9 +85,10 @@ def test_every_module_imports_without_optional_packages():
         sys.meta_path.insert(0, Block())
         import tlsteer
         names = [m.name for m in pkgutil.walk_packages(tlsteer.__path__, "tlsteer.")]
+        extra = ("tlsteer.sae", "tlsteer.experiments")  # they need the sae extra
         for name in names:
-            if name.startswith("tlsteer.sae"):
-                try:  # the SAE module is the sae extra: it must refuse with the install hint
+            if name.startswith(extra):
+                try:  # the SAE module (and the experiments over it) is the sae extra: the install hint
                     importlib.import_module(name)
                 except ModuleNotFoundError as err:
                     print("sae hint:", err)
@@ -100,7 +101,7 @@ def test_every_module_imports_without_optional_packages():
                 call()
             except ModuleNotFoundError as err:
                 print("hint:", err)
-        print("imported:", len([n for n in names if not n.startswith("tlsteer.sae")]))
+        print("imported:", len([n for n in names if not n.startswith(extra)]))
         """
     )
     out = subprocess.run(
@@ -108,7 +109,11 @@ def test_every_module_imports_without_optional_packages():
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    outside_sae = [p for p in (ROOT / "tlsteer").rglob("*.py") if "sae" not in p.relative_to(ROOT).parts]
+    outside_sae = [
+        p
+        for p in (ROOT / "tlsteer").rglob("*.py")
+        if not {"sae", "experiments"} & set(p.relative_to(ROOT).parts)
+    ]
     assert lines[-1] == f"imported: {len(outside_sae) - 1}"  # all but the top __init__
     sae_lines = [line for line in lines if line.startswith("sae hint:")]
     assert sae_lines and all('pip install "tlsteer[sae]"' in line for line in sae_lines)

@@ -96,6 +96,18 @@ def test_kv_cache_on_equals_off_per_step(embedded, mode):
     plain = model.generate(
         tokens, max_new_tokens=6, do_sample=False, output_logits=True, verbose=False, stop_at_eos=False
     )
+    if mode == "last_token_only":  # TransformerLens's generate never fires hook_embed: the anchor
+        # must still be the prompt's last column, not every position
+        with vec.apply(model, multiplier=16.0, min_token_index=width - 1):
+            out = model.generate(
+                tokens,
+                max_new_tokens=6,
+                do_sample=False,
+                output_logits=True,
+                verbose=False,
+                stop_at_eos=False,
+            )
+        assert (torch.stack(out.logits, dim=1) - runs[True]).abs().max() <= 1e-4
     per_step = (runs[True] - runs[False]).abs().amax(dim=(0, 2))
     effect = (runs[True] - torch.stack(plain.logits, dim=1)).abs().amax(dim=(0, 2))
     print(
@@ -145,25 +157,25 @@ def test_readme_quickstart_runs(embedded, tmp_path, monkeypatch):  # noqa: ARG00
 
 def test_sweep_engines_equal_full_forward_on_real_model(embedded):
     from tlsteer.data import builtin_dataset_path, load_ab_items
-    from tlsteer.eval.ab import ab_scores
-    from tlsteer.eval.cached import Setting, cached_ab_scores
+    from tlsteer.eval.ab import ab_scores, question_end
+    from tlsteer.eval.cached import cached_ab_scores
 
     items = load_ab_items(builtin_dataset_path("sentiment"))[60:66]
     gen = torch.Generator().manual_seed(0)
+    where = question_end(embedded)  # CAA's positions, the ones the cached engine runs
     settings = []
     for layer in (3, 12, 25):
         d = torch.randn(embedded.cfg.d_model, generator=gen)
-        settings += [
-            Setting(f"blocks.{layer}.hook_resid_post", 20 * d / d.norm(), m) for m in (-1.0, 0.0, 1.0)
-        ]
-    shared = cached_ab_scores(embedded, items, settings, batch_size=4, attention="shared")
-    repeat = cached_ab_scores(embedded, items, settings, batch_size=4, attention="repeat")
+        vec = tlsteer.SteeringVector({f"blocks.{layer}.hook_resid_post": 20 * d / d.norm()})
+        settings += [(vec, m) for m in (-1.0, 0.0, 1.0)]
+    steerings = [vec.steering(m, positions=where) for vec, m in settings]
+    shared = cached_ab_scores(embedded, items, steerings, batch_size=4, attention="shared")
+    repeat = cached_ab_scores(embedded, items, steerings, batch_size=4, attention="repeat")
     worst = {"shared": 0.0, "repeat": 0.0}
     moved = 0.0
     base = ab_scores(embedded, items)
-    for k, s in enumerate(settings):
-        vec = tlsteer.SteeringVector({s.hook: s.direction})
-        full = ab_scores(embedded, items, [(vec, s.multiplier)] if s.multiplier else [])
+    for k, (vec, m) in enumerate(settings):
+        full = ab_scores(embedded, items, vec.steering(m, positions=where) if m else None)
         for name, got in (("shared", shared[k]), ("repeat", repeat[k])):
             for a, b in zip(got, full, strict=True):
                 worst[name] = max(
@@ -191,11 +203,12 @@ GEN_PROMPTS = ["Tell me about your weekend.", "Hi", "Describe the view from a ve
 )
 def test_batched_generation_rows_equal_rows_alone(embedded, mode):
     vec = sentiment_vector(embedded)
-    kwargs = dict(max_new_tokens=4, chat=True, stop_at_eos=False, keep_logits=True, **mode)
-    batched = tlsteer.generate_tokens(embedded, GEN_PROMPTS, [(vec, 1.0)], **kwargs)
+    kwargs = dict(max_new_tokens=4, chat=True, stop_at_eos=False, keep_logits=True)
+    steering = vec.steering(1.0, positions=tlsteer.Positions.make(**mode))
+    batched = tlsteer.generate_tokens(embedded, GEN_PROMPTS, steering, **kwargs)
     worst = 0.0
     for i, prompt in enumerate(GEN_PROMPTS):
-        alone = tlsteer.generate_tokens(embedded, [prompt], [(vec, 1.0)], **kwargs)
+        alone = tlsteer.generate_tokens(embedded, [prompt], steering, **kwargs)
         worst = max(worst, float((batched.step_logits[i] - alone.step_logits[0]).abs().max()))
         assert batched.new_tokens[i] == alone.new_tokens[0]
     print(f"{mode}: max |logit diff| batched vs alone {worst:.2e}")

@@ -12,9 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlsteer import SteeringVector
+from tlsteer import Positions, Steering, SteeringVector, VectorMetadata
 from tlsteer.data import ABItem, chat_prompt, load_ab_items
-from tlsteer.eval.ab import ABResult, ABScore, ab_accuracy, ab_eval, ab_scores, kl_on_neutral
+from tlsteer.eval.ab import (
+    ABResult,
+    ABScore,
+    ab_accuracy,
+    ab_eval,
+    ab_scores,
+    kl_on_neutral,
+    question_end,
+    tokens_after_question,
+)
+from tlsteer.eval.budget import kl_stats
+from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.eval.diagnostics import (
     cosine_matrix,
     layer_diagnostics,
@@ -36,6 +47,7 @@ from tlsteer.eval.sweeps import (
     sweep_items,
     to_json,
 )
+from tlsteer.eval.token_view import token_view
 from tlsteer.extract import ContrastActivations
 from tlsteer.tokens import tokenize
 
@@ -55,6 +67,11 @@ def direction(seed: int, scale: float = 1.0) -> torch.Tensor:
 
 def vector(*hooks: str, seed: int = 0, scale: float = 1.0) -> SteeringVector:
     return SteeringVector({h: direction(seed + i, scale) for i, h in enumerate(hooks)})
+
+
+def caa(model, vec: SteeringVector, multiplier: float) -> Steering:
+    """The old A/B default: steer from the end of the question (CAA's positions)."""
+    return vec.steering(multiplier, positions=question_end(model))
 
 
 # -- ab_eval / ab_accuracy ------------------------------------------------------------------------
@@ -77,9 +94,9 @@ def test_ab_result_summary_algebra():
 def test_ab_eval_keeps_every_item(tiny):
     vec = vector(HOOK, scale=6.0)
     plain = ab_eval(tiny, ITEMS, batch_size=4)
-    steered = ab_eval(tiny, ITEMS, [(vec, 1.0)], batch_size=4)
+    steered = ab_eval(tiny, ITEMS, caa(tiny, vec, 1.0), batch_size=4)
     assert plain.scores == tuple(ab_scores(tiny, ITEMS, batch_size=4))
-    assert steered.scores == tuple(ab_scores(tiny, ITEMS, [(vec, 1.0)], batch_size=4))
+    assert steered.scores == tuple(ab_scores(tiny, ITEMS, caa(tiny, vec, 1.0), batch_size=4))
     for result in (plain, steered):
         p = [s.p_matching for s in result.scores]
         assert result.p_matching == pytest.approx(sum(p) / len(p), abs=1e-12)
@@ -118,6 +135,50 @@ def test_ab_accuracy_matches_reference_loop(tiny_llama, tmp_path):
     assert 0 < acc.n_correct < len(items)  # the reference is not trivially all or none
 
 
+def test_question_end_is_the_old_default_from_the_last_question_token(tiny):
+    """question_end(model) steers from the question's last token on, as the old A/B default did."""
+    vec = vector(HOOK, scale=6.0)
+    n_after = tokens_after_question(tiny)
+    got = ab_scores(tiny, ITEMS, caa(tiny, vec, 1.0), batch_size=4)
+    for item, score in zip(ITEMS, got, strict=True):
+        ids = tokenize(tiny, chat_prompt(tiny, item.question, "("))
+        first = len(ids) - n_after - 1
+
+        def steer(act, hook, first=first):
+            out = act.clone()
+            out[:, first:] += vec[HOOK]
+            return out
+
+        with torch.no_grad():
+            logits = tiny.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, steer)])[0, -1]
+        m_id = tokenize(tiny, "(" + item.matching[1])[-1]
+        o_id = tokenize(tiny, "(" + item.not_matching[1])[-1]
+        assert score.logit_diff == pytest.approx(float(logits[m_id] - logits[o_id]), abs=1e-4)
+    # any positions count in each item's own tokens: a left-padded batch equals each item alone
+    for positions in (Positions.all(), Positions.start_at(5), Positions.at([2, 6]), question_end(tiny)):
+        steering = vec.steering(1.0, positions=positions)
+        batched = ab_scores(tiny, ITEMS, steering, batch_size=4)
+        alone = ab_scores(tiny, ITEMS, steering, batch_size=1)
+        for a, b in zip(batched, alone, strict=True):
+            assert a.logit_diff == pytest.approx(b.logit_diff, abs=1e-4)
+
+
+def test_ab_scores_with_a_prompt_prefix_equals_the_questions_prefixed_by_hand(tiny):
+    prefix = "Answer honestly."
+    by_hand = [ABItem(f"{prefix}\n\n{it.question}", it.matching, it.not_matching) for it in ITEMS]
+    prompted = Steering.from_prompt(prefix)
+    got = ab_scores(tiny, ITEMS, prompted, batch_size=4)
+    assert got == ab_scores(tiny, by_hand, batch_size=4)
+    plain = ab_scores(tiny, ITEMS, batch_size=4)
+    assert max(abs(a.logit_diff - b.logit_diff) for a, b in zip(got, plain, strict=True)) > 1e-3
+    vec = vector(HOOK, scale=6.0)
+    for positions in (question_end(tiny), Positions.all(), Positions.start_at(5)):
+        steering = vec.steering(1.0, positions=positions)
+        with_prefix = ab_scores(tiny, ITEMS, prompted + steering, batch_size=4)
+        assert with_prefix == ab_scores(tiny, by_hand, steering, batch_size=4)
+    assert ab_eval(tiny, ITEMS, prompted, batch_size=4).scores == tuple(got)
+
+
 # -- KL on neutral text ---------------------------------------------------------------------------
 
 
@@ -143,21 +204,23 @@ def reference_kl(model, vec_dir, prompts, hook=HOOK, first=0):
 def test_kl_on_neutral_matches_hand_computation(tiny):
     vec = vector(HOOK, scale=5.0)
     expected = reference_kl(tiny, 2.0 * vec[HOOK], NEUTRAL)
-    got = kl_on_neutral(tiny, [(vec, 2.0)], NEUTRAL, batch_size=3)
+    got = kl_on_neutral(tiny, vec.steering(2.0), NEUTRAL, batch_size=3)
     assert expected > 1e-3
     assert got == pytest.approx(expected, rel=1e-4)
-    assert kl_on_neutral(tiny, [(vec, 0.0)], NEUTRAL) == 0.0
+    assert kl_on_neutral(tiny, vec.steering(0.0), NEUTRAL) == 0.0
 
 
 def test_kl_on_neutral_from_a_position(tiny_llama):
     vec = vector(HOOK, scale=5.0)
     expected = reference_kl(tiny_llama, vec[HOOK], NEUTRAL, first=5)
-    got = kl_on_neutral(tiny_llama, [(vec, 1.0)], NEUTRAL, min_token_index=5, batch_size=2)
+    # the old min_token_index=5: steer and measure from position 5
+    steering = vec.steering(1.0, positions=Positions.make(5))
+    got = kl_on_neutral(tiny_llama, steering, NEUTRAL, measure_from=5, batch_size=2)
     assert got == pytest.approx(expected, rel=1e-4)
     with pytest.raises(
-        ValueError, match=r"min_token_index=40 leaves no position.*has 27 tokens \(valid: 0\.\.26\)"
+        ValueError, match=r"measure_from=40 leaves no position.*has 27 tokens \(valid: 0\.\.26\)"
     ):
-        kl_on_neutral(tiny_llama, [(vec, 1.0)], NEUTRAL, min_token_index=40)
+        kl_on_neutral(tiny_llama, vec.steering(1.0, positions=Positions.make(40)), NEUTRAL, measure_from=40)
 
 
 # -- residual norms and sweeps --------------------------------------------------------------------
@@ -185,7 +248,9 @@ def test_sweep_matches_loop_over_ab_eval(tiny_llama):
     assert list(df.columns) == list(SUMMARY_COLUMNS)
     assert len(df) == 6
     for row in df.itertuples():
-        ref = ab_eval(tiny_llama, ITEMS, [(vec.select([row.layer]), row.multiplier)], batch_size=4)
+        ref = ab_eval(
+            tiny_llama, ITEMS, caa(tiny_llama, vec.select([row.layer]), row.multiplier), batch_size=4
+        )
         assert row.multiplier_abs == row.multiplier
         assert row.hook == f"blocks.{row.layer}.hook_resid_post"
         assert row.p_matching == pytest.approx(ref.p_matching, abs=1e-4)  # the cached engine
@@ -202,7 +267,7 @@ def test_sweep_items_rows_and_summary(tiny_llama):
     assert len(per_item) == 2 * len(ITEMS)
     for m in (-1, 2):
         rows = per_item[per_item["multiplier"] == m].sort_values("item")
-        ref = ab_scores(tiny_llama, ITEMS, [(vec, m)], batch_size=4)
+        ref = ab_scores(tiny_llama, ITEMS, caa(tiny_llama, vec, m), batch_size=4)
         assert rows["p_matching"].tolist() == [s.p_matching for s in ref]
         assert rows["logit_diff"].tolist() == [s.logit_diff for s in ref]
         summary = summarize_sweep(per_item)
@@ -222,7 +287,7 @@ def test_relative_multipliers_are_in_residual_norm_units(tiny_llama):
     for row in df.itertuples():
         expected = row.multiplier * norms[row.hook] / float(vec[row.hook].norm())
         assert row.multiplier_abs == pytest.approx(expected, rel=1e-12)
-        ref = ab_eval(tiny_llama, ITEMS[:3], [(vec.select([row.layer]), expected)], batch_size=4)
+        ref = ab_eval(tiny_llama, ITEMS[:3], caa(tiny_llama, vec.select([row.layer]), expected), batch_size=4)
         assert row.p_matching == pytest.approx(ref.p_matching, abs=1e-4)
     with pytest.raises(
         ValueError, match=r"relative=True needs the residual norms: pass norms=residual_norms"
@@ -295,7 +360,7 @@ def test_steerability_from_sweep_and_from_results_agree(tiny_llama):
     vec = vector(HOOK, scale=6.0)
     mults = [-1.0, 0.0, 1.0, 2.0]
     st = steerability(sweep_items(tiny_llama, ITEMS, vec, [1], mults, batch_size=4))
-    results = {m: ab_eval(tiny_llama, ITEMS, [(vec, m)], batch_size=4) for m in mults}
+    results = {m: ab_eval(tiny_llama, ITEMS, caa(tiny_llama, vec, m), batch_size=4) for m in mults}
     from_results = steerability(results)
     for i in range(len(ITEMS)):
         ys = [results[m].scores[i].logit_diff for m in mults]
@@ -323,7 +388,7 @@ def test_compete_equals_one_summed_vector(tiny_llama):
     assert len(df) == 4
     for row in df.itertuples():
         summed = SteeringVector({HOOK: row.multiplier_a * vec_a[HOOK] + row.multiplier_b * vec_b[HOOK]})
-        ref = ab_eval(tiny_llama, ITEMS, [(summed, 1.0)], batch_size=4)
+        ref = ab_eval(tiny_llama, ITEMS, caa(tiny_llama, summed, 1.0), batch_size=4)
         assert row.p_matching == pytest.approx(ref.p_matching, abs=1e-5)
         assert row.n_matching == ref.n_matching
     assert df["p_matching"].max() - df["p_matching"].min() > 1e-3
@@ -333,7 +398,9 @@ def test_calibrate_multiplier_picks_largest_within_budget(tiny_llama):
     vec = vector(HOOK, HOOK2, scale=1.0)
     candidates = [1, 2, 4, 8]
     kls = {
-        layer: {m: kl_on_neutral(tiny_llama, [(vec.select([layer]), m)], NEUTRAL[:2]) for m in candidates}
+        layer: {
+            m: kl_on_neutral(tiny_llama, vec.select([layer]).steering(m), NEUTRAL[:2]) for m in candidates
+        }
         for layer in (1, 2)
     }
     target = kls[1][4] * 1.01
@@ -500,7 +567,37 @@ def test_kl_and_sweeps_refuse_non_finite_input(tiny_llama):
     bad = torch.ones(32)
     bad[1] = float("nan")
     with pytest.raises(ValueError, match="direction at 'blocks.1.hook_resid_post' has 1 non-finite entries"):
-        kl_on_neutral(tiny_llama, [({"blocks.1.hook_resid_post": bad}, 1.0)], NEUTRAL)
+        kl_on_neutral(tiny_llama, Steering.from_vector({"blocks.1.hook_resid_post": bad}, 1.0), NEUTRAL)
     vec = vector("blocks.1.hook_resid_post")
     with pytest.raises(ValueError, match="multipliers must be finite numbers, got nan"):
         sweep(tiny_llama, ITEMS, vec, [1], [0.0, float("nan")])
+
+
+def test_check_model_false_steers_with_a_vector_made_for_another_model(tiny_llama):
+    """Every function that steers refuses a vector made for another model unless check_model=False,
+    and with it gives what the same numbers give with no model name."""
+    other = SteeringVector({HOOK: direction(0, 4.0)}, VectorMetadata(model_name="other-model"))
+    anonymous = SteeringVector(dict(other.directions))  # the same numbers, made for no model in particular
+    where = question_end(tiny_llama)
+    runs = {
+        "ab_scores": lambda v, **kw: ab_scores(tiny_llama, ITEMS, v.steering(2.0, positions=where), **kw),
+        "ab_eval": lambda v, **kw: ab_eval(tiny_llama, ITEMS, v.steering(2.0, positions=where), **kw),
+        "ab_accuracy": lambda v, **kw: ab_accuracy(tiny_llama, ITEMS, v.steering(2.0, positions=where), **kw),
+        "kl_stats": lambda v, **kw: kl_stats(tiny_llama, v.steering(2.0), prompts=NEUTRAL, **kw),
+        "kl_on_neutral": lambda v, **kw: kl_on_neutral(tiny_llama, v.steering(2.0), NEUTRAL, **kw),
+        "cached_ab_scores": lambda v, **kw: cached_ab_scores(
+            tiny_llama, ITEMS, [Steering(), v.steering(2.0, positions=where)], **kw
+        ),
+        "sweep_items": lambda v, **kw: sweep_items(tiny_llama, ITEMS, v, 1, [2.0], **kw),
+        "token_view": lambda v, **kw: token_view(tiny_llama, v, "Hello there", 2.0, max_new_tokens=3, **kw),
+    }
+    refused = r"made for model 'other-model' but this model is 'tiny-llama'; pass check_model=False"
+    for name, run in runs.items():
+        with pytest.raises(ValueError, match=refused):
+            run(other)
+        forced, reference = run(other, check_model=False), run(anonymous)
+        if isinstance(forced, pd.DataFrame):
+            pd.testing.assert_frame_equal(forced, reference)
+        else:
+            assert forced == reference, name
+    assert runs["kl_on_neutral"](other, check_model=False) > 1e-3  # it really steered

@@ -7,25 +7,22 @@ import torch
 
 import tlsteer
 from tests.conftest import step_logits
-from tlsteer import SteeringVector
+from tlsteer import Positions, SteeringVector
 from tlsteer.tokens import left_pad
 
 MODES = {
-    "all": {},
-    "from_prompt_end": {"min_token_index": "P"},
-    "from_inside_prompt": {"min_token_index": "P-3"},
-    "explicit": {"token_positions": ["P-2", "P+1", "P+3"]},
-    "last_token_only": {"last_token_only": True},
+    "all": lambda p: Positions.all(),
+    "from_prompt_end": lambda p: Positions.start_at(p),
+    "from_inside_prompt": lambda p: Positions.start_at(p - 3),
+    "explicit": lambda p: Positions.at([p - 2, p + 1, p + 3]),
+    "last_token_only": lambda p: Positions.last(),
+    "from_end": lambda p: Positions.from_end(3),
 }
 
 
-def resolve(mode: dict, prompt_len: int) -> dict:
-    def value(v):
-        if isinstance(v, str):
-            return eval(v, {"P": prompt_len})  # noqa: S307 - test-only arithmetic on P
-        return v
-
-    return {k: [value(x) for x in v] if isinstance(v, list) else value(v) for k, v in mode.items()}
+def resolve(mode: str, prompt_len: int) -> Positions:
+    """The mode's positions for a prompt (or left-padded batch) of ``prompt_len`` columns."""
+    return MODES[mode](prompt_len)
 
 
 def vector(model, hook="blocks.1.hook_resid_post", scale=4.0):
@@ -39,7 +36,7 @@ def test_kv_cache_on_equals_off_per_step(tiny, mode):
     tokens = torch.tensor([tlsteer.tokenize(tiny, "<|user|>hello there<|end|><|assistant|>")])
     prompt_len = tokens.shape[1]
     vec = vector(tiny)
-    with vec.apply(tiny, multiplier=1.0, **resolve(MODES[mode], prompt_len)):
+    with vec.steering(1.0, positions=resolve(mode, prompt_len)).apply(tiny):
         cached, seq_cached = step_logits(tiny, tokens, True)
         full, seq_full = step_logits(tiny, tokens, False)
     assert (cached - full).abs().max() <= 1e-4
@@ -56,7 +53,7 @@ def test_kv_cache_on_equals_off_left_padded_batch(tiny_llama, mode):
     tokens, _ = left_pad(model, ids)
     width = tokens.shape[1]
     vec = vector(model)
-    with vec.apply(model, **resolve(MODES[mode], width)):
+    with vec.steering(1.0, positions=resolve(mode, width)).apply(model):
         cached, _ = step_logits(model, tokens, True)
         full, _ = step_logits(model, tokens, False)
     assert (cached - full).abs().max() <= 1e-4

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tlsteer
+from tlsteer import Positions, Steering, VectorMetadata
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import perplexity
 
@@ -26,14 +27,15 @@ def vector(model, scale=6.0):
 
 def reference(model, prompt, vec, multiplier, n_new, temperature=None, seed=0):
     """A plain loop: a full forward per step (no KV cache, no batch), steered from the last prompt
-    token under ``apply_steering``; argmax, or a draw from the prompt's own generator."""
+    token (``start_at(n - 1)``, not the ``last`` mode under test); argmax, or a draw from the
+    prompt's own generator."""
     tokens = tlsteer.tokenize(model, tlsteer.chat_prompt(model, prompt))
     n = len(tokens)
     gen = torch.Generator().manual_seed(seed)
-    steering = [(vec, multiplier)] if multiplier != 0 else []
     with torch.no_grad(), contextlib.ExitStack() as stack:
-        if steering:
-            stack.enter_context(tlsteer.apply_steering(model, steering, min_token_index=n - 1))
+        if multiplier != 0:
+            steering = Steering.from_vector(vec, multiplier, positions=Positions.start_at(n - 1))
+            stack.enter_context(steering.apply(model))
         for _ in range(n_new):
             logits = model(torch.tensor([tokens]))[0, -1]
             if temperature is None:
@@ -146,6 +148,24 @@ def test_load_embedder_restores_the_environment_after_an_error(monkeypatch):
         load_embedder()
     assert os.environ["HF_HUB_OFFLINE"] == "0"
     assert constants.HF_HUB_OFFLINE is False
+
+
+def test_positions_and_the_model_check_opt_out(tiny_llama):
+    vec = vector(tiny_llama)
+    settings = GenerationSettings(max_new_tokens=4, stop_at_eos=False)
+    default = compare_generations(tiny_llama, PROMPTS, vec, [0, 2.0], settings)
+    last = compare_generations(tiny_llama, PROMPTS, vec, [0, 2.0], settings, positions=Positions.last())
+    assert [g.new_tokens for g in default.generations] == [g.new_tokens for g in last.generations]
+    everywhere = compare_generations(tiny_llama, PROMPTS, vec, [2.0], settings, positions=Positions.all())
+    by_generate = tlsteer.generate_tokens(
+        tiny_llama, PROMPTS, vec.steering(2.0), max_new_tokens=4, stop_at_eos=False, chat=settings.chat
+    )
+    assert [g.new_tokens for g in everywhere.generations] == list(by_generate.new_tokens)
+    foreign = tlsteer.SteeringVector(dict(vec.directions), VectorMetadata(model_name="gpt2-small"))
+    with pytest.raises(ValueError, match="made for model 'gpt2-small' but this model is 'tiny-llama'"):
+        compare_generations(tiny_llama, PROMPTS, foreign, [0, 2.0], settings)
+    opted_out = compare_generations(tiny_llama, PROMPTS, foreign, [0, 2.0], settings, check_model=False)
+    assert [g.new_tokens for g in opted_out.generations] == [g.new_tokens for g in default.generations]
 
 
 def test_generation_errors(tiny_llama):

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import tlsteer
-from tests.test_sae import random_sae
-from tlsteer import SteeringVector, check_invariants
+from tlsteer import Positions, Steering, SteeringVector, VectorMetadata, check_invariants
 from tlsteer.operators import addition_operator
 
 PROMPTS = ["The cat sat on the mat.", "Rain again", "Numbers: 1 2 3 4 5 6 7 8", "ok"]
@@ -23,6 +22,24 @@ CHECKS = [
 ]
 
 
+def random_sae(hook="blocks.1.hook_resid_post", seed=0, d_in=32):
+    """A sae-lens SAE with random nonzero weights (tied encoder), a bias, and features that fire
+    (as tests/test_sae.py builds them)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=64, metadata=SAEMetadata(hook_name=hook)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w_dec = torch.randn(64, d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(w_dec * (0.5 + torch.rand(64, 1, generator=gen)))
+        sae.W_enc.copy_(w_dec.T)
+        sae.b_enc.copy_(0.2 * torch.randn(64, generator=gen))
+        sae.b_dec.copy_(0.3 * torch.randn(d_in, generator=gen))
+    return sae
+
+
 def vector(model, layer=1, seed=0, norm=6.0):
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(model.cfg.d_model, generator=gen)
@@ -31,11 +48,19 @@ def vector(model, layer=1, seed=0, norm=6.0):
 
 @pytest.mark.parametrize(
     "where",
-    [{}, {"min_token_index": 3}, {"token_positions": [1, 4, 9]}, {"last_token_only": True}],
-    ids=["all", "from", "explicit", "last"],
+    # explicit: every row must reach every position now ("ok" is 2 tokens: it reaches 0..6 with 6 new
+    # tokens), so [1, 4, 6] where the old rule (the longest row) let [1, 4, 9] through
+    [
+        Positions.all(),
+        Positions.start_at(3),
+        Positions.at([1, 4, 6]),
+        Positions.last(),
+        Positions.from_end(2),
+    ],
+    ids=["all", "from", "explicit", "last", "from_end"],
 )
 def test_correct_steering_passes_every_check(tiny, where):
-    report = check_invariants(tiny, vector(tiny), PROMPTS, multiplier=2.0, max_new_tokens=6, **where)
+    report = check_invariants(tiny, vector(tiny).steering(2.0, positions=where), PROMPTS, max_new_tokens=6)
     assert [c.name for c in report.checks] == CHECKS
     assert report.passed, str(report)
     assert report["kv_cache"].max_abs_diff < 1e-4
@@ -47,7 +72,7 @@ def test_steering_changes_logits_so_the_checks_are_not_vacuous(tiny):
     """The steered run really differs from the unsteered one at this multiplier."""
     out = [
         tlsteer.generate_tokens(tiny, PROMPTS[:1], vecs, max_new_tokens=3, keep_logits=True)
-        for vecs in ([], [(vector(tiny), 2.0)])
+        for vecs in (None, vector(tiny).steering(2.0))
     ]
     assert (out[0].step_logits[0] - out[1].step_logits[0]).abs().max() > 0.1
 
@@ -59,7 +84,8 @@ def test_length_dependent_edit_fails_kv_cache_and_batch(tiny):
     def by_length(act):
         return 0.2 * act.shape[1] * direction.expand_as(act)
 
-    report = check_invariants(tiny, [("blocks.1.hook_resid_post", by_length)], PROMPTS, max_new_tokens=4)
+    steering = Steering.from_edits([("blocks.1.hook_resid_post", by_length)])
+    report = check_invariants(tiny, steering, PROMPTS, max_new_tokens=4)
     assert report["kv_cache"].passed is False
     assert report["batch"].passed is False
     assert report["multiplier_zero"].passed is None
@@ -74,7 +100,7 @@ def test_operator_that_is_not_zero_at_zero_fails_multiplier_zero(tiny):
     def offset(act, vec):
         return vec.expand_as(act) + shift
 
-    report = check_invariants(tiny, vector(tiny), PROMPTS, max_new_tokens=3, operator=offset)
+    report = check_invariants(tiny, vector(tiny).steering(4.0, operator=offset), PROMPTS, max_new_tokens=3)
     assert report["multiplier_zero"].passed is False
     assert report["multiplier_zero"].max_abs_diff > 1e-2
     assert report["kv_cache"].passed and report["batch"].passed
@@ -90,7 +116,8 @@ def test_leaking_edit_fails_the_hook_checks(tiny):
         return add(act, direction)
 
     try:
-        report = check_invariants(tiny, [("blocks.1.hook_resid_post", leaky)], PROMPTS[:2], max_new_tokens=2)
+        steering = Steering.from_edits([("blocks.1.hook_resid_post", leaky)])
+        report = check_invariants(tiny, steering, PROMPTS[:2], max_new_tokens=2)
     finally:
         tiny.reset_hooks(including_permanent=True)
     for name in ("hooks_normal_exit", "hooks_exception", "hooks_generation_error"):
@@ -99,17 +126,22 @@ def test_leaking_edit_fails_the_hook_checks(tiny):
 
 
 def test_feature_edit_of_a_random_sae(tiny_llama):
-    from tlsteer.sae import feature_edit
+    from tlsteer.sae import feature_edit, feature_steering
 
     sae = random_sae(hook="blocks.1.hook_resid_post")
     edit = feature_edit(sae, [3, 7], "clamp", values=[4.0, 4.0])
-    report = check_invariants(tiny_llama, [("blocks.1.hook_resid_post", edit)], PROMPTS, max_new_tokens=4)
+    steering = Steering.from_edits([("blocks.1.hook_resid_post", edit)])
+    report = check_invariants(tiny_llama, steering, PROMPTS, max_new_tokens=4)
+    assert report.passed, str(report)
+    assert report["multiplier_zero"].passed is None
+    clamp_last = feature_steering(tiny_llama, sae, [3, 7], "clamp", values=4.0, positions=Positions.last())
+    report = check_invariants(tiny_llama, clamp_last, PROMPTS, max_new_tokens=4)
     assert report.passed, str(report)
     assert report["multiplier_zero"].passed is None
 
 
 def test_report_serialises(tiny_llama):
-    report = check_invariants(tiny_llama, vector(tiny_llama), PROMPTS[:2], max_new_tokens=2)
+    report = check_invariants(tiny_llama, vector(tiny_llama).steering(4.0), PROMPTS[:2], max_new_tokens=2)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["passed"] is True and [c["name"] for c in data["checks"]] == CHECKS
     text = str(report)
@@ -126,16 +158,64 @@ def test_report_serialises(tiny_llama):
         ({"max_new_tokens": 0}, ValueError, "max_new_tokens must be an int >= 1, got 0"),
         ({"tolerance": float("nan")}, ValueError, "tolerance must be a finite number >= 0, got nan"),
         ({"tolerance": -1.0}, ValueError, "tolerance must be a finite number"),
-        ({"multiplier": float("inf")}, ValueError, "inf"),
-        ({"chat": "yes"}, TypeError, "chat must be True or False"),
-        ({"steering": "blocks.1.hook_resid_post"}, TypeError, "steering must be a SteeringVector"),
-        ({"steering": [("blocks.99.hook_resid_post", lambda a: a)]}, KeyError, "layer 99 is out of range"),
+        (
+            {"steering": lambda m: vector(m).steering(float("inf"))},
+            ValueError,
+            "multiplier must be finite, got inf",
+        ),
+        ({"chat": "yes"}, TypeError, "chat"),  # the suite's run-time type checker answers first
+        ({"steering": "blocks.1.hook_resid_post"}, TypeError, "steering"),
+        (
+            {"steering": lambda m: Steering.from_edits([("blocks.99.hook_resid_post", lambda a: a)])},
+            KeyError,
+            "layer 99 is out of range",
+        ),
+        (
+            {"steering": lambda m: Steering()},
+            ValueError,
+            r"Steering\(unsteered\) has no edits, so there are no hooks",
+        ),
+        (
+            {"steering": lambda m: Steering.from_prompt("Be brief.")},
+            ValueError,
+            r"has no edits, so there are no hooks to check",
+        ),
+        (
+            {"steering": lambda m: vector(m).steering(1.0, positions=Positions.at([1, 40]))},
+            ValueError,
+            r"token_positions \[40\] are beyond prompt 0's reach",
+        ),
     ],
 )
 def test_bad_input(tiny_llama, kwargs, error, match):
-    args = {"steering": vector(tiny_llama), "prompts": PROMPTS[:2], **kwargs}
+    args = {"steering": vector(tiny_llama).steering(4.0), "prompts": PROMPTS[:2], **kwargs}
+    if callable(args["steering"]):  # built inside the test: some are refused when built
+        with pytest.raises(error, match=match):
+            args["steering"] = args["steering"](tiny_llama)
+            check_invariants(tiny_llama, **args)
+        return
     with pytest.raises(error, match=match):
         check_invariants(tiny_llama, **args)
+
+
+def test_check_model_false_checks_a_vector_made_for_another_model(tiny_llama):
+    foreign = SteeringVector(dict(vector(tiny_llama).directions), VectorMetadata(model_name="gpt2-small"))
+    with pytest.raises(ValueError, match="made for model 'gpt2-small' but this model is 'tiny-llama'"):
+        check_invariants(tiny_llama, foreign.steering(2.0), PROMPTS[:2], max_new_tokens=2)
+    report = check_invariants(
+        tiny_llama, foreign.steering(2.0), PROMPTS[:2], max_new_tokens=2, check_model=False
+    )
+    assert report.passed, str(report)
+
+
+def test_a_prompt_prefix_goes_before_every_checked_prompt(tiny_llama):
+    brief = Steering.from_prompt("Be brief.")
+    steering = vector(tiny_llama).steering(2.0, positions=Positions.last()) + brief
+    report = check_invariants(tiny_llama, steering, PROMPTS, max_new_tokens=3)
+    assert report.passed, str(report)
+    lengths = sorted(len(tlsteer.tokenize(tiny_llama, brief.instruct(p))) for p in PROMPTS)
+    assert lengths[0] > len(tlsteer.tokenize(tiny_llama, "ok"))  # the prompts checked had the prefix
+    assert f"lengths {lengths[0]}..{lengths[-1]} tokens" in report["batch"].detail
 
 
 @pytest.mark.embedded
@@ -143,7 +223,7 @@ def test_invariants_hold_on_the_embedded_model(embedded):
     torch.manual_seed(0)
     d = torch.randn(embedded.cfg.d_model)
     vec = SteeringVector({"blocks.12.hook_resid_post": 8.0 * d / d.norm()})
-    report = check_invariants(embedded, vec, max_new_tokens=6, min_token_index=2)
+    report = check_invariants(embedded, vec.steering(4.0, positions=Positions.start_at(2)), max_new_tokens=6)
     assert report.passed, str(report)
     assert report["kv_cache"].max_abs_diff < 1e-3
 

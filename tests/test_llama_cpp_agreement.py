@@ -90,7 +90,7 @@ def untied_divergences(model, vec, m, prompts, c, tie: float = 0.05) -> list[tup
             continue
         step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
         again = tlsteer.generate_tokens(
-            model, [prompts[k]], [(vec, m)], max_new_tokens=step + 1, stop_at_eos=False, keep_logits=True
+            model, [prompts[k]], vec.steering(m), max_new_tokens=step + 1, stop_at_eos=False, keep_logits=True
         )
         top = again.step_logits[0][step].topk(2)
         gap = float(top.values[0] - top.values[1])

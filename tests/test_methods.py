@@ -100,8 +100,10 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
         == build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["random"])["random"].direction
     )
     # strength: unit direction times strength times the residual norm
-    ((vec, mult),) = methods["caa"].at(0.5).vectors
-    assert mult == pytest.approx(1.5) and float(vec[HOOK].norm()) == pytest.approx(1.0)
+    ((hook, edit),) = methods["caa"].at(0.5).edits
+    caa_unit = methods["caa"].direction[HOOK]
+    assert hook == HOOK and float(caa_unit.norm()) == pytest.approx(1.0)
+    torch.testing.assert_close(edit.direction, 1.5 * caa_unit)  # the applied delta: strength x scale
     assert methods["prompting"].at(None).prefix == "Be a pirate." and not methods["prompting"].has_strength
 
 

@@ -33,11 +33,8 @@ def test_ordinal_sweep_equals_a_plain_loop(tiny_llama):
     )
     assert sweep.multipliers == (-1.0, 0.0, 2.0) and sweep.scores.shape == (3, 3)
     for row, m in enumerate(strengths):
-        steer = [(vec, m * 1.5)] if m else []
-        alone = [
-            tlsteer.generate(tiny_llama, [p], steer, max_new_tokens=5, chat=True, last_token_only=True)[0]
-            for p in prompts
-        ]
+        steer = vec.steering(m * 1.5, positions=tlsteer.Positions.last()) if m else None
+        alone = [tlsteer.generate(tiny_llama, [p], steer, max_new_tokens=5, chat=True)[0] for p in prompts]
         assert sweep.generations[row] == alone
         np.testing.assert_array_equal(sweep.scores[row], LengthJudge().graded(alone))
     unsteered = tlsteer.generate(tiny_llama, prompts, max_new_tokens=5, chat=True)
@@ -45,6 +42,13 @@ def test_ordinal_sweep_equals_a_plain_loop(tiny_llama):
     np.testing.assert_allclose(sweep.mean_scores, sweep.scores.mean(1))
     d = sweep.to_dict()
     assert d["multipliers"] == strengths and d["judge_held_out_accuracy"] == 0.9
+    # positions= moves the steering (default: the last prompt token on)
+    everywhere = ordinal_sweep(
+        tiny_llama, LengthJudge(), prompts[:1], vec, [0.0, 2.0], scale=1.5, max_new_tokens=5,
+        positions=tlsteer.Positions.all(),
+    )  # fmt: skip
+    alone = tlsteer.generate(tiny_llama, prompts[:1], vec.steering(3.0), max_new_tokens=5, chat=True)
+    assert everywhere.generations[1] == alone
 
 
 def test_ordinal_sweep_spearman_is_exact():

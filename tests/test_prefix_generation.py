@@ -14,7 +14,8 @@ from tlsteer.eval.prefix_generation import (
     perplexities_from_cache,
     prompt_cache,
 )
-from tlsteer.hooks import vector_edits
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize_prompts
 from tlsteer.vector import SteeringVector
 
@@ -30,12 +31,15 @@ def vec(model, seed, layer=1):
 def test_rows_equal_generate_tokens_alone(tiny, do_sample):
     ids = tokenize_prompts(tiny, PROMPTS)
     pc = prompt_cache(tiny, ids)
-    settings = [[], [(vec(tiny, 1), 3.0)], [(vec(tiny, 2), -2.0), (vec(tiny, 3, layer=0), 1.5)]]
+    last = Positions.last()
+    settings = [
+        Steering(),
+        Steering.from_vectors([(vec(tiny, 1), 3.0)], positions=last),
+        Steering.from_vectors([(vec(tiny, 2), -2.0), (vec(tiny, 3, layer=0), 1.5)], positions=last),
+    ]
     rows = [0, 1, 2, 3, 2, 0]
     seeds = [0, 1, 2, 3, 4, 5]
-    groups = [
-        RowGroup(tuple(rows), tuple(seeds), tuple(vector_edits(tiny, s)) if s else ()) for s in settings
-    ]
+    groups = [RowGroup(tuple(rows), tuple(seeds), s) for s in settings]
     got = generate_from_cache(
         tiny, pc, groups, max_new_tokens=6, do_sample=do_sample, temperature=0.8, max_rows=5
     )
@@ -48,7 +52,6 @@ def test_rows_equal_generate_tokens_alone(tiny, do_sample):
             do_sample=do_sample,
             temperature=0.8,
             seed=seeds,
-            last_token_only=True,
             stop_at_eos=True,
         )
         assert group == [list(t) for t in alone.new_tokens]
@@ -79,7 +82,16 @@ def test_hooks_are_removed_after_an_error(tiny_llama):
 
     with pytest.raises(RuntimeError, match="boom"):
         generate_from_cache(
-            tiny_llama, pc, [RowGroup((0,), (0,), (("blocks.1.hook_resid_post", broken),))], max_new_tokens=2
+            tiny_llama,
+            pc,
+            [
+                RowGroup(
+                    (0,),
+                    (0,),
+                    Steering.from_edits([("blocks.1.hook_resid_post", broken)], positions=Positions.last()),
+                )
+            ],
+            max_new_tokens=2,
         )
     assert not any(h.fwd_hooks for h in tiny_llama.hook_dict.values())
 
@@ -98,3 +110,22 @@ def test_bad_input_is_refused(tiny_llama):
         generate_from_cache(tiny_llama, pc, [RowGroup((0,), (0,))], max_new_tokens=0)
     with pytest.raises(ValueError, match="one prompt index per continuation"):
         perplexities_from_cache(tiny_llama, pc, [0], [[1], [2]])
+
+
+def test_a_row_group_takes_only_what_the_shared_cache_can_run(tiny_llama):
+    """The steering acts from each prompt's last token on, with no prompt prefix (the cache holds the
+    prompts as they are); the old tuple of (hook, edit) pairs is not a Steering."""
+    steering = Steering.from_vector(vec(tiny_llama, 1), 3.0, positions=Positions.last())
+    assert RowGroup((0,), (0,), steering).edits == steering.edits
+    assert RowGroup((0,), (0,)).steering == Steering() and RowGroup((0,), (0,), Steering()).edits == ()
+    for positions in (Positions.all(), Positions.start_at(2), Positions.at([1]), Positions.from_end(2)):
+        with pytest.raises(
+            ValueError, match=r"steers from each prompt's last token on \(Positions.last\(\)\)"
+        ):
+            RowGroup((0,), (0,), steering.at(positions))
+    with pytest.raises(ValueError, match="has a prompt prefix; .*generate it with tlsteer.generate_tokens"):
+        RowGroup((0,), (0,), steering + Steering.from_prompt("Be brief."))
+    with pytest.raises(ValueError, match="has a prompt prefix"):
+        RowGroup((0,), (0,), Steering.from_prompt("Be brief."))
+    with pytest.raises(TypeError, match="steering"):  # the library's check, or the runtime type check
+        RowGroup((0,), (0,), (("blocks.1.hook_resid_post", lambda a: a),))

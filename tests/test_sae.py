@@ -14,22 +14,21 @@ from sae_lens.saes.sae import SAEMetadata
 import tlsteer
 from tests.conftest import count_hooks
 from tests.conftest import step_logits as generate_steps
-from tlsteer import ContrastPair, ContrastSet
+from tlsteer import ContrastPair, ContrastSet, Positions, Steering
 from tlsteer.sae import (
     FeatureVector,
     encode,
     encode_steering_vector,
     feature_edit,
+    feature_steering,
     feature_vector,
     inspect_feature,
     load_sae,
-    patch_features,
     plot_feature_vector,
     raw_vector,
     sae_fingerprint,
     sae_hook_name,
     sae_quality,
-    steer_features,
 )
 
 HOOK = "blocks.1.hook_resid_post"
@@ -42,12 +41,12 @@ PAIRS = [
 ]
 TEXTS = ["The cat sat on the mat.", "Rain again", "Numbers: 1 2 3 4 5 6", "ok"]
 MODES = {
-    "all": {},
-    "from": {"min_token_index": 9},
-    "explicit": {"token_positions": [3, 10, 12]},
-    "last": {"last_token_only": True},
+    "all": Positions.all(),
+    "from": Positions.start_at(9),
+    "explicit": Positions.at([3, 10, 12]),
+    "last": Positions.last(),
 }
-GEN_MODES = {**MODES, "from": {"min_token_index": 6}, "explicit": {"token_positions": [1, 3, 5, 8]}}
+GEN_MODES = {**MODES, "from": Positions.start_at(6), "explicit": Positions.at([1, 3, 5, 8])}
 
 
 def random_sae(kind="standard", seed=0, d_in=32, hook=HOOK, **cfg):
@@ -134,7 +133,7 @@ def test_saes_that_do_not_fit_the_model_are_refused(tiny_llama):
     with pytest.raises(KeyError, match=r"layer 9 is out of range \(4 layers, valid: 0..3\)"):
         encode(model, random_sae(hook="blocks.9.hook_resid_post"), PROMPTS)
     with pytest.raises(ValueError, match="has no hook name"):
-        steer_features(model, random_sae(hook=None), [1], values=1.0).__enter__()
+        feature_steering(model, random_sae(hook=None), [1], values=1.0)
     with pytest.raises(ValueError, match=r"normalize_activations='layer_norm'"):
         encode(model, random_sae(normalize_activations="layer_norm"), PROMPTS)
     with pytest.raises(TypeError, match="expected a sae-lens SAE .* lacking encode, decode, W_dec"):
@@ -319,7 +318,7 @@ def test_decoder_that_rescales_by_its_norms_is_measured_through_decode(tiny_llam
     torch.testing.assert_close(fv.to_steering_vector(sae)[HOOK], expected[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected[0], fv.values @ sae.W_dec.detach(), atol=1e-3)
     h = resid(tiny_llama, PROMPT)
-    with steer_features(tiny_llama, sae, [2, 7], "clamp", values=[3.0, 0.0]):
+    with feature_steering(tiny_llama, sae, [2, 7], "clamp", values=[3.0, 0.0]).apply(tiny_llama):
         edited = resid(tiny_llama, PROMPT)
     with torch.no_grad():
         f = sae.encode(h)
@@ -412,7 +411,7 @@ def test_clamp_keeps_the_other_features_contribution(tiny_llama, sae):
     model = tiny_llama
     ids, values = [2, 7, 40], torch.tensor([3.0, 0.0, 1.5])
     h = resid(model, PROMPT)
-    with steer_features(model, sae, ids, "clamp", values=values):
+    with feature_steering(model, sae, ids, "clamp", values=values).apply(model):
         edited = resid(model, PROMPT)
     w = sae.W_dec.detach()[ids]
     f = enc(sae, h)
@@ -432,13 +431,13 @@ def test_add_zero_and_scale_one_leave_the_output_unchanged(tiny_llama, sae):
     tokens = tokens_of(model)
     plain = model(tokens)
     for mode, value in (("add", 0.0), ("scale", 1.0)):
-        with steer_features(model, sae, [1, 5, 9], mode, values=value):
+        with feature_steering(model, sae, [1, 5, 9], mode, values=value).apply(model):
             assert torch.equal(model(tokens), plain)
-    with steer_features(model, sae, [1, 5, 9], "scale", values=0.0):
+    with feature_steering(model, sae, [1, 5, 9], "scale", values=0.0).apply(model):
         h = resid(model, PROMPT)
     ref = resid(model, PROMPT) - enc(sae, resid(model, PROMPT))[:, [1, 5, 9]] @ sae.W_dec.detach()[[1, 5, 9]]
     torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
-    with steer_features(model, sae, [1, 5], "add", values=[2.0, -1.0]):
+    with feature_steering(model, sae, [1, 5], "add", values=[2.0, -1.0]).apply(model):
         added = resid(model, PROMPT)
     delta = torch.tensor([2.0, -1.0]) @ sae.W_dec.detach()[[1, 5]]
     torch.testing.assert_close(added, resid(model, PROMPT) + delta, atol=1e-5, rtol=1e-5)
@@ -448,7 +447,7 @@ def test_feature_vector_steering_equals_its_steering_vector(tiny_llama, standard
     model, sae = tiny_llama, standard_sae
     fv = feature_vector(model, sae, PAIRS).top_k(10)
     tokens = tokens_of(model)
-    with steer_features(model, sae, fv, multiplier=-0.5, min_token_index=4):
+    with feature_steering(model, sae, fv, multiplier=-0.5, positions=Positions.start_at(4)).apply(model):
         got = model(tokens)
     with fv.to_steering_vector(sae).apply(model, -0.5, min_token_index=4):
         ref = model(tokens)
@@ -465,14 +464,74 @@ def test_feature_vector_steering_equals_its_steering_vector(tiny_llama, standard
         ValueError, match=r"the FeatureVector is at 'blocks.1.hook_resid_post', not at hook_name="
     ):
         feature_edit(bare, bare_fv, hook_name="blocks.2.hook_resid_post")
-    with steer_features(model, bare, bare_fv, multiplier=-0.5, min_token_index=4):
+    with feature_steering(model, bare, bare_fv, multiplier=-0.5, positions=Positions.start_at(4)).apply(
+        model
+    ):
         torch.testing.assert_close(model(tokens), got, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_steer_features_cache_on_equals_off_per_step(tiny, standard_sae, mode):
+def test_feature_steering_applies_the_feature_edit_at_its_positions(tiny_llama, sae, mode):
+    """feature_steering(...).apply(model) is what steer_features was: the logits of the feature edit
+    applied by hand, at the chosen positions only; .patch(model) gives the same."""
+    model = tiny_llama
+    tokens = tokens_of(model)
+    n = tokens.shape[1]
+    columns = {"all": list(range(n)), "from": list(range(9, n)), "explicit": [3, 10, 12], "last": [n - 1]}[
+        mode
+    ]
+    ids, values = [2, 7, 40], [3.0, 0.0, 1.5]
+    edit = feature_edit(sae, ids, "clamp", values=values)
+
+    def by_hand(act, hook):
+        out = act.clone()
+        out[:, columns] = act[:, columns] + edit(act[:, columns])
+        return out
+
+    steering = feature_steering(model, sae, ids, "clamp", values=values, positions=MODES[mode])
+    assert steering.hook_names == (HOOK,) and steering.positions == MODES[mode] and not steering.prefix
+    with torch.no_grad():
+        ref = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, by_hand)])
+        with steering.apply(model):
+            got = model(tokens)
+        handle = steering.patch(model)
+        try:
+            patched = model(tokens)
+        finally:
+            handle.remove()
+        plain = model(tokens)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(patched, got)
+    assert (got - plain).abs().max() > 1e-2
+    steered_columns = (got - plain).abs().amax(-1)[0] > 0
+    assert steered_columns[: min(columns)].sum() == 0  # nothing before the first steered position moved
+
+
+def test_a_feature_vector_steering_is_made_for_its_model(tiny_llama, tiny_gpt2, standard_sae):
+    fv = feature_vector(tiny_llama, standard_sae, PAIRS).top_k(10)
+    steering = feature_steering(tiny_llama, standard_sae, fv, multiplier=2.0)
+    assert steering.model_name == fv.model_name == "tiny-llama"
+    assert feature_steering(tiny_llama, standard_sae, [1], values=1.0).model_name == ""  # ids: any model
+    tokens = tokens_of(tiny_gpt2)
+    with pytest.raises(ValueError, match="made for model 'tiny-llama' but this model is 'tiny-gpt2'"):
+        steering.apply(tiny_gpt2).__enter__()
+    with torch.no_grad(), steering.apply(tiny_gpt2, check_model=False):
+        forced = tiny_gpt2(tokens)
+    with (
+        torch.no_grad(),
+        feature_steering(tiny_gpt2, standard_sae, fv, multiplier=2.0).apply(tiny_gpt2, check_model=False),
+    ):
+        again = tiny_gpt2(tokens)
+    assert torch.equal(forced, again) and (forced - tiny_gpt2(tokens)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_feature_steering_cache_on_equals_off_per_step(tiny, standard_sae, mode):
     tokens = tokens_of(tiny)
-    with steer_features(tiny, standard_sae, [3, 17, 30], "clamp", values=[6.0, 0.0, 4.0], **MODES[mode]):
+    steering = feature_steering(
+        tiny, standard_sae, [3, 17, 30], "clamp", values=[6.0, 0.0, 4.0], positions=MODES[mode]
+    )
+    with steering.apply(tiny):
         cached = step_logits(tiny, tokens, True)
         full = step_logits(tiny, tokens, False)
     plain = step_logits(tiny, tokens, True)
@@ -485,11 +544,12 @@ def test_steer_features_cache_on_equals_off_per_step(tiny, standard_sae, mode):
 def test_batched_generation_rows_equal_alone(tiny_llama, standard_sae, mode):
     model = tiny_llama
     edits = [(HOOK, feature_edit(standard_sae, [3, 17], "scale", values=[4.0, 0.0]))]
-    kwargs = dict(max_new_tokens=6, chat=True, stop_at_eos=False, keep_logits=True, **GEN_MODES[mode])
-    out = tlsteer.generate_tokens(model, PROMPTS, edits=edits, batch_size=3, **kwargs)
+    steering = Steering.from_edits(edits, positions=GEN_MODES[mode])
+    kwargs = dict(max_new_tokens=6, chat=True, stop_at_eos=False, keep_logits=True)
+    out = tlsteer.generate_tokens(model, PROMPTS, steering, batch_size=3, **kwargs)
     plain = tlsteer.generate_tokens(model, PROMPTS, batch_size=3, **kwargs)
     for i, prompt in enumerate(PROMPTS):
-        alone = tlsteer.generate_tokens(model, [prompt], edits=edits, **kwargs)
+        alone = tlsteer.generate_tokens(model, [prompt], steering, **kwargs)
         assert (out.step_logits[i] - alone.step_logits[0]).abs().max() <= 1e-4
     moved = max(float((a - b).abs().max()) for a, b in zip(out.step_logits, plain.step_logits, strict=True))
     assert moved > 1e-2
@@ -497,12 +557,17 @@ def test_batched_generation_rows_equal_alone(tiny_llama, standard_sae, mode):
 
 def test_hooks_are_removed_after_an_exception_and_by_the_handle(tiny_llama, standard_sae):
     model = tiny_llama
-    with pytest.raises(RuntimeError, match="boom"), steer_features(model, standard_sae, [1], values=2.0):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        feature_steering(model, standard_sae, [1], values=2.0).apply(model),
+    ):
         assert count_hooks(model) > 0
         model(tokens_of(model))
         raise RuntimeError("boom")
     assert count_hooks(model) == 0
-    handle = patch_features(model, standard_sae, [1, 2], "clamp", values=0.0, last_token_only=True)
+    handle = feature_steering(
+        model, standard_sae, [1, 2], "clamp", values=0.0, positions=Positions.last()
+    ).patch(model)
     assert count_hooks(model) > 0
     handle.remove()
     assert count_hooks(model) == 0
@@ -537,8 +602,8 @@ def hand_made_for(sae):
 
 def test_sweep_engine_takes_a_feature_edit(tiny_llama, standard_sae):
     from tlsteer.data import ABItem
-    from tlsteer.eval.ab import ab_prompt_ids, score_logits, tokens_after_question
-    from tlsteer.eval.cached import Setting, cached_ab_scores
+    from tlsteer.eval.ab import ab_prompt_ids, question_end, score_logits, tokens_after_question
+    from tlsteer.eval.cached import cached_ab_scores
     from tlsteer.tokens import left_pad
 
     model = tiny_llama
@@ -547,13 +612,20 @@ def test_sweep_engine_takes_a_feature_edit(tiny_llama, standard_sae):
         ABItem("A longer question about cats?\n\nChoices:\n (A) cats\n (B) dogs", "(B)", "(A)"),
     ]
     edit = feature_edit(standard_sae, [3, 17], "clamp", values=[6.0, 0.0])
-    (got,) = cached_ab_scores(model, items, [Setting(HOOK, edit=edit)], batch_size=2)
+    steering = Steering.from_edits([(HOOK, edit)], positions=question_end(model))
+    by_name = feature_steering(
+        model, standard_sae, [3, 17], "clamp", values=[6.0, 0.0], positions=question_end(model)
+    )
+    got, again = cached_ab_scores(model, items, [steering, by_name], batch_size=2)
+    assert [s.logit_diff for s in again] == pytest.approx([s.logit_diff for s in got], abs=1e-5)
     n_after = tokens_after_question(model)
     for item, ids, score in zip(items, ab_prompt_ids(model, items), got, strict=True):
         tokens, _ = left_pad(model, [ids])
         with (
             torch.no_grad(),
-            tlsteer.apply_edits(model, [(HOOK, edit)], min_token_index=tokens.shape[1] - n_after - 1),
+            Steering.from_edits(
+                [(HOOK, edit)], positions=Positions.start_at(tokens.shape[1] - n_after - 1)
+            ).apply(model),
         ):
             (ref,) = score_logits(model, model(tokens)[:, -1], [item])
         assert abs(score.logit_diff - ref.logit_diff) <= 1e-3

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import tlsteer
+from tlsteer import Positions, Steering
 from tlsteer.data import ABItem
-from tlsteer.eval.ab import ab_scores
-from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.ab import ab_scores, question_end
+from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.eval.shared_attention import shared_attention_unsupported
 from tlsteer.eval.sweeps import sweep_items
 
@@ -27,6 +28,20 @@ def direction(model, seed):
     return 3.0 * d / d.norm()
 
 
+def setting(model, hook, direction=None, multiplier=1.0, edit=None):
+    """What the old ``Setting(hook, direction, multiplier)`` / ``Setting(hook, edit=edit)`` is now: one
+    edit at one hook, acting from the end of the question."""
+    if edit is not None:
+        return Steering.from_edits([(hook, edit)], positions=question_end(model))
+    return Steering.from_vector({hook: direction}, multiplier, positions=question_end(model))
+
+
+def full_scores(model, items, hook, direction, multiplier, **kwargs):
+    """ab_scores with the same steering (the unsteered run at multiplier 0, as before)."""
+    steering = setting(model, hook, direction, multiplier) if multiplier else None
+    return ab_scores(model, items, steering, outside_ab="zero", **kwargs)
+
+
 @pytest.mark.parametrize(("attention", "share_head"), [("shared", True), ("shared", False), ("repeat", True)])
 @pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1), (4, 7)])
 def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share_head):
@@ -38,13 +53,13 @@ def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share
         "blocks.2.hook_resid_mid",
     ]
     dirs = {h: direction(tiny, i) for i, h in enumerate(hooks)}
-    settings = [Setting(h, dirs[h], m) for h in hooks for m in (-2.0, 0.0, 1.5)]
+    specs = [(h, dirs[h], m) for h in hooks for m in (-2.0, 0.0, 1.5)]
     # two directions at one hook, and settings out of layer order
-    settings += [Setting(hooks[0], direction(tiny, 9), 2.5), Setting(hooks[3], dirs[hooks[3]], -1.0)]
+    specs += [(hooks[0], direction(tiny, 9), 2.5), (hooks[3], dirs[hooks[3]], -1.0)]
     cached = cached_ab_scores(
         tiny,
         ITEMS,
-        settings,
+        [setting(tiny, *spec) for spec in specs],
         outside_ab="zero",
         batch_size=batch_size,
         max_rows=max_rows,
@@ -53,15 +68,8 @@ def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share
     )
     moved = 0.0
     baseline = ab_scores(tiny, ITEMS, outside_ab="zero")
-    for setting, got in zip(settings, cached, strict=True):
-        vec = tlsteer.SteeringVector({setting.hook: setting.direction})
-        full = ab_scores(
-            tiny,
-            ITEMS,
-            [(vec, setting.multiplier)] if setting.multiplier else [],
-            batch_size=2,
-            outside_ab="zero",
-        )
+    for spec, got in zip(specs, cached, strict=True):
+        full = full_scores(tiny, ITEMS, *spec, batch_size=2)
         for a, b, base in zip(got, full, baseline, strict=True):
             assert abs(a.p_matching - b.p_matching) <= 1e-4
             assert abs(a.letter_mass - b.letter_mass) <= 1e-4
@@ -84,25 +92,30 @@ def test_sweep_items_engines_agree(tiny_llama):
 def test_engine_errors(tiny_llama):
     vec = tlsteer.SteeringVector({"blocks.1.hook_resid_post": direction(tiny_llama, 0)})
     with pytest.raises(
-        ValueError, match="steer_all_positions=True steers the whole prompt; use engine='full'"
+        ValueError, match=r"the cached engine steers from the end of the question; .*needs engine='full'"
     ):
-        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], steer_all_positions=True, outside_ab="zero")
+        sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], positions=Positions.all(), outside_ab="zero")
     with pytest.raises(ValueError, match="engine must be 'cached' or 'full', got 'fast'"):
         sweep_items(tiny_llama, ITEMS, vec, [1], [1.0], engine="fast", outside_ab="zero")
     with pytest.raises(
         ValueError, match=r"vector has d_model=3 at 'blocks.1.hook_resid_post' but model.cfg.d_model=32"
     ):
         cached_ab_scores(
-            tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(3), 1.0)], outside_ab="zero"
+            tiny_llama,
+            ITEMS,
+            [setting(tiny_llama, "blocks.1.hook_resid_post", torch.ones(3))],
+            outside_ab="zero",
         )
     with pytest.raises(ValueError, match="multiplier must be finite"):
         cached_ab_scores(
-            tiny_llama, ITEMS, [Setting("blocks.1.hook_resid_post", torch.ones(32), float("nan"))]
+            tiny_llama, ITEMS, [setting(tiny_llama, "blocks.1.hook_resid_post", torch.ones(32), float("nan"))]
         )
 
 
 def test_auto_attention_falls_back_when_attention_is_hooked(tiny_llama):
-    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_llama, 0), m) for m in (-1.0, 2.0)]
+    settings = [
+        setting(tiny_llama, "blocks.1.hook_resid_post", direction(tiny_llama, 0), m) for m in (-1.0, 2.0)
+    ]
     seen = []
 
     def record(act, hook):
@@ -125,7 +138,7 @@ def test_auto_attention_falls_back_when_attention_is_hooked(tiny_llama):
 
 def test_shared_attention_refuses_unsupported_models(tiny_gpt2):
     assert shared_attention_unsupported(tiny_gpt2) is None
-    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_gpt2, 0), 1.0)]
+    settings = [setting(tiny_gpt2, "blocks.1.hook_resid_post", direction(tiny_gpt2, 0), 1.0)]
     tiny_gpt2.set_use_attn_result(True)
     try:
         assert shared_attention_unsupported(tiny_gpt2) == "use_attn_result=True"
@@ -144,7 +157,7 @@ def test_shared_attention_refuses_unsupported_models(tiny_gpt2):
 
 
 def test_shared_attention_restores_attention_after_an_error(tiny_llama):
-    settings = [Setting("blocks.1.hook_resid_post", direction(tiny_llama, 0), 1.0)]
+    settings = [setting(tiny_llama, "blocks.1.hook_resid_post", direction(tiny_llama, 0), 1.0)]
 
     def boom(act, hook):
         raise RuntimeError("boom")
@@ -165,7 +178,8 @@ def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
     calls = []
     real = engine.head_cache
     monkeypatch.setattr(engine, "head_cache", lambda *a: calls.append(len(a[1])) or real(*a))
-    settings = [Setting("blocks.2.hook_resid_post", direction(tiny, 1), m) for m in (-2.0, 0.0, 2.0)]
+    specs = [("blocks.2.hook_resid_post", direction(tiny, 1), m) for m in (-2.0, 0.0, 2.0)]
+    settings = [setting(tiny, *spec) for spec in specs]
     with_head = cached_ab_scores(tiny, items, settings, batch_size=2, attention="shared", outside_ab="zero")
     assert len(calls) == 1 and calls[0] >= 24  # the template's header and the preamble, once for 3 batches
     without = cached_ab_scores(
@@ -173,11 +187,8 @@ def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
     )
     assert len(calls) == 1
     assert all(p.is_contiguous() for p in tiny.parameters())
-    for setting, a_row, b_row in zip(settings, with_head, without, strict=True):
-        vec = tlsteer.SteeringVector({setting.hook: setting.direction})
-        full = ab_scores(
-            tiny, items, [(vec, setting.multiplier)] if setting.multiplier else [], outside_ab="zero"
-        )
+    for spec, a_row, b_row in zip(specs, with_head, without, strict=True):
+        full = full_scores(tiny, items, *spec)
         for a, b, f in zip(a_row, b_row, full, strict=True):
             assert abs(a.p_matching - f.p_matching) <= 1e-4 and abs(b.p_matching - f.p_matching) <= 1e-4
             assert a.logit_diff == pytest.approx(f.logit_diff, abs=1e-4, nan_ok=True)
@@ -196,45 +207,91 @@ def clamp_edit(direction):
 @pytest.mark.parametrize("attention", ["shared", "repeat"])
 def test_engine_sweeps_non_additive_edits_like_a_full_forward(tiny, attention):
     from tlsteer.eval.ab import ab_prompt_ids, score_logits, tokens_after_question
+    from tlsteer.hooks import direction_edit
     from tlsteer.tokens import left_pad
 
     items = ITEMS[:4]
-    settings = [
-        Setting("blocks.1.hook_resid_post", edit=clamp_edit(direction(tiny, 1))),
-        Setting("blocks.2.hook_resid_post", direction(tiny, 2), 1.5),
-        Setting("blocks.2.hook_resid_mid", edit=lambda act: -0.5 * act),
-        Setting("blocks.1.hook_resid_post", direction(tiny, 3), 0.0),
+    specs = [  # (hook, direction, multiplier, edit)
+        ("blocks.1.hook_resid_post", None, None, clamp_edit(direction(tiny, 1))),
+        ("blocks.2.hook_resid_post", direction(tiny, 2), 1.5, None),
+        ("blocks.2.hook_resid_mid", None, None, lambda act: -0.5 * act),
+        ("blocks.1.hook_resid_post", direction(tiny, 3), 0.0, None),
     ]
+    settings = [setting(tiny, hook, d, m, edit=e) for hook, d, m, e in specs]
     got = cached_ab_scores(tiny, items, settings, batch_size=3, attention=attention)
     ids = ab_prompt_ids(tiny, items)
     n_after = tokens_after_question(tiny)
     baseline = None
-    for setting, scores in zip(settings, got, strict=True):
-        edit = setting.edit or tlsteer.direction_edit(setting.direction, setting.multiplier)
+    for (hook, d, m, e), scores in zip(specs, got, strict=True):
+        edit = e or direction_edit(d, m)
         ref = []
         for item, item_ids in zip(items, ids, strict=True):  # one item at a time, full forward
             tokens, mask = left_pad(tiny, [item_ids])
             first = tokens.shape[1] - n_after - 1
-            with torch.no_grad(), tlsteer.apply_edits(tiny, [(setting.hook, edit)], min_token_index=first):
+            by_hand = Steering.from_edits([(hook, edit)], positions=Positions.start_at(first))
+            with torch.no_grad(), by_hand.apply(tiny):
                 logits = tiny(tokens)[:, -1]
             ref += score_logits(tiny, logits, [item])
         for a, b in zip(scores, ref, strict=True):
             assert abs(a.p_matching - b.p_matching) <= 1e-4 and abs(a.logit_diff - b.logit_diff) <= 1e-3
-        if setting.is_baseline:
+        if e is None and m == 0:
             baseline = scores
     assert baseline is not None
     assert max(abs(a.logit_diff - b.logit_diff) for a, b in zip(got[0], baseline, strict=True)) > 1e-2
 
 
-def test_setting_needs_a_direction_or_an_edit():
-    with pytest.raises(ValueError, match="needs a direction .* or an edit, not neither"):
-        Setting("blocks.1.hook_resid_post")
-    with pytest.raises(ValueError, match="not both"):
-        Setting("blocks.1.hook_resid_post", torch.ones(2), 1.0, edit=lambda a: a)
+def test_each_steering_is_the_baseline_or_one_edit_at_one_hook(tiny_llama):
+    """What replaced Setting's checks: Steering() is the unsteered baseline (Setting refused neither
+    direction nor edit); a direction and an edit together (Setting refused both) are two edits,
+    refused naming ab_scores; a non-finite direction is refused."""
+    hook = "blocks.1.hook_resid_post"
+    (baseline,) = cached_ab_scores(tiny_llama, ITEMS[:2], [Steering()])
+    for a, b in zip(baseline, ab_scores(tiny_llama, ITEMS[:2]), strict=True):
+        assert abs(a.p_matching - b.p_matching) <= 1e-4 and abs(a.logit_diff - b.logit_diff) <= 1e-4
+    both = setting(tiny_llama, hook, torch.ones(32)) + setting(tiny_llama, hook, edit=lambda a: a)
+    with pytest.raises(
+        ValueError, match=r"one edit at one hook per steering; .* has 2: score it with .*ab_scores"
+    ):
+        cached_ab_scores(tiny_llama, ITEMS[:2], [both])
     bad = torch.ones(32)
     bad[0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
-        cached_ab_scores(make_tiny(), ITEMS[:2], [Setting("blocks.1.hook_resid_post", bad, 1.0)])
+        cached_ab_scores(make_tiny(), ITEMS[:2], [setting(tiny_llama, hook, bad)])
+
+
+def test_steerings_the_engine_cannot_share_are_refused_naming_ab_scores(tiny_llama, monkeypatch):
+    import tlsteer.eval.cached as engine
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the steerings were checked")
+
+    monkeypatch.setattr(engine, "left_pad", no_forward)
+    hook = "blocks.1.hook_resid_post"
+    d = direction(tiny_llama, 0)
+    good = setting(tiny_llama, hook, d, 1.0)
+    two_vectors = Steering.from_vectors(
+        [({hook: d}, 1.0), ({"blocks.2.hook_resid_post": d}, 1.0)], positions=question_end(tiny_llama)
+    )
+    cases = [
+        (
+            good + Steering.from_prompt("Be honest."),
+            r"with a prompt prefix; score it with tlsteer.eval.ab_scores",
+        ),
+        (two_vectors, r"one edit at one hook per steering; .* has 2: score it with tlsteer.eval.ab_scores"),
+        (good.at(Positions.all()), r"acts at every position: .*or score it with tlsteer.eval.ab_scores"),
+        (good.at(Positions.last()), r"acts at last prompt token onward: .*tlsteer.eval.ab_scores"),
+        (good.at(Positions.start_at(3)), r"acts at from 3: .*tlsteer.eval.ab_scores"),
+        (good.at(Positions.from_end(2)), r"acts at last 2 prompt tokens onward: .*tlsteer.eval.ab_scores"),
+    ]
+    for steering, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cached_ab_scores(tiny_llama, ITEMS, [good, steering], outside_ab="zero")
+    with pytest.raises(TypeError, match="Steering"):  # the library's check, or the runtime type check
+        cached_ab_scores(tiny_llama, ITEMS, [good, (hook, d, 1.0)], outside_ab="zero")
+    with pytest.raises(ValueError, match="no steerings to score"):
+        cached_ab_scores(tiny_llama, ITEMS, [], outside_ab="zero")
+    with pytest.raises((TypeError, ValueError), match="steerings"):  # one Steering, not a list
+        cached_ab_scores(tiny_llama, ITEMS, good, outside_ab="zero")
 
 
 def make_tiny():

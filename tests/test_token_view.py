@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 import tlsteer
 from tests.test_sae import random_sae
-from tlsteer import SteeringVector, VectorMetadata
+from tlsteer import Positions, Steering, SteeringVector, VectorMetadata
 from tlsteer.eval.token_view import TokenView, byte_level_bytes, feature_token_view, token_text, token_view
 from tlsteer.eval.token_view_render import split_characters, token_bytes, token_label, token_segments
 from tlsteer.sae import feature_edit
@@ -59,7 +59,7 @@ def fd(sae):
 @pytest.mark.parametrize("layer", [None, 2])
 def test_projection_equals_hand_computed_run_with_cache_projection(tiny, layer):
     vec = make_vector(tiny, layers=(1, 2))
-    view = token_view(tiny, vec, PROMPT, 3.0, max_new_tokens=5, layer=layer, min_token_index=4)
+    view = token_view(tiny, vec, PROMPT, 3.0, max_new_tokens=5, layer=layer, positions=Positions.start_at(4))
     hook = f"blocks.{layer or 1}.hook_resid_post"
     assert view.hook_name == hook
     _, base, _, steered = steered_reference(tiny, vec, 3.0, list(view.token_ids), hook, 4)
@@ -72,7 +72,7 @@ def test_projection_equals_hand_computed_run_with_cache_projection(tiny, layer):
 def test_kl_is_zero_before_steering_starts_and_equals_the_reference_after(tiny):
     vec = make_vector(tiny)
     start = 7
-    view = token_view(tiny, vec, PROMPT, 4.0, max_new_tokens=6, min_token_index=start)
+    view = token_view(tiny, vec, PROMPT, 4.0, max_new_tokens=6, positions=Positions.start_at(start))
     base_logits, _, logits, _ = steered_reference(tiny, vec, 4.0, list(view.token_ids), HOOK, start)
     reference = torch.nn.functional.kl_div(  # kl_div(log q, log p) = KL(p || q): KL(unsteered || steered)
         logits.double().log_softmax(-1),
@@ -97,14 +97,15 @@ def test_multiplier_zero_gives_zero_kl_and_the_unsteered_projection(tiny_llama):
 def test_generated_tokens_are_the_greedy_steered_continuation(tiny, chat):
     vec = make_vector(tiny)
     start = 3
-    view = token_view(tiny, vec, PROMPT, 5.0, max_new_tokens=8, chat=chat, min_token_index=start)
-    out = tlsteer.generate_tokens(
-        tiny, [PROMPT], [(vec, 5.0)], max_new_tokens=8, chat=chat, min_token_index=start
+    view = token_view(
+        tiny, vec, PROMPT, 5.0, max_new_tokens=8, chat=chat, positions=Positions.start_at(start)
     )
+    steering = vec.steering(5.0, positions=Positions.start_at(start))
+    out = tlsteer.generate_tokens(tiny, [PROMPT], steering, max_new_tokens=8, chat=chat)
     n = len(out.prompt_tokens[0])
     assert view.token_ids == out.prompt_tokens[0] + out.new_tokens[0]
     assert view.n_prompt == n and view.generated == (False,) * n + (True,) * (len(view.tokens) - n)
-    text = tlsteer.generate(tiny, [PROMPT], [(vec, 5.0)], max_new_tokens=8, chat=chat, min_token_index=start)
+    text = tlsteer.generate(tiny, [PROMPT], steering, max_new_tokens=8, chat=chat)
     assert tiny.tokenizer.decode(list(view.token_ids[n:]), skip_special_tokens=True) == text[0]
     assert view.tokens == tuple(tiny.tokenizer.decode([i]) for i in view.token_ids)
     # teacher-forced, the steered forward picks the same tokens as KV-cached generation did
@@ -130,8 +131,9 @@ def test_feature_activations_equal_sae_encode_of_the_cached_residual(tiny_llama,
 
 def test_feature_view_under_steering_reads_the_steered_residual(tiny_llama, sae, fd):
     vec = make_vector(tiny_llama)
-    base_view = token_view(tiny_llama, vec, PROMPT, 4.0, max_new_tokens=5, min_token_index=5)
-    view = feature_token_view(tiny_llama, fd, 9, base_view, vectors=[(vec, 4.0)], min_token_index=5)
+    base_view = token_view(tiny_llama, vec, PROMPT, 4.0, max_new_tokens=5, positions=Positions.start_at(5))
+    steering = vec.steering(4.0, positions=Positions.start_at(5))
+    view = feature_token_view(tiny_llama, fd, 9, base_view, steering)
     assert view.token_ids == base_view.token_ids and view.generated == base_view.generated
     _, base, _, steered = steered_reference(tiny_llama, vec, 4.0, list(view.token_ids), HOOK, 5)
     torch.testing.assert_close(
@@ -141,16 +143,19 @@ def test_feature_view_under_steering_reads_the_steered_residual(tiny_llama, sae,
         torch.tensor(view.unsteered_activations[0]), sae.encode(base)[:, 9], atol=1e-5, rtol=1e-5
     )
     assert view.kl == pytest.approx(base_view.kl, abs=1e-9)
-    assert "random x 4" in view.steering
+    # the view names the steering as the Steering value does (a Steering keeps no vector note)
+    assert view.steering == repr(steering) and HOOK in view.steering and "from 5" in view.steering
+    assert view.min_token_index == 5
 
 
 def test_feature_view_generates_under_a_feature_edit(tiny_llama, sae, fd):
     edit = feature_edit(sae, [5], "clamp", values=6.0)
-    view = feature_token_view(tiny_llama, fd, [5], PROMPT, edits=[(HOOK, edit)], max_new_tokens=6)
-    out = tlsteer.generate_tokens(tiny_llama, [PROMPT], edits=[(HOOK, edit)], max_new_tokens=6)
+    steering = Steering.from_edits([(HOOK, edit)])
+    view = feature_token_view(tiny_llama, fd, [5], PROMPT, steering, max_new_tokens=6)
+    out = tlsteer.generate_tokens(tiny_llama, [PROMPT], steering, max_new_tokens=6)
     assert view.token_ids == out.prompt_tokens[0] + out.new_tokens[0]
     assert sum(view.generated) == len(out.new_tokens[0]) and min(view.kl) > 0
-    assert view.steering == f"edit at {HOOK}"
+    assert view.steering == repr(steering) == f"Steering(1 edit(s) at {HOOK}; every position)"
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -199,7 +204,9 @@ def test_token_segments_and_labels_make_whitespace_visible():
 
 
 def test_plot_draws_one_bar_per_token_in_two_aligned_panels(tiny_llama, tmp_path):
-    view = token_view(tiny_llama, make_vector(tiny_llama), PROMPT, 3.0, max_new_tokens=5, min_token_index=4)
+    view = token_view(
+        tiny_llama, make_vector(tiny_llama), PROMPT, 3.0, max_new_tokens=5, positions=Positions.start_at(4)
+    )
     fig = view.plot(tmp_path / "view.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     for ax, values in zip(fig.axes, (view.projection, view.kl), strict=True):
@@ -221,7 +228,9 @@ def test_an_attention_sink_at_token_0_does_not_set_the_scale():
 
 def test_feature_view_renders_a_strip_and_a_panel_per_feature(tiny_llama, sae, fd, tmp_path):
     vec = make_vector(tiny_llama)
-    view = feature_token_view(tiny_llama, fd, [1, 2], PROMPT, vectors=[(vec, 2.0)], min_token_index=3)
+    view = feature_token_view(
+        tiny_llama, fd, [1, 2], PROMPT, vec.steering(2.0, positions=Positions.start_at(3))
+    )
     page = view.to_html()
     assert page.count('class="strip"') == 2
     assert len(re.findall(r'<span class="tok[ "]', page)) == 2 * len(view.tokens)
@@ -252,20 +261,23 @@ def test_bad_inputs_name_the_value_and_what_is_valid(tiny_llama, sae):
         (dict(multiplier="2"), TypeError, "multiplier must be a real number"),
         (dict(layer=3), ValueError, r"layer=3 is not a layer of this vector; its layers: \[1\]"),
         (dict(layer="blocks.0.hook_resid_post"), ValueError, "not in this vector; its hooks"),
-        (dict(layer=1.0), TypeError, "layer must be an int"),
+        (dict(layer=1.0), TypeError, "layer must be an int|parameter 'layer'"),  # or the runtime type check
         (
             dict(vector={HOOK: torch.ones(32)}),
             TypeError,
             r"SteeringVector, got dict; wrap .* SteeringVector\(",
         ),
         (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be an int >= 0"),
-        (dict(chat="yes"), TypeError, "chat must be True or False, got 'yes'"),
-        (dict(min_token_index=-2), ValueError, "min_token_index=-2 is negative"),
+        (dict(chat="yes"), TypeError, "chat must be True or False, got 'yes'|parameter 'chat'"),
+        (dict(positions=Positions.last()), ValueError, r"steers every position or from an index on"),
+        (dict(positions=Positions.at([2, 4])), ValueError, r"from an index on .*got at \[2, 4\]"),
     ]
     for kwargs, kind, message in cases:
         args = {"vector": vec, "prompt": PROMPT, "multiplier": 1.0, "max_new_tokens": 2, **kwargs}
         with pytest.raises(kind, match=message):
             token_view(tiny_llama, **args)
+    with pytest.raises(ValueError, match="min_token_index=-2 is negative"):
+        token_view(tiny_llama, vec, PROMPT, 1.0, positions=Positions.start_at(-2))
     zero = SteeringVector({HOOK: torch.zeros(32)})
     with pytest.raises(ValueError, match="direction at 'blocks.1.hook_resid_post' is zero"):
         token_view(tiny_llama, zero, PROMPT, 1.0)
@@ -296,6 +308,22 @@ def test_bad_feature_view_inputs(tiny_llama, sae, fd):
         feature_token_view(tiny_llama, sae, 1, PROMPT)
 
 
+def test_views_refuse_a_vector_made_for_another_model_unless_check_model_is_false(tiny_llama, fd):
+    other = SteeringVector({HOOK: make_vector(tiny_llama)[HOOK]}, VectorMetadata(model_name="other-model"))
+    anonymous = SteeringVector({HOOK: other[HOOK]})
+    refused = "made for model 'other-model' but this model is 'tiny-llama'; pass check_model=False"
+    with pytest.raises(ValueError, match=refused):
+        token_view(tiny_llama, other, PROMPT, 2.0, max_new_tokens=3)
+    assert token_view(tiny_llama, other, PROMPT, 2.0, max_new_tokens=3, check_model=False) == token_view(
+        tiny_llama, anonymous, PROMPT, 2.0, max_new_tokens=3
+    )
+    with pytest.raises(ValueError, match=refused):
+        feature_token_view(tiny_llama, fd, [1, 2], PROMPT, other.steering(2.0))
+    forced = feature_token_view(tiny_llama, fd, [1, 2], PROMPT, other.steering(2.0), check_model=False)
+    plain = feature_token_view(tiny_llama, fd, [1, 2], PROMPT, anonymous.steering(2.0))
+    assert forced.activations == plain.activations and forced.kl == plain.kl and max(forced.kl) > 0
+
+
 # -- a real browser ---------------------------------------------------------------------------------
 def test_html_renders_in_a_headless_browser(tiny_llama, tmp_path):
     browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
@@ -305,7 +333,12 @@ def test_html_renders_in_a_headless_browser(tiny_llama, tmp_path):
         )
     vec = make_vector(tiny_llama)
     view = token_view(
-        tiny_llama, vec, "a <script>alert(1)</script>\nb", 3.0, max_new_tokens=6, min_token_index=4
+        tiny_llama,
+        vec,
+        "a <script>alert(1)</script>\nb",
+        3.0,
+        max_new_tokens=6,
+        positions=Positions.start_at(4),
     )
     page = tmp_path / "view.html"
     page.write_text(view.to_html(standalone=True), encoding="utf-8")
@@ -333,13 +366,15 @@ def test_token_view_on_the_embedded_model(embedded):
     vec = tlsteer.train_steering_vector(model, pairs, layers=[9], batch_size=8)
     prompt = tlsteer.chat_prompt(model, "Describe your day.")
     n = len(tlsteer.tokenize(model, prompt))
-    view = token_view(model, vec, prompt, 8.0, max_new_tokens=6, min_token_index=n)
+    view = token_view(model, vec, prompt, 8.0, max_new_tokens=6, positions=Positions.start_at(n))
     hook = vec.hooks[0]
     base_logits, base, _, _ = steered_reference(model, vec, 8.0, list(view.token_ids), hook, n)
     unit = vec[hook].float() / vec[hook].float().norm()
     torch.testing.assert_close(torch.tensor(view.projection), base.float() @ unit, rtol=1e-4, atol=1e-3)
     assert max(view.kl[:n]) < 1e-9 and min(view.kl[n:]) > 0
-    out = tlsteer.generate_tokens(model, [prompt], [(vec, 8.0)], max_new_tokens=6, min_token_index=n)
+    out = tlsteer.generate_tokens(
+        model, [prompt], vec.steering(8.0, positions=Positions.start_at(n)), max_new_tokens=6
+    )
     assert view.token_ids == out.prompt_tokens[0] + out.new_tokens[0]
     assert len(re.findall(r'<span class="tok[ "]', view.to_html())) == len(view.tokens)
     assert "<|im_start|>" in "".join(view.tokens) and "&lt;|im_start|&gt;" in view.to_html()
@@ -358,7 +393,13 @@ def test_view_command_writes_the_same_view_as_token_view(embedded, tmp_path, cap
     assert main([*args, "--html", str(html), "--png", str(png), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     direct = token_view(
-        embedded, vec, "Describe your day.", 8.0, max_new_tokens=5, chat=True, min_token_index=20
+        embedded,
+        vec,
+        "Describe your day.",
+        8.0,
+        max_new_tokens=5,
+        chat=True,
+        positions=Positions.start_at(20),
     )
     assert tuple(data["token_ids"]) == direct.token_ids and sum(data["generated"]) == 5
     assert data["projection"] == pytest.approx(direct.projection, rel=1e-4, abs=1e-3)

@@ -192,7 +192,7 @@ class ClassDataset:
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> ClassDataset:
+    def from_dict(cls, data: Any, name: str | None = None) -> ClassDataset:
         """From ``{"classes": [...], "examples": {class: [...]}, "ordinal": ..., "judge_texts": ...}``.
 
         ``classes`` may be left out (then the order of ``examples``), except for an ordinal set,

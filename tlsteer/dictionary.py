@@ -6,7 +6,7 @@ transcoder. :class:`FeatureDictionary` is the :class:`typing.Protocol` the rest 
 against, so that evaluation (:func:`tlsteer.eval.feature_token_view`, say) never imports the
 package that supplies one. This module owns the protocol, the check that an object satisfies it
 (:func:`check_feature_dictionary`, with errors that name what is missing), feature-id checks
-(:func:`check_feature_ids`) and the fingerprint of a decoder (:func:`dictionary_fingerprint`).
+(:func:`check_feature_ids`) and the fingerprint of a decoder (:func:`fingerprint`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
     "FeatureDictionary",
     "check_feature_dictionary",
     "check_feature_ids",
-    "dictionary_fingerprint",
+    "fingerprint",
     "weights_fingerprint",
 ]
 
@@ -154,7 +154,7 @@ def weights_fingerprint(weights: Float[Tensor, "width d_model"]) -> str:
     return digest.hexdigest()[:16]
 
 
-def dictionary_fingerprint(dictionary: FeatureDictionary) -> str:
+def fingerprint(dictionary: FeatureDictionary) -> str:
     """The fingerprint of a dictionary's decoder rows: ties what was read or built to its dictionary.
 
     For an adapted SAE it equals :func:`tlsteer.sae.adapter.sae_fingerprint` (the same hash of

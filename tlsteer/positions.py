@@ -36,8 +36,12 @@ PositionMode = Literal["all", "from", "explicit", "last"]
 OFFSET_HOOK = "blocks.0.attn.hook_attn_scores"
 """Where each forward's absolute offset is read."""
 
-TOKEN_HOOK = "hook_embed"
-"""Where ``last_token_only`` tracking reads each forward's token embeddings."""
+TOKEN_HOOK = "blocks.0.hook_resid_pre"
+"""Where ``last`` / ``from_end`` tracking reads each forward's input to block 0.
+
+Not ``hook_embed``: TransformerLens's own ``model.generate`` embeds the tokens itself and starts
+the forward at block 0, so ``hook_embed`` never fires there; block 0's input is seen by every
+forward."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,8 @@ class PositionTracker:
     """The absolute offset of the current forward's first column (and the ``last`` anchor).
 
     Its :meth:`hooks` are ``(hook_name, fn)`` pairs to register with the steering hooks:
-    ``offset`` is read off ``blocks.0.attn.hook_attn_scores``; with ``track_anchor`` the token
-    embeddings at ``hook_embed`` decide the anchor, the last position of a sequence's first
+    ``offset`` is read off ``blocks.0.attn.hook_attn_scores``; with ``track_anchor`` block 0's
+    input at ``blocks.0.hook_resid_pre`` decides the anchor, the last position of a sequence's first
     forward. A forward without a cache whose input extends the previous forward's by exactly one
     position is the next step of an uncached ``generate`` and keeps the anchor; any other forward
     without a cache starts a new sequence.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -38,12 +38,18 @@ from tlsteer.hooks import (
 from tlsteer.operators import Operator, addition_operator, check_multiplier
 from tlsteer.positions import Positions
 
-if TYPE_CHECKING:
-    from tlsteer.vector import SteeringVector
-
-__all__ = ["Steering", "check_model_match"]
+__all__ = ["Steering", "VectorLike", "as_steering", "check_model_match"]
 
 _ALL = Positions("all")
+
+
+@runtime_checkable
+class VectorLike(Protocol):
+    """What :meth:`Steering.from_vector` reads of a vector: ``directions`` (and, optionally,
+    ``metadata.model_name``). :class:`tlsteer.SteeringVector` is one."""
+
+    @property
+    def directions(self) -> Mapping[str, Tensor]: ...
 
 
 def check_model_match(model: HookedTransformer, made_for: str, what: str = "the steering") -> None:
@@ -108,7 +114,7 @@ class Steering:
     @classmethod
     def from_vector(
         cls,
-        vector: SteeringVector | Mapping[str, Tensor],
+        vector: VectorLike | Mapping[str, Tensor],
         multiplier: Any = 1.0,
         *,
         positions: Positions = _ALL,
@@ -140,7 +146,7 @@ class Steering:
     @classmethod
     def from_vectors(
         cls,
-        pairs: Sequence[tuple[SteeringVector | Mapping[str, Tensor], Any]],
+        pairs: Sequence[tuple[VectorLike | Mapping[str, Tensor], Any]],
         *,
         positions: Positions = _ALL,
         operator: Operator | None = None,

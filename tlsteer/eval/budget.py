@@ -1,8 +1,8 @@
 """Side-effect budgets: per-token KL statistics, calibration to a KL budget, bootstrap intervals.
 
 Methods of steering are compared fairly at the same cost: :func:`kl_stats` measures how far a
-steering setting (vectors, edits such as SAE feature edits, or an instruction ``prefix`` for the
-"prompting" method) moves next-token distributions on neutral text, per token, as a mean and a
+:class:`~tlsteer.Steering` (vectors, edits such as SAE feature edits, or an instruction prefix
+for the "prompting" method) moves next-token distributions on neutral text, per token, as a mean and a
 95th percentile; :func:`calibrate_to_kl` finds the strength at which a method spends a given KL
 budget; :func:`bootstrap_ci` and :func:`paired_difference_ci` put percentile-bootstrap intervals
 on per-generation scores.
@@ -22,7 +22,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.eval.bootstrap import bootstrap_ci, paired_difference_ci
-from tlsteer.hooks import apply_edits
+from tlsteer.hooks import edit_hooks
 from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import right_pad, tokenize_prompts
 
@@ -109,13 +109,13 @@ def kl_stats(
     prompt and pooled (a longer prompt weighs more); the default 1 leaves out the first position,
     an attention sink whose distribution is far from the rest.
 
-    With a prefix (an instruction, the "prompting" method) the steered run reads ``prefix +
-    prompt`` (the prefix exactly as given, here with no separator added) and the distributions are
-    compared at the same prompt tokens: ``prefix + prompt`` must tokenize to the tokenizer's
-    leading special tokens (BOS), the prefix's tokens, then exactly the prompt's own tokens; a
-    tokenizer that merges across the boundary is refused (end the prefix with a separator such as
-    a newline). Edits given with a prefix steer the prompt's own tokens at the steering's
-    positions (every position, the prefix's included, with ``Positions.all()``).
+    With a prefix (an instruction, the "prompting" method) the steered run reads
+    ``steering.instruct(prompt)`` (the prefix, a blank line, the prompt: as in generation and A/B
+    scoring) and the distributions are compared at the same prompt tokens: the steered text must
+    tokenize to the tokenizer's leading special tokens (BOS), the prefix's tokens, then exactly the
+    prompt's own tokens; a tokenizer that merges across the boundary is refused. Edits given with a
+    prefix steer the prompt's own tokens at the steering's positions (every position, the
+    prefix's included, with ``Positions.all()``).
 
     Everything (edits, positions, prompts, alignment) is checked before any forward pass.
 
@@ -136,7 +136,7 @@ def kl_stats(
         >>> stats = kl_stats(model, vec.steering(4.0), prompts=["Water boils."])  # doctest: +SKIP
         >>> stats.mean, stats.p95, stats.n_tokens  # doctest: +SKIP
         (0.0123, 0.0410, 26)
-        >>> kl_stats(model, Steering.from_prompt("Answer angrily.\n"), prompts=neutral)  # doctest: +SKIP
+        >>> kl_stats(model, Steering.from_prompt("Answer angrily.\\n"), prompts=neutral)  # doctest: +SKIP
     """
     steering = as_steering(steering)
     min_token_index = measure_from
@@ -148,7 +148,7 @@ def kl_stats(
     if not is_int(measure_from) or measure_from < 0:
         raise ValueError(f"measure_from must be an int >= 0 (an absolute position), got {measure_from!r}")
     min_token_index = int(measure_from)
-    prefix = steering.prefix or None
+    prefix = steering.instruct("") if steering.prefix else None  # "{prefix}\n\n", as everywhere
     base = steering.positions
     if steering.is_unsteered:
         raise ValueError("nothing to measure: the steering has no edits and no prefix")
@@ -163,9 +163,11 @@ def kl_stats(
     longest = max(len(ids) for ids in token_ids)
     if min_token_index >= longest:
         raise ValueError(
-            f"min_token_index={min_token_index} leaves no position to measure: the longest prompt has "
+            f"measure_from={min_token_index} leaves no position to measure: the longest prompt has "
             f"{longest} tokens (valid: 0..{longest - 1})"
         )
+    if all_edits:  # a start no prompt reaches steers nothing; a batch of short prompts is fine
+        base.check_length(longest, "the longest prompt")
     if prefix is None:
         steered_ids, starts, shifts = token_ids, [0] * len(token_ids), [0] * len(token_ids)
     else:
@@ -198,7 +200,7 @@ def kl_stats(
                 if cache is not None:
                     cache[key] = clean_lp
             if all_edits:
-                with apply_edits(model, all_edits, positions):
+                with model.hooks(fwd_hooks=edit_hooks(model, all_edits, positions)):
                     steered = model(s_tokens, attention_mask=s_mask)
             else:
                 steered = model(s_tokens, attention_mask=s_mask)

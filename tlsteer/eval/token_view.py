@@ -48,12 +48,7 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import is_int, parse_hook_name
 from tlsteer.data import chat_prompt
 from tlsteer.decode import generate_tokens
-from tlsteer.dictionary import (
-    FeatureDictionary,
-    check_feature_dictionary,
-    check_feature_ids,
-    dictionary_fingerprint,
-)
+from tlsteer.dictionary import check_feature_dictionary, check_feature_ids, fingerprint
 from tlsteer.eval.token_view_render import Row, view_figure, view_html
 from tlsteer.operators import check_multiplier
 from tlsteer.positions import Positions
@@ -461,7 +456,7 @@ def _token_ids(model: HookedTransformer, tokens: Any) -> list[int]:
 
 def feature_token_view(
     model: HookedTransformer,
-    dictionary: FeatureDictionary,
+    dictionary: Any,
     features: Any,
     prompt: Any,
     steering: Steering | None = None,
@@ -539,5 +534,5 @@ def feature_token_view(
         hook_name=hook,
         steering="" if steering.is_unsteered else repr(steering),
         min_token_index=start,
-        dictionary_fingerprint=dictionary_fingerprint(dictionary),
+        dictionary_fingerprint=fingerprint(dictionary),
     )

@@ -12,15 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, ContrastPair
-from tlsteer.eval.ab import ABScore, ab_scores
-from tlsteer.eval.cached import Setting, cached_ab_scores
+from tlsteer.eval.ab import ABScore, ab_scores, question_end
+from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.experiments.cells import cell_steerings, interval
-from tlsteer.experiments.methods import Method, Steering, instructed
-from tlsteer.hooks import vector_edits
+from tlsteer.experiments.methods import Method
+from tlsteer.steering import Steering
 
 __all__ = ["ABTask", "run_ab_task", "steered_ab_scores"]
 
@@ -56,38 +55,18 @@ def steered_ab_scores(
     prompt prefix runs once for all of them); the others (an instruction prefix, several hooks)
     run on their own with :func:`tlsteer.eval.ab.ab_scores`.
     """
-    settings, keys, alone = [], [], {}
-    for key, steering in steerings.items():
-        pairs = (vector_edits(model, list(steering.vectors)) if steering.vectors else []) + list(
-            steering.edits
-        )
-        if steering.prefix is None and len(pairs) == 1:
-            settings.append(Setting(pairs[0][0], edit=pairs[0][1]))
-            keys.append(key)
-        elif steering.prefix is None and not pairs:
-            keys.append(key)
-            settings.append(None)
-        else:
-            alone[key] = steering
+    where = question_end(model)
+    at_end = {key: steering.at(where) for key, steering in steerings.items()}
+    shared = [k for k, s in at_end.items() if not s.prefix and len(s.edits) <= 1]
+    alone = {k: s for k, s in at_end.items() if k not in shared}
     out: dict[str, list[ABScore]] = {}
-    if any(s is not None for s in settings):
-        hook = next(s.hook for s in settings if s is not None)
-        zero = Setting(hook, torch.zeros(model.cfg.d_model), 0.0)  # the unsteered rows
-        scores = cached_ab_scores(
-            model, list(items), [zero if s is None else s for s in settings], outside_ab=outside_ab
-        )
-        out.update(zip(keys, scores, strict=True))
-    elif keys:
-        alone.update({k: Steering() for k in keys})
+    if any(at_end[k].edits for k in shared):
+        scores = cached_ab_scores(model, list(items), [at_end[k] for k in shared], outside_ab=outside_ab)
+        out.update(zip(shared, scores, strict=True))
+    else:
+        alone.update({k: at_end[k] for k in shared})
     for key, steering in alone.items():
-        steered = list(items)
-        if steering.prefix is not None:
-            steered = [
-                ABItem(instructed(steering.prefix, i.question), i.matching, i.not_matching) for i in items
-            ]
-        out[key] = ab_scores(
-            model, steered, list(steering.vectors), edits=list(steering.edits), outside_ab=outside_ab
-        )
+        out[key] = ab_scores(model, list(items), steering, outside_ab=outside_ab)
     return {key: out[key] for key in steerings}
 
 

@@ -31,8 +31,10 @@ from tlsteer.data import ContrastPair
 from tlsteer.decode import generate_tokens
 from tlsteer.experiments.cells import cell_steerings, interval
 from tlsteer.experiments.contrasts import contrast_from_pairs
-from tlsteer.experiments.methods import ContrastReps, Method, Steering, instructed
+from tlsteer.experiments.methods import ContrastReps, Method
+from tlsteer.positions import Positions
 from tlsteer.sae.adapter import SAELike
+from tlsteer.steering import Steering
 
 __all__ = ["AnalogyTask", "analogy_ranks", "contrast_from_analogy", "run_analogy_task"]
 
@@ -139,15 +141,13 @@ def analogy_ranks(
         raise TypeError(f"steering must be a Steering, got {type(steering).__name__}")
     if isinstance(pairs, str) or not pairs:
         raise ValueError(f"need a non-empty list of (x, y) pairs, got {pairs!r}")
-    prompts = [instructed(steering.prefix, neutral_prompt(x)) for x, _ in pairs]
+    prompts = [neutral_prompt(x) for x, _ in pairs]
     out = generate_tokens(
         model,
         prompts,
-        list(steering.vectors),
-        edits=list(steering.edits),
+        steering.at(Positions.last()),
         max_new_tokens=1,
         keep_logits=True,
-        last_token_only=True,
         batch_size=batch_size,
     )
     logits = torch.stack([row[0] for row in out.step_logits]).float()

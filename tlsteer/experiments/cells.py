@@ -19,7 +19,9 @@ import numpy as np
 from transformer_lens import HookedTransformer
 
 from tlsteer.eval.budget import bootstrap_ci, calibrate_to_kl, kl_stats
-from tlsteer.experiments.methods import Method, Steering
+from tlsteer.experiments.methods import Method
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 
 __all__ = ["calibrate_method", "cell_steerings", "interval"]
 
@@ -27,12 +29,12 @@ __all__ = ["calibrate_method", "cell_steerings", "interval"]
 def _kl(
     model: HookedTransformer, steering: Steering, neutral: Sequence[str], batch_size: int, cache: Any = None
 ) -> Any:
+    # steered and measured from position 1 on (position 0 is an attention sink)
     return kl_stats(
         model,
-        vectors=list(steering.vectors),
-        edits=list(steering.edits),
+        steering.at(Positions.start_at(1)),
         prompts=list(neutral),
-        prefix=None if steering.prefix is None else f"{steering.prefix}\n\n",
+        measure_from=1,
         batch_size=batch_size,
         cache=cache,
     )

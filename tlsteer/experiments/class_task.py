@@ -26,8 +26,9 @@ from tlsteer.eval.prefix_generation import (
 )
 from tlsteer.experiments.ab_task import steered_ab_scores
 from tlsteer.experiments.cells import cell_steerings, interval
-from tlsteer.experiments.methods import Method, Steering, instructed
-from tlsteer.hooks import vector_edits
+from tlsteer.experiments.methods import Method
+from tlsteer.positions import Positions
+from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize_prompts
 
 __all__ = ["run_class_task"]
@@ -45,15 +46,13 @@ def _generate_prefixed(
     """Rows ``(prompt index, seed)`` generated with the steering's instruction before each prompt."""
     out = generate_tokens(
         model,
-        [instructed(steering.prefix, prompts[p]) for p, _ in rows],
-        list(steering.vectors),
-        edits=list(steering.edits),
+        [prompts[p] for p, _ in rows],
+        steering.at(Positions.last()),
         max_new_tokens=max_new_tokens,
         do_sample=True,
         temperature=temperature,
         seed=[s for _, s in rows],
         chat=True,
-        last_token_only=True,
         batch_size=batch_size,
     )
     return [list(n) for n in out.new_tokens]
@@ -113,13 +112,12 @@ def run_class_task(
 
     def generations(steerings: Mapping[str, Steering]) -> dict[str, Any]:
         by_target = {}
-        if all(st.prefix is None for st in steerings.values()):
+        if not any(st.prefix for st in steerings.values()):
             groups = [
                 RowGroup(
                     tuple(int(p) for p, _ in rows[t]),
                     tuple(s for _, s in rows[t]),
-                    tuple(vector_edits(model, list(steerings[t].vectors)) if steerings[t].vectors else ())
-                    + tuple(steerings[t].edits),
+                    steerings[t].at(Positions.last()),
                 )
                 for t in targets
             ]

@@ -23,7 +23,7 @@ strength to a :class:`Steering` (vectors, edits, or a prompt prefix):
 
 Vector methods are unit-norm directions; strength is in units of ``scale`` (the mean residual norm
 at the hook). Clamp strength is in units of each feature's typical activation. A prompt prefix goes
-before the prompt as ``f"{prefix}\\n\\n{prompt}"`` (:func:`instructed`).
+before the prompt as ``f"{prefix}\\n\\n{prompt}"`` (:meth:`tlsteer.Steering.instruct`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from tlsteer.sae.adapter import SAELike, sae_dims
 from tlsteer.sae.formulas import encode_steering_vector
 from tlsteer.sae.selection import FeatureStats, output_scores
 from tlsteer.sae.steering import feature_edit
+from tlsteer.steering import Steering
 from tlsteer.vector import SteeringVector, VectorMetadata
 
-__all__ = ["METHODS", "ContrastReps", "Method", "Steering", "build_methods", "instructed"]
+__all__ = ["METHODS", "ContrastReps", "Method", "build_methods"]
 
 METHODS: tuple[str, ...] = (
     "caa",
@@ -101,22 +102,12 @@ class ContrastReps:
 
 
 @dataclass(frozen=True)
-class Steering:
-    """What a method does at one strength: ``(vector, multiplier)`` pairs, edits, or a prompt prefix."""
-
-    vectors: tuple = ()
-    edits: tuple = ()
-    prefix: str | None = None
-
-
-def instructed(instruction: str | None, prompt: str) -> str:
-    """``prompt`` with ``instruction`` before it (a blank line between), or as it is for ``None``."""
-    return prompt if instruction is None else f"{instruction}\n\n{prompt}"
-
-
-@dataclass(frozen=True)
 class Method:
-    """A named way to steer; :meth:`at` gives its :class:`Steering` at a strength."""
+    """A named way to steer; :meth:`at` gives its :class:`~tlsteer.Steering` at a strength.
+
+    The steering acts at every position; each task moves it where its protocol steers
+    (``steering.at(question_end(model))`` for A/B items, ``Positions.last()`` for generation).
+    """
 
     name: str
     kind: str
@@ -136,10 +127,12 @@ class Method:
 
     def at(self, strength: Any) -> Steering:
         if self.kind == "prompt":
-            return Steering(prefix=self.prefix)
+            return Steering.from_prompt(self.prefix or "")
         s = float(check_multiplier(strength))
         if self.kind == "vector":
-            return Steering(vectors=((self.direction, s * self.scale),))
+            if self.direction is None:
+                raise ValueError(f"method {self.name!r} of kind 'vector' has no direction")
+            return Steering.from_vector(self.direction, s * self.scale)
         values = [s * float(v) for v in self.typical] + [0.0] * len(self.off_features)
         edit = feature_edit(
             self.sae,
@@ -148,7 +141,7 @@ class Method:
             values=values,
             hook_name=self.hook_name,
         )
-        return Steering(edits=((self.hook_name, edit),))
+        return Steering.from_edits([(self.hook_name, edit)])
 
 
 def _unit(direction: Tensor, hook: str, note: str) -> SteeringVector:

@@ -181,9 +181,7 @@ def output_scores(
     _, d_sae = sae_dims(sae)
     if isinstance(features, FeatureVector):
         features.check_sae(sae)
-        ids = features.features
-        if not ids:
-            raise ValueError("the FeatureVector has no nonzero feature to score")
+        ids = features.features  # never empty: a FeatureVector has a nonzero feature
     else:
         ids = check_feature_ids(features, d_sae)
     strength = check_multiplier(strength)

@@ -91,8 +91,10 @@ def feature_edit(
 
     Example:
         >>> edit = feature_edit(sae, [12, 40], "clamp", values=[5.0, 0.0])  # doctest: +SKIP
-        >>> with tlsteer.apply_edits(model, [(sae_hook_name(sae), edit)], last_token_only=True):
-        ...     out = model.generate(tokens, max_new_tokens=20)  # doctest: +SKIP
+        >>> hook = sae_hook_name(sae)  # doctest: +SKIP
+        >>> steering = Steering.from_edits([(hook, edit)], positions=Positions.last())  # doctest: +SKIP
+        >>> with steering.apply(model):  # doctest: +SKIP
+        ...     out = model.generate(tokens, max_new_tokens=20)
     """
     _, d_sae = sae_dims(sae)
     if mode not in MODES:
@@ -158,7 +160,7 @@ def feature_steering(
     """A :class:`~tlsteer.Steering` that edits SAE features at the SAE's hook (see :func:`feature_edit`).
 
     Example:
-        >>> s = feature_steering(model, sae, [7], "clamp", values=8.0, positions=Positions.last())
+        >>> s = feature_steering(model, sae, [7], "clamp", 8.0, positions=Positions.last())  # doctest: +SKIP
         >>> with s.apply(model):  # doctest: +SKIP
         ...     out = model.generate(tokens, max_new_tokens=20)
     """

@@ -2,20 +2,23 @@
 
 Cold: an empty cache folder (GGUF -> transformers -> TransformerLens conversion, cache written).
 Warm: the cache exists. Each load runs in a fresh Python process and is timed around
-``tlsteer.load_model()`` alone (imports excluded, reported separately).
+``tlsteer.load_model()`` alone (imports excluded, reported separately). With ``--tiny`` the tiny
+model is built in this process instead (a fresh process would spend its seconds on imports).
 
-    python benchmarks/load_model.py [--out benchmarks/results]
+    python benchmarks/load_model.py [--warm-runs 3] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import _common as common
 
 CHILD = """
 import time, json
@@ -26,23 +29,27 @@ model = tlsteer.load_model()
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """
+TINY = {"warm_runs": 1}
 
 
-def timed_load(cache: str) -> dict:
+def timed_load(cache: str, tiny: bool = False) -> dict:
+    """Seconds to import tlsteer and to load the embedded model in a fresh process, with ``cache``
+    as its cache folder; with ``tiny``, seconds to build the tiny model here (no import)."""
+    if tiny:
+        from tlsteer.models import tiny_model
+
+        start = time.perf_counter()
+        tiny_model(n_layers=common.TINY_LAYERS, n_ctx=common.TINY_N_CTX)
+        return {"import_s": 0.0, "load_s": time.perf_counter() - start}
     env = {**os.environ, "TLSTEER_CACHE_DIR": cache, "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--warm-runs", type=int, default=3)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+def body(args) -> Path:
     with tempfile.TemporaryDirectory() as cache:
-        cold = timed_load(cache)
-        warm = [timed_load(cache) for _ in range(args.warm_runs)]
+        cold = timed_load(cache, args.tiny)
+        warm = [timed_load(cache, args.tiny) for _ in range(args.warm_runs)]
     result = {
         "cold_load_s": cold["load_s"],
         "warm_load_s": [w["load_s"] for w in warm],
@@ -50,22 +57,35 @@ def main() -> None:
         "import_s": [cold["import_s"]] + [w["import_s"] for w in warm],
         "warm_target_s": 5.0,
     }
-    (args.out / "load_model.json").write_text(json.dumps(result, indent=1))
+    path = common.write_json(args.out / "load_model.json", result)
+    plot(result, args.out / "load_model.png")
+    common.log.info("%s", result)
+    return path
+
+
+def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3))
+    warm = result["warm_load_s"]
     labels = ["cold"] + [f"warm {i + 1}" for i in range(len(warm))]
-    ax.bar(labels, [cold["load_s"]] + result["warm_load_s"], color=["C3"] + ["C0"] * len(warm))
+    ax.bar(labels, [result["cold_load_s"]] + warm, color=["C3"] + ["C0"] * len(warm))
     ax.axhline(5.0, ls="--", c="k", lw=1, label="warm target 5 s")
     ax.set_ylabel("load_model() seconds")
     ax.set_title("SmolLM2-135M-Instruct -> HookedTransformer")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "load_model.png", dpi=120)
-    print(json.dumps(result, indent=1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--warm-runs", type=int, default=3)
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,26 @@
 Greedy generation of a fixed number of tokens with the cache on, unsteered and steered,
 interleaved (unsteered, steered, unsteered, ...) so drift hits both alike; the median of each is
 reported. Steered runs use a vector at one layer and at every layer, with positions from the
-prompt end (``min_token_index``), at every position, and ``last_token_only``.
+prompt end (``Positions.start_at``), at every position, and from the last prompt token on
+(``Positions.last()``).
 
-    python benchmarks/steering_overhead.py [--new-tokens 32] [--repeats 5]
+    python benchmarks/steering_overhead.py [--new-tokens 32] [--repeats 5] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-import torch
+import _common as common
 
 import tlsteer
+from tlsteer import Positions
 from tlsteer.data import load_open_prompts
 from tlsteer.tokens import left_pad
 
-PROMPTS = load_open_prompts()[:8]
+TINY = {"new_tokens": 4, "repeats": 1, "layer": 2, "pairs": 8}
 
 
 def generate_seconds(model, tokens, new_tokens: int) -> float:
@@ -38,35 +38,33 @@ def generate_seconds(model, tokens, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
-    model = tlsteer.load_model()
-    pairs = tlsteer.load_builtin_dataset("sentiment", model)[:32]
+def body(args) -> Path:
+    model = common.load_model(args)
+    prompts = load_open_prompts()[:8]
+    pairs = tlsteer.load_builtin_dataset("sentiment", model)[: args.pairs]
     every_layer = tlsteer.train_steering_vector(model, pairs, batch_size=16)
-    vectors = {"one layer (12)": every_layer.select([12]), "all 30 layers": every_layer}
+    vectors = {
+        f"one layer ({args.layer})": every_layer.select([args.layer]),
+        f"all {model.cfg.n_layers} layers": every_layer,
+    }
     results = []
     for batch in (1, 8):
-        ids = [tlsteer.tokenize(model, tlsteer.chat_prompt(model, p)) for p in PROMPTS[:batch]]
+        ids = [tlsteer.tokenize(model, tlsteer.chat_prompt(model, p)) for p in prompts[:batch]]
         tokens, _ = left_pad(model, ids)
         width = tokens.shape[1]
         modes = {
-            "min_token_index=prompt end": {"min_token_index": width - 1},
-            "all positions": {},
-            "last_token_only": {"last_token_only": True},
+            "min_token_index=prompt end": Positions.start_at(width - 1),
+            "all positions": Positions.all(),
+            "last_token_only": Positions.last(),
         }
         generate_seconds(model, tokens, 4)  # warm-up
         for vec_name, vec in vectors.items():
-            for mode_name, kwargs in modes.items():
+            for mode_name, positions in modes.items():
+                steering = vec.steering(4.0, positions=positions)
                 plain, steered = [], []
                 for _ in range(args.repeats):
                     plain.append(generate_seconds(model, tokens, args.new_tokens))
-                    with vec.apply(model, multiplier=4.0, **kwargs):
+                    with steering.apply(model):
                         steered.append(generate_seconds(model, tokens, args.new_tokens))
                 row = {
                     "batch": batch,
@@ -77,10 +75,14 @@ def main() -> None:
                 }
                 row["overhead"] = row["steered_s"] / row["unsteered_s"] - 1
                 results.append(row)
-                print(json.dumps(row), flush=True)
+                common.log.info("%s", row)
     out = {"new_tokens": args.new_tokens, "repeats": args.repeats, "rows": results, "target_overhead": 0.10}
-    (args.out / "steering_overhead.json").write_text(json.dumps(out, indent=1))
+    path = common.write_json(args.out / "steering_overhead.json", out)
+    plot(results, args.out / "steering_overhead.png")
+    return path
 
+
+def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +97,17 @@ def main() -> None:
     ax.legend()
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(args.out / "steering_overhead.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--layer", type=int, default=12, help="the one-layer vector's layer")
+    p.add_argument("--pairs", type=int, default=32, help="sentiment pairs that build the vector")
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

@@ -8,52 +8,41 @@ starting at their steered block), with ``engine="cached"`` and ``attention="repe
 full forward per setting). Reports the wall times, the speed-ups over the full forward, and the
 largest difference between each cached engine's scores and the full forward's.
 
-    python benchmarks/sweep_engine.py --caa-dir ../shared/caa [--items 8]
+    python benchmarks/sweep_engine.py --caa-dir ../shared/caa [--items 8] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-import torch
+import _common as common
 
 import tlsteer
 from tlsteer.data import CAA_BEHAVIOURS, load_ab_items
 from tlsteer.eval.sweeps import sweep_items
 
+TINY = {"items": 3, "train_pairs": 4, "layers": [1, 2], "multipliers": [-4.0, 0.0, 4.0], "behaviours": 2}
+ENGINES = {
+    "shared": {"engine": "cached", "attention": "shared"},
+    "repeat": {"engine": "cached", "attention": "repeat"},
+    "full": {"engine": "full"},
+}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--caa-dir", type=Path, required=True)
-    parser.add_argument("--items", type=int, default=8, help="test items per behaviour")
-    parser.add_argument("--train-pairs", type=int, default=16)
-    parser.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18])
-    parser.add_argument("--multipliers", type=float, nargs="+", default=[-16, -8, 0, 8, 16])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
-    model = tlsteer.load_model()
+
+def body(args) -> Path:
+    caa_dir = common.caa_dir(args)
+    model = common.load_model(args)
     rows = []
-    engines = {
-        "shared": dict(engine="cached", attention="shared"),
-        "repeat": dict(engine="cached", attention="repeat"),
-        "full": dict(engine="full"),
-    }
-    totals = dict.fromkeys(engines, 0.0)
-    for name in CAA_BEHAVIOURS:
+    totals = dict.fromkeys(ENGINES, 0.0)
+    for name in CAA_BEHAVIOURS[: args.behaviours]:
         pairs = tlsteer.load_caa_dataset(
-            args.caa_dir / "generate" / name / "generate_dataset.json", model, limit=args.train_pairs
+            caa_dir / "generate" / name / "generate_dataset.json", model, limit=args.train_pairs
         )
         vec = tlsteer.train_steering_vector(model, pairs, layers=args.layers, batch_size=16)
-        items = load_ab_items(args.caa_dir / "test" / name / "test_dataset_ab.json")[: args.items]
+        items = load_ab_items(caa_dir / "test" / name / "test_dataset_ab.json")[: args.items]
         frames, seconds = {}, {}
-        for engine, kwargs in engines.items():
+        for engine, kwargs in ENGINES.items():
             start = time.perf_counter()
             frames[engine] = sweep_items(
                 model, items, vec, args.layers, args.multipliers, outside_ab="zero", **kwargs
@@ -75,16 +64,21 @@ def main() -> None:
             },
         }
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        common.log.info("%s", row)
+    settings = {k: v for k, v in vars(args).items() if k not in ("tiny", "seed", "behaviours")}
     out = {
         "rows": rows,
         "total_s": totals,
         "speedup": {e: totals["full"] / totals[e] for e in ("shared", "repeat")},
-        "settings": vars(args) | {"caa_dir": str(args.caa_dir), "out": args.out.name},
+        "settings": settings | {"caa_dir": str(caa_dir), "out": args.out.name},
     }
-    (args.out / "sweep_engine.json").write_text(json.dumps(out, indent=1))
-    print(f"total seconds {totals}, speed-ups over the full forward {out['speedup']}")
+    path = common.write_json(args.out / "sweep_engine.json", out)
+    common.log.info("total seconds %s, speed-ups over the full forward %s", totals, out["speedup"])
+    plot(rows, args.out / "sweep_engine.png")
+    return path
 
+
+def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +95,19 @@ def main() -> None:
     ax.legend()
     ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(args.out / "sweep_engine.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--caa-dir", type=Path, default=None, help="the CAA datasets folder (required)")
+    p.add_argument("--items", type=int, default=8, help="test items per behaviour")
+    p.add_argument("--train-pairs", type=int, default=16)
+    p.add_argument("--layers", type=int, nargs="+", default=[6, 12, 18])
+    p.add_argument("--multipliers", type=float, nargs="+", default=[-16, -8, 0, 8, 16])
+    p.add_argument("--behaviours", type=int, default=len(CAA_BEHAVIOURS), help="the first N behaviours")
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

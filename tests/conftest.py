@@ -1,91 +1,27 @@
-"""Shared fixtures: tiny config-built HookedTransformers with an offline character tokenizer,
-and the embedded model (session-scoped, for tests marked ``embedded``)."""
+"""Shared fixtures: tiny config-built HookedTransformers with an offline character tokenizer
+(:func:`tlsteer.models.tiny_model`), and the embedded model (session-scoped, for tests marked
+``embedded``)."""
 
 from __future__ import annotations
 
-import string
-import warnings
-
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer
-from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-from tlsteer.models import attach_tokenizer
+from tlsteer.models import TINY_CHAT_TEMPLATE, TINY_SPECIALS, tiny_model, tiny_tokenizer
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|end|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+SPECIALS = list(TINY_SPECIALS)
+CHAT_TEMPLATE = TINY_CHAT_TEMPLATE
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer with a chat template, built offline."""
-    chars = list(string.printable)
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
-    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    inner.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=inner,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        additional_special_tokens=SPECIALS[3:],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return tiny_tokenizer()
 
 
 def make_model(arch: str, seed: int = 0, n_layers: int = 4) -> HookedTransformer:
-    tok = make_tokenizer()
-    common = dict(
-        n_layers=n_layers,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        n_ctx=128,
-        d_vocab=len(tok),
-        seed=seed,
-        device="cpu",
-        dtype=torch.float32,
-        default_prepend_bos=False,
-    )
-    if arch == "llama":
-        cfg = HookedTransformerConfig(
-            **common,
-            act_fn="silu",
-            normalization_type="RMS",
-            positional_embedding_type="rotary",
-            rotary_dim=8,
-            gated_mlp=True,
-            n_key_value_heads=2,
-            final_rms=True,
-            original_architecture="LlamaForCausalLM",
-            model_name="tiny-llama",
-        )
-    else:
-        cfg = HookedTransformerConfig(
-            **common,
-            act_fn="gelu",
-            normalization_type="LN",
-            positional_embedding_type="standard",
-            model_name="tiny-gpt2",
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
-    # Random init is small; scale weights so that steering and positions visibly matter.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2 and "W_" in name:
-                p.mul_(2.0)
-    attach_tokenizer(model, tok)
-    model.eval()
-    return model
+    return tiny_model(arch, seed=seed, n_layers=n_layers)
 
 
 @pytest.fixture(scope="session")

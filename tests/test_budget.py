@@ -27,7 +27,7 @@ from tlsteer.tokens import tokenize
 
 HOOK = "blocks.1.hook_resid_post"
 NEUTRAL = ["Water boils at 100 degrees.", "The Nile flows north.", "Mix oil and vinegar.", "Hi"]
-PREFIX = "Be brief.\n"
+PREFIX = "Be brief."
 
 
 def direction(seed: int = 0, scale: float = 5.0) -> torch.Tensor:
@@ -49,14 +49,15 @@ def adding(delta: torch.Tensor, first: int):
 def reference(model, prompts, first=1, delta=None, prefix="", lead=0):
     """One prompt at a time, no padding: per-token KL at positions >= first, as (mean, p95, n).
 
-    The steered run reads ``prefix + prompt`` (its tokens after the ``lead`` tokens the tokenizer
-    adds are shifted by the prefix's length) with ``delta`` added from the prompt's ``first`` on.
+    The steered run reads ``f"{prefix}\\n\\n{prompt}"`` (as generation and A/B scoring do; its tokens
+    after the ``lead`` tokens the tokenizer adds are shifted by the prefix's length) with ``delta``
+    added from the prompt's ``first`` on.
     """
     kls = []
     with torch.no_grad():
         for prompt in prompts:
             ids = tokenize(model, prompt)
-            full = tokenize(model, prefix + prompt)
+            full = tokenize(model, f"{prefix}\n\n{prompt}" if prefix else prompt)
             shift = len(full) - len(ids)
             clean = model(torch.tensor([ids]))[0].log_softmax(-1)
             hooks = [] if delta is None else [(HOOK, adding(delta, first + shift))]
@@ -178,7 +179,10 @@ def test_kl_stats_refuses_positions_other_than_all_or_start_at(tiny_llama, monke
 
 
 def test_prefix_matches_a_hand_computation(tiny):
+    """The steered run reads the prompt as generation and A/B scoring do: ``steering.instruct(prompt)``,
+    the prefix, a blank line, the prompt (the old kl_stats(prefix=...) put the prefix exactly as given)."""
     stats = kl_stats(tiny, Steering.from_prompt(PREFIX), prompts=NEUTRAL, batch_size=3)
+    assert Steering.from_prompt(PREFIX).instruct("Hi") == f"{PREFIX}\n\nHi"
     check(stats, reference(tiny, NEUTRAL, prefix=PREFIX))
     one = kl_stats(tiny, Steering.from_prompt(PREFIX), prompts=NEUTRAL, batch_size=1)
     assert one.mean == pytest.approx(stats.mean, rel=1e-5) and one.n_tokens == stats.n_tokens
@@ -206,9 +210,9 @@ def test_empty_prefix_and_nothing_to_measure_are_refused(tiny_llama, monkeypatch
         kl_stats(tiny_llama, [({HOOK: direction()}, 1.0)], prompts=NEUTRAL)
 
 
-def tokenizer(pattern: str = ".", add_bos: bool = False) -> PreTrainedTokenizerFast:
-    """conftest's character tokenizer, optionally adding BOS and with ``"ab"`` as one token."""
-    chars = [c if c != "\x0c" else "ab" for c in string.printable]  # same vocabulary size
+def tokenizer(pattern: str = ".", add_bos: bool = False, merged: str = "ab") -> PreTrainedTokenizerFast:
+    """conftest's character tokenizer, optionally adding BOS and with ``merged`` as one token."""
+    chars = [c if c != "\x0c" else merged for c in string.printable]  # same vocabulary size
     vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
     inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     inner.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
@@ -237,8 +241,8 @@ def test_prefix_is_aligned_after_the_bos_the_tokenizer_adds():
 
 def test_a_prefix_merging_into_the_prompt_is_refused_before_any_forward(monkeypatch):
     model = make_model("llama", seed=3)
-    attach_tokenizer(model, tokenizer(pattern="ab|."))
-    assert len(tokenize(model, "xab")) == 2
+    attach_tokenizer(model, tokenizer(pattern="\nb|.", merged="\nb"))  # the blank line's end + "b"
+    assert len(tokenize(model, "x\n\nb")) == 3
     no_forward(model, monkeypatch)
     with pytest.raises(ValueError, match=r"prompt 1 \('bcd'\).*merges across the boundary"):
         kl_stats(model, Steering.from_prompt("xa"), prompts=["cd", "bcd"])

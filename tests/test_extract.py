@@ -26,7 +26,7 @@ def reference(model, prompts, hook, index):
 @pytest.mark.parametrize("point", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"])
 def test_parity_with_plain_loop(tiny, point):
     hooks = [f"blocks.{layer}.hook_{point}" for layer in range(tiny.cfg.n_layers)]
-    acts = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=-1, batch_size=3)
+    acts = tlsteer.read_activations(tiny, PROMPTS, hooks, read=tlsteer.Read.last(), batch_size=3)
     for hook in hooks:
         ref = reference(tiny, PROMPTS, hook, -1)
         assert (acts[hook] - ref).abs().max() <= 1e-4
@@ -36,8 +36,8 @@ def test_batched_equals_one_by_one(tiny):
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(tiny.cfg.n_layers)]
     lengths = [len(tokenize(tiny, p)) for p in PROMPTS]
     assert len(set(lengths)) >= 3  # in one batch of 5, the prompts are left-padded by different amounts
-    batched = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=5)
-    single = tlsteer.read_activations(tiny, PROMPTS, hooks, read_token_index=0, batch_size=1)
+    batched = tlsteer.read_activations(tiny, PROMPTS, hooks, read=tlsteer.Read.at(0), batch_size=5)
+    single = tlsteer.read_activations(tiny, PROMPTS, hooks, read=tlsteer.Read.at(0), batch_size=1)
     for hook in hooks:
         ref = reference(tiny, PROMPTS, hook, 0)  # unpadded, one prompt per run_with_cache
         assert (batched[hook] - ref).abs().max() <= 1e-4
@@ -51,26 +51,61 @@ def test_read_index_forms(tiny_llama):
     model = tiny_llama
     hook = "blocks.1.hook_resid_post"
     ids = [tokenize(model, p) for p in PROMPTS]
-    at_first = tlsteer.read_activations(model, PROMPTS, [hook], read_token_index=0)[hook]
-    per_prompt = tlsteer.read_activations(model, PROMPTS, [hook], read_token_index=[-len(i) for i in ids])[
-        hook
-    ]
+    at_first = tlsteer.read_activations(model, PROMPTS, [hook], read=tlsteer.Read.at(0))[hook]
+    per_prompt = tlsteer.read_activations(
+        model, PROMPTS, [hook], read=tlsteer.Read.at([-len(i) for i in ids])
+    )[hook]
     by_callable = tlsteer.read_activations(
-        model, PROMPTS, [hook], read_token_index=lambda prompt, token_ids: 0
+        model, PROMPTS, [hook], read=tlsteer.Read.at(lambda prompt, token_ids: 0)
     )[hook]
     torch.testing.assert_close(at_first, per_prompt, atol=1e-5, rtol=0)
     torch.testing.assert_close(at_first, by_callable, atol=1e-5, rtol=0)
     ref = reference(model, PROMPTS[:1], hook, 1)
-    got = tlsteer.read_activations(model, PROMPTS[:1], [hook], read_token_index=1)[hook]
+    got = tlsteer.read_activations(model, PROMPTS[:1], [hook], read=tlsteer.Read.at(1))[hook]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
-def test_pair_read_index_overrides(tiny_llama):
+def test_a_pairs_own_read_index_is_the_answer_read(tiny_llama):
     pairs = [tlsteer.ContrastPair("hello (A)", "hello (B)", read_index=-2)]
-    acts = tlsteer.extract_activations(tiny_llama, pairs, layers=[0], read_token_index=-1)
     hook = "blocks.0.hook_resid_post"
-    ref = reference(tiny_llama, ["hello (A)"], hook, -2)
-    torch.testing.assert_close(acts.positive[hook], ref, atol=1e-5, rtol=0)
+    for share_prefix in (True, False):
+        acts = tlsteer.extract_activations(tiny_llama, pairs, layers=[0], share_prefix=share_prefix)
+        ref = reference(tiny_llama, ["hello (A)"], hook, -2)
+        torch.testing.assert_close(acts.positive[hook], ref, atol=1e-5, rtol=0)
+        # an explicit position reads exactly there, whatever the pair marks
+        last = tlsteer.extract_activations(
+            tiny_llama, pairs, layers=[0], read=tlsteer.Read.last(), share_prefix=share_prefix
+        )
+        ref_last = reference(tiny_llama, ["hello (A)"], hook, -1)
+        torch.testing.assert_close(last.positive[hook], ref_last, atol=1e-5, rtol=0)
+        assert not torch.allclose(ref, ref_last)
+
+
+def test_a_mean_read_equals_the_mean_of_position_reads(tiny_llama):
+    hook = "blocks.1.hook_resid_post"
+    ids = [tlsteer.tokenize(tiny_llama, p) for p in PROMPTS]
+    mean = tlsteer.read_activations(tiny_llama, PROMPTS, [hook], read=tlsteer.Read.mean((1, None)))[hook]
+    for i, prompt in enumerate(PROMPTS):
+        rows = [reference(tiny_llama, [prompt], hook, j)[0] for j in range(1, len(ids[i]))]
+        torch.testing.assert_close(mean[i], torch.stack(rows).mean(0), atol=1e-5, rtol=1e-5)
+    pairs = tlsteer.extract_activations(tiny_llama, PAIRS, layers=[1], read=tlsteer.Read.mean())
+    plain = tlsteer.read_activations(tiny_llama, [p[0] for p in PAIRS], [hook], read=tlsteer.Read.mean())
+    torch.testing.assert_close(pairs.positive[hook], plain[hook], atol=1e-5, rtol=0)
+
+
+def test_read_values_refuse_what_they_cannot_mean(tiny_llama):
+    from tlsteer.read import as_read
+
+    with pytest.raises(TypeError, match=r"read must be a tlsteer.Read .*got 'last'"):
+        as_read("last")
+    with pytest.raises(TypeError, match=r"read"):  # at test time the type checker speaks first
+        tlsteer.read_activations(tiny_llama, PROMPTS, ["blocks.0.hook_resid_post"], read="last")
+    with pytest.raises(TypeError, match=r"Read.at takes an int .*got 'last'"):
+        tlsteer.Read("position", "last")
+    with pytest.raises(ValueError, match=r"only a 'mean' read takes a span"):
+        tlsteer.Read("position", -1, span=(0, 1))
+    with pytest.raises(ValueError, match=r"Read.reply\(\) reads the replies of class examples"):
+        tlsteer.extract_activations(tiny_llama, PAIRS, layers=[0], read=tlsteer.Read.reply())
 
 
 def test_layers_negative_and_default(tiny_llama):
@@ -123,13 +158,17 @@ def test_errors(tiny_llama):
     with pytest.raises(ValueError, match=r"unknown hook point 'resid_psot'.*closest: 'resid_post'"):
         tlsteer.extract_activations(model, PAIRS, layers=[0], hook="resid_psot")
     with pytest.raises(IndexError, match=r"read index -40 is outside prompt 0 \(11 tokens"):
-        tlsteer.extract_activations(model, PAIRS, layers=[0], read_token_index=-40)
+        tlsteer.extract_activations(model, PAIRS, layers=[0], read=tlsteer.Read.at(-40))
     with pytest.raises(ValueError, match=r"contrast data is empty"):
         tlsteer.extract_activations(model, [], layers=[0])
     with pytest.raises(ValueError, match=r"prompt 0 has 200 tokens, more than .*n_ctx=128"):
         tlsteer.extract_activations(model, [("x" * 200, "y")], layers=[0])
-    with pytest.raises(ValueError, match=r"read_token_index has 2 entries but there are 3"):
-        tlsteer.extract_activations(model, PAIRS, layers=[0], read_token_index=[0, 0])
+    with pytest.raises(ValueError, match=r"Read.at has 2 positions but there are 3 pairs"):
+        tlsteer.extract_activations(model, PAIRS, layers=[0], read=tlsteer.Read.at([0, 0]))
+    with pytest.raises(ValueError, match=r"Read.at has 2 positions but there are 3 pairs"):
+        tlsteer.extract_activations(
+            model, PAIRS, layers=[0], read=tlsteer.Read.at([0, 0]), share_prefix=False
+        )
     with pytest.raises(
         KeyError,
         match=r"hook 'blocks.9.hook_resid_post' not in model: layer 9 is out of range "

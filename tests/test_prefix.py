@@ -46,7 +46,7 @@ def test_vectors_agree(tiny, point):
 
 
 def test_plan_shares_the_prefix_and_keeps_reads_in_suffixes(tiny_llama):
-    plans = plan_pairs(tiny_llama, PAIRS, -1)
+    plans = plan_pairs(tiny_llama, PAIRS, tlsteer.Read.answer())
     first = plans[0]
     n_tokens = len(tlsteer.tokenize(tiny_llama, PAIRS[0].positive))
     assert len(first.prefix) == n_tokens - 2  # everything before the letter is shared
@@ -68,9 +68,9 @@ def test_other_aggregators_use_the_shared_path_too(tiny_llama):
 
 def test_errors_match_the_plain_path(tiny_llama):
     with pytest.raises(IndexError, match=r"read index -40 is outside prompt 0"):
-        tlsteer.train_steering_vector(tiny_llama, [("a b c", "a b d")], layers=[0], read_token_index=-40)
-    with pytest.raises(ValueError, match=r"read_token_index has 2 entries but there are 6 pairs"):
-        tlsteer.train_steering_vector(tiny_llama, PAIRS, layers=[0], read_token_index=[0, 0])
+        tlsteer.train_steering_vector(tiny_llama, [("a b c", "a b d")], layers=[0], read=tlsteer.Read.at(-40))
+    with pytest.raises(ValueError, match=r"Read.at has 2 positions but there are 6 pairs"):
+        tlsteer.train_steering_vector(tiny_llama, PAIRS, layers=[0], read=tlsteer.Read.at([0, 0]))
 
 
 def test_head_shared_by_every_prefix(tiny):
@@ -80,7 +80,7 @@ def test_head_shared_by_every_prefix(tiny):
         tlsteer.ContrastPair(f"{head}{q}<|end|><|assistant|>(A)", f"{head}{q}<|end|><|assistant|>(B)", -2)
         for q in ["Is water wet?", "Do cats fly?", "Is 2+2 four, really?"]
     ] + [tlsteer.ContrastPair(f"{head}yes", f"{head}no", -1)]
-    plans = plan_pairs(tiny, pairs, -1)
+    plans = plan_pairs(tiny, pairs, tlsteer.Read.last())
     head_len = len(tlsteer.tokenize(tiny, head))
     assert min(len(p.prefix) for p in plans) == head_len  # the last pair's prefix is the head itself
     for batch_size in (1, 2, 8):

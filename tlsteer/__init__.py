@@ -39,6 +39,7 @@ from tlsteer.operators import (
 )
 from tlsteer.positions import Positions
 from tlsteer.profile import ClassProfile, raw_class_profile
+from tlsteer.read import Read
 from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector, VectorMetadata
@@ -56,6 +57,7 @@ __all__ = [
     "InvariantCheck",
     "InvariantReport",
     "Positions",
+    "Read",
     "Edit",
     "Steering",
     "SteeringHandle",

@@ -13,7 +13,9 @@ Hendel et al. (2023) and Todd et al. (2024) built as a CAA contrast. Applied at 
 a held-out x's neutral prompt, it is scored by :func:`next_token_accuracy`: the share of prompts
 whose next-token top 1 (top k) holds the first token of ``" " + y``. The baselines are no
 steering, a random direction of the same norm (:func:`random_like`), and the few-shot prompt
-itself (the reference the vector tries to stand in for).
+itself (the reference the vector tries to stand in for). :func:`relation_accuracy` scores a
+vector on pairs' neutral prompts; :func:`choose_layer_and_multiplier` picks its layer and strength
+on validation pairs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import is_int
 from tlsteer.decode import generate_tokens
+from tlsteer.positions import Positions
 from tlsteer.steering import Steering
 from tlsteer.vector import SteeringVector
 
@@ -38,11 +41,13 @@ __all__ = [
     "AnalogyDomain",
     "AnalogyScore",
     "answer_token",
+    "choose_layer_and_multiplier",
     "few_shot_prompt",
     "load_analogies",
     "neutral_prompt",
     "next_token_accuracy",
     "random_like",
+    "relation_accuracy",
     "relation_contrast",
 ]
 
@@ -236,3 +241,57 @@ def next_token_accuracy(
     return AnalogyScore(
         float((ranks == 0).float().mean()), float((ranks < k).float().mean()), k, tuple(ranks.tolist())
     )
+
+
+def relation_accuracy(
+    model: HookedTransformer,
+    pairs: Sequence[tuple[str, str]],
+    vector: SteeringVector | None = None,
+    multiplier: float = 1.0,
+    *,
+    k: int = 5,
+    batch_size: int = 16,
+) -> AnalogyScore:
+    """:func:`next_token_accuracy` on the neutral prompts of ``pairs`` (x's), answers their y's.
+
+    With a ``vector``, ``multiplier * vector`` is added at each prompt's last token
+    (``Positions.last()``); without one the prompts run unsteered.
+
+    Example:
+        >>> relation_accuracy(model, test_pairs, vec.select(12), 4.0).top1  # doctest: +SKIP
+    """
+    steering = None if vector is None else vector.steering(multiplier, positions=Positions.last())
+    prompts = [neutral_prompt(x) for x, _ in pairs]
+    return next_token_accuracy(model, prompts, [y for _, y in pairs], steering, k=k, batch_size=batch_size)
+
+
+def choose_layer_and_multiplier(
+    model: HookedTransformer,
+    pairs: Sequence[tuple[str, str]],
+    vector: SteeringVector,
+    layers: Sequence[int],
+    multipliers: Sequence[float],
+) -> tuple[int, float]:
+    """The ``(layer, multiplier)`` of ``vector`` with the best :func:`relation_accuracy` on ``pairs``.
+
+    Pass validation pairs, never the test pairs. Ranked by top 1, then top 5; ties go to the
+    first layer, then the first multiplier, in the order given.
+
+    Example:
+        >>> choose_layer_and_multiplier(model, val_pairs, vec, [6, 12], [1.0, 2.0, 4.0])  # doctest: +SKIP
+        (12, 2.0)
+    """
+    if not layers or not multipliers:
+        raise ValueError(
+            f"need layers and multipliers to choose from, got {list(layers)} and {list(multipliers)}"
+        )
+    best: tuple[tuple[float, float], int, float] | None = None
+    for layer in layers:
+        single = vector.select(layer)
+        for m in multipliers:
+            score = relation_accuracy(model, pairs, single, m)
+            key = (score.top1, score.topk)
+            if best is None or key > best[0]:
+                best = (key, layer, m)
+    assert best is not None  # layers and multipliers are non-empty
+    return best[1], best[2]

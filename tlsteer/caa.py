@@ -12,7 +12,7 @@ from tlsteer.aggregators import Aggregator, aggregate_activations, mean_aggregat
 from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, data_hash
 from tlsteer.extract import extract_activations
 from tlsteer.prefix import iter_pair_activations
-from tlsteer.tokens import ReadIndex, check_pair_read_index
+from tlsteer.read import Read, as_read
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = ["train_steering_vector"]
@@ -31,8 +31,9 @@ def train_steering_vector(
     model: HookedTransformer,
     samples: Sequence[ContrastPair | tuple[str, str]] | ContrastSet,
     layers: int | Sequence[int] | None = None,
+    *,
     hook: str = "resid_post",
-    read_token_index: ReadIndex = -1,
+    read: Read | None = None,
     aggregator: Aggregator | None = None,
     batch_size: int = 8,
     show_progress: bool = False,
@@ -45,7 +46,8 @@ def train_steering_vector(
         samples: Contrast pairs (or ``(positive, negative)`` tuples), or a :class:`ContrastSet`.
         layers: Layers to build directions at; ``None`` means all; negatives count from the end.
         hook: The hook point inside each block (``resid_post`` by default).
-        read_token_index: Where to read each prompt; a pair's ``read_index`` takes precedence.
+        read: Where to read each prompt (default :meth:`Read.answer <tlsteer.Read.answer>`: a
+            pair's own read position, the answer letter of a CAA item, else the last token).
         aggregator: ``(pos, neg) -> direction``; default mean of differences (paired) or
             difference of class means (:class:`ContrastSet`).
         batch_size: Prompts per forward pass.
@@ -59,28 +61,35 @@ def train_steering_vector(
         >>> vec = tlsteer.train_steering_vector(model, pairs, layers=[6])  # doctest: +SKIP
     """
     data = as_contrast_data(samples)
+    read = as_read(read, Read.answer())
     streaming = getattr(mean_aggregator() if aggregator is None else aggregator, "streaming", None)
-    if share_prefix and streaming == "paired_mean" and not isinstance(data, ContrastSet):
-        directions = _streamed_mean(model, data, layers, hook, read_token_index, batch_size, show_progress)
+    paired = not isinstance(data, ContrastSet)
+    if share_prefix and streaming == "paired_mean" and paired and read.is_position:
+        directions = _streamed_mean(model, data, layers, hook, read, batch_size, show_progress)
     else:
         acts = extract_activations(
-            model, data, layers, hook, read_token_index, batch_size, show_progress, share_prefix
+            model,
+            data,
+            layers,
+            hook=hook,
+            read=read,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            share_prefix=share_prefix,
         )
         directions = aggregate_activations(acts, aggregator)
     if isinstance(data, ContrastSet):
         n_pairs = min(len(data.positive), len(data.negative))
         agg_default = "class_mean_aggregator"
+        per_item = data.read_index is not None
     else:
         n_pairs = len(data)
         agg_default = "mean_aggregator"
-    if isinstance(data, ContrastSet):
-        per_item = data.read_index is not None
-    else:
         per_item = any(p.read_index is not None for p in data)
-    read = _describe(read_token_index) + (" (per-pair overrides)" if per_item else "")
+    described = read.describe() + (" (per-pair positions)" if per_item and read.kind == "answer" else "")
     metadata = VectorMetadata(
         model_name=model.cfg.model_name,
-        read_index=read,
+        read_index=described,
         aggregator=agg_default if aggregator is None else _describe(aggregator),
         n_pairs=n_pairs,
         data_hash=data_hash(data),
@@ -93,7 +102,7 @@ def _streamed_mean(
     pairs: list[ContrastPair],
     layers: int | Sequence[int] | None,
     hook: str,
-    read_token_index: ReadIndex,
+    read: Read,
     batch_size: int,
     show_progress: bool,
 ) -> dict[str, torch.Tensor]:
@@ -101,9 +110,8 @@ def _streamed_mean(
     validate_hook_point(hook)
     layer_list = resolve_layers(model, layers)
     hooks = [hook_name(layer, hook) for layer in layer_list]
-    check_pair_read_index(read_token_index, len(pairs))
     sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
-    for batch in iter_pair_activations(model, pairs, hooks, read_token_index, batch_size, show_progress):
+    for batch in iter_pair_activations(model, pairs, hooks, read, batch_size, show_progress):
         for h in hooks:
             sums[h] += (batch.positive[h].double() - batch.negative[h].double()).sum(dim=0)
     return {h: (s / len(pairs)).float() for h, s in sums.items()}

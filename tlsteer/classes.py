@@ -31,6 +31,7 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, is_int, validate_hook_name
 from tlsteer.data import chat_prompt, read_text, reply_start
 from tlsteer.errors import closest, format_options
+from tlsteer.read import Read, as_read
 from tlsteer.reading import plan_reads, read_all
 
 __all__ = [
@@ -360,12 +361,8 @@ def load_class_dataset(name: str) -> ClassDataset:
     )
 
 
-ReadMode = Any
-"""``"response"`` (the mean over the response tokens), ``"last"`` or a token position (int)."""
-
-
 def _response_span(model: HookedTransformer, dataset: ClassDataset) -> Callable[..., Any]:
-    """The ``span=`` of ``read="response"``: a reply's tokens, or a plain text's tokens but the first."""
+    """The span of :meth:`Read.reply`: a reply's tokens, or a plain text's tokens but the first."""
     starts: dict[str, int] = {}
     where: dict[str, str] = {}
     for c in dataset.classes:
@@ -382,9 +379,9 @@ def _response_span(model: HookedTransformer, dataset: ClassDataset) -> Callable[
     def span(prompt: str, ids: Sequence[int]) -> tuple[int, None]:
         if starts[prompt] >= len(ids):
             raise ValueError(
-                f"{where[prompt]} is a plain text of {len(ids)} token: read='response' averages every "
+                f"{where[prompt]} is a plain text of {len(ids)} token: Read.reply() averages every "
                 "token of a plain text but the first (an attention sink), which leaves none; give a "
-                "longer text, or read='last' or a token position"
+                "longer text, or read=Read.last() or a position"
             )
         return starts[prompt], None
 
@@ -395,15 +392,17 @@ def class_reads(
     model: HookedTransformer,
     dataset: ClassDataset,
     hook: str,
-    read: ReadMode = "response",
+    *,
+    read: Read | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
     d_out: int | None = None,
     batch_size: int = 8,
 ) -> dict[str, Float[Tensor, "n d"]]:
     """Each class's example representations at ``hook`` (float32, CPU): ``{class: [n_class, d]}``.
 
-    ``read="response"`` averages over the response tokens (a plain text: every token but the
-    first). ``transform`` maps activation rows before the mean (an SAE's ``encode``; then give its
+    ``read`` defaults to :meth:`Read.reply <tlsteer.Read.reply>`: the mean over the reply tokens
+    (a plain text: every token but the first); any position or mean read works too.
+    ``transform`` maps activation rows before the mean (an SAE's ``encode``; then give its
     ``d_out``). All classes are read in one batched stream.
     """
     if not isinstance(dataset, ClassDataset):
@@ -412,12 +411,11 @@ def class_reads(
     batch_size = check_batch_size(batch_size)
     examples = [e for c in dataset.classes for e in dataset.examples[c]]
     texts = [e.text(model) for e in examples]
-    if isinstance(read, str) and read == "response":
-        plan = plan_reads(model, texts, "mean", _response_span(model, dataset))
-    elif (isinstance(read, str) and read == "last") or is_int(read):
-        plan = plan_reads(model, texts, read)
+    read = as_read(read, Read.reply())
+    if read.kind == "reply":
+        plan = plan_reads(model, texts, Read.mean(_response_span(model, dataset)))
     else:
-        raise ValueError(f"read must be 'response', 'last' or a token position (int), got {read!r}")
+        plan = plan_reads(model, texts, read)
     rows = read_all(model, hook, plan, transform or (lambda x: x), d_out or model.cfg.d_model, batch_size)
     out, at = {}, 0
     for c in dataset.classes:

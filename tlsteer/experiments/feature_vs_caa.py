@@ -141,6 +141,7 @@ def feature_vs_caa(
     ks: Sequence[int] = (8, 32),
     out_dir: str | Path | None = None,
     hook_name: str | None = None,
+    embedder: Any = None,
 ) -> dict[str, Any]:
     """Compare steering methods on one dataset at matched KL budgets (see the module docstring).
 
@@ -171,6 +172,8 @@ def feature_vs_caa(
         ks: The ``k`` of the ``feature_top<k>`` methods.
         out_dir: Write ``feature_vs_caa_<name>.json`` and figures there.
         hook_name: Where the SAE reads, if its metadata does not say.
+        embedder: For a class set, the sentence embedder of its judge
+            (:func:`tlsteer.eval.judge.class_judge`; default: all-MiniLM-L6-v2).
 
     Each stage is logged with its elapsed time at level INFO (logger
     ``tlsteer.experiments.feature_vs_caa``; ``logging.getLogger("tlsteer").setLevel("INFO")``
@@ -186,7 +189,9 @@ def feature_vs_caa(
         LOG.info("[%7.1f s] %s", time.perf_counter() - start, message)
 
     _check_dataset(dataset)
-    _check_class_only(dataset, instructions=instructions, prompts=prompts, targets=targets)
+    _check_class_only(
+        dataset, instructions=instructions, prompts=prompts, targets=targets, embedder=embedder
+    )
     if not is_int(split_seed):
         raise TypeError(f"split_seed must be an int, got {split_seed!r}")
     if split_seed != 0 and not isinstance(dataset, ClassDataset):
@@ -241,6 +246,7 @@ def feature_vs_caa(
             mmlu=mmlu,
             n_resamples=n_resamples,
             log=log,
+            embedder=embedder,
             **common,
         )
     else:
@@ -300,6 +306,7 @@ def _class_set(
     stats: Any,
     ks: Sequence[int],
     log: Any,
+    embedder: Any,
 ) -> dict[str, Any]:
     targets = list(dataset.classes) if targets is None else list(targets)
     unknown = [t for t in targets if t not in dataset.classes]
@@ -319,7 +326,7 @@ def _class_set(
 
     train, _, _ = dataset.split(seed=split_seed)
     profile = class_profile(model, sae, train, n_bootstrap=0, hook_name=hook)
-    judge = class_judge(dataset)
+    judge = class_judge(dataset, embedder)
     log(f"{dataset.name}: profile and judge (held-out accuracy {judge.held_out_accuracy:.3f})")
     built, calibrations, by_class = {}, {}, {}
     for i, c in enumerate(targets):

@@ -9,7 +9,7 @@ works (standard, top-k, JumpReLU, ...): tlsteer uses its ``encode``, ``decode``,
   :func:`tlsteer.eval.feature_token_view` reads).
 - Read: :func:`encode` (features at a position, the last token, or the mean over a span).
 - Build: :func:`feature_vector` (``paired``, ``sums``, ``class_means``) giving a
-  :class:`FeatureVector`; :func:`raw_vector` (the same formulas on residuals);
+  :class:`FeatureVector` (the same formulas on residuals: :func:`tlsteer.train_steering_vector`);
   :func:`encode_steering_vector` (the negative control).
 - Steer: :func:`feature_edit` (a core edit), :func:`feature_steering` (a :class:`tlsteer.Steering`).
 - Classes: :func:`class_profile` (K classes: distinctive and shared features, directions).
@@ -26,7 +26,7 @@ from tlsteer.sae.classes import SAEClassProfile, class_profile
 from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import ContrastFeatures, encode
 from tlsteer.sae.features import FeatureVector
-from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector, raw_vector
+from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector
 from tlsteer.sae.inspection import FeatureExample, FeatureReport, inspect_feature, plot_feature_vector
 from tlsteer.sae.quality import SAEQuality, sae_quality
 from tlsteer.sae.selection import FeatureStats, feature_stats, output_scores
@@ -58,7 +58,6 @@ __all__ = [
     "load_sae",
     "output_scores",
     "plot_feature_vector",
-    "raw_vector",
     "sae_fingerprint",
     "sae_hook_name",
     "sae_quality",

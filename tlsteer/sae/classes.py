@@ -18,8 +18,9 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
-from tlsteer.classes import ClassDataset, ReadMode, class_reads
+from tlsteer.classes import ClassDataset, class_reads
 from tlsteer.profile import ClassProfile, check_n_bootstrap
+from tlsteer.read import Read
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
 from tlsteer.sae.features import FeatureVector
 from tlsteer.vector import SteeringVector
@@ -81,7 +82,8 @@ def class_profile(
     model: HookedTransformer,
     sae: SAELike,
     dataset: ClassDataset,
-    read: ReadMode = "response",
+    *,
+    read: Read | None = None,
     batch_size: int = 8,
     n_bootstrap: int = 50,
     seed: int = 0,
@@ -93,7 +95,8 @@ def class_profile(
         model: A ``HookedTransformer`` with a tokenizer.
         sae: A sae-lens SAE that fits the model.
         dataset: The classes.
-        read: ``"response"`` (mean over the response tokens), ``"last"`` or a token position.
+        read: Where each example is read (default :meth:`Read.reply <tlsteer.Read.reply>`: the
+            mean over the reply tokens).
         batch_size: Examples per forward pass.
         n_bootstrap: Resamples for the stability of distinctive and shared features; 0 builds a
             profile without stability (enough for directions and feature vectors), whose
@@ -116,7 +119,9 @@ def class_profile(
         encoded = sae.encode(rows.to(device)).float().to(rows.device)
         return torch.cat([rows.float(), encoded], dim=-1)
 
-    joint = class_reads(model, dataset, hook, read, transform=both, d_out=d_in + d_sae, batch_size=batch_size)
+    joint = class_reads(
+        model, dataset, hook, read=read, transform=both, d_out=d_in + d_sae, batch_size=batch_size
+    )
     reps = {
         "raw": {c: t[:, :d_in] for c, t in joint.items()},
         "feature": {c: t[:, d_in:] for c, t in joint.items()},

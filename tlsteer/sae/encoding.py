@@ -15,7 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer.reading import Read, ReadPlan, Span, plan_reads, read_all
+from tlsteer.read import Read
+from tlsteer.reading import ReadPlan, plan_reads, read_all
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
 
 __all__ = ["ContrastFeatures", "encode", "sae_transform"]
@@ -55,8 +56,8 @@ def encode(
     model: HookedTransformer,
     sae: SAELike,
     prompts: Any,
-    read: Read = "last",
-    span: Span = None,
+    *,
+    read: Read | None = None,
     batch_size: int = 8,
     hook_name: str | None = None,
 ) -> Float[Tensor, "n d_sae"] | ContrastFeatures:
@@ -67,12 +68,9 @@ def encode(
         sae: A sae-lens SAE whose ``d_in`` is ``model.cfg.d_model``.
         prompts: Prompt strings; or contrast pairs (``ContrastPair`` or ``(positive,
             negative)`` tuples) or a ``ContrastSet``, which return :class:`ContrastFeatures`.
-        read: ``"last"`` (the last token), a position (negative counts from the end), or
-            ``"mean"``: the mean of the feature activations over ``span``. A pair's or set's own
-            ``read_index`` takes precedence over ``"last"`` or a position.
-        span: With ``read="mean"``: ``None`` (every token), one ``(start, end)`` for every
-            prompt, one per prompt (per pair), or a callable ``(prompt, token_ids) -> (start,
-            end)``; ``end`` is exclusive or ``None``, negatives count from the end.
+        read: Where each prompt is read (default :meth:`Read.answer <tlsteer.Read.answer>`: a
+            pair's own read position, else the last token); :meth:`Read.mean
+            <tlsteer.Read.mean>` averages the feature activations over a span.
         batch_size: Prompts per forward pass.
         hook_name: Where the SAE reads, if its metadata does not say.
 
@@ -80,10 +78,10 @@ def encode(
         >>> feats = encode(model, sae, ["I love it", "I hate it"])  # doctest: +SKIP
         >>> feats.shape  # doctest: +SKIP
         torch.Size([2, 16384])
-        >>> answer = encode(model, sae, prompts, read="mean", span=(-5, None))  # doctest: +SKIP
+        >>> answer = encode(model, sae, prompts, read=Read.mean((-5, None)))  # doctest: +SKIP
     """
     hook = check_sae(model, sae, hook_name)
-    plan = plan_reads(model, prompts, read, span)
+    plan = plan_reads(model, prompts, read)
     features = encode_plan(model, sae, hook, plan, batch_size)
     if plan.kind == "prompts":
         return features

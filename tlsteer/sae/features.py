@@ -195,7 +195,7 @@ class FeatureVector:
     def drop_first_token_features(self, ids: Any) -> FeatureVector:
         """Drop the features that fire on the first token (attention-sink features).
 
-        Find them with ``encode(model, sae, texts, read=0)``: the ids where any row is nonzero.
+        Find them with ``encode(model, sae, texts, read=Read.at(0))``: the ids where any row is nonzero.
         """
         return self._drop(ids, "drop_first_token_features")
 

@@ -15,8 +15,10 @@ reads them: every example's *activations* are encoded (never a steering vector).
 
 So ``paired == sums`` on pairs and ``class_means == sums`` on equal sizes, up to float error.
 Everything is summed as it streams (float64 running sums), so memory does not grow with the data.
-:func:`raw_vector` applies the same formulas to the residual activations themselves and returns a
-core :class:`~tlsteer.SteeringVector`. :func:`encode_steering_vector` is the negative control:
+The same formulas on the residual activations themselves are the core's one raw-vector builder,
+:func:`tlsteer.train_steering_vector` (``paired``: its default mean of differences; ``class_means``
+and, on equal sizes, ``sums``: ``aggregator=class_mean_aggregator()``), read with the same
+:class:`~tlsteer.Read`. :func:`encode_steering_vector` is the negative control:
 the SAE's encoding of a CAA direction, which is off the SAE's training distribution.
 """
 
@@ -28,14 +30,14 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import check_batch_size, parse_hook_name, validate_hook_name
-from tlsteer.data import as_contrast_data, data_hash
+from tlsteer._types import check_batch_size
 from tlsteer.errors import format_options
-from tlsteer.reading import Read, ReadPlan, Span, describe_read, iter_reads, plan_reads
+from tlsteer.read import Read, as_read
+from tlsteer.reading import ReadPlan, iter_reads, plan_reads
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims, sae_hook_name
 from tlsteer.sae.encoding import sae_transform
 from tlsteer.sae.features import FeatureVector
-from tlsteer.vector import SteeringVector, VectorMetadata
+from tlsteer.vector import SteeringVector
 
 __all__ = [
     "FORMULAS",
@@ -43,7 +45,6 @@ __all__ = [
     "contrast_direction",
     "encode_steering_vector",
     "feature_vector",
-    "raw_vector",
 ]
 
 Formula = Literal["paired", "sums", "class_means"]
@@ -100,8 +101,8 @@ def feature_vector(
     sae: SAELike,
     data: Any,
     formula: str = "paired",
-    read: Read = "last",
-    span: Span = None,
+    *,
+    read: Read | None = None,
     batch_size: int = 8,
     hook_name: str | None = None,
     note: str = "",
@@ -113,7 +114,8 @@ def feature_vector(
         sae: A sae-lens SAE that fits the model.
         data: Contrast pairs (``ContrastPair`` or ``(positive, negative)`` tuples) or a ``ContrastSet``.
         formula: ``"paired"``, ``"sums"`` or ``"class_means"`` (see the module docstring).
-        read, span: Where each prompt is read, as for :func:`~tlsteer.sae.encode`.
+        read: Where each prompt is read (default :meth:`Read.answer <tlsteer.Read.answer>`), as
+            for :func:`~tlsteer.sae.encode`.
         batch_size: Prompts per forward pass.
         hook_name: Where the SAE reads, if its metadata does not say.
         note: Free text kept in the vector.
@@ -126,7 +128,8 @@ def feature_vector(
     """
     hook = check_sae(model, sae, hook_name)
     batch_size = check_batch_size(batch_size)
-    plan = plan_reads(model, data, read, span)
+    read = as_read(read, Read.answer())
+    plan = plan_reads(model, data, read)
     values = contrast_direction(model, hook, plan, formula, sae_transform(sae), batch_size)
     return FeatureVector.from_sae(
         sae,
@@ -134,41 +137,9 @@ def feature_vector(
         hook,
         formula=formula,
         n_examples=_n_examples(plan),
-        note=note or f"read={describe_read(read, span)}",
+        note=note or f"read={read.describe()}",
         model_name=model.cfg.model_name or "",
     )
-
-
-def raw_vector(
-    model: HookedTransformer,
-    data: Any,
-    hook: str,
-    formula: str = "paired",
-    read: Read = "last",
-    span: Span = None,
-    batch_size: int = 8,
-) -> SteeringVector:
-    """The same formulas on the residual activations at ``hook``: a core SteeringVector.
-
-    The raw-space counterpart of :func:`feature_vector`, read the same way; compare it with
-    ``feature_vector(...).to_steering_vector(sae)``.
-
-    Example:
-        >>> vec = raw_vector(model, pairs, "blocks.12.hook_resid_post", formula="sums")  # doctest: +SKIP
-    """
-    validate_hook_name(model, hook)
-    parse_hook_name(hook)
-    batch_size = check_batch_size(batch_size)
-    plan = plan_reads(model, data, read, span)
-    direction = contrast_direction(model, hook, plan, formula, lambda rows: rows, batch_size)
-    meta = VectorMetadata(
-        model_name=model.cfg.model_name or "",
-        read_index=describe_read(read, span),
-        aggregator=f"raw:{formula}",
-        n_pairs=_n_examples(plan),
-        data_hash=data_hash(as_contrast_data(data)),
-    )
-    return SteeringVector({hook: direction}, meta)
 
 
 def encode_steering_vector(

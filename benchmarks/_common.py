@@ -1,0 +1,231 @@
+"""The opening every benchmark shares: its flags, logging, the model, and the ``--tiny`` stand-ins.
+
+Each script builds its parser with :func:`parser`, runs with :func:`run` (flags, seeds, logging
+at INFO, no gradients; ``main(argv)`` returns what the script wrote) and takes its model with
+:func:`load_model`. The usual flags:
+
+- ``--tiny``: a run of seconds on stand-ins, to show the script still works, never to measure
+  anything: a tiny random model (:func:`tlsteer.models.tiny_model`), random SAEs at its layers
+  (:func:`tlsteer.sae.random.random_sae`), a hashing stand-in for the judge's sentence embedder
+  (:class:`tlsteer.eval.judge.HashingEmbedder`), a CAA-format folder written from tlsteer's
+  built-in A/B items when no ``--caa-dir`` is given, and each script's small sizes (its ``tiny``
+  defaults; a flag given on the command line still wins). Results go to ``--out`` or a fresh
+  temporary folder, never into ``benchmarks/results``. ``tests/test_benchmarks.py`` runs every
+  script this way.
+- ``--out``: the results folder (default ``benchmarks/results``).
+- ``--seed``: seeds Python's, NumPy's and torch's global generators (default 0); scripts that
+  draw their own seeded samples start from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BUILD = ROOT / "benchmarks" / "build"
+TINY_LAYERS = 4
+"""Blocks of the ``--tiny`` model."""
+TINY_SAE_LAYERS = (1, 2)
+"""The layers that have an SAE under ``--tiny`` (the embedded model ships SAEs at 6 and 12)."""
+TINY_N_CTX = 2048
+"""The tiny model's context: its tokenizer makes one token per character."""
+TINY_EXAMPLES = 10
+"""Examples per class of a class set under ``--tiny`` (the first ones)."""
+TINY_JUDGE_TEXTS = 12
+"""Judge texts per class of a class set under ``--tiny`` (the first ones)."""
+
+log = logging.getLogger("benchmarks")
+T = TypeVar("T")
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the script's docstring and the usual flags."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="run in seconds on a tiny random model and stand-ins (checks the script, measures "
+        "nothing); results go to --out or a temporary folder, never benchmarks/results",
+    )
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the global generators (default 0)")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, tiny: Mapping[str, Any] = ()) -> Any:
+    """Parse ``argv``; with ``--tiny`` the defaults in ``tiny`` replace the script's own first."""
+    argv = list(argv) if argv is not None else None
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--tiny", action="store_true")
+    known, _ = probe.parse_known_args(argv)
+    if known.tiny and tiny:
+        p.set_defaults(**dict(tiny))
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="tlsteer-tiny-")) if args.tiny else RESULTS
+    elif args.tiny and _inside(args.out, RESULTS):
+        p.error(f"--tiny writes stand-in results; --out {str(args.out)!r} is inside benchmarks/results")
+    return args
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def run(
+    body: Callable[[Any], T],
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    tiny: Mapping[str, Any] = (),
+    grad: bool = False,
+) -> T:
+    """Parse, seed, log at INFO, and run ``body(args)`` without gradients (unless ``grad``).
+
+    The ``tlsteer`` and ``benchmarks`` loggers are set to INFO (a handler printing bare messages
+    is added where the root logger has none); ``--tiny`` runs on one torch thread. Both are put
+    back afterwards, as is the gradient mode, so a run in a test leaves the process as it found it.
+    """
+    args = parse(p, argv, tiny)
+    args.out.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
+    loggers = [logging.getLogger(name) for name in ("tlsteer", "benchmarks")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)
+    threads = torch.get_num_threads()
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and lose to contention
+    try:
+        if args.tiny:
+            log.info("--tiny: a tiny random model and stand-ins, nothing measured; results in %s", args.out)
+        with torch.set_grad_enabled(grad):
+            return body(args)
+    finally:
+        torch.set_num_threads(threads)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def load_model(args: Any, device: str | None = None) -> Any:
+    """The embedded model, or with ``--tiny`` a tiny random Llama-style model (seeded by ``--seed``)."""
+    import tlsteer
+    from tlsteer.models import tiny_model
+
+    if args.tiny:
+        return tiny_model("llama", seed=args.seed, n_layers=TINY_LAYERS, n_ctx=TINY_N_CTX)
+    return tlsteer.load_model(device=device)
+
+
+def sae_layers(args: Any) -> tuple[int, ...]:
+    """The layers with an SAE: the shipped ones, or :data:`TINY_SAE_LAYERS` with ``--tiny``."""
+    if args.tiny:
+        return TINY_SAE_LAYERS
+    from tlsteer.sae import embedded_sae_layers
+
+    return tuple(embedded_sae_layers())
+
+
+def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:
+    """The shipped SAE at ``layer`` (default: the lowest), or with ``--tiny`` a random TopK SAE there."""
+    if not args.tiny:
+        from tlsteer.sae import load_embedded_sae
+
+        return load_embedded_sae(layer)
+    from tlsteer.sae.random import random_sae
+
+    layer = TINY_SAE_LAYERS[0] if layer is None else layer
+    return random_sae(model.cfg.d_model, f"blocks.{layer}.hook_resid_post", d_sae=64, k=8, seed=layer)
+
+
+def load_embedder(args: Any) -> Any:
+    """The judge's sentence embedder, or with ``--tiny`` the hashing stand-in (no model to load)."""
+    from tlsteer.eval.judge import HashingEmbedder, load_embedder
+
+    return HashingEmbedder() if args.tiny else load_embedder()
+
+
+def load_class_dataset(args: Any, name: str) -> Any:
+    """A built-in class set; with ``--tiny`` only its first examples and judge texts per class."""
+    from dataclasses import replace
+
+    import tlsteer
+
+    ds = tlsteer.load_class_dataset(name)
+    if not args.tiny:
+        return ds
+    return replace(
+        ds,
+        examples={c: ds.examples[c][:TINY_EXAMPLES] for c in ds.classes},
+        judge_texts={c: ds.judge_texts[c][:TINY_JUDGE_TEXTS] for c in ds.classes},
+    )
+
+
+def caa_dir(args: Any) -> Path:
+    """``--caa-dir``; with ``--tiny`` and none given, a small CAA-format folder (see :func:`tiny_caa_dir`)."""
+    if args.caa_dir is not None:
+        if not (args.caa_dir / "generate").is_dir():
+            raise SystemExit(
+                f"--caa-dir {str(args.caa_dir)!r} has no 'generate' folder; expected the CAA datasets"
+            )
+        return args.caa_dir
+    if not args.tiny:
+        raise SystemExit("--caa-dir is required: the CAA datasets folder, e.g. --caa-dir ../shared/caa")
+    return tiny_caa_dir(args.out / "tiny_caa")
+
+
+def tiny_caa_dir(folder: Path, generate: int = 24, test: int = 8) -> Path:
+    """A folder laid out like the CAA repository's datasets, written from tlsteer's built-in A/B items.
+
+    Every behaviour of :data:`tlsteer.CAA_BEHAVIOURS` gets ``generate`` items in its generate set,
+    ``test`` A/B items and a few open-ended questions; MMLU and TruthfulQA get ``test`` items each
+    (answer (A) counts as correct). For ``--tiny`` runs only: the contents are not the behaviours'.
+    """
+    from tlsteer.data import BUILTIN_DATASETS, CAA_BEHAVIOURS, builtin_dataset_path
+
+    pool = [e for name in BUILTIN_DATASETS for e in json.loads(builtin_dataset_path(name).read_text())]
+    for i, behaviour in enumerate(CAA_BEHAVIOURS):
+        rows = pool[i * 3 :] + pool[: i * 3]  # each behaviour its own order
+        _write(folder / "generate" / behaviour / "generate_dataset.json", rows[:generate])
+        _write(folder / "test" / behaviour / "test_dataset_ab.json", rows[-test:])
+        open_ended = [{"question": r["question"].split("\n")[0]} for r in rows[-3:]]
+        _write(folder / "test" / behaviour / "test_dataset_open_ended.json", open_ended)
+    for rel, start in (("mmlu/mmlu.json", 0), ("truthfulqa/truthful_qa.json", test)):
+        items = [
+            {
+                "prompt": r["question"],
+                "correct": r["answer_matching_behavior"],
+                "incorrect": r["answer_not_matching_behavior"],
+                "category": f"tiny_{j}",
+            }
+            for j, r in enumerate(pool[start : start + test])
+        ]
+        _write(folder / "test" / rel, items)
+    return folder
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def write_json(path: Path, data: Any, **kwargs: Any) -> Path:
+    """Write ``data`` as indented JSON (a trailing newline) and return ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, **kwargs) + "\n")
+    return path

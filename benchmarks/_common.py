@@ -63,8 +63,17 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, tiny: Mapping[str, Any] = ()) -> Any:
-    """Parse ``argv``; with ``--tiny`` the defaults in ``tiny`` replace the script's own first."""
+def parse(
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    tiny: Mapping[str, Any] = (),
+    default_out: Path = RESULTS,
+) -> Any:
+    """Parse ``argv``; with ``--tiny`` the defaults in ``tiny`` replace the script's own first.
+
+    ``--out`` defaults to ``default_out``, with ``--tiny`` to a fresh temporary folder; a ``--tiny``
+    run never writes into ``benchmarks/results`` or ``default_out``.
+    """
     argv = list(argv) if argv is not None else None
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--tiny", action="store_true")
@@ -73,9 +82,9 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, tiny: Mapping[
         p.set_defaults(**dict(tiny))
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="tlsteer-tiny-")) if args.tiny else RESULTS
-    elif args.tiny and _inside(args.out, RESULTS):
-        p.error(f"--tiny writes stand-in results; --out {str(args.out)!r} is inside benchmarks/results")
+        args.out = Path(tempfile.mkdtemp(prefix="tlsteer-tiny-")) if args.tiny else default_out
+    elif args.tiny and any(_inside(args.out, kept) for kept in (RESULTS, default_out)):
+        p.error(f"--tiny writes stand-in results; --out {str(args.out)!r} would overwrite real ones")
     return args
 
 
@@ -90,6 +99,7 @@ def run(
     argv: Sequence[str] | None,
     tiny: Mapping[str, Any] = (),
     grad: bool = False,
+    default_out: Path = RESULTS,
 ) -> T:
     """Parse, seed, log at INFO, and run ``body(args)`` without gradients (unless ``grad``).
 
@@ -97,7 +107,7 @@ def run(
     is added where the root logger has none); ``--tiny`` runs on one torch thread. Both are put
     back afterwards, as is the gradient mode, so a run in a test leaves the process as it found it.
     """
-    args = parse(p, argv, tiny)
+    args = parse(p, argv, tiny, default_out)
     args.out.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -139,6 +149,59 @@ def sae_layers(args: Any) -> tuple[int, ...]:
     from tlsteer.sae import embedded_sae_layers
 
     return tuple(embedded_sae_layers())
+
+
+def load_hf_model(args: Any, model: Any) -> Any:
+    """The embedded model in ``transformers``, or with ``--tiny`` a ``LlamaForCausalLM`` holding the
+    tiny model's weights (so both libraries read the same activations)."""
+    import tlsteer
+
+    if args.tiny:
+        return hf_twin(model)
+    hf_model, _ = tlsteer.models.load_hf_model()
+    return hf_model
+
+
+def hf_twin(model: Any) -> Any:
+    """A ``transformers`` ``LlamaForCausalLM`` with a Llama-style ``HookedTransformer``'s weights."""
+    import einops
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.cfg
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.d_vocab,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=n_kv,
+        head_dim=cfg.d_head,
+        max_position_embeddings=cfg.n_ctx,
+        rms_norm_eps=cfg.eps,
+        rope_theta=float(cfg.rotary_base),
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    )
+    hf_model = LlamaForCausalLM(hf_cfg).eval()
+    ratio = cfg.n_heads // n_kv  # W_K, W_V repeat each key/value head for its query heads
+    state = {"model.embed_tokens.weight": model.W_E, "model.norm.weight": model.ln_final.w}
+    state["lm_head.weight"] = model.W_U.T
+    for i, block in enumerate(model.blocks):
+        attn, pre = block.attn, f"model.layers.{i}."
+        state |= {
+            pre + "input_layernorm.weight": block.ln1.w,
+            pre + "post_attention_layernorm.weight": block.ln2.w,
+            pre + "self_attn.q_proj.weight": einops.rearrange(attn.W_Q, "n m h -> (n h) m"),
+            pre + "self_attn.k_proj.weight": einops.rearrange(attn.W_K[::ratio], "n m h -> (n h) m"),
+            pre + "self_attn.v_proj.weight": einops.rearrange(attn.W_V[::ratio], "n m h -> (n h) m"),
+            pre + "self_attn.o_proj.weight": einops.rearrange(attn.W_O, "n h m -> m (n h)"),
+            pre + "mlp.gate_proj.weight": block.mlp.W_gate.T,
+            pre + "mlp.up_proj.weight": block.mlp.W_in.T,
+            pre + "mlp.down_proj.weight": block.mlp.W_out.T,
+        }
+    hf_model.load_state_dict({k: v.detach().contiguous() for k, v in state.items()}, strict=True)
+    return hf_model
 
 
 def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:

@@ -15,49 +15,39 @@ Steering: each direction, scaled to unit norm, is added from each prompt's last 
 ``--strengths`` times the mean residual norm at the hook on neutral text; a random direction
 (seeded) is the control. Prompts are the user prompts of the validation and test examples (never
 used to build a direction). Generations are greedy; the set's K-class judge scores each by its
-expected level. Reported per method: mean level per strength and the Spearman correlation of
-level with strength over all generations. Writes ``benchmarks/results/class_ordinal_<set>.{json,png}``.
+expected level (``tlsteer.eval.ordinal.ordinal_sweep``). Reported per method: mean level per
+strength and the Spearman correlation of level with strength over all generations. Writes
+``benchmarks/results/class_ordinal_<set>.{json,png}``.
 
-    python benchmarks/class_ordinal.py [--set aggression] [--strengths -0.5 -0.25 0 0.25 0.5]
+    python benchmarks/class_ordinal.py [--set aggression] [--strengths -0.5 -0.25 0 0.25 0.5] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
+import _common as common
 import torch
 
 import tlsteer
 from tlsteer.eval import residual_norms
 from tlsteer.eval.class_plots import plot_ordinal
-from tlsteer.eval.judge import class_judge, load_embedder
+from tlsteer.eval.judge import class_judge
 from tlsteer.eval.ordinal import ordinal_sweep
-from tlsteer.sae import class_profile, load_embedded_sae
+from tlsteer.sae import class_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+TINY = {"strengths": [-0.5, 0.0, 0.5], "max_new_tokens": 4}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--set", default="aggression")
-    parser.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
-    parser.add_argument("--strengths", type=float, nargs="+", default=[-0.5, -0.25, 0.0, 0.25, 0.5])
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    torch.set_grad_enabled(False)
+def body(args) -> Path:
     start = time.perf_counter()
-    model = tlsteer.load_model()
-    sae = load_embedded_sae(args.layer)
-    ds = tlsteer.load_class_dataset(args.set)
+    model = common.load_model(args)
+    sae = common.load_sae(args, model, args.layer)
+    ds = common.load_class_dataset(args, args.set)
     if not ds.ordinal:
-        parser.error(f"{args.set!r} is not an ordinal class set")
-    train, val, test = ds.split(seed=0)
+        raise SystemExit(f"{args.set!r} is not an ordinal class set")
+    train, val, test = ds.split(seed=args.seed)
     profile = class_profile(model, sae, train, n_bootstrap=0)
     held_out = class_profile(model, sae, test, n_bootstrap=0)
     hook = profile.hook_name
@@ -71,13 +61,13 @@ def main() -> None:
             spearman[name] = held_out.ordinal_spearman(w, space)
             rows = held_out.reps[space]
             projections[name] = {c: (rows[c] @ w).numpy() for c in ds.classes}
-            print(f"held-out Spearman, {name}: {spearman[name]:+.3f}", flush=True)
+            common.log.info("held-out Spearman, %s: %+.3f", name, spearman[name])
 
     norm = residual_norms(model, tlsteer.load_neutral_text(), [hook])[hook]
-    judge = class_judge(ds, load_embedder())
-    print(f"judge held-out accuracy {judge.held_out_accuracy:.3f} (flagged: {judge.flagged})", flush=True)
+    judge = class_judge(ds, common.load_embedder(args))
+    common.log.info("judge held-out accuracy %.3f (flagged: %s)", judge.held_out_accuracy, judge.flagged)
     prompts = list(dict.fromkeys(e.prompt for part in (val, test) for e in part.examples[low]))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(args.seed)
     directions = {
         "raw lstsq": profile.ordinal_direction("lstsq"),
         "raw centroid": profile.direction(low, high),
@@ -93,8 +83,7 @@ def main() -> None:
         sweeps[name] = sweep
         out_sweeps[name] = sweep.to_dict()
         means = " ".join(f"{s:+.2f}:{m:.2f}" for s, m in zip(args.strengths, sweep.mean_scores, strict=True))
-        print(f"{name}: mean level by strength {means}; Spearman {sweep.spearman:+.3f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+        common.log.info("%s: mean level by strength %s; Spearman %+.3f", name, means, sweep.spearman)
     title = f"{args.set} at {hook} (judge held-out {judge.held_out_accuracy:.2f}, {len(prompts)} prompts)"
     plot_ordinal(projections, sweeps, title, path=args.out / f"class_ordinal_{args.set}.png")
     out = {
@@ -111,8 +100,18 @@ def main() -> None:
         "sweeps": out_sweeps,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (args.out / f"class_ordinal_{args.set}.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"done in {out['seconds']:.0f} s")
+    path = common.write_json(args.out / f"class_ordinal_{args.set}.json", out)
+    common.log.info("done in %.0f s", out["seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--set", default="aggression")
+    p.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
+    p.add_argument("--strengths", type=float, nargs="+", default=[-0.5, -0.25, 0.0, 0.25, 0.5])
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

@@ -10,50 +10,37 @@ class i alone). 32 new tokens, greedy, steering from each prompt's last token on
 judge (trained on the set's judge texts) labels every generation; its held-out accuracy is
 reported. Writes ``benchmarks/results/class_transfer_<set>.{json,png}``.
 
-    python benchmarks/class_transfer.py [--set speaking_styles] [--strength 0.5] [--prompts 8]
+    python benchmarks/class_transfer.py [--set speaking_styles] [--strength 0.5] [--prompts 8] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-import torch
+import _common as common
 
 import tlsteer
 from tlsteer.eval import residual_norms
 from tlsteer.eval.class_plots import plot_transfer_matrix
-from tlsteer.eval.judge import class_judge, load_embedder
+from tlsteer.eval.judge import class_judge
 from tlsteer.eval.transfer import class_switch_methods, source_prompts, transfer_matrix
-from tlsteer.sae import class_profile, load_embedded_sae
+from tlsteer.sae import class_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+TINY = {"prompts": 1, "max_new_tokens": 4}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--set", default="speaking_styles", choices=tlsteer.CLASS_DATASETS)
-    parser.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
-    parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--prompts", type=int, default=8, help="source prompts per class")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    torch.set_grad_enabled(False)
+def body(args) -> Path:
     start = time.perf_counter()
-    model = tlsteer.load_model()
-    sae = load_embedded_sae(args.layer)
-    ds = tlsteer.load_class_dataset(args.set)
-    train, _, test = ds.split(seed=0)
+    model = common.load_model(args)
+    sae = common.load_sae(args, model, args.layer)
+    ds = common.load_class_dataset(args, args.set)
+    train, _, test = ds.split(seed=args.seed)
     profile = class_profile(model, sae, train, n_bootstrap=0)
     hook = profile.hook_name
     norm = residual_norms(model, tlsteer.load_neutral_text(), [hook])[hook]
-    judge = class_judge(ds, load_embedder())
-    prompts = source_prompts(model, test, n=args.prompts, seed=0)
+    judge = class_judge(ds, common.load_embedder(args))
+    prompts = source_prompts(model, test, n=args.prompts, seed=args.seed)
     out = {
         "set": args.set,
         "hook": hook,
@@ -64,19 +51,28 @@ def main() -> None:
         "judge_flagged": judge.flagged,
         "methods": {},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     for name, steer in class_switch_methods(profile, args.strength, norm).items():
         result = transfer_matrix(model, judge, prompts, steer, max_new_tokens=args.max_new_tokens)
         out["methods"][name] = result.to_dict()
-        print(
-            f"== {name}: off-diagonal success {result.success:.3f}\n{result.matrix.round(2).to_string()}",
-            flush=True,
+        common.log.info(
+            "== %s: off-diagonal success %.3f\n%s", name, result.success, result.matrix.round(2).to_string()
         )
         title = f"{args.set}: {name}, strength {args.strength} (judge {judge.held_out_accuracy:.2f})"
         plot_transfer_matrix(result.matrix, title, path=args.out / f"class_transfer_{args.set}_{name}.png")
     out["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / f"class_transfer_{args.set}.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"done in {out['seconds']:.0f} s")
+    path = common.write_json(args.out / f"class_transfer_{args.set}.json", out)
+    common.log.info("done in %.0f s", out["seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--set", default="speaking_styles", choices=tlsteer.CLASS_DATASETS)
+    p.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
+    p.add_argument("--strength", type=float, default=0.5)
+    p.add_argument("--prompts", type=int, default=8, help="source prompts per class")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

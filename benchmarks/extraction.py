@@ -14,24 +14,43 @@ method does), so the methods share one numerator. Ratios come from one run on on
 Memory: fresh processes; resident memory sampled every 5 ms while training, above the level
 after loading the model, with every activation kept (extract + aggregate) or as running sums.
 
-    python benchmarks/extraction.py --caa-dir ../shared/caa [--per-behaviour 8] [--batch-size 16]
+With ``--tiny``: the tiny model and its ``transformers`` twin (the same weights), a few pairs, and
+the memory runs in this process (their numbers mean nothing there).
+
+    python benchmarks/extraction.py --caa-dir ../shared/caa [--per-behaviour 8] [--batch-size 16] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
+import gc
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+import _common as common
 import torch
+from load_model import timed_load  # sibling benchmark
 
 import tlsteer
 from tlsteer.data import CAA_BEHAVIOURS, ContrastPair
 from tlsteer.tokens import left_pad
+
+TINY = {"per_behaviour": 2, "builtin_pairs": 6, "batch_size": 4, "memory_sizes": [8]}
+MEMORY_MODES = {
+    "streaming": "tlsteer.train_steering_vector (running sums)",
+    "stored": "tlsteer.extract_activations + aggregate_activations (every activation kept)",
+}
+MEMORY_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import tlsteer, extraction
+print(json.dumps(extraction.measure_memory(tlsteer.load_model(), sys.argv[1], int(sys.argv[2]))))
+"""
 
 
 def hooks_of(model) -> list[str]:
@@ -127,7 +146,7 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def load_pairs(model, caa_dir: Path | None, per_behaviour: int) -> dict[str, list[ContrastPair]]:
+def load_pairs(model, caa_dir: Path | None, per_behaviour: int, builtin: int) -> dict[str, list[ContrastPair]]:
     sets = {}
     if caa_dir is not None:
         caa = []
@@ -136,125 +155,73 @@ def load_pairs(model, caa_dir: Path | None, per_behaviour: int) -> dict[str, lis
             caa += tlsteer.load_caa_dataset(path, model, limit=per_behaviour)
         sets["caa_7_behaviours"] = caa
     sets["builtin"] = [
-        p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)[:40]
+        p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)[:builtin]
     ]
     return sets
 
 
-MEMORY_CHILD = """
-import gc, json, sys, threading, time, torch, tlsteer
-
-def rss_mb():
+def rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
-mode, n = sys.argv[1], int(sys.argv[2])
-model = tlsteer.load_model()
-pool = [p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)]
-pairs = [pool[i % len(pool)] for i in range(n)]
-torch.set_grad_enabled(False)
-tlsteer.train_steering_vector(model, pairs[:8], batch_size=16)  # warm-up allocations
-gc.collect()
-base = rss_mb()
-peak = [base]
-done = threading.Event()
 
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss_mb())
-        time.sleep(0.005)
+def measure_memory(model, mode: str, n: int) -> dict:
+    """Resident memory above the level after loading while training on ``n`` pairs, sampled every 5 ms."""
+    pool = [p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)]
+    pairs = [pool[i % len(pool)] for i in range(n)]
+    with torch.no_grad():
+        tlsteer.train_steering_vector(model, pairs[:8], batch_size=16)  # warm-up allocations
+        gc.collect()
+        base = rss_mb()
+        peak = [base]
+        done = threading.Event()
 
-sampler = threading.Thread(target=sample)
-sampler.start()
-t = time.perf_counter()
-if mode == "streaming":
-    tlsteer.train_steering_vector(model, pairs, batch_size=16)
-else:
-    acts = tlsteer.extract_activations(model, pairs, batch_size=16)
-    tlsteer.aggregate_activations(acts)
-seconds = time.perf_counter() - t
-done.set()
-sampler.join()
-print(json.dumps({"pairs": n, "rss_before_mb": base, "peak_rss_mb": peak[0],
-                  "growth_mb": peak[0] - base, "seconds": seconds}))
-"""
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb())
+                time.sleep(0.005)
 
-MEMORY_MODES = {
-    "streaming": "tlsteer.train_steering_vector (running sums)",
-    "stored": "tlsteer.extract_activations + aggregate_activations (every activation kept)",
-}
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t = time.perf_counter()
+        if mode == "streaming":
+            tlsteer.train_steering_vector(model, pairs, batch_size=16)
+        else:
+            acts = tlsteer.extract_activations(model, pairs, batch_size=16)
+            tlsteer.aggregate_activations(acts)
+        seconds = time.perf_counter() - t
+        done.set()
+        sampler.join()
+    return {"pairs": n, "rss_before_mb": base, "peak_rss_mb": peak[0], "growth_mb": peak[0] - base, "seconds": seconds}
 
 
-def memory_runs(sizes: list[int]) -> list[dict]:
-    """Resident memory above the post-load baseline while training, sampled every 5 ms."""
+def memory_runs(sizes: list[int], tiny_model=None) -> list[dict]:
+    """Each mode and size in a fresh process (with ``tiny_model``: in this one, on it)."""
     out = []
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for mode, description in MEMORY_MODES.items():
         for n in sizes:
-            proc = subprocess.run(
-                [sys.executable, "-c", MEMORY_CHILD, mode, str(n)],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=env,
-            )
-            out.append(json.loads(proc.stdout.strip().splitlines()[-1]) | {"mode": description})
-            print(out[-1], flush=True)
+            if tiny_model is not None:
+                row = measure_memory(tiny_model, mode, n)
+            else:
+                argv = [sys.executable, "-c", MEMORY_CHILD, mode, str(n), str(Path(__file__).parent)]
+                proc = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.append(row | {"mode": description})
+            common.log.info("%s", out[-1])
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--caa-dir", type=Path, default=None)
-    parser.add_argument("--per-behaviour", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[100, 1000])
-    parser.add_argument("--skip-one-by-one", action="store_true")
-    parser.add_argument(
-        "--parts",
-        nargs="+",
-        choices=["speed", "memory"],
-        default=["speed", "memory"],
-        help="what to measure; a part left out is kept from the existing extraction.json",
-    )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
-
-    path = args.out / "extraction.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    results = {k: previous[k] for k in ("load_model", "datasets", "memory") if k in previous}
-    if "speed" in args.parts:
-        results |= speed_runs(args)
-    if "memory" in args.parts:
-        results["memory"] = memory_runs(args.memory_sizes)
-    results["batch_size"] = args.batch_size
-    results["threads"] = torch.get_num_threads()
-    path.write_text(json.dumps(results, indent=1))
-    plot(results, args.out / "extraction.png")
-    print(json.dumps(results, indent=1))
-
-
-def speed_runs(args: argparse.Namespace) -> dict:
+def speed_runs(args, model) -> dict:
     """Load times, then every method on each dataset in one process (ratios from one run)."""
-    import tempfile
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from load_model import timed_load  # sibling benchmark
-
     with tempfile.TemporaryDirectory() as cache:
-        cold = timed_load(cache)
-        warm = timed_load(cache)
-    print(f"load_model: cold {cold['load_s']:.1f} s, warm {warm['load_s']:.2f} s", flush=True)
-
-    model = tlsteer.load_model()
-    hf_model, _ = tlsteer.models.load_hf_model()
+        cold = timed_load(cache, args.tiny)
+        warm = timed_load(cache, args.tiny)
+    common.log.info("load_model: cold %.1f s, warm %.2f s", cold["load_s"], warm["load_s"])
+    hf_model = common.load_hf_model(args, model)
     results = {"load_model": {"cold_s": cold["load_s"], "warm_s": warm["load_s"]}, "datasets": {}}
     bs = args.batch_size
-    for name, pairs in load_pairs(model, args.caa_dir, args.per_behaviour).items():
+    for name, pairs in load_pairs(model, args.caa_dir, args.per_behaviour, args.builtin_pairs).items():
         n_tokens = sum(len(a) + len(b) for a, _, b, _ in read_positions(model, pairs))
 
         def train(p, share):
@@ -275,7 +242,7 @@ def speed_runs(args: argparse.Namespace) -> dict:
             vec, seconds = timed(fn)
             vectors[label] = vec
             rows[label] = {"seconds": seconds, "tokens_per_s": n_tokens / seconds}
-            print(f"{name} {label}: {seconds:.1f} s, {n_tokens / seconds:.0f} tokens/s", flush=True)
+            common.log.info("%s %s: %.1f s, %.0f tokens/s", name, label, seconds, n_tokens / seconds)
         ref = rows["a_tlsteer"]["seconds"]
         for label in rows:
             rows[label]["speedup_of_tlsteer"] = rows[label]["seconds"] / ref
@@ -284,7 +251,24 @@ def speed_runs(args: argparse.Namespace) -> dict:
     return results
 
 
-def plot(results: dict, path: Path) -> None:
+def body(args) -> Path:
+    path = args.out / "extraction.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    results = {k: previous[k] for k in ("load_model", "datasets", "memory") if k in previous}
+    model = common.load_model(args) if args.tiny or "speed" in args.parts else None
+    if "speed" in args.parts:
+        results |= speed_runs(args, model)
+    if "memory" in args.parts:
+        results["memory"] = memory_runs(args.memory_sizes, model if args.tiny else None)
+    results["batch_size"] = args.batch_size
+    results["threads"] = torch.get_num_threads()
+    common.write_json(path, results)
+    plot(results, args.out / "extraction.png", model.cfg.n_layers if model is not None else 30)
+    common.log.info("%s", json.dumps(results, indent=1))
+    return path
+
+
+def plot(results: dict, path: Path, n_layers: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,11 +284,30 @@ def plot(results: dict, path: Path) -> None:
             [rows[k]["tokens_per_s"] for k in labels],
             color=["C2" if k == "a_tlsteer" else "C0" for k in labels],
         )
-        ax.set_xlabel("prompt tokens / s (all 30 layers)")
+        ax.set_xlabel(f"prompt tokens / s (all {n_layers} layers)")
         ax.set_title(f"{name}: {results['datasets'][name]['pairs']} pairs")
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--caa-dir", type=Path, default=None)
+    p.add_argument("--per-behaviour", type=int, default=8)
+    p.add_argument("--builtin-pairs", type=int, default=40, help="pairs of each built-in dataset")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--memory-sizes", type=int, nargs="*", default=[100, 1000])
+    p.add_argument("--skip-one-by-one", action="store_true")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["speed", "memory"],
+        default=["speed", "memory"],
+        help="what to measure; a part left out is kept from the existing extraction.json",
+    )
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,26 @@ bootstrap intervals:
   the share the set's K-class judge assigns to the target; selectivity and perplexity beside.
 
 MMLU accuracy (``--mmlu`` items of the CAA copy) at each cell's strength is a side effect.
-Writes ``benchmarks/results/feature_vs_caa_<dataset>.{json,png}`` and
-``feature_vs_caa_summary.json`` (wall time included).
+Writes ``benchmarks/results/feature_vs_caa_<dataset>.{json,png}``,
+``feature_vs_caa_summary.json`` (wall time included) and ``feature_vs_caa_tables.md``
+(``tlsteer.experiments.comparison_markdown``).
 
     python benchmarks/feature_vs_caa.py --caa-dir ../shared/caa           # default run
     python benchmarks/feature_vs_caa.py --small    # about 3 minutes, into benchmarks/results/small/
     python benchmarks/feature_vs_caa.py --replot   # redraw the figures from the JSON
+    python benchmarks/feature_vs_caa.py --tiny     # seconds, a tiny model: checks the script
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
-import torch
+import _common as common
 
 import tlsteer
-from tlsteer.analogy import load_analogies
+from tlsteer.analogy import AnalogyDomain, load_analogies
 from tlsteer.data import load_ab_items, load_caa_dataset
 from tlsteer.experiments import (
     METHODS,
@@ -48,137 +48,80 @@ from tlsteer.experiments import (
     plot_comparison,
     plot_transfer_grid,
 )
-from tlsteer.sae import load_embedded_sae
+from tlsteer.experiments.comparison_plots import comparison_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_METHODS = ("caa", "feature_full", "feature_output", "clamp", "random", "prompting")
+TINY = {
+    "behaviours": ["coordinate-other-ais"],
+    "sets": ["speaking_styles"],
+    "analogies": ["number_successor"],
+    "layer": 1,
+    "methods": ["caa", "feature_full", "clamp", "random", "prompting"],
+    "budgets": [0.5],
+    "prompts": 2,
+    "seeds": 1,
+    "max_new_tokens": 4,
+    "train_pairs": 6,
+    "test_items": 4,
+    "mmlu": 2,
+    "neutral": 3,
+    "resamples": 20,
+    "targets": ["formal", "pirate"],
+    "shots": 2,
+    "analogy_pairs": 16,
+}
 
 
-def _fmt(ci: dict) -> str:
-    return f"{ci['value']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+def replot(out: Path) -> Path:
+    """Redraw the figures and the tables from the JSON in ``out``."""
+    summary = json.loads((out / "feature_vs_caa_summary.json").read_text())
+    results = {}
+    for name in summary["datasets"]:
+        path = out / f"feature_vs_caa_{name}.json"
+        results[name] = json.loads(path.read_text())
+        plot_comparison(results[name], path=path.with_suffix(".png"))
+        if "classes" in results[name]:
+            plot_transfer_grid(results[name], path=path.with_name(f"{path.stem}_transfer.png"))
+    tables = out / "feature_vs_caa_tables.md"
+    tables.write_text(comparison_markdown(results) + "\n")
+    return tables
 
 
-def markdown_tables(results: dict[str, dict]) -> str:
-    """Matched-budget tables (methods x datasets, success with its interval) and side effects."""
-    names = list(results)
-    budgets = sorted({r["budget"] for res in results.values() for r in comparison_table(res) if r["budget"]})
-    methods = list(dict.fromkeys(r["method"] for res in results.values() for r in comparison_table(res)))
-    methods.sort(key=lambda m: (m != "unsteered", m == "prompting", m in ("caa_encoded", "random")))
+def tasks(args, model) -> list:
+    """The CAA behaviours (with a CAA folder), class sets and analogy domains to compare on."""
     out = []
-    for b in budgets:
-        out += [f"Success at mean KL {b} (prompting and unsteered as they are):", ""]
-        out += ["| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        for m in methods:
-            row = []
-            for name in names:
-                cell = results[name]["cells"].get(f"{m}@{b}", results[name]["cells"].get(m))
-                row.append("" if cell is None else _fmt(cell.get("success", cell.get("p_matching"))))
-            out.append(f"| `{m}` | " + " | ".join(row) + " |")
-        out.append("")
-    with_mmlu = [n for n in names if "mmlu" in results[n]["cells"].get("unsteered", {})]
-    if with_mmlu:
-        b = budgets[-1]
-        out += [f"MMLU accuracy (unsteered) and its change at KL {b}:", ""]
-        out += ["| method | " + " | ".join(with_mmlu) + " |", "|---" * (len(with_mmlu) + 1) + "|"]
-        for m in methods:
-            row = []
-            for name in with_mmlu:
-                cell = results[name]["cells"].get(f"{m}@{b}", results[name]["cells"].get(m))
-                if cell is None:
-                    row.append("")
-                elif m == "unsteered":
-                    row.append(_fmt(cell["mmlu"]))
-                else:
-                    row.append(f"{cell['mmlu_change']:+.2f}")
-            out.append(f"| `{m}` | " + " | ".join(row) + " |")
-        out.append("")
-    for name, res in results.items():
-        if "classes" not in res:
-            continue
-        b = budgets[-1]
-        out += [f"{name} at KL {b}: selectivity, perplexity under the unsteered model, MMLU change:", ""]
-        out += [
-            "| method | selectivity | perplexity | MMLU change | KL mean (p95) |",
-            "|---|---|---|---|---|",
-        ]
-        for m in methods:
-            cell = res["cells"].get(f"{m}@{b}", res["cells"].get(m))
-            if cell is None:
-                continue
-            change = cell.get("mmlu_change")
-            out.append(
-                f"| `{m}` | {_fmt(cell['selectivity'])} | {_fmt(cell['perplexity'])} | "
-                f"{'' if change is None else f'{change:+.2f}'} | "
-                f"{cell.get('kl_mean', 0):.2f} ({cell.get('kl_p95', 0):.2f}) |"
-            )
-        out.append("")
-    return "\n".join(out)
+    caa_dir = args.caa_dir
+    if caa_dir is None and args.tiny and args.behaviours:
+        caa_dir = common.caa_dir(args)
+    if caa_dir is not None:
+        instructions = builtin_instructions()["caa"]
+        for b in args.behaviours:
+            pairs = load_caa_dataset(caa_dir / "generate" / b / "generate_dataset.json", model)
+            items = load_ab_items(caa_dir / "test" / b / "test_dataset_ab.json")[: args.test_items]
+            out.append(ABTask(b, pairs[: args.train_pairs], items, instructions.get(b)))
+    out += [common.load_class_dataset(args, name) for name in args.sets]
+    domains, analogy_instructions = load_analogies(), builtin_instructions()["analogies"]
+    for name in args.analogies:
+        domain = domains[name]
+        if args.analogy_pairs is not None:
+            domain = AnalogyDomain(name, domain.pairs[: args.analogy_pairs], domain.template)
+        out.append(AnalogyTask(domain, n_shots=args.shots, instruction=analogy_instructions.get(name)))
+    return out, caa_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--caa-dir", type=Path, default=None, help="the CAA datasets folder (skip CAA if absent)"
-    )
-    parser.add_argument("--behaviours", nargs="*", default=["coordinate-other-ais", "sycophancy", "refusal"])
-    parser.add_argument("--sets", nargs="*", default=["speaking_styles", "aggression"])
-    parser.add_argument(
-        "--analogies", nargs="*", default=["number_successor", "country_capital"], help="analogy domains"
-    )
-    parser.add_argument(
-        "--append", action="store_true", help="add to an existing summary (its wall time is summed)"
-    )
-    parser.add_argument("--layer", type=int, default=6)
-    parser.add_argument(
-        "--methods", nargs="+", default=None, help=f"of {', '.join(METHODS)} (default: all that apply)"
-    )
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--train-pairs", type=int, default=64)
-    parser.add_argument("--mmlu", type=int, default=40)
-    parser.add_argument("--neutral", type=int, default=16, help="neutral texts for calibration")
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--targets", nargs="+", default=None, help="classes to steer toward (default: all)")
-    parser.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument(
-        "--replot", action="store_true", help="only redraw the figures from the JSON in --out"
-    )
-    args = parser.parse_args()
+def body(args) -> Path:
     if args.replot:
-        summary = json.loads((args.out / "feature_vs_caa_summary.json").read_text())
-        results = {}
-        for name in summary["datasets"]:
-            path = args.out / f"feature_vs_caa_{name}.json"
-            results[name] = json.loads(path.read_text())
-            plot_comparison(results[name], path=path.with_suffix(".png"))
-            if "classes" in results[name]:
-                plot_transfer_grid(results[name], path=path.with_name(f"{path.stem}_transfer.png"))
-        (args.out / "feature_vs_caa_tables.md").write_text(markdown_tables(results) + "\n")
-        return
-    if args.small:
-        args.sets, args.methods, args.prompts, args.seeds = ["speaking_styles"], list(SMALL_METHODS), 16, 1
-        args.max_new_tokens, args.neutral, args.resamples, args.behaviours, args.mmlu = 16, 12, 1000, [], 0
-        args.budgets, args.targets, args.analogies = [0.5], ["formal", "pirate"], []
-        if args.out == ROOT / "benchmarks" / "results":
-            args.out = args.out / "small"
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("tlsteer").setLevel(logging.INFO)  # the comparison's progress, stage by stage
-    torch.set_grad_enabled(False)
+        return replot(args.out)
     start = time.perf_counter()
-    model = tlsteer.load_model()
-    sae = load_embedded_sae(args.layer)
+    model = common.load_model(args)
+    sae = common.load_sae(args, model, args.layer)
+    embedder = common.load_embedder(args)
     neutral = tlsteer.load_neutral_text()[: args.neutral]
+    datasets, caa_dir = tasks(args, model)
     mmlu = None
-    if args.caa_dir is not None and args.mmlu:
-        mmlu = load_ab_items(args.caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][
-            : args.mmlu
-        ]
-    common = {
+    if caa_dir is not None and args.mmlu:
+        mmlu = load_ab_items(caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][: args.mmlu]
+    common_kwargs = {
         "budgets": args.budgets,
         "seeds": list(range(args.seeds)),
         "max_new_tokens": args.max_new_tokens,
@@ -187,28 +130,13 @@ def main() -> None:
         "n_resamples": args.resamples,
         "out_dir": args.out,
     }
-    summary = {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "caa_dir")},
-        "datasets": {},
-    }
-    tasks = []
-    if args.caa_dir is not None:
-        instructions = builtin_instructions()["caa"]
-        for b in args.behaviours:
-            pairs = load_caa_dataset(args.caa_dir / "generate" / b / "generate_dataset.json", model)
-            items = load_ab_items(args.caa_dir / "test" / b / "test_dataset_ab.json")
-            tasks.append(ABTask(b, pairs[: args.train_pairs], items, instructions.get(b)))
-    tasks += [tlsteer.load_class_dataset(name) for name in args.sets]
-    domains, analogy_instructions = load_analogies(), builtin_instructions()["analogies"]
-    tasks += [
-        AnalogyTask(domains[name], instruction=analogy_instructions.get(name)) for name in args.analogies
-    ]
-    for task in tasks:
+    skip = ("out", "caa_dir", "tiny", "seed", "test_items", "shots", "analogy_pairs")
+    summary = {"settings": {k: v for k, v in vars(args).items() if k not in skip}, "datasets": {}}
+    for task in datasets:
         t0 = time.perf_counter()
-        kwargs = dict(common)
+        kwargs = dict(common_kwargs)
         if isinstance(task, tlsteer.ClassDataset):
-            kwargs["n_prompts"] = args.prompts
-            kwargs["targets"] = args.targets
+            kwargs |= {"n_prompts": args.prompts, "targets": args.targets, "embedder": embedder}
         if isinstance(task, AnalogyTask):
             kwargs["mmlu"] = None  # top-k accuracy of the answer token only
         if args.methods is not None:  # one list for every dataset: each runs those that apply to it
@@ -216,7 +144,7 @@ def main() -> None:
             kwargs["methods"] = [m for m in args.methods if m in applicable]
             skipped = [m for m in args.methods if m not in applicable]
             if skipped:
-                print(f"{task.name}: {', '.join(skipped)} do not apply to it; running the others", flush=True)
+                common.log.info("%s: %s do not apply to it; running the others", task.name, ", ".join(skipped))
         result = feature_vs_caa(model, sae, task, **kwargs)
         name = result["dataset"]
         summary["datasets"][name] = {
@@ -224,13 +152,18 @@ def main() -> None:
             "judge_held_out_accuracy": result.get("judge_held_out_accuracy"),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        print(f"== {name} ({summary['datasets'][name]['seconds']:.0f} s)", flush=True)
+        common.log.info("== %s (%.0f s)", name, summary["datasets"][name]["seconds"])
         for row in summary["datasets"][name]["table"]:
-            print(
-                f"  {row['method']:>15} @{row['budget']}: {row['success']:.3f}"
-                f" [{row['low']:.3f}, {row['high']:.3f}]"
-                f"  KL {row['kl_mean']:.3f} (p95 {row['kl_p95']:.3f})  strength {row['strength']}",
-                flush=True,
+            common.log.info(
+                "  %15s @%s: %.3f [%.3f, %.3f]  KL %.3f (p95 %.3f)  strength %s",
+                row["method"],
+                row["budget"],
+                row["success"],
+                row["low"],
+                row["high"],
+                row["kl_mean"],
+                row["kl_p95"],
+                row["strength"],
             )
     summary["seconds"] = round(time.perf_counter() - start, 1)
     path = args.out / "feature_vs_caa_summary.json"
@@ -240,12 +173,63 @@ def main() -> None:
         summary["runs"].append({"settings": summary["settings"], "seconds": summary["seconds"]})
         summary["datasets"] = {**before["datasets"], **summary["datasets"]}
         summary["seconds"] = round(sum(r["seconds"] for r in summary["runs"]), 1)
-    path.write_text(json.dumps(summary, indent=1) + "\n")
-    results = {
-        n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]
+    common.write_json(path, summary)
+    results = {n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]}
+    (args.out / "feature_vs_caa_tables.md").write_text(comparison_markdown(results) + "\n")
+    common.log.info("done in %.0f s", summary["seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--caa-dir", type=Path, default=None, help="the CAA datasets folder (skip CAA if absent)")
+    p.add_argument("--behaviours", nargs="*", default=["coordinate-other-ais", "sycophancy", "refusal"])
+    p.add_argument("--sets", nargs="*", default=["speaking_styles", "aggression"])
+    p.add_argument(
+        "--analogies", nargs="*", default=["number_successor", "country_capital"], help="analogy domains"
+    )
+    p.add_argument("--append", action="store_true", help="add to an existing summary (its wall time is summed)")
+    p.add_argument("--layer", type=int, default=6)
+    p.add_argument("--methods", nargs="+", default=None, help=f"of {', '.join(METHODS)} (default: all that apply)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--train-pairs", type=int, default=64)
+    p.add_argument("--test-items", type=int, default=None, help="at most N held-out A/B items (default all)")
+    p.add_argument("--mmlu", type=int, default=40)
+    p.add_argument("--neutral", type=int, default=16, help="neutral texts for calibration")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--targets", nargs="+", default=None, help="classes to steer toward (default: all)")
+    p.add_argument("--shots", type=int, default=5, help="demonstrations per analogy few-shot prompt")
+    p.add_argument("--analogy-pairs", type=int, default=None, help="the first N pairs of each domain")
+    p.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")
+    p.add_argument("--replot", action="store_true", help="only redraw the figures from the JSON in --out")
+    args_small = {
+        "sets": ["speaking_styles"],
+        "methods": list(SMALL_METHODS),
+        "prompts": 16,
+        "seeds": 1,
+        "max_new_tokens": 16,
+        "neutral": 12,
+        "resamples": 1000,
+        "behaviours": [],
+        "mmlu": 0,
+        "budgets": [0.5],
+        "targets": ["formal", "pirate"],
+        "analogies": [],
     }
-    (args.out / "feature_vs_caa_tables.md").write_text(markdown_tables(results) + "\n")
-    print(f"done in {summary['seconds']:.0f} s")
+    return common.run(lambda args: body(small(args, args_small)), p, argv, TINY)
+
+
+def small(args, settings: dict):
+    """``--small``: 2 styles, 6 methods, 1 budget, few prompts, into ``benchmarks/results/small``."""
+    if args.small:
+        vars(args).update(settings)
+        if args.out == common.RESULTS:
+            args.out = args.out / "small"
+            args.out.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 if __name__ == "__main__":

@@ -3,15 +3,20 @@
 On the embedded SmolLM2-135M-Instruct GGUF, for 16 chat prompts: the change of the last-position
 logits (steered minus unsteered) in llama.cpp, which reads the file ``vec.to_gguf(path)`` wrote at
 strength ``m`` (``--control-vector-scaled``), against tlsteer adding ``m * vec`` at every position
-of the TransformerLens model (``min_token_index=0``); Pearson r per prompt, and the 20-token
-greedy continuations. Token ids come from the TransformerLens tokenizer for both (no BOS).
+of the TransformerLens model (``Positions.all()``); Pearson r per prompt, and the 20-token
+greedy continuations (where they differ: ``tlsteer.llama_cpp.greedy_divergences``). Token ids
+come from the TransformerLens tokenizer for both (no BOS).
 
 Two llama.cpp models: the shipped Q4_1 file (quantised weights, 8-bit activations in its matrix
 products) and a float32 copy of it (``write_f32_gguf``: the same dequantised weights tlsteer runs),
 which isolates how the vector is applied from quantisation error. Controls: the same direction
 exported one layer too low and one too high.
 
-    python benchmarks/llama_cpp_agreement.py [--prompts 16] [--new-tokens 20]   # 13 to 21 min on 2 cores
+With ``--tiny``: the tiny random Llama-style model, written as a float32 GGUF
+(``tlsteer.llama_cpp.write_llama_gguf``) for llama.cpp; without llama.cpp the llama.cpp part is
+skipped, saying so.
+
+    python benchmarks/llama_cpp_agreement.py [--prompts 16] [--new-tokens 20] [--tiny]  # 13 to 21 min, 2 cores
 
 Needs llama.cpp: ``pip install xllamacpp`` (or ``TLSTEER_LLAMA_CPP_LIB=/path/to/libllama.so``).
 Writes results/llama_cpp_agreement.json and .png.
@@ -19,8 +24,6 @@ Writes results/llama_cpp_agreement.json and .png.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -28,20 +31,22 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import _common as common
 import torch
 
 import tlsteer
 from tlsteer.data import load_open_prompts
-from tlsteer.llama_cpp import LlamaCpp, compare_with_llama_cpp, find_llama_library, write_f32_gguf
+from tlsteer.llama_cpp import (
+    LlamaCpp,
+    compare_with_llama_cpp,
+    find_llama_library,
+    greedy_divergences,
+    write_f32_gguf,
+    write_llama_gguf,
+)
 from tlsteer.models import embedded_model_path
 
-LAYER = 12
-STRENGTHS = (2.0, 4.0, 8.0, 16.0)
-PLOT_STRENGTH = 8.0
+TINY = {"prompts": 2, "new_tokens": 3, "layer": 2, "strengths": [8.0], "pairs": 8, "extra_layers": [1, 3]}
 
 
 def at_layer(vec: tlsteer.SteeringVector, layer: int) -> tlsteer.SteeringVector:
@@ -50,37 +55,21 @@ def at_layer(vec: tlsteer.SteeringVector, layer: int) -> tlsteer.SteeringVector:
     return tlsteer.SteeringVector({f"blocks.{layer}.hook_resid_post": direction}, vec.metadata)
 
 
-def vectors(model) -> dict[str, tlsteer.SteeringVector]:
-    pairs = tlsteer.load_builtin_dataset("sentiment", model)[:60]
-    one = tlsteer.train_steering_vector(model, pairs, layers=[LAYER], batch_size=16)
-    three = tlsteer.train_steering_vector(model, pairs, layers=[6, LAYER, 18], batch_size=16)
-    gen = torch.Generator().manual_seed(0)
+def vectors(model, args) -> dict[str, tlsteer.SteeringVector]:
+    layer = args.layer
+    pairs = tlsteer.load_builtin_dataset("sentiment", model)[: args.pairs]
+    one = tlsteer.train_steering_vector(model, pairs, layers=[layer], batch_size=16)
+    several = sorted({args.extra_layers[0], layer, args.extra_layers[1]})
+    three = tlsteer.train_steering_vector(model, pairs, layers=several, batch_size=16)
+    gen = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(model.cfg.d_model, generator=gen)
-    norm = one.norms()[f"blocks.{LAYER}.hook_resid_post"]
-    random = tlsteer.SteeringVector({f"blocks.{LAYER}.hook_resid_post": noise / noise.norm() * norm})
-    return {f"sentiment L{LAYER}": one, "sentiment L6+L12+L18": three, f"random L{LAYER} (same norm)": random}
-
-
-def divergences(model, vec, m: float, prompts: list[str], c) -> list[dict]:
-    """Where each differing greedy continuation first differs, and how close tlsteer's top two were there."""
-    out = []
-    for k, (ours, theirs) in enumerate(zip(c.greedy_tlsteer, c.greedy_llama, strict=True)):
-        if ours == theirs:
-            continue
-        step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
-        again = tlsteer.generate_tokens(
-            model, [prompts[k]], [(vec, m)], max_new_tokens=step + 1, stop_at_eos=False, keep_logits=True
-        )
-        top = again.step_logits[0][step].topk(2)
-        out.append(
-            {
-                "prompt": k,
-                "step": step,
-                "tlsteer_top2_gap": round(float(top.values[0] - top.values[1]), 5),
-                "llama_took_tlsteer_runner_up": theirs[step] == int(top.indices[1]),
-            }
-        )
-    return out
+    norm = one.norms()[f"blocks.{layer}.hook_resid_post"]
+    random = tlsteer.SteeringVector({f"blocks.{layer}.hook_resid_post": noise / noise.norm() * norm})
+    return {
+        f"sentiment L{layer}": one,
+        "sentiment " + "+".join(f"L{x}" for x in several): three,
+        f"random L{layer} (same norm)": random,
+    }
 
 
 def summary(c, diverged: tuple | list = ()) -> dict:
@@ -112,81 +101,93 @@ def unsteered_greedy(model, llama: LlamaCpp, prompts: list[str], new_tokens: int
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    torch.set_grad_enabled(False)
-    model = tlsteer.load_model(device="cpu")
-    questions = load_open_prompts()[: args.prompts]
-    prompts = [tlsteer.chat_prompt(model, q) for q in questions]
-    vecs = vectors(model)
-    library = find_llama_library()
-    result = {
-        "model": model.cfg.model_name,
-        "llama_cpp_library": library.name,  # the file, not this machine's path
-        "xllamacpp": _xllamacpp_version(library),
-        "machine": platform.processor() or platform.machine(),
-        "prompts": questions,
-        "tokens_per_prompt": [len(tlsteer.tokenize(model, p)) for p in prompts],
-        "strengths": list(STRENGTHS),
-        "vector_norms": {name: {h: round(n, 4) for h, n in v.norms().items()} for name, v in vecs.items()},
-        "runs": {},
-    }
+def gguf_files(args, model, tmp: str) -> dict[str, Path]:
+    """The shipped Q4_1 file and its float32 copy; with ``--tiny`` the tiny model as float32."""
+    if args.tiny:
+        return {"F32": write_llama_gguf(model, f"{tmp}/tiny.gguf")}
+    return {"Q4_1": embedded_model_path(), "F32": write_f32_gguf(embedded_model_path(), f"{tmp}/f32.gguf")}
+
+
+def run_llama(args, model, prompts: list[str], vecs: dict, result: dict) -> dict:
+    """Every file, strength and vector against llama.cpp; fills ``result``, returns the scatter runs."""
+    layer = args.layer
+    plot_strength = args.strengths[len(args.strengths) // 2]
     scatter = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {
-            "Q4_1": embedded_model_path(),
-            "F32": write_f32_gguf(embedded_model_path(), f"{tmp}/f32.gguf"),
-        }
-        for file_name, path in files.items():
-            with LlamaCpp(path) as llama:
+        for file_name, path in gguf_files(args, model, tmp).items():
+            with LlamaCpp(path, n_threads=1 if args.tiny else None) as llama:
                 runs = result["runs"][file_name] = {}
                 result.setdefault("unsteered_greedy", {})[file_name] = unsteered_greedy(
                     model, llama, prompts, args.new_tokens
                 )
-                for m in STRENGTHS:
+                for m in args.strengths:
                     for name, vec in vecs.items():
-                        c = compare_with_llama_cpp(
-                            model, llama, vec, m, prompts, max_new_tokens=args.new_tokens
-                        )
-                        runs.setdefault(name, {})[str(m)] = summary(c, divergences(model, vec, m, prompts, c))
+                        c = compare_with_llama_cpp(model, llama, vec, m, prompts, max_new_tokens=args.new_tokens)
+                        diverged = greedy_divergences(model, vec, m, prompts, c)
+                        runs.setdefault(name, {})[str(m)] = summary(c, diverged)
                         result.setdefault("unsteered", {})[file_name] = {
                             "r_mean": statistics.fmean(c.unsteered_correlations),
                             "r_min": min(c.unsteered_correlations),
                             "max_abs_diff": c.unsteered_max_abs_diff,
                         }
-                        if name == f"sentiment L{LAYER}" and m == PLOT_STRENGTH:
+                        if name == f"sentiment L{layer}" and m == plot_strength:
                             scatter[file_name] = c
-                    base = vecs[f"sentiment L{LAYER}"]
+                    base = vecs[f"sentiment L{layer}"]
                     for shift in (-1, 1):
                         c = compare_with_llama_cpp(
-                            model,
-                            llama,
-                            base,
-                            m,
-                            prompts,
-                            max_new_tokens=0,
-                            llama_vector=at_layer(base, LAYER + shift),
+                            model, llama, base, m, prompts, max_new_tokens=0, llama_vector=at_layer(base, layer + shift)
                         )
-                        runs.setdefault(f"control: exported as L{LAYER + shift}", {})[str(m)] = summary(c)
-                    print(
-                        f"{file_name} x{m:g}: "
-                        + ", ".join(f"{k} r={v[str(m)]['r_mean']:.4f}" for k, v in runs.items())
+                        runs.setdefault(f"control: exported as L{layer + shift}", {})[str(m)] = summary(c)
+                    common.log.info(
+                        "%s x%g: %s", file_name, m, ", ".join(f"{k} r={v[str(m)]['r_mean']:.4f}" for k, v in runs.items())
                     )
+    return scatter
+
+
+def body(args) -> Path:
+    start = time.perf_counter()
+    model = common.load_model(args, device="cpu")
+    questions = load_open_prompts()[: args.prompts]
+    prompts = [tlsteer.chat_prompt(model, q) for q in questions]
+    vecs = vectors(model, args)
+    result = {
+        "model": model.cfg.model_name,
+        "prompts": questions,
+        "tokens_per_prompt": [len(tlsteer.tokenize(model, p)) for p in prompts],
+        "strengths": list(args.strengths),
+        "vector_norms": {name: {h: round(n, 4) for h, n in v.norms().items()} for name, v in vecs.items()},
+        "runs": {},
+    }
+    try:
+        library = find_llama_library()
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as err:
+        if not args.tiny:
+            raise
+        common.log.info("--tiny: no llama.cpp (%s); the llama.cpp part is skipped", err)
+        result["skipped"] = f"no llama.cpp: {err}"
+        library = None
+    scatter = {}
+    if library is not None:
+        result |= {
+            "llama_cpp_library": library.name,  # the file, not this machine's path
+            "xllamacpp": _xllamacpp_version(library),
+            "machine": platform.processor() or platform.machine(),
+        }
+        scatter = run_llama(args, model, prompts, vecs, result)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "llama_cpp_agreement.json").write_text(json.dumps(result, indent=1))
-    plot(result, scatter, args.out / "llama_cpp_agreement.png")
-    print(json.dumps({k: result[k] for k in ("unsteered", "unsteered_greedy", "seconds")}, indent=1))
+    path = common.write_json(args.out / "llama_cpp_agreement.json", result)
+    if scatter:
+        plot(result, scatter, args.layer, args.strengths[len(args.strengths) // 2], args.out / "llama_cpp_agreement.png")
+    common.log.info("%s", {k: result.get(k) for k in ("unsteered", "unsteered_greedy", "seconds")})
+    return path
 
 
-def plot(result: dict, scatter: dict, path: Path) -> None:
+def plot(result: dict, scatter: dict, layer: int, plot_strength: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     gen = torch.Generator().manual_seed(0)
     for ax, (file_name, c) in zip(axes, scatter.items(), strict=False):
@@ -196,7 +197,7 @@ def plot(result: dict, scatter: dict, path: Path) -> None:
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--")
         ax.set_title(
-            f"llama.cpp {file_name} vs tlsteer, sentiment L{LAYER} x{PLOT_STRENGTH:g}\n"
+            f"llama.cpp {file_name} vs tlsteer, sentiment L{layer} x{plot_strength:g}\n"
             f"r per prompt: mean {statistics.fmean(c.correlations):.4f}, min {min(c.correlations):.4f}",
             fontsize=10,
         )
@@ -233,6 +234,17 @@ def _xllamacpp_version(library: Path) -> str | None:
     except metadata.PackageNotFoundError:
         found = sorted(library.parent.parent.glob("xllamacpp-*.dist-info"))
         return found[0].name.removesuffix(".dist-info").split("-", 1)[1] if found else None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=20)
+    p.add_argument("--layer", type=int, default=12, help="the sentiment vector's layer")
+    p.add_argument("--extra-layers", type=int, nargs=2, default=[6, 18], help="the 3-layer vector's other two")
+    p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 4.0, 8.0, 16.0])
+    p.add_argument("--pairs", type=int, default=60, help="sentiment pairs that build the vectors")
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

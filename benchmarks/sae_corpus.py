@@ -29,11 +29,11 @@ and token counts, the settings and a hash of the rows.
 
     python benchmarks/sae_corpus.py --caa-dir ../shared/caa   # the full corpus (generation: ~20 min)
     python benchmarks/sae_corpus.py --caa-dir ../shared/caa --ab-limit 20 --max-generate 16 --out X  # smoke
+    python benchmarks/sae_corpus.py --tiny    # seconds: the tiny model, a CAA-format folder from the built-ins
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _common as common
 import numpy as np
-import torch
 
 import tlsteer
 from tlsteer.data import (
@@ -56,8 +56,16 @@ from tlsteer.data import (
     load_open_prompts,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "build" / "sae_corpus"
+DEFAULT_OUT = common.BUILD / "sae_corpus"
+TINY = {
+    "context_size": 64,
+    "ab_limit": 3,
+    "samples_per_prompt": 1,
+    "ab_questions": 1,
+    "max_generate": 4,
+    "max_new_tokens": 4,
+    "batch_size": 4,
+}
 HELDOUT_PREFIXES = ("caa_ab:", "generated:")
 """Sources whose examples may be held out: conversational text like what steering acts on."""
 
@@ -174,9 +182,7 @@ def generate_answers(model, requests: list[dict], args) -> tuple[list[dict], dic
             )
     known = {request_key(e, e["temperature"], e["max_new_tokens"]): e for e in cache["entries"]}
     todo = [r for r in requests if request_key(r, args.temperature, args.max_new_tokens) not in known]
-    print(
-        f"generation: {len(requests) - len(todo)} of {len(requests)} answers cached, {len(todo)} to generate"
-    )
+    common.log.info("generation: %d of %d answers cached, %d to generate", len(requests) - len(todo), len(requests), len(todo))
     chunk = args.batch_size * 4
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
@@ -209,8 +215,8 @@ def generate_answers(model, requests: list[dict], args) -> tuple[list[dict], dic
         cache["generated_tokens"] = cache.get("generated_tokens", 0) + n_new
         write_json(cache_path, cache)
         done = min(start + chunk, len(todo))
-        print(
-            f"  {done}/{len(todo)} answers, {n_new} tokens in {seconds:.0f}s ({n_new / seconds:.1f} tokens/s)"
+        common.log.info(
+            "  %d/%d answers, %d tokens in %.0fs (%.1f tokens/s)", done, len(todo), n_new, seconds, n_new / seconds
         )
     answers = [known[request_key(r, args.temperature, args.max_new_tokens)] for r in requests]
     stats = {
@@ -227,35 +233,13 @@ def pack(token_lists: list[list[int]], context_size: int) -> np.ndarray:
     return flat[: n_rows * context_size].reshape(n_rows, context_size)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--caa-dir", type=Path, required=True, help="the CAA datasets folder (read only)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--context-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--heldout-fraction", type=float, default=0.05)
-    parser.add_argument("--ab-limit", type=int, default=400, help="A/B items per CAA/MMLU/TruthfulQA source")
-    parser.add_argument("--samples-per-prompt", type=int, default=3, help="answers per open prompt (seeds)")
-    parser.add_argument("--ab-questions", type=int, default=20, help="A/B questions answered per behaviour")
-    parser.add_argument("--max-generate", type=int, default=None, help="answer only the first N requests")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--regenerate", action="store_true", help="ignore the cached answers")
-    args = parser.parse_args()
-    if not (args.caa_dir / "generate").is_dir():
-        raise SystemExit(
-            f"--caa-dir {str(args.caa_dir)!r} has no 'generate' folder; expected the CAA datasets"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
+def body(args) -> Path:
+    caa_dir = common.caa_dir(args)
     start = time.perf_counter()
-    model = tlsteer.load_model()
+    model = common.load_model(args)
 
-    examples = fixed_examples(model, args.caa_dir, args.ab_limit, args.seed)
-    requests = generation_requests(args.caa_dir, args.samples_per_prompt, args.ab_questions, args.seed)
+    examples = fixed_examples(model, caa_dir, args.ab_limit, args.seed)
+    requests = generation_requests(caa_dir, args.samples_per_prompt, args.ab_questions, args.seed)
     if args.max_generate is not None:
         requests = requests[: args.max_generate]
     answers, gen_stats = generate_answers(model, requests, args)
@@ -297,7 +281,7 @@ def main() -> None:
         "heldout_fraction": args.heldout_fraction,
         "heldout_sources": [f"{p}*" for p in HELDOUT_PREFIXES],
         "ab_limit": args.ab_limit,
-        "caa_dir": str(args.caa_dir),
+        "caa_dir": str(caa_dir),
         "generation": {
             "requests": len(requests),
             "samples_per_prompt": args.samples_per_prompt,
@@ -320,9 +304,27 @@ def main() -> None:
         "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
         "build_seconds": round(time.perf_counter() - start, 1),
     }
-    write_json(args.out / "manifest.json", manifest)
-    print(json.dumps(manifest, indent=1))
-    print(f"corpus: {rows.shape[0]} rows of {args.context_size} tokens in {args.out}")
+    path = args.out / "manifest.json"
+    write_json(path, manifest)
+    common.log.info("%s", json.dumps(manifest, indent=1))
+    common.log.info("corpus: %d rows of %d tokens in %s", rows.shape[0], args.context_size, args.out)
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--caa-dir", type=Path, default=None, help="the CAA datasets folder (read only; required)")
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--ab-limit", type=int, default=400, help="A/B items per CAA/MMLU/TruthfulQA source")
+    p.add_argument("--samples-per-prompt", type=int, default=3, help="answers per open prompt (seeds)")
+    p.add_argument("--ab-questions", type=int, default=20, help="A/B questions answered per behaviour")
+    p.add_argument("--max-generate", type=int, default=None, help="answer only the first N requests")
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--regenerate", action="store_true", help="ignore the cached answers")
+    return common.run(body, p, argv, TINY, default_out=DEFAULT_OUT)
 
 
 if __name__ == "__main__":

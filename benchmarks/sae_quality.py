@@ -15,26 +15,26 @@ tokens (sae-lens's ``explained_variance_legacy`` is the per-token mean, also rep
 score is ``(L_zero - L_sae) / (L_zero - L_clean)`` with the SAE spliced in without its error term
 and the hook zero-ablated at the evaluated positions. Writes ``benchmarks/results/sae_quality.json``.
 
-    python benchmarks/sae_quality.py [--texts 200]
+With ``--tiny``: random SAEs on the tiny model, scored on a few of the shipped conversations.
+
+    python benchmarks/sae_quality.py [--texts 200] [--tiny]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
 
-import torch
+import _common as common
 
-import tlsteer
-from tlsteer.sae import embedded_sae_layers, load_embedded_sae, sae_quality
+from tlsteer.sae import embedded_sae_layers, sae_quality
 from tlsteer.sae.embedded import embedded_sae_path
 
-ROOT = Path(__file__).resolve().parents[1]
-HELDOUT = ROOT / "benchmarks" / "build" / "sae_corpus" / "heldout.json"
+HELDOUT = common.BUILD / "sae_corpus" / "heldout.json"
 TARGETS = {"explained_variance": 0.90, "l0_max": 64, "dead_share_max": 0.05, "ce_loss_score": 0.97}
+TINY = {"texts": 3, "heldout": None}
 
 
 def spread(items: list, n: int) -> list:
@@ -52,37 +52,43 @@ def summary(quality) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--texts", type=int, default=200, help="held-out conversations per SAE")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sae_quality.json")
-    args = parser.parse_args()
-    torch.set_grad_enabled(False)
+def shipped_texts(args, layer: int) -> list[str]:
+    """The held-out conversations shipped beside the SAE (with ``--tiny``: a few of the lowest one's)."""
+    if args.tiny:
+        return json.loads((embedded_sae_path(min(embedded_sae_layers())) / "heldout_texts.json").read_text())[
+            : args.texts
+        ]
+    return json.loads((embedded_sae_path(layer) / "heldout_texts.json").read_text())
+
+
+def body(args) -> Path:
     start = time.perf_counter()
-    model = tlsteer.load_model()
+    model = common.load_model(args)
     sets = {}
-    if HELDOUT.exists():
-        sets["heldout"] = spread(json.loads(HELDOUT.read_text()), args.texts)
+    if args.heldout is not None and args.heldout.exists():
+        sets["heldout"] = spread(json.loads(args.heldout.read_text()), args.texts)
     else:
-        print(
-            f"no {HELDOUT.relative_to(ROOT)} (build the corpus first); only the shipped sample is evaluated"
-        )
+        common.log.info("no held-out corpus (%s; build the corpus first); only the shipped sample", args.heldout)
     out = {"targets": TARGETS, "layers": {}}
-    for layer in embedded_sae_layers():
-        sae = load_embedded_sae(layer)
-        shipped = json.loads((embedded_sae_path(layer) / "heldout_texts.json").read_text())
+    for layer in common.sae_layers(args):
+        sae = common.load_sae(args, model, layer)
         rows = {}
-        for name, texts in {**sets, "shipped": shipped}.items():
+        for name, texts in {**sets, "shipped": shipped_texts(args, layer)}.items():
             quality = sae_quality(model, sae, texts)
-            print(f"layer {layer} [{name}] {quality}", flush=True)
+            common.log.info("layer %d [%s] %s", layer, name, quality)
             rows[name] = summary(quality)
         out["layers"][layer] = rows
     out["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)} in {out['seconds']:.0f} s")
+    path = common.write_json(args.out / "sae_quality.json", out)
+    common.log.info("wrote %s in %.0f s", path, out["seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--texts", type=int, default=200, help="held-out conversations per SAE")
+    p.add_argument("--heldout", type=Path, default=HELDOUT, help="the corpus's held-out conversations")
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ layer's shipped SAE features that the same pairs move most (the ``paired`` featu
 the same steering. The HTML is screenshotted in a headless Chromium when one is on PATH
 (``apt-get install chromium``); otherwise the JSON says why there is no screenshot.
 
-    python benchmarks/token_view.py [--layer 12] [--relative 0.3] [--steer generation|all]
+    python benchmarks/token_view.py [--layer 12] [--relative 0.3] [--steer generation|all] [--tiny]
 
 Writes to benchmarks/results/: token_view.html, token_view.png, token_view_features.html,
 token_view_features.png, token_view_screenshot.png (and _features_screenshot.png), token_view.json.
@@ -17,24 +17,25 @@ token_view_features.png, token_view_screenshot.png (and _features_screenshot.png
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import _common as common
 import numpy as np
-import torch
 from matplotlib.image import imread, imsave
 
 import tlsteer
+from tlsteer import Positions
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.eval.token_view import feature_token_view, token_view
+from tlsteer.sae import as_feature_dictionary, feature_vector
 
 PROMPT = "My morning was awful, but the evening was lovely. Tell me about your weekend."
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+TINY = {"layer": 2, "max_new_tokens": 4, "features": 2, "pairs": 8}
 
 
 def screenshot(html: Path, png: Path, width: int = 1100, height: int = 900) -> str:
@@ -86,38 +87,20 @@ def summary(values: tuple[float, ...], generated: tuple[bool, ...], skip_first: 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--layer", type=int, default=12, help="a layer with a shipped SAE (6 or 12)")
-    parser.add_argument("--relative", type=float, default=0.3, help="multiplier x mean residual norm / |v|")
-    parser.add_argument("--steer", choices=["generation", "all"], default="generation")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--features", type=int, default=3)
-    parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
+def body(args) -> Path:
     start = time.perf_counter()
-    model = tlsteer.load_model()
+    model = common.load_model(args)
     hook = f"blocks.{args.layer}.hook_resid_post"
-    pairs = tlsteer.load_builtin_dataset("sentiment", model)[:60]
+    pairs = tlsteer.load_builtin_dataset("sentiment", model)[: args.pairs]
     vec = tlsteer.train_steering_vector(model, pairs, layers=[args.layer], batch_size=16)
     norm = residual_norms(model, tlsteer.load_neutral_text(), [hook])[hook]
     multiplier = args.relative * norm / float(vec[hook].norm())
     n_prompt = len(tlsteer.tokenize(model, tlsteer.chat_prompt(model, args.prompt)))
     first = n_prompt - 1 if args.steer == "generation" else 0  # the last prompt token picks the first new one
+    positions = Positions.start_at(first)
     t0 = time.perf_counter()
     view = token_view(
-        model,
-        vec,
-        args.prompt,
-        multiplier,
-        max_new_tokens=args.max_new_tokens,
-        chat=True,
-        min_token_index=first,
+        model, vec, args.prompt, multiplier, max_new_tokens=args.max_new_tokens, chat=True, positions=positions
     )
     seconds_view = time.perf_counter() - t0
     plain = tlsteer.generate(model, [args.prompt], max_new_tokens=args.max_new_tokens, chat=True)[0]
@@ -126,15 +109,12 @@ def main() -> None:
     view.plot(args.out / "token_view.png")
     browser = screenshot(args.out / "token_view.html", args.out / "token_view_screenshot.png")
 
-    from tlsteer.sae import as_feature_dictionary, feature_vector, load_embedded_sae
-
-    sae = load_embedded_sae(args.layer)
+    sae = common.load_sae(args, model, args.layer)
     fv = feature_vector(model, sae, pairs, formula="paired")
     top = fv.values.topk(args.features).indices.tolist()  # the features the positive side raises most
     t0 = time.perf_counter()
-    features = feature_token_view(
-        model, as_feature_dictionary(sae), top, view, vectors=[(vec, multiplier)], min_token_index=first
-    )
+    steering = vec.steering(multiplier, positions=positions)
+    features = feature_token_view(model, as_feature_dictionary(sae), top, view, steering)
     seconds_features = time.perf_counter() - t0
     (args.out / "token_view_features.html").write_text(features.to_html(standalone=True), encoding="utf-8")
     features.plot(args.out / "token_view_features.png")
@@ -171,10 +151,21 @@ def main() -> None:
         "seconds_feature_view": seconds_features,
         "seconds": time.perf_counter() - start,
     }
-    (args.out / "token_view.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print(
-        f"steered: {steered!r}\nunsteered: {plain!r}\nscreenshot: {browser}; done in {out['seconds']:.0f} s"
-    )
+    path = common.write_json(args.out / "token_view.json", out)
+    common.log.info("steered: %r\nunsteered: %r\nscreenshot: %s; done in %.0f s", steered, plain, browser, out["seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = common.parser(__doc__)
+    p.add_argument("--layer", type=int, default=12, help="a layer with a shipped SAE (6 or 12)")
+    p.add_argument("--relative", type=float, default=0.3, help="multiplier x mean residual norm / |v|")
+    p.add_argument("--steer", choices=["generation", "all"], default="generation")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--features", type=int, default=3)
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--pairs", type=int, default=60, help="sentiment pairs that build the vector")
+    return common.run(body, p, argv, TINY)
 
 
 if __name__ == "__main__":

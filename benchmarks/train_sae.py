@@ -36,11 +36,14 @@ saved SAE is loaded back and evaluated on held-out text before the wall time is 
         && python benchmarks/train_sae.py --layer 12
     python benchmarks/train_sae.py --layer 6 --training-tokens 200000 --width 256 --k 16 --batch-size 1024 \\
         --corpus benchmarks/build/sae_corpus_smoke --out benchmarks/build/sae_smoke/layer_6   # smoke
+    python benchmarks/train_sae.py --tiny   # seconds: a tiny corpus (sae_corpus.py --tiny), a tiny SAE
+
+``--out`` is the folder the SAE is saved in (default ``tlsteer/sae/weights/layer_L``); with ``--tiny``
+a temporary folder, which also holds the tiny corpus and the activation cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.metadata
@@ -57,13 +60,29 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import _common as common
 import torch
 
 import tlsteer
 from tlsteer.data import load_open_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "benchmarks" / "build"
+ROOT = common.ROOT
+BUILD = common.BUILD
+WEIGHTS = ROOT / "tlsteer" / "sae" / "weights"
+TINY = {
+    "layer": 1,
+    "width": 64,
+    "k": 8,
+    "training_tokens": 4096,
+    "batch_size": 512,
+    "dead_window_tokens": 1024,
+    "norm_estimate_batches": 2,
+    "mixing_buffer_tokens": 1024,
+    "model_batch": 8,
+    "max_shard_gb": 0.01,
+    "eval_texts": 4,
+    "corpus": None,
+}
 SEQPOS = (2, None)
 """Training rows: positions 0 and 1 left out (sinks at the start of packed rows)."""
 EVAL_START = 1
@@ -79,9 +98,9 @@ SINK_NOTE = (
 )
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layer", type=int, required=True, help="train on blocks.L.hook_resid_post")
+def parser():
+    p = common.parser(__doc__)
+    p.add_argument("--layer", type=int, default=None, help="train on blocks.L.hook_resid_post (required)")
     p.add_argument("--width", type=int, default=4608, help="d_sae (8x d_model by default)")
     p.add_argument("--k", type=int, default=64, help="active features per token (TopK)")
     p.add_argument("--training-tokens", type=int, default=1_500_000)
@@ -97,13 +116,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-shard-gb", type=float, default=0.5, help="cache shard size (RAM: as float32)")
     p.add_argument("--save-dtype", choices=("auto", "float32", "float16"), default="auto")
     p.add_argument("--eval-texts", type=int, default=200, help="held-out conversations to evaluate on")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", type=Path, default=BUILD / "sae_corpus")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: build/sae_activations/layer_L")
-    p.add_argument("--out", type=Path, default=None, help="default: tlsteer/sae/weights/layer_L")
     p.add_argument("--recache", action="store_true", help="cache the activations again")
     p.add_argument("--no-cache", action="store_true", help="run the model during training instead")
-    return p.parse_args()
+    return p
 
 
 def plan_cache(n_rows: int, batch_rows: int, row_tokens: int, bytes_per_token: int, max_gb: float):
@@ -144,9 +161,9 @@ def cache_activations(model, dataset, args, hook: str, corpus_hash: str, cache_d
     if info_path.exists() and not args.recache:
         info = json.loads(info_path.read_text())
         if info["key"] == key:
-            print(f"reusing cached activations in {cache_dir} ({info['tokens']} tokens)")
+            common.log.info("reusing cached activations in %s (%d tokens)", cache_dir, info["tokens"])
             return info
-        print(f"cached activations in {cache_dir} are for another corpus or setting; caching again")
+        common.log.info("cached activations in %s are for another corpus or setting; caching again", cache_dir)
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
     cfg = CacheActivationsRunnerConfig(
@@ -186,7 +203,7 @@ def cache_activations(model, dataset, args, hook: str, corpus_hash: str, cache_d
         "tokens_per_s": round(tokens / seconds, 1),
     }
     info_path.write_text(json.dumps(info, indent=1))
-    print(f"cached {tokens} tokens of {hook} in {seconds:.0f}s ({tokens / seconds:.0f} tokens/s)")
+    common.log.info("cached %d tokens of %s in %.0fs (%.0f tokens/s)", tokens, hook, seconds, tokens / seconds)
     return info
 
 
@@ -336,14 +353,17 @@ def evaluate(model, out: Path, hook: str, layer: int, texts: list[str]) -> dict:
     }
 
 
-def own_conversations(model, texts: list[str]) -> list[str]:
+def own_conversations(model, texts: list[str], tiny: bool = False) -> list[str]:
     """The conversations whose user turn is one of tlsteer's own prompts (open prompts, neutral text).
 
     Only these are shipped with the SAE: the others quote the CAA datasets, which the repo reads
-    from ``../shared/caa`` but never copies.
+    from ``../shared/caa`` but never copies. (With ``--tiny``, where the held-out split is a handful
+    of stand-in conversations, any of them if none is tlsteer's own.)
     """
     heads = [tlsteer.chat_prompt(model, p) for p in load_open_prompts() + tlsteer.load_neutral_text()]
     own = [t for t in texts if any(t.startswith(h) for h in heads)]
+    if not own and tiny and texts:
+        return texts
     if not own:
         raise SystemExit("no held-out conversation has one of tlsteer's own prompts as its user turn")
     return own
@@ -366,8 +386,20 @@ def versions() -> dict:
     return found
 
 
-def main() -> None:
-    args = parse_args()
+def tiny_corpus(args) -> Path:
+    """A corpus built by ``sae_corpus.py --tiny`` inside ``--out`` (for ``--tiny`` without ``--corpus``)."""
+    import sae_corpus  # sibling benchmark
+
+    folder = args.out / "corpus"
+    sae_corpus.main(["--tiny", "--out", str(folder), "--seed", str(args.seed), "--heldout-fraction", "0.3"])
+    return folder
+
+
+def body(args) -> Path:
+    if args.layer is None:
+        raise SystemExit("--layer is required: train on blocks.L.hook_resid_post")
+    if args.corpus is None:
+        args.corpus = tiny_corpus(args)
     if args.training_tokens < args.batch_size:
         raise SystemExit(
             f"--training-tokens {args.training_tokens} is less than one batch ({args.batch_size})"
@@ -384,12 +416,14 @@ def main() -> None:
         )
     manifest = json.loads(manifest_path.read_text())
     dataset = load_from_disk(str(args.corpus / "dataset"))
-    model = tlsteer.load_model()
+    model = common.load_model(args)
     if not 0 <= args.layer < model.cfg.n_layers:
         raise SystemExit(f"--layer {args.layer} is not a layer of the model (0..{model.cfg.n_layers - 1})")
     hook = f"blocks.{args.layer}.hook_resid_post"
-    out = args.out or ROOT / "tlsteer" / "sae" / "weights" / f"layer_{args.layer}"
-    cache_dir = args.cache_dir or BUILD / "sae_activations" / f"layer_{args.layer}"
+    # the SAE's own folder (save() replaces it); a --tiny --out also holds the corpus and the cache
+    out = args.out / f"layer_{args.layer}" if args.out == WEIGHTS or args.tiny else args.out
+    default_cache = (args.out / "activations" if args.tiny else BUILD / "sae_activations") / f"layer_{args.layer}"
+    cache_dir = args.cache_dir or default_cache
     context = manifest["context_size"]
     cache = None
     if not args.no_cache:
@@ -399,16 +433,14 @@ def main() -> None:
     norms = acts.norm(dim=-1)
     outlier_ratio = float(norms.max() / norms.median())
     if outlier_ratio > OUTLIER_WARNING:
-        print(
-            f"WARNING: a training token has {outlier_ratio:.0f}x the median norm; an attention sink got in?"
-        )
+        common.log.warning("a training token has %.0fx the median norm; an attention sink got in?", outlier_ratio)
     sae, train_seconds = train(model, dataset, cfg, initial_sae(cfg, acts))
     rate = args.training_tokens / train_seconds
-    print(f"trained on {args.training_tokens} tokens in {train_seconds:.0f}s ({rate:.0f} tokens/s)")
+    common.log.info("trained on %d tokens in %.0fs (%.0f tokens/s)", args.training_tokens, train_seconds, rate)
     dtype = save(sae, model, args, hook, context, out)
 
     heldout = json.loads((args.corpus / "heldout.json").read_text())
-    shipped = spread(own_conversations(model, heldout), SHIPPED_SAMPLE)
+    shipped = spread(own_conversations(model, heldout, args.tiny), SHIPPED_SAMPLE)
     (out / "heldout_texts.json").write_text(json.dumps(shipped, indent=1, ensure_ascii=False))
     t0 = time.perf_counter()
     evaluation = evaluate(model, out, hook, args.layer, spread(heldout, args.eval_texts))
@@ -416,7 +448,7 @@ def main() -> None:
     evaluation["seconds"] = round(time.perf_counter() - t0, 1)
     epochs = args.training_tokens / cache["tokens"] if cache else None
     provenance = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": shlex.join(args.command),
         "rebuild": "python benchmarks/rebuild_saes.py --caa-dir ../shared/caa",
         "model": model.cfg.model_name,
         "hook_name": hook,
@@ -459,9 +491,17 @@ def main() -> None:
         "versions": versions(),
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=1))
-    print(json.dumps(evaluation, indent=1))
-    print(f"saved {out} ({dtype}); wall time {provenance['wall_seconds']:.0f}s")
+    path = out / "provenance.json"
+    path.write_text(json.dumps(provenance, indent=1))
+    common.log.info("%s", json.dumps(evaluation, indent=1))
+    common.log.info("saved %s (%s); wall time %.0fs", out, dtype, provenance["wall_seconds"])
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = parser()
+    p.set_defaults(command=["python", *sys.argv] if argv is None else ["python", "benchmarks/train_sae.py", *argv])
+    return common.run(body, p, argv, TINY, grad=True, default_out=WEIGHTS)
 
 
 if __name__ == "__main__":

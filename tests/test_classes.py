@@ -21,7 +21,7 @@ from tlsteer import (
 )
 from tlsteer.data import reply_span
 from tlsteer.profile import auroc
-from tlsteer.sae import SAEClassProfile, class_profile, raw_vector
+from tlsteer.sae import SAEClassProfile, class_profile
 
 HOOK = "blocks.1.hook_resid_post"
 TOY = {
@@ -147,9 +147,11 @@ def test_class_reads_equal_one_example_at_a_time(tiny):
     want = reference_reads(tiny, ds, HOOK)
     for c in ds.classes:
         torch.testing.assert_close(got[c], want[c], atol=1e-4, rtol=1e-4)
-    last = class_reads(tiny, ds, HOOK, read="last", batch_size=3)
+    last = class_reads(tiny, ds, HOOK, read=tlsteer.Read.last(), batch_size=3)
     assert last["calm"].shape == (3, tiny.cfg.d_model)
-    with pytest.raises(ValueError, match="read must be 'response', 'last'"):
+    whole = class_reads(tiny, ds, HOOK, read=tlsteer.Read.mean(), batch_size=3)  # every token, BOS too
+    assert not torch.allclose(whole["calm"], got["calm"])
+    with pytest.raises(TypeError, match="read"):
         class_reads(tiny, ds, HOOK, read="mean")
     with pytest.raises(KeyError, match="out of range"):
         class_reads(tiny, ds, "blocks.9.hook_resid_post")
@@ -159,14 +161,13 @@ def test_two_classes_reproduce_the_caa_class_mean_formula(tiny_llama):
     ds = ClassDataset.from_dict({"examples": {k: TOY[k] for k in ("calm", "angry")}})
     profile = raw_class_profile(tiny_llama, ds, HOOK)
     texts = {c: ds.texts(tiny_llama, c) for c in ds.classes}
-    caa = raw_vector(
+    caa = tlsteer.train_steering_vector(  # a ContrastSet: the difference of class means
         tiny_llama,
         ContrastSet(texts["angry"], texts["calm"]),
-        HOOK,
-        "class_means",
-        read="mean",
-        span=reply_span(tiny_llama),
+        layers=[1],
+        read=tlsteer.Read.mean(reply_span(tiny_llama)),
     )
+    assert caa.hooks == [HOOK]
     torch.testing.assert_close(profile.direction("calm", "angry")[HOOK], caa[HOOK], atol=1e-5, rtol=0)
     half = profile.mean_centred("angry")[HOOK]
     torch.testing.assert_close(half, caa[HOOK] / 2, atol=1e-5, rtol=0)
@@ -513,9 +514,11 @@ def test_a_one_token_plain_text_is_named_when_its_response_is_read(tiny_llama):
     ds = ClassDataset.from_dict({"a": ["hello", "x"], "b": ["yo there", "ok go"]}, name="toy")
     with pytest.raises(
         ValueError,
-        match=r"^toy: class 'a', example 1 \('x'\) is a plain text of 1 token: read='response' "
-        r"averages every token of a plain text but the first .*read='last'",
+        match=r"^toy: class 'a', example 1 \('x'\) is a plain text of 1 token: Read.reply\(\) "
+        r"averages every token of a plain text but the first .*read=Read.last\(\)",
     ):
         class_reads(tiny_llama, ds, HOOK)
-    last = class_reads(tiny_llama, ds, HOOK, read="last")  # its one token can be read at a position
+    last = class_reads(
+        tiny_llama, ds, HOOK, read=tlsteer.Read.last()
+    )  # its one token can be read at a position
     assert last["a"].shape == (2, tiny_llama.cfg.d_model)

@@ -53,8 +53,12 @@ def test_batched_equals_single_on_real_model(embedded):
         (chat_prompt(embedded, "Is the sky blue?", "(A)"), chat_prompt(embedded, "Is it?", "(B)")),
     ]
     layers = [0, 10, 20, 29]
-    batched = tlsteer.extract_activations(embedded, pairs, layers=layers, read_token_index=-2, batch_size=6)
-    single = tlsteer.extract_activations(embedded, pairs, layers=layers, read_token_index=-2, batch_size=1)
+    batched = tlsteer.extract_activations(
+        embedded, pairs, layers=layers, read=tlsteer.Read.at(-2), batch_size=6
+    )
+    single = tlsteer.extract_activations(
+        embedded, pairs, layers=layers, read=tlsteer.Read.at(-2), batch_size=1
+    )
     for hook in batched.hooks:
         for side in ("positive", "negative"):
             a, b = getattr(batched, side)[hook], getattr(single, side)[hook]

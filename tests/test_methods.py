@@ -133,6 +133,8 @@ def test_build_methods_bad_input(tiny_llama, setup):
         build_methods(tiny_llama, sae, HOOK, pairs, 3.0, stats, methods=["mean_centred"])
     with pytest.raises(ValueError, match="the direction is zero"):
         build_methods(tiny_llama, sae, HOOK, pairs, 3.0, stats, methods=["caa"])
+    with pytest.raises(ValueError, match="a FeatureVector needs at least one nonzero feature"):
+        build_methods(tiny_llama, sae, HOOK, pairs, 3.0, stats, methods=["feature_full"])
     with pytest.raises(ValueError, match="scale must be > 0"):
         build_methods(tiny_llama, sae, HOOK, reps, 0.0, stats, methods=["caa"])
     with pytest.raises(ValueError, match="non-finite"):

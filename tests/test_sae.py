@@ -25,7 +25,6 @@ from tlsteer.sae import (
     inspect_feature,
     load_sae,
     plot_feature_vector,
-    raw_vector,
     sae_fingerprint,
     sae_hook_name,
     sae_quality,
@@ -159,13 +158,13 @@ def test_load_sae_reads_what_save_model_wrote(tmp_path, standard_sae):
 
 
 # -- encode -------------------------------------------------------------------------------
-@pytest.mark.parametrize("read", ["last", 0, -2, 1])
-def test_encode_batched_equals_one_by_one(tiny, sae, read):
+@pytest.mark.parametrize("index", [-1, 0, -2, 1])
+def test_encode_batched_equals_one_by_one(tiny, sae, index):
     prompts = ["hi", "a much longer prompt here", "mid size one", "abc", "two words"]
+    read = tlsteer.Read.last() if index == -1 else tlsteer.Read.at(index)
     got = encode(tiny, sae, prompts, read=read, batch_size=3)
     assert got.shape == (5, 64) and got.dtype == torch.float32
     for i, prompt in enumerate(prompts):
-        index = -1 if read == "last" else read
         ref = enc(sae, resid(tiny, prompt)[index])
         torch.testing.assert_close(got[i], ref, atol=1e-4, rtol=1e-5)
     assert (got != 0).any(dim=1).all()  # features fire
@@ -186,9 +185,10 @@ def test_encode_span_mean_equals_hand_reference(tiny_llama, sae):
     model = tiny_llama
     prompts = PROMPTS[:4]
     per_prompt = [(0, 2), (3, None), (-4, -1), (0, 1)]
-    got = encode(model, sae, prompts, read="mean", span=per_prompt, batch_size=2)
-    got_callable = encode(model, sae, prompts, read="mean", span=lambda p, ids: (len(ids) // 2, len(ids)))
-    got_all = encode(model, sae, prompts, read="mean")
+    Read = tlsteer.Read
+    got = encode(model, sae, prompts, read=Read.mean(per_prompt), batch_size=2)
+    got_callable = encode(model, sae, prompts, read=Read.mean(lambda p, ids: (len(ids) // 2, len(ids))))
+    got_all = encode(model, sae, prompts, read=Read.mean())
     for i, prompt in enumerate(prompts):
         h = resid(model, prompt)
         n = h.shape[0]
@@ -206,7 +206,7 @@ def test_encode_contrast_pairs_and_sets(tiny_llama, topk_sae):
     assert got.paired and got.positive.shape == got.negative.shape == (2, 64)
     torch.testing.assert_close(got.positive[0], enc(sae, resid(model, "abc def")[-2]), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(got.negative[1], enc(sae, resid(model, "bye")[-1]), atol=1e-4, rtol=1e-5)
-    spans = encode(model, sae, PAIRS, read="mean", span=[(0, 2), (1, None), (0, 3)])
+    spans = encode(model, sae, PAIRS, read=tlsteer.Read.mean([(0, 2), (1, None), (0, 3)]))
     h = resid(model, PAIRS[1][1])
     torch.testing.assert_close(spans.negative[1], enc(sae, h[1:]).mean(0), atol=1e-4, rtol=1e-5)
     sets = encode(model, sae, ContrastSet(["a", "bb", "ccc"], ["dd"]))
@@ -215,20 +215,21 @@ def test_encode_contrast_pairs_and_sets(tiny_llama, topk_sae):
 
 def test_encode_read_errors(tiny_llama, standard_sae):
     model, sae = tiny_llama, standard_sae
-    with pytest.raises(ValueError, match=r"span is only used with read='mean'"):
-        encode(model, sae, PROMPTS, span=(0, 2))
-    with pytest.raises(
-        ValueError, match=r"read must be 'last', 'mean' or a token position \(int\), got 'first'"
-    ):
+    Read = tlsteer.Read
+    with pytest.raises(ValueError, match=r"only a 'mean' read takes a span"):
+        Read("position", -1, span=(0, 2))
+    with pytest.raises((ValueError, TypeError), match=r"first"):  # the test-time type checker may answer
+        Read("first")
+    with pytest.raises(TypeError, match=r"read"):  # a string is not a Read
         encode(model, sae, PROMPTS, read="first")
     with pytest.raises(IndexError, match=r"read index 5 is outside prompt 0 \(2 tokens"):
-        encode(model, sae, ["hi"], read=5)
+        encode(model, sae, ["hi"], read=Read.at(5))
     with pytest.raises(IndexError, match=r"span \(0, 9\) is outside prompt 0 \(2 tokens"):
-        encode(model, sae, ["hi"], read="mean", span=(0, 9))
+        encode(model, sae, ["hi"], read=Read.mean((0, 9)))
     with pytest.raises(ValueError, match=r"span \(1, 1\) of prompt 0 is empty"):
-        encode(model, sae, ["hi"], read="mean", span=(1, 1))
+        encode(model, sae, ["hi"], read=Read.mean((1, 1)))
     with pytest.raises(ValueError, match="span has 2 entries but there are 3 pairs"):
-        encode(model, sae, PAIRS, read="mean", span=[(0, 1), (0, 1)])
+        encode(model, sae, PAIRS, read=Read.mean([(0, 1), (0, 1)]))
     with pytest.raises(TypeError, match="not one string"):
         encode(model, sae, "hello")
 
@@ -283,21 +284,23 @@ def test_formula_errors(tiny_llama, standard_sae):
         feature_vector(model, sae, PROMPTS, "sums")
 
 
-def test_raw_vector_formulas_equal_reference_loops(tiny_llama):
+def test_the_raw_formulas_are_train_steering_vector(tiny_llama):
+    """The three formulas on residuals are the core's one raw-vector builder (paired: the default
+    mean of differences; class_means, and sums on equal sizes: the class-mean aggregator)."""
     model = tiny_llama
     pos = torch.stack([resid(model, p)[-1] for p, _ in PAIRS])
     neg = torch.stack([resid(model, n)[-1] for _, n in PAIRS])
-    for formula in ("paired", "sums", "class_means"):
-        vec = raw_vector(model, PAIRS, HOOK, formula, batch_size=2)
-        assert vec.hooks == [HOOK] and vec.metadata.aggregator == f"raw:{formula}"
-        torch.testing.assert_close(vec[HOOK], (pos - neg).mean(0), atol=1e-4, rtol=1e-5)
-    # the extraction the core does gives the same mean difference
-    acts = tlsteer.extract_activations(model, PAIRS, layers=[1])
-    core = (acts.positive[HOOK] - acts.negative[HOOK]).mean(0)
-    torch.testing.assert_close(raw_vector(model, PAIRS, HOOK)[HOOK], core, atol=1e-4, rtol=1e-5)
-    span = raw_vector(model, PAIRS, HOOK, "sums", read="mean", span=(0, 2))
+    for aggregator in (None, tlsteer.class_mean_aggregator()):
+        for share_prefix in (True, False):
+            vec = tlsteer.train_steering_vector(
+                model, PAIRS, layers=[1], aggregator=aggregator, batch_size=2, share_prefix=share_prefix
+            )
+            assert vec.hooks == [HOOK]
+            torch.testing.assert_close(vec[HOOK], (pos - neg).mean(0), atol=1e-4, rtol=1e-5)
+    span = tlsteer.train_steering_vector(model, PAIRS, layers=[1], read=tlsteer.Read.mean((0, 2)))
     ref = torch.stack([resid(model, p)[:2].mean(0) - resid(model, n)[:2].mean(0) for p, n in PAIRS]).mean(0)
     torch.testing.assert_close(span[HOOK], ref, atol=1e-4, rtol=1e-5)
+    assert span.metadata.read_index == "mean over (0, 2)"
 
 
 def test_to_steering_vector_decodes_values_at_w_dec(tiny_llama, sae, standard_sae, topk_sae):
@@ -329,7 +332,7 @@ def test_decoder_that_rescales_by_its_norms_is_measured_through_decode(tiny_llam
 
 
 def test_encode_steering_vector_is_the_sae_encoding_of_the_direction(tiny_llama, standard_sae):
-    vec = raw_vector(tiny_llama, PAIRS, HOOK)
+    vec = tlsteer.train_steering_vector(tiny_llama, PAIRS, layers=[1])
     fv = encode_steering_vector(standard_sae, vec)
     torch.testing.assert_close(fv.values, enc(standard_sae, vec[HOOK][None])[0])
     assert fv.formula == "encoded_steering_vector" and "negative control" in fv.note

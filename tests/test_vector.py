@@ -64,7 +64,7 @@ def test_bad_vectors():
 
 def test_save_load_roundtrip(tmp_path, tiny_llama):
     pairs = [("I love it", "I hate it"), ("good", "bad")]
-    v = tlsteer.train_steering_vector(tiny_llama, pairs, layers=[0, 2], read_token_index=-1)
+    v = tlsteer.train_steering_vector(tiny_llama, pairs, layers=[0, 2], read=tlsteer.Read.last())
     path = tmp_path / "v.safetensors"
     v.save(path)
     w = SteeringVector.load(path)

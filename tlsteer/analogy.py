@@ -34,6 +34,7 @@ from tlsteer._types import is_int
 from tlsteer.decode import generate_tokens
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
+from tlsteer.tokens import model_tokenizer
 from tlsteer.vector import SteeringVector
 
 __all__ = [
@@ -167,7 +168,7 @@ def relation_contrast(
 
 def answer_token(model: HookedTransformer, y: str) -> int:
     """The first token of ``" " + y`` (what the model must put next)."""
-    ids = model.tokenizer.encode(" " + y, add_special_tokens=False)
+    ids = model_tokenizer(model).encode(" " + y, add_special_tokens=False)
     if not ids:
         raise ValueError(f"{y!r} has no tokens")
     return int(ids[0])
@@ -236,6 +237,8 @@ def next_token_accuracy(
         batch_size=batch_size,
         check_model=check_model,
     )
+    if out.step_logits is None:  # not reached: keep_logits=True keeps them
+        raise RuntimeError("generate_tokens returned no step logits")
     logits = torch.stack([row[0] for row in out.step_logits])
     ranks = (logits > logits.gather(1, targets[:, None])).sum(1)
     return AnalogyScore(

@@ -25,7 +25,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt
 from tlsteer.steering import Steering, as_steering
-from tlsteer.tokens import left_pad, tokenize_prompts
+from tlsteer.tokens import decode_tokens, eos_token_id, left_pad, pad_token_id, tokenize_prompts
 
 __all__ = ["Generations", "choose_next_tokens", "generate", "generate_tokens"]
 
@@ -55,7 +55,7 @@ def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: An
         isinstance(temperature, bool)
         or not isinstance(temperature, numbers.Real)
         or not math.isfinite(temperature)
-        or not temperature >= _MIN_TEMPERATURE
+        or not float(temperature) >= _MIN_TEMPERATURE
     ):
         raise ValueError(
             f"temperature must be a finite number >= {_MIN_TEMPERATURE:g} (smaller ones overflow logits / "
@@ -64,7 +64,7 @@ def _check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: An
     if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
+        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < float(top_p) <= 1
     ):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
@@ -174,7 +174,7 @@ def generate_tokens(
                 len(row) + max_new_tokens - 1, f"prompt {i}'s reach (its {len(row)} tokens + new tokens - 1)"
             )
     seeds = _seeds(seed, len(prompts))
-    eos = model.tokenizer.eos_token_id if stop_at_eos else None
+    eos = eos_token_id(model) if stop_at_eos else None
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     new: list[list[int]] = [[] for _ in prompts]
     logits_out: list[list[Tensor]] = [[] for _ in prompts]
@@ -196,7 +196,7 @@ def generate_tokens(
             )
             for i, (tokens, logits) in zip(batch, rows, strict=True):
                 new[i], logits_out[i] = tokens, logits
-    decoded = tuple(model.tokenizer.decode(t, skip_special_tokens=True) for t in new)
+    decoded = tuple(decode_tokens(model, t, skip_special_tokens=True) for t in new)
     return Generations(
         texts=decoded,
         prompt_tokens=tuple(tuple(i) for i in ids),
@@ -228,9 +228,10 @@ def _generate_batch(
     done = torch.zeros(n_rows, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in ids]
     kept: list[list[Tensor]] = [[] for _ in ids]
-    pad_id = model.tokenizer.pad_token_id or 0
+    pad_id = pad_token_id(model)
     ones = torch.ones(n_rows, 1, dtype=mask.dtype, device=device)
-    with model.hooks(fwd_hooks=hooks):
+    # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
         logits = model(tokens, attention_mask=mask, past_kv_cache=cache)[:, -1]
         for step in range(max_new_tokens):
             chosen = choose_next_tokens(logits, do_sample, temperature, top_k, top_p, gens)

@@ -268,7 +268,8 @@ def apply_edits(
     there.
     """
     hooks, tracker = _build(model, edits, positions)
-    with model.hooks(fwd_hooks=hooks):
+    # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
         yield model
     _check_reached(positions, tracker)
 

@@ -187,7 +187,9 @@ def _uncached_logits(
     tokens = torch.tensor([prompt + list(new[:-1])], device=model.cfg.device)
     if steering.positions.mode == "last":  # the prompt's last token(s) and every generated one
         steering = steering.at(Positions.start_at(len(prompt) - steering.positions.back))
-    with torch.no_grad(), model.hooks(fwd_hooks=steering.hooks(model, check_model=False)):
+    hooks = steering.hooks(model, check_model=False)
+    # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
         logits = model(tokens)[0]
     return logits[len(prompt) - 1 :].float().cpu()
 

@@ -49,7 +49,9 @@ __all__ = [
     "compare_with_llama_cpp",
     "control_vector_data",
     "find_llama_library",
+    "greedy_divergences",
     "write_f32_gguf",
+    "write_llama_gguf",
 ]
 
 LIBRARY_ENV = "TLSTEER_LLAMA_CPP_LIB"
@@ -329,6 +331,110 @@ def _load(path: Path) -> Any:
     return lib
 
 
+def _refuse(what: str, model: HookedTransformer) -> None:
+    raise ValueError(
+        f"write_llama_gguf writes Llama-architecture models only; {model.cfg.model_name!r} has {what}"
+    )
+
+
+def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
+    """Write a Llama-architecture ``HookedTransformer`` as a float32 GGUF model llama.cpp runs.
+
+    For models that exist only as TransformerLens weights, such as
+    :func:`tlsteer.models.tiny_model` (``"llama"``): RMS norms, rotary positions over whole heads,
+    a gated MLP and no biases. The query and key rows are permuted into llama.cpp's rotary layout
+    (as ``convert_hf_to_gguf.py`` does). Token ids go to llama.cpp as tlsteer tokenizes them; the
+    vocabulary is stored so that the file loads, never to tokenize.
+
+    Example:
+        >>> write_llama_gguf(tiny_model("llama"), "tiny.gguf")  # doctest: +SKIP
+    """
+    import einops
+    import gguf
+
+    cfg = model.cfg
+    checks = {
+        "normalization_type": (cfg.normalization_type, "RMS"),
+        "positional_embedding_type": (cfg.positional_embedding_type, "rotary"),
+        "gated_mlp": (cfg.gated_mlp, True),
+        "final_rms": (cfg.final_rms, True),
+        "rotary_dim": (cfg.rotary_dim, cfg.d_head),
+    }
+    for name, (value, wanted) in checks.items():
+        if value != wanted:
+            _refuse(f"{name}={value!r} (needs {wanted!r})", model)
+    biases = [
+        n
+        for n, p in model.named_parameters()
+        if n.rsplit(".", 1)[-1].lstrip("_").startswith("b_") and p.any()
+    ]
+    if biases:
+        _refuse(f"nonzero biases ({biases[0]!r})", model)
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+
+    def rotary_rows(w: Tensor, n_head: int) -> Tensor:
+        """Rotate-half rows (TransformerLens, transformers) to llama.cpp's interleaved pairs."""
+        if cfg.rotary_adjacent_pairs:
+            return w
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    def array(t: Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+    writer = gguf.GGUFWriter(str(target), "llama")
+    writer.add_name(cfg.model_name or "tlsteer model")
+    writer.add_context_length(cfg.n_ctx)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_block_count(cfg.n_layers)
+    writer.add_feed_forward_length(cfg.d_mlp)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(cfg.rotary_dim)
+    writer.add_rope_freq_base(float(cfg.rotary_base))
+    writer.add_layer_norm_rms_eps(float(cfg.eps))
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tok = model.tokenizer
+    vocab = [str(tok.convert_ids_to_tokens(i)) for i in range(cfg.d_vocab)]
+    special = set(getattr(tok, "all_special_ids", ()))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(vocab)
+    writer.add_token_scores([0.0] * len(vocab))
+    writer.add_token_types([3 if i in special else 1 for i in range(len(vocab))])  # 3: control
+    for add, token_id in (
+        (writer.add_bos_token_id, tok.bos_token_id),
+        (writer.add_eos_token_id, tok.eos_token_id),
+        (writer.add_pad_token_id, tok.pad_token_id),
+    ):
+        if token_id is not None:
+            add(int(token_id))
+    writer.add_add_bos_token(False)
+    writer.add_tensor("token_embd.weight", array(model.W_E))
+    for i, block in enumerate(model.blocks):
+        attn = block.attn
+        tensors = {
+            "attn_norm": block.ln1.w,
+            "attn_q": rotary_rows(einops.rearrange(attn.W_Q, "n m h -> (n h) m"), cfg.n_heads),
+            "attn_k": rotary_rows(
+                einops.rearrange(attn.W_K[:: cfg.n_heads // n_kv], "n m h -> (n h) m"), n_kv
+            ),
+            "attn_v": einops.rearrange(attn.W_V[:: cfg.n_heads // n_kv], "n m h -> (n h) m"),
+            "attn_output": einops.rearrange(attn.W_O, "n h m -> m (n h)"),
+            "ffn_norm": block.ln2.w,
+            "ffn_gate": block.mlp.W_gate.T,
+            "ffn_up": block.mlp.W_in.T,
+            "ffn_down": block.mlp.W_out.T,
+        }
+        for name, tensor in tensors.items():
+            writer.add_tensor(f"blk.{i}.{name}.weight", array(tensor))
+    writer.add_tensor("output_norm.weight", array(model.ln_final.w))
+    writer.add_tensor("output.weight", array(model.W_U.T))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(target)
+
+
 def write_f32_gguf(source: str | Path, target: str | Path) -> Path:
     """Copy a GGUF model with every tensor dequantised to float32 (as tlsteer's weights are).
 
@@ -448,3 +554,49 @@ def _row_correlations(a: Tensor, b: Tensor) -> tuple[float, ...]:
     b = b.double() - b.double().mean(dim=1, keepdim=True)
     r = (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
     return tuple(float(x) for x in r)
+
+
+def greedy_divergences(
+    model: HookedTransformer,
+    vector: Any,
+    multiplier: float,
+    prompts: Sequence[str],
+    comparison: LlamaCppComparison,
+) -> list[dict[str, Any]]:
+    """Where each differing greedy continuation of a comparison first differs, and how close
+    tlsteer's top two tokens were there.
+
+    Per prompt whose continuations differ: its index, the first differing step, the gap between
+    tlsteer's two largest logits at that step, and whether llama.cpp took tlsteer's runner-up (a
+    near tie broken the other way, not a different steering).
+
+    Example:
+        >>> c = compare_with_llama_cpp(model, llama, vec, 8.0, prompts)  # doctest: +SKIP
+        >>> greedy_divergences(model, vec, 8.0, prompts, c)  # doctest: +SKIP
+    """
+    from tlsteer.decode import generate_tokens
+
+    out = []
+    pairs = zip(comparison.greedy_tlsteer, comparison.greedy_llama, strict=True)
+    for k, (ours, theirs) in enumerate(pairs):
+        if ours == theirs:
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+        again = generate_tokens(
+            model,
+            [prompts[k]],
+            vector.steering(multiplier),
+            max_new_tokens=step + 1,
+            stop_at_eos=False,
+            keep_logits=True,
+        )
+        top = again.step_logits[0][step].topk(2)
+        out.append(
+            {
+                "prompt": k,
+                "step": step,
+                "tlsteer_top2_gap": round(float(top.values[0] - top.values[1]), 5),
+                "llama_took_tlsteer_runner_up": theirs[step] == int(top.indices[1]),
+            }
+        )
+    return out

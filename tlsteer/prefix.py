@@ -16,7 +16,7 @@ right-padded, which needs no mask: a causal model's real tokens never attend to 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +77,8 @@ def plan_pairs(model: HookedTransformer, pairs: Sequence[ContrastPair], read: Re
 
 def _gather_hooks(
     hooks: Sequence[str], rows: Tensor, cols: Tensor, out: dict[str, Tensor]
-) -> list[tuple[str, object]]:
-    def make(name: str):
+) -> list[tuple[str, Callable[[Tensor, object], None]]]:
+    def make(name: str) -> Callable[[Tensor, object], None]:
         def gather(act: Tensor, hook: object) -> None:  # noqa: ARG001
             out[name] = act[rows, cols].detach().float().cpu()
 
@@ -114,7 +114,9 @@ def _run_batch(
     rows = torch.arange(2 * b, device=tokens.device)
     cols = torch.tensor([p.pos_read for p in plans] + [p.neg_read for p in plans], device=tokens.device)
     out: dict[str, Tensor] = {}
-    with model.hooks(fwd_hooks=_gather_hooks(hooks, rows, cols, out)):
+    gather = _gather_hooks(hooks, rows, cols, out)
+    # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+    with model.hooks(fwd_hooks=gather):  # pyright: ignore[reportArgumentType]
         if cache is None:
             model(tokens, stop_at_layer=stop_at)
         else:

@@ -1,22 +1,29 @@
 """Tokens: tokenizing prompts, padding batches, and resolving read positions.
 
-One home for what every reader of the model needs before a forward pass: :func:`tokenize` (the
-model's own tokenizer, no doubled BOS), :func:`tokenize_prompts` (with the context-length
-check), :func:`left_pad` and :func:`right_pad` (tokens and attention mask), and the read-position
-rules (:data:`ReadIndex`, :func:`read_indices`).
+One home for what every reader of the model needs before a forward pass: the model's tokenizer
+and its special ids (:func:`model_tokenizer`, :func:`decode_tokens`, :func:`eos_token_id`,
+:func:`pad_token_id`), :func:`tokenize` (the model's own tokenizer, no doubled BOS),
+:func:`tokenize_prompts` (with the context-length check), :func:`left_pad` and :func:`right_pad`
+(tokens and attention mask), and the read-position rules (:data:`ReadIndex`, :func:`read_indices`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "ReadIndex",
     "check_pair_read_index",
+    "decode_tokens",
+    "eos_token_id",
     "left_pad",
+    "model_tokenizer",
+    "pad_token_id",
     "read_indices",
     "resolve_read_index",
     "right_pad",
@@ -29,17 +36,47 @@ ReadIndex = int | Sequence[int] | Callable[[str, list[int]], int]
 callable ``(prompt, token_ids) -> int``."""
 
 
+def model_tokenizer(model: HookedTransformer) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; a model without one is refused with a ``ValueError``."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer; attach one to tokenize text prompts")
+    return tokenizer
+
+
+def decode_tokens(model: HookedTransformer, ids: list[int], skip_special_tokens: bool = False) -> str:
+    """The text of one sequence of token ids, as the model's tokenizer decodes it."""
+    text = model_tokenizer(model).decode(ids, skip_special_tokens=skip_special_tokens)
+    # transformers types decode as str | list[str]: only a batch of sequences gives a list
+    return cast(str, text)
+
+
+# transformers serves special-token ids through __getattr__, which pyright types as the union of
+# every branch there (str, lists, ...); a special token's id is an int, or None when it is unset.
+
+
+def eos_token_id(model: HookedTransformer) -> int | None:
+    """The tokenizer's end-of-sequence id (``None`` if it has none)."""
+    return cast("int | None", model_tokenizer(model).eos_token_id)
+
+
+def pad_token_id(model: HookedTransformer) -> int:
+    """The id that fills the padding of a batch: the tokenizer's pad token, else 0 (it is masked)."""
+    tokenizer = model.tokenizer
+    pad_id = cast("int | None", tokenizer.pad_token_id) if tokenizer is not None else None
+    return pad_id or 0
+
+
 def tokenize(model: HookedTransformer, text: str) -> list[int]:
     """Token ids of ``text`` exactly as the model's tokenizer makes them.
 
     The tokenizer adds its own special tokens (if it adds any), except that no BOS is added to a
     text that already starts with the BOS string (a chat-formatted prompt, say).
     """
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ValueError("the model has no tokenizer; attach one to tokenize text prompts")
+    tokenizer = model_tokenizer(model)
     bos = tokenizer.bos_token
-    add_special = not (bos and model.cfg.tokenizer_prepends_bos and text.startswith(bos))
+    starts_with_bos = isinstance(bos, str) and bool(bos) and text.startswith(bos)
+    add_special = not (starts_with_bos and model.cfg.tokenizer_prepends_bos)
     return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
@@ -74,8 +111,7 @@ def _pad(
     model: HookedTransformer, token_ids: Sequence[list[int]], left: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in token_ids)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
-    tokens = torch.full((len(token_ids), width), pad_id or 0, dtype=torch.long)
+    tokens = torch.full((len(token_ids), width), pad_token_id(model), dtype=torch.long)
     mask = torch.zeros((len(token_ids), width), dtype=torch.long)
     for row, ids in enumerate(token_ids):
         cols = slice(width - len(ids), width) if left else slice(0, len(ids))

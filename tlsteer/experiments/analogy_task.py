@@ -150,6 +150,8 @@ def analogy_ranks(
         keep_logits=True,
         batch_size=batch_size,
     )
+    if out.step_logits is None:  # not reached: keep_logits=True keeps them
+        raise RuntimeError("generate_tokens returned no step logits")
     logits = torch.stack([row[0] for row in out.step_logits]).float()
     targets = torch.tensor([answer_token(model, y) for _, y in pairs], device=logits.device)
     return [int(r) for r in (logits > logits.gather(1, targets[:, None])).sum(1)]

@@ -29,7 +29,7 @@ from tlsteer.experiments.cells import cell_steerings, interval
 from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
-from tlsteer.tokens import tokenize_prompts
+from tlsteer.tokens import decode_tokens, tokenize_prompts
 
 __all__ = ["run_class_task"]
 
@@ -139,7 +139,7 @@ def run_class_task(
             }
         for t in targets:
             where = [int(p) for p, _ in rows[t]]
-            texts = [model.tokenizer.decode(n, skip_special_tokens=True) for n in new[t]]
+            texts = [decode_tokens(model, n, skip_special_tokens=True) for n in new[t]]
             ppl = perplexities_from_cache(model, cache, where, new[t], max_rows=max_rows)
             by_target[t] = {"labels": judged(texts), "ppl": ppl, "texts": texts}
         return by_target

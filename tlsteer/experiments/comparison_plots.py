@@ -1,4 +1,5 @@
-"""Figures of the feature-vs-CAA comparison: success against KL per method, and bars at each budget.
+"""Figures and tables of the feature-vs-CAA comparison: success against KL per method, bars at each
+budget, and markdown tables across datasets (:func:`comparison_markdown`).
 
 The input is the dict :func:`tlsteer.experiments.feature_vs_caa` returns. Cells are keyed
 ``"<method>@<budget>"`` (``"prompting"`` and ``"unsteered"`` have no budget); success is
@@ -17,7 +18,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["TRANSFER_METHODS", "comparison_table", "plot_comparison", "plot_transfer_grid"]
+__all__ = [
+    "TRANSFER_METHODS",
+    "comparison_markdown",
+    "comparison_table",
+    "plot_comparison",
+    "plot_transfer_grid",
+]
 
 TRANSFER_METHODS = ("unsteered", "caa", "feature_full", "feature_output", "clamp", "prompting")
 """The cells :func:`plot_transfer_grid` shows by default, those of them that the result holds."""
@@ -47,6 +54,76 @@ def comparison_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _fmt(ci: dict[str, float]) -> str:
+    return f"{ci['value']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def _cell(result: dict[str, Any], method: str, budget: float) -> dict[str, Any] | None:
+    return result["cells"].get(f"{method}@{budget}", result["cells"].get(method))
+
+
+def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown tables of several datasets' results (``{name: result}``) at matched budgets.
+
+    Per budget: success with its interval, methods x datasets (prompting and unsteered as they
+    are). At the largest budget: MMLU accuracy unsteered and each method's change (datasets with
+    MMLU), and per class set its selectivity, perplexity, MMLU change and KL.
+    """
+    names = list(results)
+    budgets = sorted({r["budget"] for res in results.values() for r in comparison_table(res) if r["budget"]})
+    methods = list(dict.fromkeys(r["method"] for res in results.values() for r in comparison_table(res)))
+    methods.sort(key=lambda m: (m != "unsteered", m == "prompting", m in ("caa_encoded", "random")))
+    out = []
+    for b in budgets:
+        out += [f"Success at mean KL {b} (prompting and unsteered as they are):", ""]
+        out += ["| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for m in methods:
+            row = []
+            for name in names:
+                cell = _cell(results[name], m, b)
+                row.append("" if cell is None else _fmt(cell.get("success", cell.get("p_matching"))))
+            out.append(f"| `{m}` | " + " | ".join(row) + " |")
+        out.append("")
+    with_mmlu = [n for n in names if "mmlu" in results[n]["cells"].get("unsteered", {})]
+    if with_mmlu:
+        b = budgets[-1]
+        out += [f"MMLU accuracy (unsteered) and its change at KL {b}:", ""]
+        out += ["| method | " + " | ".join(with_mmlu) + " |", "|---" * (len(with_mmlu) + 1) + "|"]
+        for m in methods:
+            row = []
+            for name in with_mmlu:
+                cell = _cell(results[name], m, b)
+                if cell is None:
+                    row.append("")
+                elif m == "unsteered":
+                    row.append(_fmt(cell["mmlu"]))
+                else:
+                    row.append(f"{cell['mmlu_change']:+.2f}")
+            out.append(f"| `{m}` | " + " | ".join(row) + " |")
+        out.append("")
+    for name, res in results.items():
+        if "classes" not in res:
+            continue
+        b = budgets[-1]
+        out += [f"{name} at KL {b}: selectivity, perplexity under the unsteered model, MMLU change:", ""]
+        out += [
+            "| method | selectivity | perplexity | MMLU change | KL mean (p95) |",
+            "|---|---|---|---|---|",
+        ]
+        for m in methods:
+            cell = _cell(res, m, b)
+            if cell is None:
+                continue
+            change = cell.get("mmlu_change")
+            out.append(
+                f"| `{m}` | {_fmt(cell['selectivity'])} | {_fmt(cell['perplexity'])} | "
+                f"{'' if change is None else f'{change:+.2f}'} | "
+                f"{cell.get('kl_mean', 0):.2f} ({cell.get('kl_p95', 0):.2f}) |"
+            )
+        out.append("")
+    return "\n".join(out)
 
 
 def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> Figure:

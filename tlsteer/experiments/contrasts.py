@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer.data import ContrastPair
 from tlsteer.experiments.methods import ContrastReps
+from tlsteer.read import Read
 from tlsteer.reading import plan_reads, read_all
 from tlsteer.sae.adapter import SAELike, sae_dims
 
@@ -48,7 +49,7 @@ def contrast_from_pairs(
             encoded = sae.encode(rows.to(sae.W_dec.device)).float().to(rows.device)
         return torch.cat([rows.float(), encoded], dim=-1)
 
-    plan = plan_reads(model, list(pairs), "last")
+    plan = plan_reads(model, list(pairs), Read.answer())
     rows = read_all(model, hook_name, plan, both, d_in + d_sae, batch_size)
     n = plan.n_positive
     return ContrastReps(rows[:n, :d_in], rows[n:, :d_in], rows[:n, d_in:], rows[n:, d_in:], paired=True)

@@ -40,6 +40,7 @@ from tlsteer._types import is_int
 from tlsteer.errors import format_options
 from tlsteer.operators import check_multiplier
 from tlsteer.sae.adapter import SAELike, sae_dims
+from tlsteer.sae.features import FeatureVector
 from tlsteer.sae.formulas import encode_steering_vector
 from tlsteer.sae.selection import FeatureStats, output_scores
 from tlsteer.sae.steering import feature_edit
@@ -151,9 +152,9 @@ def _unit(direction: Tensor, hook: str, note: str) -> SteeringVector:
     return SteeringVector({hook: (direction / size).float().cpu()}, VectorMetadata(note=note))
 
 
-def _decoded(sae: SAELike, values: Tensor) -> Tensor:
-    with torch.no_grad():
-        return (values.to(sae.W_dec.device).float() @ sae.W_dec.float()).cpu()
+def _decoded(vector: FeatureVector, sae: SAELike) -> Tensor:
+    """The vector decoded through the one decoding path (:meth:`FeatureVector.to_steering_vector`)."""
+    return vector.to_steering_vector(sae)[vector.hook_name]
 
 
 def build_methods(
@@ -212,35 +213,38 @@ def build_methods(
 
     raw = reps.raw_difference()
     diff = reps.feature_difference()
-    keep = (stats.density <= max_density) & (stats.density > 0)
-    keep[stats.first_token_features()] = False
-    filtered = torch.where(keep, diff, 0.0)
+    needs_filter = {"feature_topk", "feature_output", "single_feature", "clamp"} & set(methods)
+    if needs_filter or "feature_full" in methods:
+        full = FeatureVector.from_sae(sae, diff, hook_name, note="feature difference")
+    if needs_filter:  # FeatureVector's own selections: density (dead features too), first-token features
+        filtered = (
+            full.max_density(max_density, stats.density)
+            .drop(stats.dead())
+            .drop_first_token_features(stats.first_token_features())
+        )
     if "caa" in methods:
         vector("caa", raw)
     if "mean_centred" in methods:
         vector("mean_centred", reps.raw_pos.float().mean(0) - reps.class_means.float().mean(0))
     if "feature_full" in methods:
-        vector("feature_full", _decoded(sae, diff))
+        vector("feature_full", _decoded(full, sae))
     if "feature_topk" in methods:
         for k in ks:
-            top = filtered.abs().topk(min(int(k), d_sae)).indices
-            vector(f"feature_top{k}", _decoded(sae, torch.zeros(d_sae).index_put((top,), filtered[top])))
+            vector(f"feature_top{k}", _decoded(filtered.top_k(int(k)), sae))
     needs_scores = {"feature_output", "single_feature", "clamp"} & set(methods)
     if needs_scores:
-        candidates = [int(f) for f in filtered.topk(min(n_candidates, d_sae)).indices if filtered[f] > 0]
-        if not candidates:
-            raise ValueError("no positive feature survives the filters; loosen max_density")
-        scores = output_scores(model, sae, candidates, prompts=score_prompts, hook_name=hook_name)
-        chosen = sorted(candidates, key=lambda f: -float(scores[f]))[:k_output]
+        positive = filtered.sign("positive").top_k(n_candidates)
+        scores = output_scores(model, sae, positive, prompts=score_prompts, hook_name=hook_name)
+        best = positive.by_output_score(scores, k=k_output)
+        chosen = sorted(best.features, key=lambda f: -float(scores[f]))
         if "feature_output" in methods:
-            vector(
-                "feature_output",
-                _decoded(sae, torch.zeros(d_sae).index_put((torch.tensor(chosen),), filtered[chosen])),
-            )
+            vector("feature_output", _decoded(best, sae))
         if "single_feature" in methods:
-            vector("single_feature", sae.W_dec[chosen[0]].detach().float().cpu())
+            one = torch.zeros(d_sae).index_put((torch.tensor([chosen[0]]),), torch.tensor(1.0))
+            vector("single_feature", _decoded(FeatureVector.from_sae(sae, one, hook_name), sae))
         if "clamp" in methods:
-            negative = [int(f) for f in (-filtered).topk(min(k_output, d_sae)).indices if filtered[f] < 0]
+            values = filtered.as_tensor()
+            negative = [int(f) for f in (-values).topk(min(k_output, d_sae)).indices if values[f] < 0]
             typical = stats.mean_active[chosen].clone()
             typical[typical <= 0] = float(diff[chosen].abs().max())
             out["clamp"] = Method(

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -29,12 +29,15 @@ from tlsteer.dictionary import check_feature_ids as check_dictionary_ids
 from tlsteer.dictionary import weights_fingerprint
 from tlsteer.errors import closest, format_options
 from tlsteer.sae._lens import SAE, sae_lens
+from tlsteer.tokens import decode_tokens
 
 __all__ = [
     "DecoderChange",
+    "SAEConfigLike",
     "SAEDictionary",
     "SAELike",
     "as_feature_dictionary",
+    "as_sae",
     "check_feature_ids",
     "check_feature_values",
     "check_sae",
@@ -46,8 +49,33 @@ __all__ = [
     "sae_hook_name",
 ]
 
-SAELike = Any
-"""A sae-lens ``SAE`` (any architecture); checked by :func:`sae_dims`, which names what is missing."""
+
+@runtime_checkable
+class SAEConfigLike(Protocol):
+    """The part of a sae-lens SAE's ``cfg`` that tlsteer reads (its hook name is read by name)."""
+
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def d_sae(self) -> int: ...
+
+
+@runtime_checkable
+class SAELike(Protocol):
+    """What tlsteer uses of a sae-lens ``SAE`` (any architecture): ``encode``, ``decode``, ``W_dec``
+    and ``cfg``; :func:`sae_dims` checks an SAE and names what is missing."""
+
+    @property
+    def W_dec(self) -> Tensor: ...
+
+    @property
+    def cfg(self) -> SAEConfigLike: ...
+
+    def encode(self, x: Tensor, /) -> Tensor: ...
+
+    def decode(self, feature_acts: Tensor, /) -> Tensor: ...
+
 
 _INPUT_DEPENDENT = ("layer_norm", "constant_norm_rescale")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -141,18 +169,22 @@ def load_sae(
     return sae
 
 
-def sae_dims(sae: SAELike) -> tuple[int, int]:
-    """``(d_in, d_sae)`` of an SAE with what tlsteer needs, else an error naming what is missing."""
+def as_sae(sae: object) -> SAELike:
+    """``sae`` itself once it is an SAE tlsteer can use, else an error naming what is missing.
+
+    It needs ``encode``, ``decode``, a ``W_dec`` of shape ``[cfg.d_sae, cfg.d_in]`` and a decoder
+    that is affine in the features (no per-input normalization).
+    """
     cfg = getattr(sae, "cfg", None)
     missing = [a for a in ("encode", "decode") if not callable(getattr(sae, a, None))]
     missing += [] if isinstance(getattr(sae, "W_dec", None), Tensor) else ["W_dec"]
     missing += [f"cfg.{a}" for a in ("d_in", "d_sae") if not isinstance(getattr(cfg, a, None), int)]
-    if missing:
+    if missing or not isinstance(sae, SAELike):  # nothing missing implies the protocol holds
         raise TypeError(
             f"expected a sae-lens SAE (with encode, decode, W_dec, cfg.d_in and cfg.d_sae), got "
             f"{type(sae).__name__} lacking {', '.join(missing)}"
         )
-    d_in, d_sae = cfg.d_in, cfg.d_sae
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     if tuple(sae.W_dec.shape) != (d_sae, d_in):
         raise ValueError(
             f"sae.W_dec has shape {tuple(sae.W_dec.shape)}, expected [d_sae, d_in] = {[d_sae, d_in]}"
@@ -163,10 +195,16 @@ def sae_dims(sae: SAELike) -> tuple[int, int]:
             f"the SAE rescales each input at run time (normalize_activations={norm!r}), so its decoder "
             "is not affine in the features; tlsteer needs one that is ('none' or 'expected_average_only_in')"
         )
-    return d_in, d_sae
+    return sae
 
 
-def sae_hook_name(sae: SAELike, hook_name: Any = None) -> str:
+def sae_dims(sae: object) -> tuple[int, int]:
+    """``(d_in, d_sae)`` of an SAE with what tlsteer needs, else an error naming what is missing."""
+    cfg = as_sae(sae).cfg
+    return cfg.d_in, cfg.d_sae
+
+
+def sae_hook_name(sae: object, hook_name: object = None) -> str:
     """The hook the SAE reads: ``sae.cfg.metadata.hook_name``, else ``hook_name``.
 
     A ``hook_name`` that disagrees with the SAE's metadata is refused, and so is an SAE with no
@@ -176,9 +214,11 @@ def sae_hook_name(sae: SAELike, hook_name: Any = None) -> str:
         >>> sae_hook_name(sae)  # doctest: +SKIP
         'blocks.1.hook_resid_post'
     """
-    sae_dims(sae)
-    meta = getattr(sae.cfg, "metadata", None)
-    own = meta.get("hook_name") if hasattr(meta, "get") else getattr(meta, "hook_name", None)
+    meta = getattr(as_sae(sae).cfg, "metadata", None)
+    if meta is not None and hasattr(meta, "get"):
+        own = meta.get("hook_name")
+    else:
+        own = getattr(meta, "hook_name", None)
     if own is not None and not isinstance(own, str):
         raise TypeError(f"sae.cfg.metadata.hook_name must be a string, got {own!r}")
     if hook_name is not None:
@@ -200,7 +240,7 @@ def sae_hook_name(sae: SAELike, hook_name: Any = None) -> str:
     return own
 
 
-def check_sae(model: HookedTransformer, sae: SAELike, hook_name: Any = None) -> str:
+def check_sae(model: HookedTransformer, sae: object, hook_name: object = None) -> str:
     """The SAE's hook name, after checking that the SAE fits ``model`` (``d_in``, hook)."""
     d_in, _ = sae_dims(sae)
     name = sae_hook_name(sae, hook_name)
@@ -234,7 +274,7 @@ class DecoderChange:
     ``decode``: ``decode(df) - decode(0)``.
     """
 
-    sae: Any
+    sae: SAELike
     plain: bool
 
     def of_ids(self, df: Tensor, ids: Tensor) -> Tensor:
@@ -323,7 +363,7 @@ def logit_lens(
     top, low = scores.topk(k), (-scores).topk(k)
 
     def named(ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
-        return [(model.tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, vals, strict=True)]
+        return [(decode_tokens(model, [int(i)]), float(v)) for i, v in zip(ids, vals, strict=True)]
 
     return named(top.indices, top.values), named(low.indices, -low.values)
 
@@ -336,7 +376,7 @@ class SAEDictionary:
     ``encode`` and ``decode`` move their input to the SAE's device and dtype first.
     """
 
-    sae: Any = field(repr=False)
+    sae: SAELike = field(repr=False)
     hook_name: str
 
     @property
@@ -360,7 +400,7 @@ class SAEDictionary:
         return w_dec.detach()[ids.to(device=w_dec.device, dtype=torch.long)]
 
 
-def as_feature_dictionary(sae: SAELike, hook_name: Any = None) -> SAEDictionary:
+def as_feature_dictionary(sae: SAELike | SAEDictionary, hook_name: object = None) -> SAEDictionary:
     """A sae-lens SAE as a :class:`~tlsteer.dictionary.FeatureDictionary`, after checking it.
 
     Args:

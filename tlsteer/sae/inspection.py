@@ -22,7 +22,7 @@ from tlsteer._types import check_batch_size, is_int
 from tlsteer.reading import hook_batches, token_mask
 from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims
 from tlsteer.sae.features import FeatureVector
-from tlsteer.tokens import tokenize_prompts
+from tlsteer.tokens import decode_tokens, tokenize_prompts
 
 __all__ = ["FeatureExample", "FeatureReport", "inspect_feature", "plot_feature_vector"]
 
@@ -79,10 +79,9 @@ def _check_int(value: Any, name: str, low: int) -> int:
 
 
 def _context(model: HookedTransformer, ids: Sequence[int], pos: int, window: int) -> str:
-    decode = model.tokenizer.decode
-    before = decode(list(ids[max(0, pos - window) : pos]))
-    after = decode(list(ids[pos + 1 : pos + 1 + max(1, window // 2)]))
-    return f"{before}[[{decode([ids[pos]])}]]{after}"
+    before = decode_tokens(model, list(ids[max(0, pos - window) : pos]))
+    after = decode_tokens(model, list(ids[pos + 1 : pos + 1 + max(1, window // 2)]))
+    return f"{before}[[{decode_tokens(model, [ids[pos]])}]]{after}"
 
 
 def inspect_feature(
@@ -142,7 +141,7 @@ def inspect_feature(
     examples = []
     for value, neg_text, neg_pos in sorted(heap, reverse=True):
         text, pos = -neg_text, -neg_pos
-        token = model.tokenizer.decode([ids[text][pos]])
+        token = decode_tokens(model, [ids[text][pos]])
         examples.append(FeatureExample(text, pos, token, value, _context(model, ids[text], pos, window)))
     promoted, suppressed = logit_lens(model, sae.W_dec[feature], k)
     return FeatureReport(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -129,7 +129,8 @@ def sae_quality(
             batch = ids[first : first + batch_size]
             tokens, mask = left_pad(model, batch)
             evaluated = token_mask([len(t) for t in batch], tokens.shape[1], skip_first, tokens.device)
-            logits, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[hook])
+            out_logits, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[hook])
+            logits = cast(Tensor, out_logits)  # TransformerLens annotates it as its Output tuple
             h = cache[hook]
             feats = sae.encode(h[evaluated].to(device))
             h_hat = sae.decode(feats).to(h.device, h.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -203,7 +203,8 @@ def output_scores(
     with torch.no_grad():
         for ids_one in token_ids:
             tokens = torch.tensor([ids_one], device=model.cfg.device)
-            base_logits, cache = model.run_with_cache(tokens, names_filter=[at])
+            out_logits, cache = model.run_with_cache(tokens, names_filter=[at])
+            base_logits = cast(Tensor, out_logits)  # TransformerLens annotates it as its Output tuple
             resid = cache[at][0, 1:]
             scale = strength * float(resid.norm(dim=-1).mean())
             base = base_logits[0, -1].float().softmax(-1)

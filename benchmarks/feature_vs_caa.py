@@ -65,7 +65,7 @@ TINY = {
     "test_items": 4,
     "mmlu": 2,
     "neutral": 3,
-    "resamples": 20,
+    "resamples": 100,
     "targets": ["formal", "pirate"],
     "shots": 2,
     "analogy_pairs": 16,

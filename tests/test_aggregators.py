@@ -60,7 +60,7 @@ def test_custom_aggregator_and_bad_output(tiny_llama):
     hook = "blocks.1.hook_resid_post"
     assert torch.equal(vec[hook], acts.positive[hook][0] - acts.negative[hook][0])
     with pytest.raises(ValueError, match=r"aggregator returned .* expected a tensor of shape \(32,\)"):
-        tlsteer.aggregate_activations(acts, lambda p, n: p)
+        tlsteer.aggregators.aggregate_activations(acts, lambda p, n: p)
 
 
 def test_unpaired_contrast_set_uses_class_means(tiny_llama):

@@ -75,7 +75,7 @@ MEASURED = {
 }
 
 
-@pytest.mark.parametrize("name", tlsteer.CLASS_DATASETS)
+@pytest.mark.parametrize("name", tlsteer.classes.CLASS_DATASETS)
 def test_builtin_class_judges_hold_on_their_split_on_the_examples_and_on_probe_texts(embedder, name):
     ds = tlsteer.load_class_dataset(name)
     judge = class_judge(ds, embedder)

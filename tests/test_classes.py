@@ -116,7 +116,7 @@ def test_splits_are_seeded_disjoint_and_aligned_across_classes():
         toy().split()
 
 
-@pytest.mark.parametrize("name", tlsteer.CLASS_DATASETS)
+@pytest.mark.parametrize("name", tlsteer.classes.CLASS_DATASETS)
 def test_builtin_class_sets(name):
     ds = load_class_dataset(name)
     assert len(ds.classes) >= 3 and min(ds.sizes.values()) >= 40

@@ -173,8 +173,8 @@ def test_neutral_text():
 
 @pytest.mark.skipif(not CAA_DIR.is_dir(), reason=f"the CAA data folder {CAA_DIR} is absent (../shared/caa)")
 def test_caa_behaviours_are_the_caa_folders():
-    assert len(tlsteer.CAA_BEHAVIOURS) == 7
-    for name in tlsteer.CAA_BEHAVIOURS:  # the names are its folders
+    assert len(tlsteer.data.CAA_BEHAVIOURS) == 7
+    for name in tlsteer.data.CAA_BEHAVIOURS:  # the names are its folders
         assert (CAA_DIR / "generate" / name / "generate_dataset.json").is_file()
         assert (CAA_DIR / "test" / name / "test_dataset_ab.json").is_file()
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer import Positions, Steering, SteeringVector, VectorMetadata
+from tlsteer import Positions, Steering, SteeringVector
+from tlsteer.vector import VectorMetadata
 
 PROMPTS = ["hi", "a much longer prompt here", "mid size one", "x"]
 MODES = {

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlsteer import Positions, Steering, SteeringVector, VectorMetadata
+from tlsteer import Positions, Steering, SteeringVector
+from tlsteer.vector import VectorMetadata
 from tlsteer.data import ABItem, chat_prompt, load_ab_items
 from tlsteer.eval.ab import (
     ABResult,

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer import Positions, Steering, VectorMetadata
+from tlsteer import Positions, Steering
+from tlsteer.vector import VectorMetadata
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import perplexity
 

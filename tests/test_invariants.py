@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer import Positions, Steering, SteeringVector, VectorMetadata, check_invariants
+from tlsteer import Positions, Steering, SteeringVector, check_invariants
+from tlsteer.vector import VectorMetadata
 from tlsteer.operators import addition_operator
 
 PROMPTS = ["The cat sat on the mat.", "Rain again", "Numbers: 1 2 3 4 5 6 7 8", "ok"]

@@ -355,7 +355,7 @@ def test_numpy_and_tensor_multipliers_equal_floats(tiny_llama):
 
 def test_model_name_mismatch_is_refused_unless_opted_out(tiny_llama):
     model = tiny_llama
-    foreign = SteeringVector({HOOK: unit(model)}, tlsteer.VectorMetadata(model_name="gpt2-small"))
+    foreign = SteeringVector({HOOK: unit(model)}, tlsteer.vector.VectorMetadata(model_name="gpt2-small"))
     with pytest.raises(ValueError, match="made for model 'gpt2-small' but this model is 'tiny-llama'"):
         foreign.apply(model).__enter__()
     with foreign.apply(model, check_model=False):
@@ -365,7 +365,7 @@ def test_model_name_mismatch_is_refused_unless_opted_out(tiny_llama):
 
 def test_model_check_opt_out_holds_for_every_way_to_steer(tiny_llama):
     model = tiny_llama
-    foreign = SteeringVector({HOOK: unit(model)}, tlsteer.VectorMetadata(model_name="gpt2-small"))
+    foreign = SteeringVector({HOOK: unit(model)}, tlsteer.vector.VectorMetadata(model_name="gpt2-small"))
     steering = foreign.steering(2.0)
     assert steering.model_name == "gpt2-small"
     refused = "made for model 'gpt2-small' but this model is 'tiny-llama'; pass check_model=False"

@@ -25,10 +25,10 @@ from tlsteer.sae import (
     inspect_feature,
     load_sae,
     plot_feature_vector,
-    sae_fingerprint,
     sae_hook_name,
     sae_quality,
 )
+from tlsteer.sae.adapter import sae_fingerprint
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "<|user|>hello there<|end|><|assistant|>"

@@ -11,7 +11,8 @@ import torch
 
 import tlsteer
 from tests.conftest import count_hooks
-from tlsteer import Positions, Steering, SteeringVector, VectorMetadata
+from tlsteer import Positions, Steering, SteeringVector
+from tlsteer.vector import VectorMetadata
 from tlsteer.hooks import DirectionEdit
 
 HOOK = "blocks.1.hook_resid_post"
@@ -56,7 +57,7 @@ def test_ablation_and_ablation_then_addition(tiny_llama):
     with vec.apply(model, multiplier=3.0, operator=tlsteer.ablation_operator()):
         after = _cached(model, tokens) @ unit
     assert after.abs().max() < 1e-4
-    with vec.apply(model, multiplier=3.0, operator=tlsteer.ablation_then_addition_operator()):
+    with vec.apply(model, multiplier=3.0, operator=tlsteer.operators.ablation_then_addition_operator()):
         after = _cached(model, tokens) @ unit
     torch.testing.assert_close(after, torch.full_like(after, 3.0), atol=1e-4, rtol=0)
 

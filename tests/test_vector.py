@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer import SteeringVector, VectorMetadata
+from tlsteer import SteeringVector
+from tlsteer.vector import VectorMetadata
 
 A = "blocks.1.hook_resid_post"
 B = "blocks.2.hook_resid_post"

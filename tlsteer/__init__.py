@@ -9,17 +9,14 @@ tlsteer has no side effects.
 
 from tlsteer._version import __version__
 from tlsteer.aggregators import (
-    aggregate_activations,
     class_mean_aggregator,
     logistic_aggregator,
     mean_aggregator,
     pca_aggregator,
 )
 from tlsteer.caa import train_steering_vector
-from tlsteer.classes import CLASS_DATASETS, ClassDataset, ClassExample, class_reads, load_class_dataset
+from tlsteer.classes import ClassDataset, class_reads, load_class_dataset
 from tlsteer.data import (
-    BUILTIN_DATASETS,
-    CAA_BEHAVIOURS,
     ContrastPair,
     ContrastSet,
     chat_prompt,
@@ -29,45 +26,30 @@ from tlsteer.data import (
 )
 from tlsteer.decode import generate, generate_tokens
 from tlsteer.extract import ContrastActivations, extract_activations, read_activations
-from tlsteer.hooks import Edit, SteeringHandle, remove_all_steering
-from tlsteer.invariants import InvariantCheck, InvariantReport, check_invariants
+from tlsteer.hooks import remove_all_steering
+from tlsteer.invariants import check_invariants
 from tlsteer.models import load_model
-from tlsteer.operators import (
-    ablation_operator,
-    ablation_then_addition_operator,
-    addition_operator,
-)
+from tlsteer.operators import ablation_operator, addition_operator
 from tlsteer.positions import Positions
 from tlsteer.profile import ClassProfile, raw_class_profile
 from tlsteer.read import Read
 from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
-from tlsteer.vector import SteeringVector, VectorMetadata
+from tlsteer.vector import SteeringVector
 
 __all__ = [
-    "BUILTIN_DATASETS",
-    "CAA_BEHAVIOURS",
-    "CLASS_DATASETS",
     "ClassDataset",
-    "ClassExample",
     "ClassProfile",
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
-    "InvariantCheck",
-    "InvariantReport",
     "Positions",
     "Read",
-    "Edit",
     "Steering",
-    "SteeringHandle",
     "SteeringVector",
-    "VectorMetadata",
     "__version__",
     "ablation_operator",
-    "ablation_then_addition_operator",
     "addition_operator",
-    "aggregate_activations",
     "chat_prompt",
     "check_invariants",
     "class_mean_aggregator",

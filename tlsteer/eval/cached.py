@@ -34,13 +34,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import Unembed
+from transformer_lens.components.unembed import Unembed
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from tlsteer._types import parse_hook_name, validate_hook_name
@@ -217,33 +217,39 @@ def _shared_batch(
                 layer = parse_hook_name(name)[0]  # the rows present there: every block started by then
                 present = layout + [settings[i] for i in chunk if starts[i] <= layer]
                 hooks.append(_row_hook(name, present, n_items, mask.device))
+            rows: Tensor | None
             if first_pass:
-                rows = model.get_residual(
+                residual = model.get_residual(
                     model.hook_embed(model.embed(suffix)),
                     n_prefix,
                     attention_mask=prefix.row_mask(n_items, suffix.shape[1]),
                     tokens=suffix,
                     return_shortformer_pos_embed=False,
                 )
+                rows = cast(Tensor, residual)  # unannotated upstream: without the shortformer term, a tensor
                 begin = 0
             else:
                 rows, begin = None, starts[chunk[0]]
             with model.hooks(fwd_hooks=hooks):
                 for layer in range(begin, model.cfg.n_layers):
                     if first_pass and layer in needed:
+                        assert rows is not None  # the first pass starts from the embedding
                         saved[layer] = rows[:n_items]
                     joining = sum(starts[i] == layer for i in chunk)
                     if joining:
                         new = saved[layer].repeat(joining, 1, 1)
                         rows = new if rows is None else torch.cat([rows, new])
                     rows = model.blocks[layer](rows)
+            assert rows is not None  # every pass runs at least its starting block
             logits = _last_logits(model, rows).split(n_items)
             if first_pass:
                 baseline, logits = logits[0], logits[1:]
                 out = [baseline if s.is_baseline else None for s in settings]
             for i, rows_logits in zip(chunk, logits, strict=True):
                 out[i] = rows_logits
-    return out
+    done = [logits for logits in out if logits is not None]
+    assert len(done) == len(out)  # every setting is the baseline or in one pass
+    return done
 
 
 def _repeat_batch(
@@ -256,7 +262,8 @@ def _repeat_batch(
 ) -> list[Tensor]:
     """Next-token logits of one batch under each setting, with TransformerLens's repeated cache."""
     n_items = tokens.shape[0]
-    device = torch.device(model.cfg.device)
+    # TransformerLens types cfg.device as optional; a built model's config always has one
+    device = torch.device(model.cfg.device)  # pyright: ignore[reportArgumentType]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n_items)
     model(tokens[:, :first], attention_mask=mask[:, :first], past_kv_cache=cache, return_type=None)
     suffix = tokens[:, first:]

@@ -216,7 +216,7 @@ class GenerationScores:
 
 
 def score_generations(model: HookedTransformer, judge: Any, generations: Sequence[Any]) -> GenerationScores:
-    """Judge and perplexity of generations (:class:`tlsteer.eval.Generation`, from
+    """Judge and perplexity of generations (:class:`tlsteer.eval.generation.Generation`, from
     :func:`tlsteer.eval.compare_generations`).
 
     ``judge`` is a :class:`ConceptJudge` (its ``predict_proba`` gives one P(concept) per text).
@@ -239,7 +239,7 @@ def score_generations(model: HookedTransformer, judge: Any, generations: Sequenc
 
 
 def score_report(model: HookedTransformer, judge: Any, report: Any) -> dict[float, GenerationScores]:
-    """:func:`score_generations` at each multiplier of a :class:`~tlsteer.eval.GenerationReport`."""
+    """:func:`score_generations` at each multiplier of a :class:`~tlsteer.eval.generation.GenerationReport`."""
     return {
         m: score_generations(model, judge, [g for g in report.generations if g.multiplier == m])
         for m in report.multipliers

@@ -20,31 +20,21 @@ SAEs trained for the embedded model load offline with :func:`load_embedded_sae` 
 (``benchmarks/sae_corpus.py`` and ``benchmarks/train_sae.py``); :func:`embedded_sae_layers` lists them.
 """
 
-from tlsteer.sae._lens import INSTALL_HINT
-from tlsteer.sae.adapter import SAEDictionary, as_feature_dictionary, load_sae, sae_fingerprint, sae_hook_name
+from tlsteer.sae.adapter import as_feature_dictionary, load_sae, sae_hook_name
 from tlsteer.sae.classes import SAEClassProfile, class_profile
 from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import ContrastFeatures, encode
 from tlsteer.sae.features import FeatureVector
-from tlsteer.sae.formulas import FORMULAS, encode_steering_vector, feature_vector
-from tlsteer.sae.inspection import FeatureExample, FeatureReport, inspect_feature, plot_feature_vector
-from tlsteer.sae.quality import SAEQuality, sae_quality
-from tlsteer.sae.selection import FeatureStats, feature_stats, output_scores
-from tlsteer.sae.steering import MODES, FeatureEdit, feature_edit, feature_steering
+from tlsteer.sae.formulas import encode_steering_vector, feature_vector
+from tlsteer.sae.inspection import inspect_feature, plot_feature_vector
+from tlsteer.sae.quality import sae_quality
+from tlsteer.sae.selection import feature_stats, output_scores
+from tlsteer.sae.steering import feature_edit, feature_steering
 
 __all__ = [
-    "FORMULAS",
-    "INSTALL_HINT",
-    "MODES",
     "ContrastFeatures",
-    "FeatureEdit",
-    "FeatureExample",
-    "FeatureStats",
-    "FeatureReport",
     "FeatureVector",
-    "SAEDictionary",
     "SAEClassProfile",
-    "SAEQuality",
     "as_feature_dictionary",
     "class_profile",
     "embedded_sae_layers",
@@ -58,7 +48,6 @@ __all__ = [
     "load_sae",
     "output_scores",
     "plot_feature_vector",
-    "sae_fingerprint",
     "sae_hook_name",
     "sae_quality",
     "feature_steering",

@@ -76,7 +76,7 @@ class FeatureVector:
     """``[d_sae]`` float32 values (a copy is kept)."""
     hook_name: str
     fingerprint: str
-    """:func:`~tlsteer.sae.sae_fingerprint` of the SAE's ``W_dec``."""
+    """:func:`~tlsteer.sae.adapter.sae_fingerprint` of the SAE's ``W_dec``."""
     formula: str = ""
     n_examples: int = 0
     note: str = ""

@@ -7,7 +7,7 @@ features not chosen keep their contribution exactly, because the change is compu
 ``add`` (``f[ids] += values``), ``scale`` (``f[ids] *= values``), ``clamp`` (``f[ids] = values``).
 A :class:`~tlsteer.sae.FeatureVector` steers by adding ``multiplier * values`` in feature space.
 
-:func:`feature_edit` is a core :data:`~tlsteer.Edit` (activation -> delta);
+:func:`feature_edit` is a core :data:`~tlsteer.hooks.Edit` (activation -> delta);
 :func:`feature_steering` wraps it as a :class:`~tlsteer.Steering`, so it steers everything that
 takes one (``.apply(model)``, ``.patch(model)``, :func:`tlsteer.generate`, A/B scoring, the sweep
 engine), with the core's absolute positions under the KV cache.

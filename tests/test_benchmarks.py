@@ -1,0 +1,112 @@
+"""Benchmarks that cannot rot: every script in benchmarks/ runs with ``--tiny`` and writes its JSON.
+
+Each script's ``main([..., "--tiny", "--out", folder])`` runs in this process on a tiny random model
+with stand-ins (random SAEs, a hashing embedder for the judges, a CAA-format folder written from
+the built-in items): seconds each, nothing measured, only that the script still runs on the
+library as it is. The table scripts (``tables.py``, ``report.py``) read JSON, never a model: every
+table whose JSON files the tiny runs wrote is rendered from them, so a benchmark whose JSON drifts
+from what the tables read fails here too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+TABLE_SCRIPTS = ("tables", "report")
+"""Scripts that only render tables from the JSON in benchmarks/results (checked apart)."""
+SCRIPTS = sorted(
+    p.stem for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_") and p.stem not in TABLE_SCRIPTS
+)
+
+
+@pytest.fixture(scope="module")
+def benchmarks_on_path():
+    """benchmarks/ importable, as it is for ``python benchmarks/<script>.py`` (they import siblings)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory) -> Path:
+    """One folder per script; the table check reads what they wrote."""
+    return tmp_path_factory.mktemp("tiny_results")
+
+
+def results_snapshot() -> dict[str, int]:
+    return {str(p.relative_to(RESULTS)): p.stat().st_mtime_ns for p in RESULTS.rglob("*") if p.is_file()}
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in numbers_in(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers_in(v)]
+    return []
+
+
+def test_every_script_is_covered():
+    on_disk = {p.stem for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")}
+    assert on_disk == set(SCRIPTS) | set(TABLE_SCRIPTS)
+    assert len(SCRIPTS) >= 21
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_runs_tiny_and_writes_json(name, benchmarks_on_path, tiny_results):
+    module = importlib.import_module(name)
+    out = tiny_results / name
+    before = results_snapshot()
+    path = module.main(["--tiny", "--out", str(out)])
+    assert results_snapshot() == before, f"{name} --tiny wrote into benchmarks/results"
+    assert path.suffix == ".json" and path.is_file(), f"{name} returned {path}"
+    assert out in path.parents, f"{name} wrote {path} outside --out {out}"
+    data = json.loads(path.read_text())
+    assert numbers_in(data), f"{name} wrote no numbers to {path.name}"
+    for other in out.glob("*.json"):  # everything it wrote next to it parses too
+        json.loads(other.read_text())
+
+
+def test_tiny_refuses_to_write_into_results(benchmarks_on_path):
+    module = importlib.import_module("load_model")
+    with pytest.raises(SystemExit):
+        module.main(["--tiny", "--out", str(RESULTS)])
+
+
+def test_tables_render_from_the_tiny_results(benchmarks_on_path, tiny_results, tmp_path):
+    """Every table whose JSON files the tiny runs wrote renders from them (report.py's renderers)."""
+    report = importlib.import_module("report")
+    written = sorted(tiny_results.glob("*/*.json"))
+    if not written:
+        pytest.skip("run together with test_benchmark_runs_tiny_and_writes_json (it writes the JSON)")
+    merged = tmp_path / "results"
+    merged.mkdir()
+    for path in written:  # as in benchmarks/results: every script's JSON in one folder
+        (merged / path.name).write_bytes(path.read_bytes())
+    rendered = []
+    for name, table in report.TABLES.items():
+        if all((merged / source).is_file() for source in table.sources):
+            lines = report.render(name, merged)
+            assert lines and all(isinstance(line, str) for line in lines), name
+            rendered.append(name)
+    assert len(rendered) >= 5, f"only {rendered} had their JSON from the tiny runs"
+
+
+def test_tables_script_prints_every_table(benchmarks_on_path, capsys):
+    tables = importlib.import_module("tables")
+    tables.main()
+    printed = capsys.readouterr().out
+    report = importlib.import_module("report")
+    for name in report.TABLES:
+        assert f"### {name} " in printed

@@ -49,7 +49,9 @@ log = logging.getLogger("benchmarks")
 T = TypeVar("T")
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
+def parser(
+    doc: str | None, out_help: str = "results folder (default: benchmarks/results)"
+) -> argparse.ArgumentParser:
     """An argument parser with the script's docstring and the usual flags."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -58,7 +60,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
         help="run in seconds on a tiny random model and stand-ins (checks the script, measures "
         "nothing); results go to --out or a temporary folder, never benchmarks/results",
     )
-    p.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=out_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the global generators (default 0)")
     return p
 
@@ -132,13 +134,14 @@ def run(
             lg.setLevel(level)
 
 
-def load_model(args: Any, device: str | None = None) -> Any:
-    """The embedded model, or with ``--tiny`` a tiny random Llama-style model (seeded by ``--seed``)."""
+def load_model(args: Any, device: str | None = None, tiny_layers: int = TINY_LAYERS) -> Any:
+    """The embedded model, or with ``--tiny`` a tiny random Llama-style model (seeded by ``--seed``)
+    with ``tiny_layers`` blocks."""
     import tlsteer
     from tlsteer.models import tiny_model
 
     if args.tiny:
-        return tiny_model("llama", seed=args.seed, n_layers=TINY_LAYERS, n_ctx=TINY_N_CTX)
+        return tiny_model("llama", seed=args.seed, n_layers=tiny_layers, n_ctx=TINY_N_CTX)
     return tlsteer.load_model(device=device)
 
 

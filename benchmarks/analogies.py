@@ -62,7 +62,9 @@ def body(args) -> Path:
     )
     out |= result.to_dict()
     for name, row in out["domains"].items():
-        common.log.info("%s: %s", name, "; ".join(f"{k} {row[k]}" for k in ("none", "relation", "random", "few_shot")))
+        common.log.info(
+            "%s: %s", name, "; ".join(f"{k} {row[k]}" for k in ("none", "relation", "random", "few_shot"))
+        )
     common.log.info("cross-domain top-5 (rows: vector, columns: prompts)\n%s", result.cross_matrix().round(2))
 
     out["feature_space"] = {}

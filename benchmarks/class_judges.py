@@ -26,7 +26,7 @@ from pathlib import Path
 import _common as common
 import numpy as np
 
-import tlsteer
+from tlsteer.classes import CLASS_DATASETS
 from tlsteer.eval.judge import MIN_JUDGE_ACCURACY, builtin_judge, class_judge
 from tlsteer.profile import spearman
 
@@ -55,7 +55,7 @@ def body(args) -> Path:
     embedder = common.load_embedder(args)
     probe = json.loads((resources.files("tlsteer") / "datasets" / "judge_transfer.json").read_text())
     out = {"min_accuracy": MIN_JUDGE_ACCURACY, "sets": {}, "concepts": {}}
-    for name in tlsteer.CLASS_DATASETS:
+    for name in CLASS_DATASETS:
         ds = common.load_class_dataset(args, name)
         examples = {c: [e.response for e in ds.examples[c]] for c in ds.classes}
         rows = [
@@ -70,7 +70,10 @@ def body(args) -> Path:
             "probe_texts_per_class": {c: len(probe[name][c]) for c in ds.classes},
         }
         common.log.info(
-            "%s %s mean %s", name, {k: round(v, 3) for k, v in rows[0].items()}, out["sets"][name]["mean_over_seeds"]
+            "%s %s mean %s",
+            name,
+            {k: round(v, 3) for k, v in rows[0].items()},
+            out["sets"][name]["mean_over_seeds"],
         )
     for concept, (pos, neg) in CONCEPTS.items():
         judge = builtin_judge(concept, embedder)

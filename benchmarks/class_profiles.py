@@ -28,7 +28,6 @@ from pathlib import Path
 
 import _common as common
 
-import tlsteer
 from tlsteer.eval.class_plots import plot_class_features, plot_class_map, plot_class_similarity
 from tlsteer.eval.judge import class_judge
 from tlsteer.sae import class_profile, inspect_feature
@@ -90,7 +89,9 @@ def profile_set(model, sae, ds, embedder, args) -> tuple[dict, list[str], object
         shared = profile.shared(k=args.k, classes=classes, rank_by=rank_by)
         shared["top_tokens"] = [tokens_of(model, sae, int(f)) for f in shared.feature]
         row["shared"][label] = shared.round(4).to_dict(orient="records")
-        text.append(f"-- features shared by {label} {classes} (active in >= 50% of each; ranked by {rank_by}) --")
+        text.append(
+            f"-- features shared by {label} {classes} (active in >= 50% of each; ranked by {rank_by}) --"
+        )
         text.append(shared.round(3).to_string(index=False) if len(shared) else "(none)")
     for space in ("raw", "feature"):
         for centred in (False, True):

@@ -21,6 +21,7 @@ from pathlib import Path
 import _common as common
 
 import tlsteer
+from tlsteer.classes import CLASS_DATASETS
 from tlsteer.eval import residual_norms
 from tlsteer.eval.class_plots import plot_transfer_matrix
 from tlsteer.eval.judge import class_judge
@@ -67,7 +68,7 @@ def body(args) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     p = common.parser(__doc__)
-    p.add_argument("--set", default="speaking_styles", choices=tlsteer.CLASS_DATASETS)
+    p.add_argument("--set", default="speaking_styles", choices=CLASS_DATASETS)
     p.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
     p.add_argument("--strength", type=float, default=0.5)
     p.add_argument("--prompts", type=int, default=8, help="source prompts per class")

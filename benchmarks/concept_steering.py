@@ -8,7 +8,8 @@ all-MiniLM-L6-v2 embeddings trained on tlsteer's labelled judge texts (its held-
 reported), VADER for sentiment, and the perplexity of the generation under the unsteered model
 (fluency): ``tlsteer.eval.judge.score_report``.
 
-    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 0 0.2] [--prompts 8] [--name N] [--tiny]
+    python benchmarks/concept_steering.py [--layer 12] [--multipliers -0.2 0 0.2] [--prompts 8] [--name N]
+    python benchmarks/concept_steering.py --tiny   # seconds, a tiny random model: checks the script
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import _common as common
 
 import tlsteer
-from tlsteer.data import builtin_dataset_path, load_ab_items, load_neutral_text
+from tlsteer.data import BUILTIN_DATASETS, builtin_dataset_path, load_ab_items, load_neutral_text
 from tlsteer.eval.ab import ab_eval, question_end
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import builtin_judge, score_report, vader_compound
@@ -51,7 +52,7 @@ def body(args) -> Path:
     prompts = PROMPTS[: args.prompts]
     out = {"layer": args.layer, "prompts": prompts, "settings": vars(settings), "concepts": {}}
     reports = []
-    for concept in tlsteer.BUILTIN_DATASETS:
+    for concept in BUILTIN_DATASETS:
         judge = builtin_judge(concept, embedder)
         pairs = tlsteer.load_builtin_dataset(concept, model)
         vec = tlsteer.train_steering_vector(model, pairs[: args.pairs], layers=[args.layer], batch_size=16)
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--multipliers", type=float, nargs="+", default=[-0.2, 0.0, 0.2])
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--prompts", type=int, default=6, help="how many of the test prompts")
-    p.add_argument("--pairs", type=int, default=60, help="the first N pairs build the vector; A/B on the rest")
+    p.add_argument(
+        "--pairs", type=int, default=60, help="the first N pairs build the vector; A/B on the rest"
+    )
     p.add_argument("--ab-items", type=int, default=None, help="at most N held-out A/B items (default all)")
     p.add_argument(
         "--name", default="concept_steering", help="stem of the output files: NAME.json, NAME.png, NAME.txt"

@@ -14,8 +14,9 @@ method does), so the methods share one numerator. Ratios come from one run on on
 Memory: fresh processes; resident memory sampled every 5 ms while training, above the level
 after loading the model, with every activation kept (extract + aggregate) or as running sums.
 
-With ``--tiny``: the tiny model and its ``transformers`` twin (the same weights), a few pairs, and
-the memory runs in this process (their numbers mean nothing there).
+With ``--tiny``: the tiny model and its ``transformers`` twin (the same weights), a few pairs (of a
+CAA-format folder written from the built-ins, without ``--caa-dir``), and the memory runs in this
+process (their numbers mean nothing there).
 
     python benchmarks/extraction.py --caa-dir ../shared/caa [--per-behaviour 8] [--batch-size 16] [--tiny]
 """
@@ -37,7 +38,8 @@ import torch
 from load_model import timed_load  # sibling benchmark
 
 import tlsteer
-from tlsteer.data import CAA_BEHAVIOURS, ContrastPair
+from tlsteer.aggregators import aggregate_activations
+from tlsteer.data import BUILTIN_DATASETS, CAA_BEHAVIOURS, ContrastPair
 from tlsteer.tokens import left_pad
 
 TINY = {"per_behaviour": 2, "builtin_pairs": 6, "batch_size": 4, "memory_sizes": [8]}
@@ -146,7 +148,9 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def load_pairs(model, caa_dir: Path | None, per_behaviour: int, builtin: int) -> dict[str, list[ContrastPair]]:
+def load_pairs(
+    model, caa_dir: Path | None, per_behaviour: int, builtin: int
+) -> dict[str, list[ContrastPair]]:
     sets = {}
     if caa_dir is not None:
         caa = []
@@ -155,7 +159,7 @@ def load_pairs(model, caa_dir: Path | None, per_behaviour: int, builtin: int) ->
             caa += tlsteer.load_caa_dataset(path, model, limit=per_behaviour)
         sets["caa_7_behaviours"] = caa
     sets["builtin"] = [
-        p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)[:builtin]
+        p for name in BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)[:builtin]
     ]
     return sets
 
@@ -167,7 +171,7 @@ def rss_mb() -> float:
 
 def measure_memory(model, mode: str, n: int) -> dict:
     """Resident memory above the level after loading while training on ``n`` pairs, sampled every 5 ms."""
-    pool = [p for name in tlsteer.BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)]
+    pool = [p for name in BUILTIN_DATASETS for p in tlsteer.load_builtin_dataset(name, model)]
     pairs = [pool[i % len(pool)] for i in range(n)]
     with torch.no_grad():
         tlsteer.train_steering_vector(model, pairs[:8], batch_size=16)  # warm-up allocations
@@ -188,11 +192,17 @@ def measure_memory(model, mode: str, n: int) -> dict:
             tlsteer.train_steering_vector(model, pairs, batch_size=16)
         else:
             acts = tlsteer.extract_activations(model, pairs, batch_size=16)
-            tlsteer.aggregate_activations(acts)
+            aggregate_activations(acts)
         seconds = time.perf_counter() - t
         done.set()
         sampler.join()
-    return {"pairs": n, "rss_before_mb": base, "peak_rss_mb": peak[0], "growth_mb": peak[0] - base, "seconds": seconds}
+    return {
+        "pairs": n,
+        "rss_before_mb": base,
+        "peak_rss_mb": peak[0],
+        "growth_mb": peak[0] - base,
+        "seconds": seconds,
+    }
 
 
 def memory_runs(sizes: list[int], tiny_model=None) -> list[dict]:
@@ -212,16 +222,19 @@ def memory_runs(sizes: list[int], tiny_model=None) -> list[dict]:
     return out
 
 
-def speed_runs(args, model) -> dict:
-    """Load times, then every method on each dataset in one process (ratios from one run)."""
+def speed_runs(args) -> tuple[dict, object]:
+    """Load times, then every method on each dataset in one process (ratios from one run); the
+    results and the model."""
     with tempfile.TemporaryDirectory() as cache:
         cold = timed_load(cache, args.tiny)
         warm = timed_load(cache, args.tiny)
     common.log.info("load_model: cold %.1f s, warm %.2f s", cold["load_s"], warm["load_s"])
+    model = common.load_model(args)
     hf_model = common.load_hf_model(args, model)
     results = {"load_model": {"cold_s": cold["load_s"], "warm_s": warm["load_s"]}, "datasets": {}}
     bs = args.batch_size
-    for name, pairs in load_pairs(model, args.caa_dir, args.per_behaviour, args.builtin_pairs).items():
+    caa_dir = common.caa_dir(args) if args.caa_dir is not None or args.tiny else None
+    for name, pairs in load_pairs(model, caa_dir, args.per_behaviour, args.builtin_pairs).items():
         n_tokens = sum(len(a) + len(b) for a, _, b, _ in read_positions(model, pairs))
 
         def train(p, share):
@@ -248,17 +261,20 @@ def speed_runs(args, model) -> dict:
             rows[label]["speedup_of_tlsteer"] = rows[label]["seconds"] / ref
             rows[label]["agreement_with_tlsteer"] = agreement(vectors[label], vectors["a_tlsteer"])
         results["datasets"][name] = {"pairs": len(pairs), "tokens": n_tokens, "methods": rows}
-    return results
+    return results, model
 
 
 def body(args) -> Path:
     path = args.out / "extraction.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     results = {k: previous[k] for k in ("load_model", "datasets", "memory") if k in previous}
-    model = common.load_model(args) if args.tiny or "speed" in args.parts else None
+    model = None
     if "speed" in args.parts:
-        results |= speed_runs(args, model)
+        speed, model = speed_runs(args)
+        results |= speed
     if "memory" in args.parts:
+        if args.tiny and model is None:
+            model = common.load_model(args)
         results["memory"] = memory_runs(args.memory_sizes, model if args.tiny else None)
     results["batch_size"] = args.batch_size
     results["threads"] = torch.get_num_threads()

@@ -51,6 +51,21 @@ from tlsteer.experiments import (
 from tlsteer.experiments.comparison_plots import comparison_markdown
 
 SMALL_METHODS = ("caa", "feature_full", "feature_output", "clamp", "random", "prompting")
+SMALL = {
+    "sets": ["speaking_styles"],
+    "methods": list(SMALL_METHODS),
+    "prompts": 16,
+    "seeds": 1,
+    "max_new_tokens": 16,
+    "neutral": 12,
+    "resamples": 1000,
+    "behaviours": [],
+    "mmlu": 0,
+    "budgets": [0.5],
+    "targets": ["formal", "pirate"],
+    "analogies": [],
+}
+"""``--small``: about 3 minutes, into ``benchmarks/results/small``."""
 TINY = {
     "behaviours": ["coordinate-other-ais"],
     "sets": ["speaking_styles"],
@@ -87,8 +102,9 @@ def replot(out: Path) -> Path:
     return tables
 
 
-def tasks(args, model) -> list:
-    """The CAA behaviours (with a CAA folder), class sets and analogy domains to compare on."""
+def tasks(args, model) -> tuple[list, Path | None]:
+    """The CAA behaviours (with a CAA folder), class sets and analogy domains to compare on, and
+    the CAA folder (``None``: no CAA behaviours, no MMLU)."""
     out = []
     caa_dir = args.caa_dir
     if caa_dir is None and args.tiny and args.behaviours:
@@ -112,6 +128,7 @@ def tasks(args, model) -> list:
 def body(args) -> Path:
     if args.replot:
         return replot(args.out)
+    small(args)
     start = time.perf_counter()
     model = common.load_model(args)
     sae = common.load_sae(args, model, args.layer)
@@ -120,7 +137,9 @@ def body(args) -> Path:
     datasets, caa_dir = tasks(args, model)
     mmlu = None
     if caa_dir is not None and args.mmlu:
-        mmlu = load_ab_items(caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][: args.mmlu]
+        mmlu = load_ab_items(caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][
+            : args.mmlu
+        ]
     common_kwargs = {
         "budgets": args.budgets,
         "seeds": list(range(args.seeds)),
@@ -144,7 +163,9 @@ def body(args) -> Path:
             kwargs["methods"] = [m for m in args.methods if m in applicable]
             skipped = [m for m in args.methods if m not in applicable]
             if skipped:
-                common.log.info("%s: %s do not apply to it; running the others", task.name, ", ".join(skipped))
+                common.log.info(
+                    "%s: %s do not apply to it; running the others", task.name, ", ".join(skipped)
+                )
         result = feature_vs_caa(model, sae, task, **kwargs)
         name = result["dataset"]
         summary["datasets"][name] = {
@@ -174,7 +195,9 @@ def body(args) -> Path:
         summary["datasets"] = {**before["datasets"], **summary["datasets"]}
         summary["seconds"] = round(sum(r["seconds"] for r in summary["runs"]), 1)
     common.write_json(path, summary)
-    results = {n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]}
+    results = {
+        n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]
+    }
     (args.out / "feature_vs_caa_tables.md").write_text(comparison_markdown(results) + "\n")
     common.log.info("done in %.0f s", summary["seconds"])
     return path
@@ -188,9 +211,13 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--analogies", nargs="*", default=["number_successor", "country_capital"], help="analogy domains"
     )
-    p.add_argument("--append", action="store_true", help="add to an existing summary (its wall time is summed)")
+    p.add_argument(
+        "--append", action="store_true", help="add to an existing summary (its wall time is summed)"
+    )
     p.add_argument("--layer", type=int, default=6)
-    p.add_argument("--methods", nargs="+", default=None, help=f"of {', '.join(METHODS)} (default: all that apply)")
+    p.add_argument(
+        "--methods", nargs="+", default=None, help=f"of {', '.join(METHODS)} (default: all that apply)"
+    )
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.5])
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--seeds", type=int, default=3)
@@ -205,31 +232,16 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--analogy-pairs", type=int, default=None, help="the first N pairs of each domain")
     p.add_argument("--small", action="store_true", help="2 styles, 6 methods, 1 budget, few prompts")
     p.add_argument("--replot", action="store_true", help="only redraw the figures from the JSON in --out")
-    args_small = {
-        "sets": ["speaking_styles"],
-        "methods": list(SMALL_METHODS),
-        "prompts": 16,
-        "seeds": 1,
-        "max_new_tokens": 16,
-        "neutral": 12,
-        "resamples": 1000,
-        "behaviours": [],
-        "mmlu": 0,
-        "budgets": [0.5],
-        "targets": ["formal", "pirate"],
-        "analogies": [],
-    }
-    return common.run(lambda args: body(small(args, args_small)), p, argv, TINY)
+    return common.run(body, p, argv, TINY)
 
 
-def small(args, settings: dict):
+def small(args) -> None:
     """``--small``: 2 styles, 6 methods, 1 budget, few prompts, into ``benchmarks/results/small``."""
     if args.small:
-        vars(args).update(settings)
+        vars(args).update(SMALL)
         if args.out == common.RESULTS:
             args.out = args.out / "small"
             args.out.mkdir(parents=True, exist_ok=True)
-    return args
 
 
 if __name__ == "__main__":

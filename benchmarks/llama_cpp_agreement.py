@@ -12,11 +12,12 @@ products) and a float32 copy of it (``write_f32_gguf``: the same dequantised wei
 which isolates how the vector is applied from quantisation error. Controls: the same direction
 exported one layer too low and one too high.
 
-With ``--tiny``: the tiny random Llama-style model, written as a float32 GGUF
-(``tlsteer.llama_cpp.write_llama_gguf``) for llama.cpp; without llama.cpp the llama.cpp part is
-skipped, saying so.
+With ``--tiny``: a tiny random Llama-style model (20 blocks, so the same layers), written as Q4_1
+and float32 GGUF files (``tlsteer.llama_cpp.write_llama_gguf``) for llama.cpp; without llama.cpp
+the llama.cpp part is skipped, saying so.
 
-    python benchmarks/llama_cpp_agreement.py [--prompts 16] [--new-tokens 20] [--tiny]  # 13 to 21 min, 2 cores
+    python benchmarks/llama_cpp_agreement.py [--prompts 16] [--new-tokens 20]   # 13 to 21 min on 2 cores
+    python benchmarks/llama_cpp_agreement.py --tiny   # seconds
 
 Needs llama.cpp: ``pip install xllamacpp`` (or ``TLSTEER_LLAMA_CPP_LIB=/path/to/libllama.so``).
 Writes results/llama_cpp_agreement.json and .png.
@@ -46,7 +47,9 @@ from tlsteer.llama_cpp import (
 )
 from tlsteer.models import embedded_model_path
 
-TINY = {"prompts": 2, "new_tokens": 3, "layer": 2, "strengths": [8.0], "pairs": 8, "extra_layers": [1, 3]}
+TINY = {"prompts": 2, "new_tokens": 3, "strengths": [8.0], "pairs": 8}
+TINY_LAYERS = 20
+"""The tiny model is deep enough for the real layers (6, 12 and 18, and the controls at 11 and 13)."""
 
 
 def at_layer(vec: tlsteer.SteeringVector, layer: int) -> tlsteer.SteeringVector:
@@ -102,9 +105,9 @@ def unsteered_greedy(model, llama: LlamaCpp, prompts: list[str], new_tokens: int
 
 
 def gguf_files(args, model, tmp: str) -> dict[str, Path]:
-    """The shipped Q4_1 file and its float32 copy; with ``--tiny`` the tiny model as float32."""
+    """The shipped Q4_1 file and its float32 copy; with ``--tiny`` the tiny model in both."""
     if args.tiny:
-        return {"F32": write_llama_gguf(model, f"{tmp}/tiny.gguf")}
+        return {q: write_llama_gguf(model, f"{tmp}/tiny_{q}.gguf", q) for q in ("Q4_1", "F32")}
     return {"Q4_1": embedded_model_path(), "F32": write_f32_gguf(embedded_model_path(), f"{tmp}/f32.gguf")}
 
 
@@ -122,7 +125,9 @@ def run_llama(args, model, prompts: list[str], vecs: dict, result: dict) -> dict
                 )
                 for m in args.strengths:
                     for name, vec in vecs.items():
-                        c = compare_with_llama_cpp(model, llama, vec, m, prompts, max_new_tokens=args.new_tokens)
+                        c = compare_with_llama_cpp(
+                            model, llama, vec, m, prompts, max_new_tokens=args.new_tokens
+                        )
                         diverged = greedy_divergences(model, vec, m, prompts, c)
                         runs.setdefault(name, {})[str(m)] = summary(c, diverged)
                         result.setdefault("unsteered", {})[file_name] = {
@@ -135,18 +140,27 @@ def run_llama(args, model, prompts: list[str], vecs: dict, result: dict) -> dict
                     base = vecs[f"sentiment L{layer}"]
                     for shift in (-1, 1):
                         c = compare_with_llama_cpp(
-                            model, llama, base, m, prompts, max_new_tokens=0, llama_vector=at_layer(base, layer + shift)
+                            model,
+                            llama,
+                            base,
+                            m,
+                            prompts,
+                            max_new_tokens=0,
+                            llama_vector=at_layer(base, layer + shift),
                         )
                         runs.setdefault(f"control: exported as L{layer + shift}", {})[str(m)] = summary(c)
                     common.log.info(
-                        "%s x%g: %s", file_name, m, ", ".join(f"{k} r={v[str(m)]['r_mean']:.4f}" for k, v in runs.items())
+                        "%s x%g: %s",
+                        file_name,
+                        m,
+                        ", ".join(f"{k} r={v[str(m)]['r_mean']:.4f}" for k, v in runs.items()),
                     )
     return scatter
 
 
 def body(args) -> Path:
     start = time.perf_counter()
-    model = common.load_model(args, device="cpu")
+    model = common.load_model(args, device="cpu", tiny_layers=TINY_LAYERS)
     questions = load_open_prompts()[: args.prompts]
     prompts = [tlsteer.chat_prompt(model, q) for q in questions]
     vecs = vectors(model, args)
@@ -177,7 +191,13 @@ def body(args) -> Path:
     result["seconds"] = round(time.perf_counter() - start, 1)
     path = common.write_json(args.out / "llama_cpp_agreement.json", result)
     if scatter:
-        plot(result, scatter, args.layer, args.strengths[len(args.strengths) // 2], args.out / "llama_cpp_agreement.png")
+        plot(
+            result,
+            scatter,
+            args.layer,
+            args.strengths[len(args.strengths) // 2],
+            args.out / "llama_cpp_agreement.png",
+        )
     common.log.info("%s", {k: result.get(k) for k in ("unsteered", "unsteered_greedy", "seconds")})
     return path
 
@@ -241,7 +261,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--layer", type=int, default=12, help="the sentiment vector's layer")
-    p.add_argument("--extra-layers", type=int, nargs=2, default=[6, 18], help="the 3-layer vector's other two")
+    p.add_argument(
+        "--extra-layers", type=int, nargs=2, default=[6, 18], help="the 3-layer vector's other two"
+    )
     p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 4.0, 8.0, 16.0])
     p.add_argument("--pairs", type=int, default=60, help="sentiment pairs that build the vectors")
     return common.run(body, p, argv, TINY)

@@ -34,7 +34,7 @@ import torch
 
 import tlsteer
 from tlsteer import Read
-from tlsteer.data import ContrastSet, load_builtin_replies, load_open_prompts, reply_span
+from tlsteer.data import BUILTIN_DATASETS, ContrastSet, load_builtin_replies, load_open_prompts, reply_span
 from tlsteer.sae import (
     encode_steering_vector,
     feature_stats,
@@ -51,7 +51,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))
 
 
-def layer_report(model, sae, layer: int, train, unpaired, reference: list[str], replies, args) -> tuple[dict, list]:
+def layer_report(
+    model, sae, layer: int, train, unpaired, reference: list[str], replies, args
+) -> tuple[dict, list]:
     """One SAE layer's formulas, selection, table and inspections (its JSON row and reports)."""
     hook = sae.cfg.metadata.hook_name
     read = Read.mean(reply_span(model))
@@ -69,7 +71,8 @@ def layer_report(model, sae, layer: int, train, unpaired, reference: list[str], 
     table = selected.table(model, sae, k=args.keep, densities=stats.density)
     table.insert(3, "output_score", [float(scores[f]) for f in table["feature"]])
     reports = [
-        inspect_feature(model, sae, int(f), reference + replies, k=5) for f in table["feature"][: args.inspect]
+        inspect_feature(model, sae, int(f), reference + replies, k=5)
+        for f in table["feature"][: args.inspect]
     ]
     png = args.out / f"sae_features_{args.concept}_layer{layer}.png"
     plot_feature_vector(selected, model, sae, k=args.keep, path=png)
@@ -123,7 +126,7 @@ def body(args) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     p = common.parser(__doc__)
-    p.add_argument("--concept", default="sentiment", choices=tlsteer.BUILTIN_DATASETS)
+    p.add_argument("--concept", default="sentiment", choices=BUILTIN_DATASETS)
     p.add_argument("--layers", type=int, nargs="+", default=None, help="default: every shipped SAE")
     p.add_argument("--max-density", type=float, default=0.1)
     p.add_argument("--candidates", type=int, default=40)

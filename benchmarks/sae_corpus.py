@@ -29,7 +29,7 @@ and token counts, the settings and a hash of the rows.
 
     python benchmarks/sae_corpus.py --caa-dir ../shared/caa   # the full corpus (generation: ~20 min)
     python benchmarks/sae_corpus.py --caa-dir ../shared/caa --ab-limit 20 --max-generate 16 --out X  # smoke
-    python benchmarks/sae_corpus.py --tiny    # seconds: the tiny model, a CAA-format folder from the built-ins
+    python benchmarks/sae_corpus.py --tiny    # seconds: the tiny model, CAA-format items from the built-ins
 """
 
 from __future__ import annotations
@@ -182,7 +182,12 @@ def generate_answers(model, requests: list[dict], args) -> tuple[list[dict], dic
             )
     known = {request_key(e, e["temperature"], e["max_new_tokens"]): e for e in cache["entries"]}
     todo = [r for r in requests if request_key(r, args.temperature, args.max_new_tokens) not in known]
-    common.log.info("generation: %d of %d answers cached, %d to generate", len(requests) - len(todo), len(requests), len(todo))
+    common.log.info(
+        "generation: %d of %d answers cached, %d to generate",
+        len(requests) - len(todo),
+        len(requests),
+        len(todo),
+    )
     chunk = args.batch_size * 4
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
@@ -216,7 +221,12 @@ def generate_answers(model, requests: list[dict], args) -> tuple[list[dict], dic
         write_json(cache_path, cache)
         done = min(start + chunk, len(todo))
         common.log.info(
-            "  %d/%d answers, %d tokens in %.0fs (%.1f tokens/s)", done, len(todo), n_new, seconds, n_new / seconds
+            "  %d/%d answers, %d tokens in %.0fs (%.1f tokens/s)",
+            done,
+            len(todo),
+            n_new,
+            seconds,
+            n_new / seconds,
         )
     answers = [known[request_key(r, args.temperature, args.max_new_tokens)] for r in requests]
     stats = {
@@ -312,7 +322,7 @@ def body(args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = common.parser(__doc__)
+    p = common.parser(__doc__, out_help="the corpus folder (default: benchmarks/build/sae_corpus)")
     p.add_argument("--caa-dir", type=Path, default=None, help="the CAA datasets folder (read only; required)")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--heldout-fraction", type=float, default=0.05)

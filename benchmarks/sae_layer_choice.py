@@ -26,7 +26,7 @@ from concept_steering import PROMPTS  # the same 8 open prompts (benchmarks/ is 
 
 import tlsteer
 from tlsteer import Read
-from tlsteer.data import load_builtin_replies, load_neutral_text, reply_span
+from tlsteer.data import BUILTIN_DATASETS, load_builtin_replies, load_neutral_text, reply_span
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import builtin_judge, score_report
 from tlsteer.eval.sweeps import residual_norms
@@ -75,15 +75,20 @@ def body(args) -> Path:
     prompts = PROMPTS[: args.prompts]
     out = {"layers": args.layers, "strengths": args.strengths, "prompts": prompts, "settings": vars(settings)}
     out["concepts"] = {}
-    for concept in tlsteer.BUILTIN_DATASETS:
+    for concept in BUILTIN_DATASETS:
         judge = builtin_judge(concept, embedder)
         pairs = load_builtin_replies(concept, model)[: args.pairs]
         rows, baseline = [], None
         for layer, hook in zip(args.layers, hooks, strict=True):
-            row, base = layer_row(model, judge, pairs, layer, norms[hook], prompts, settings, args, baseline is None)
+            row, base = layer_row(
+                model, judge, pairs, layer, norms[hook], prompts, settings, args, baseline is None
+            )
             baseline = baseline or base
             rows.append(row)
-            shifts = [(b["relative"], round(b["shift"], 3), round(b["perplexity_plus"], 2)) for b in row["by_strength"]]
+            shifts = [
+                (b["relative"], round(b["shift"], 3), round(b["perplexity_plus"], 2))
+                for b in row["by_strength"]
+            ]
             common.log.info("%s %d %s", concept, layer, shifts)
         out["concepts"][concept] = {
             "judge_held_out_accuracy": judge.held_out_accuracy,
@@ -106,7 +111,9 @@ def plot(out: dict, layers: list[int], strengths: list[float], path: Path) -> No
     fig, axes = plt.subplots(2, len(out["concepts"]), figsize=(4.5 * len(out["concepts"]), 6), squeeze=False)
     for col, (concept, data) in enumerate(out["concepts"].items()):
         for i, s in enumerate(strengths):
-            axes[0, col].plot(layers, [r["by_strength"][i]["shift"] for r in data["rows"]], marker="o", label=f"r={s}")
+            axes[0, col].plot(
+                layers, [r["by_strength"][i]["shift"] for r in data["rows"]], marker="o", label=f"r={s}"
+            )
             ppl = [
                 max(r["by_strength"][i]["perplexity_minus"], r["by_strength"][i]["perplexity_plus"])
                 for r in data["rows"]

@@ -15,7 +15,8 @@ tokens (sae-lens's ``explained_variance_legacy`` is the per-token mean, also rep
 score is ``(L_zero - L_sae) / (L_zero - L_clean)`` with the SAE spliced in without its error term
 and the hook zero-ablated at the evaluated positions. Writes ``benchmarks/results/sae_quality.json``.
 
-With ``--tiny``: random SAEs on the tiny model, scored on a few of the shipped conversations.
+With ``--tiny``: random SAEs on the tiny model, scored on a few of the shipped conversations (also
+standing in for the corpus's held-out split unless ``--heldout`` names one).
 
     python benchmarks/sae_quality.py [--texts 200] [--tiny]
 """
@@ -67,8 +68,12 @@ def body(args) -> Path:
     sets = {}
     if args.heldout is not None and args.heldout.exists():
         sets["heldout"] = spread(json.loads(args.heldout.read_text()), args.texts)
+    elif args.tiny:  # no corpus: the shipped sample stands in for its held-out split
+        sets["heldout"] = shipped_texts(args, min(common.sae_layers(args)))
     else:
-        common.log.info("no held-out corpus (%s; build the corpus first); only the shipped sample", args.heldout)
+        common.log.info(
+            "no held-out corpus (%s; build the corpus first); only the shipped sample", args.heldout
+        )
     out = {"targets": TARGETS, "layers": {}}
     for layer in common.sae_layers(args):
         sae = common.load_sae(args, model, layer)

@@ -100,7 +100,13 @@ def body(args) -> Path:
     positions = Positions.start_at(first)
     t0 = time.perf_counter()
     view = token_view(
-        model, vec, args.prompt, multiplier, max_new_tokens=args.max_new_tokens, chat=True, positions=positions
+        model,
+        vec,
+        args.prompt,
+        multiplier,
+        max_new_tokens=args.max_new_tokens,
+        chat=True,
+        positions=positions,
     )
     seconds_view = time.perf_counter() - t0
     plain = tlsteer.generate(model, [args.prompt], max_new_tokens=args.max_new_tokens, chat=True)[0]
@@ -152,7 +158,9 @@ def body(args) -> Path:
         "seconds": time.perf_counter() - start,
     }
     path = common.write_json(args.out / "token_view.json", out)
-    common.log.info("steered: %r\nunsteered: %r\nscreenshot: %s; done in %.0f s", steered, plain, browser, out["seconds"])
+    common.log.info(
+        "steered: %r\nunsteered: %r\nscreenshot: %s; done in %.0f s", steered, plain, browser, out["seconds"]
+    )
     return path
 
 

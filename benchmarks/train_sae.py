@@ -99,7 +99,9 @@ SINK_NOTE = (
 
 
 def parser():
-    p = common.parser(__doc__)
+    p = common.parser(
+        __doc__, out_help="the folder the SAE is saved in (default: tlsteer/sae/weights/layer_L)"
+    )
     p.add_argument("--layer", type=int, default=None, help="train on blocks.L.hook_resid_post (required)")
     p.add_argument("--width", type=int, default=4608, help="d_sae (8x d_model by default)")
     p.add_argument("--k", type=int, default=64, help="active features per token (TopK)")
@@ -163,7 +165,9 @@ def cache_activations(model, dataset, args, hook: str, corpus_hash: str, cache_d
         if info["key"] == key:
             common.log.info("reusing cached activations in %s (%d tokens)", cache_dir, info["tokens"])
             return info
-        common.log.info("cached activations in %s are for another corpus or setting; caching again", cache_dir)
+        common.log.info(
+            "cached activations in %s are for another corpus or setting; caching again", cache_dir
+        )
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
     cfg = CacheActivationsRunnerConfig(
@@ -189,9 +193,12 @@ def cache_activations(model, dataset, args, hook: str, corpus_hash: str, cache_d
             f"cache plan {(n_shards, per_shard)} != sae-lens's {(cfg.n_buffers, cfg.n_batches_in_buffer)}"
         )
     start = time.perf_counter()
-    with mock.patch.object(car, "load_model", lambda **_: model):
-        runner = CacheActivationsRunner(cfg, override_dataset=dataset.select(range(rows)))
-    runner.run()
+    with warnings.catch_warnings():
+        # rows counted against tokens (as in train()): expected
+        warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+        with mock.patch.object(car, "load_model", lambda **_: model):
+            runner = CacheActivationsRunner(cfg, override_dataset=dataset.select(range(rows)))
+        runner.run()
     seconds = time.perf_counter() - start
     tokens = rows * row_tokens
     info = {
@@ -203,7 +210,9 @@ def cache_activations(model, dataset, args, hook: str, corpus_hash: str, cache_d
         "tokens_per_s": round(tokens / seconds, 1),
     }
     info_path.write_text(json.dumps(info, indent=1))
-    common.log.info("cached %d tokens of %s in %.0fs (%.0f tokens/s)", tokens, hook, seconds, tokens / seconds)
+    common.log.info(
+        "cached %d tokens of %s in %.0fs (%.0f tokens/s)", tokens, hook, seconds, tokens / seconds
+    )
     return info
 
 
@@ -422,7 +431,9 @@ def body(args) -> Path:
     hook = f"blocks.{args.layer}.hook_resid_post"
     # the SAE's own folder (save() replaces it); a --tiny --out also holds the corpus and the cache
     out = args.out / f"layer_{args.layer}" if args.out == WEIGHTS or args.tiny else args.out
-    default_cache = (args.out / "activations" if args.tiny else BUILD / "sae_activations") / f"layer_{args.layer}"
+    default_cache = (
+        args.out / "activations" if args.tiny else BUILD / "sae_activations"
+    ) / f"layer_{args.layer}"
     cache_dir = args.cache_dir or default_cache
     context = manifest["context_size"]
     cache = None
@@ -433,10 +444,14 @@ def body(args) -> Path:
     norms = acts.norm(dim=-1)
     outlier_ratio = float(norms.max() / norms.median())
     if outlier_ratio > OUTLIER_WARNING:
-        common.log.warning("a training token has %.0fx the median norm; an attention sink got in?", outlier_ratio)
+        common.log.warning(
+            "a training token has %.0fx the median norm; an attention sink got in?", outlier_ratio
+        )
     sae, train_seconds = train(model, dataset, cfg, initial_sae(cfg, acts))
     rate = args.training_tokens / train_seconds
-    common.log.info("trained on %d tokens in %.0fs (%.0f tokens/s)", args.training_tokens, train_seconds, rate)
+    common.log.info(
+        "trained on %d tokens in %.0fs (%.0f tokens/s)", args.training_tokens, train_seconds, rate
+    )
     dtype = save(sae, model, args, hook, context, out)
 
     heldout = json.loads((args.corpus / "heldout.json").read_text())
@@ -500,7 +515,9 @@ def body(args) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     p = parser()
-    p.set_defaults(command=["python", *sys.argv] if argv is None else ["python", "benchmarks/train_sae.py", *argv])
+    p.set_defaults(
+        command=["python", *sys.argv] if argv is None else ["python", "benchmarks/train_sae.py", *argv]
+    )
     return common.run(body, p, argv, TINY, grad=True, default_out=WEIGHTS)
 
 

@@ -98,7 +98,7 @@ def test_next_token_accuracy_equals_a_one_prompt_loop(tiny_llama, steered):
     vec = tlsteer.SteeringVector(
         {HOOK: torch.randn(tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(0))}
     )
-    steer = [(vec, 3.0)] if steered else []
+    steer = vec.steering(3.0, positions=tlsteer.Positions.last()) if steered else None
     score = next_token_accuracy(tiny_llama, prompts, answers, steer, k=3, batch_size=3)
     ranks = reference_ranks(tiny_llama, prompts, answers, vec if steered else None, 3.0)
     assert list(score.ranks) == ranks

@@ -102,7 +102,14 @@ def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
     reps = contrast_from_pairs(tiny_llama, sae, data, HOOK)
     stats = feature_stats(tiny_llama, sae, NEUTRAL)
     methods = build_methods(
-        tiny_llama, sae, HOOK, reps, 10.0, stats, "Say yes.", ["caa", "random", "prompting"]
+        tiny_llama,
+        sae,
+        HOOK,
+        reps,
+        10.0,
+        stats,
+        instruction="Say yes.",
+        methods=["caa", "random", "prompting"],
     )
     cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.05, 0.2]) for n, m in methods.items()}
     result = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200, mmlu=ITEMS[::-1])
@@ -135,7 +142,9 @@ def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
     data = pairs(tiny_llama)
     reps = contrast_from_pairs(tiny_llama, sae, data, HOOK)
     stats = feature_stats(tiny_llama, sae, NEUTRAL)
-    methods = build_methods(tiny_llama, sae, HOOK, reps, 10.0, stats, "Say yes.", ["caa", "prompting"])
+    methods = build_methods(
+        tiny_llama, sae, HOOK, reps, 10.0, stats, instruction="Say yes.", methods=["caa", "prompting"]
+    )
     methods["clamp"] = Method(
         "clamp",
         "clamp",
@@ -323,7 +332,15 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
     prompts = {"a": ["Say something.", "Hello?"], "b": ["Tell a story.", "What now?"]}
     seeds = [0, 1]
     result = run_class_task(
-        tiny_llama, LengthJudge(), methods, cal, prompts, seeds, max_new_tokens=5, n_resamples=200, max_rows=3
+        tiny_llama,
+        LengthJudge(),
+        methods,
+        cal,
+        prompts,
+        seeds=seeds,
+        max_new_tokens=5,
+        n_resamples=200,
+        max_rows=3,
     )
 
     def plain(t, steering):

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from tlsteer import Positions, Steering, SteeringVector
-from tlsteer.vector import VectorMetadata
 from tlsteer.data import ABItem, chat_prompt, load_ab_items
 from tlsteer.eval.ab import (
     ABResult,
@@ -51,6 +50,7 @@ from tlsteer.eval.sweeps import (
 from tlsteer.eval.token_view import token_view
 from tlsteer.extract import ContrastActivations
 from tlsteer.tokens import tokenize
+from tlsteer.vector import VectorMetadata
 
 HOOK = "blocks.1.hook_resid_post"
 HOOK2 = "blocks.2.hook_resid_post"

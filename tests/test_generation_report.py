@@ -13,9 +13,9 @@ import torch
 
 import tlsteer
 from tlsteer import Positions, Steering
-from tlsteer.vector import VectorMetadata
 from tlsteer.eval.generation import GenerationSettings, compare_generations
 from tlsteer.eval.judge import perplexity
+from tlsteer.vector import VectorMetadata
 
 PROMPTS = ["hi", "yo", "tell me"]  # two prompts of one length, one of another
 

@@ -9,8 +9,8 @@ import torch
 
 import tlsteer
 from tlsteer import Positions, Steering, SteeringVector, check_invariants
-from tlsteer.vector import VectorMetadata
 from tlsteer.operators import addition_operator
+from tlsteer.vector import VectorMetadata
 
 PROMPTS = ["The cat sat on the mat.", "Rain again", "Numbers: 1 2 3 4 5 6 7 8", "ok"]
 CHECKS = [

@@ -63,7 +63,7 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
         reps,
         3.0,
         stats,
-        "Be a pirate.",
+        instruction="Be a pirate.",
         ks=(2,),
         k_output=2,
         n_candidates=3,

@@ -12,8 +12,8 @@ import torch
 import tlsteer
 from tests.conftest import count_hooks
 from tlsteer import Positions, Steering, SteeringVector
-from tlsteer.vector import VectorMetadata
 from tlsteer.hooks import DirectionEdit
+from tlsteer.vector import VectorMetadata
 
 HOOK = "blocks.1.hook_resid_post"
 

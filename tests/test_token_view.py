@@ -16,11 +16,11 @@ from matplotlib.figure import Figure
 import tlsteer
 from tests.test_sae import random_sae
 from tlsteer import Positions, Steering, SteeringVector
-from tlsteer.vector import VectorMetadata
 from tlsteer.eval.token_view import TokenView, byte_level_bytes, feature_token_view, token_text, token_view
 from tlsteer.eval.token_view_render import split_characters, token_bytes, token_label, token_segments
 from tlsteer.sae import feature_edit
 from tlsteer.sae.adapter import as_feature_dictionary, sae_fingerprint
+from tlsteer.vector import VectorMetadata
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "The cat sat on the mat"

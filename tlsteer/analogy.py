@@ -237,8 +237,7 @@ def next_token_accuracy(
         batch_size=batch_size,
         check_model=check_model,
     )
-    if out.step_logits is None:  # not reached: keep_logits=True keeps them
-        raise RuntimeError("generate_tokens returned no step logits")
+    assert out.step_logits is not None  # keep_logits=True keeps them
     logits = torch.stack([row[0] for row in out.step_logits])
     ranks = (logits > logits.gather(1, targets[:, None])).sum(1)
     return AnalogyScore(
@@ -288,13 +287,11 @@ def choose_layer_and_multiplier(
         raise ValueError(
             f"need layers and multipliers to choose from, got {list(layers)} and {list(multipliers)}"
         )
-    best: tuple[tuple[float, float], int, float] | None = None
+    scored = []
     for layer in layers:
         single = vector.select(layer)
         for m in multipliers:
             score = relation_accuracy(model, pairs, single, m)
-            key = (score.top1, score.topk)
-            if best is None or key > best[0]:
-                best = (key, layer, m)
-    assert best is not None  # layers and multipliers are non-empty
-    return best[1], best[2]
+            scored.append(((score.top1, score.topk), layer, m))
+    _, layer, m = max(scored, key=lambda row: row[0])  # max keeps the first of equals
+    return layer, m

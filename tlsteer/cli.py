@@ -40,7 +40,7 @@ class CommandError(SystemExit):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlsteer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tlsteer", description=(__doc__ or "").split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error instead of one line"

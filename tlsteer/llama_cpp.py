@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -331,14 +331,14 @@ def _load(path: Path) -> Any:
     return lib
 
 
-def _refuse(what: str, model: HookedTransformer) -> None:
+def _refuse(what: str, model: HookedTransformer) -> NoReturn:
     raise ValueError(
         f"write_llama_gguf writes Llama-architecture models only; {model.cfg.model_name!r} has {what}"
     )
 
 
-def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
-    """Write a Llama-architecture ``HookedTransformer`` as a float32 GGUF model llama.cpp runs.
+def write_llama_gguf(model: HookedTransformer, target: str | Path, quantization: str = "F32") -> Path:
+    """Write a Llama-architecture ``HookedTransformer`` as a GGUF model llama.cpp runs.
 
     For models that exist only as TransformerLens weights, such as
     :func:`tlsteer.models.tiny_model` (``"llama"``): RMS norms, rotary positions over whole heads,
@@ -346,12 +346,23 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
     (as ``convert_hf_to_gguf.py`` does). Token ids go to llama.cpp as tlsteer tokenizes them; the
     vocabulary is stored so that the file loads, never to tokenize.
 
+    Args:
+        model: The model.
+        target: The file to write.
+        quantization: ``"F32"`` (the weights as they are) or ``"Q4_1"`` (every matrix quantised,
+            as in the embedded model's file; rows must be multiples of 32 values).
+
     Example:
         >>> write_llama_gguf(tiny_model("llama"), "tiny.gguf")  # doctest: +SKIP
     """
     import einops
     import gguf
 
+    from tlsteer.tokens import model_tokenizer
+
+    kinds = {"F32": gguf.LlamaFileType.ALL_F32, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
+    if quantization not in kinds:
+        raise ValueError(f"quantization must be one of {list(kinds)}, got {quantization!r}")
     cfg = model.cfg
     checks = {
         "normalization_type": (cfg.normalization_type, "RMS"),
@@ -370,6 +381,8 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
     ]
     if biases:
         _refuse(f"nonzero biases ({biases[0]!r})", model)
+    if cfg.d_mlp is None or cfg.rotary_dim is None:  # a gated MLP has d_mlp; rotary_dim is checked above
+        _refuse(f"d_mlp={cfg.d_mlp!r} and rotary_dim={cfg.rotary_dim!r}", model)
     n_kv = cfg.n_key_value_heads or cfg.n_heads
 
     def rotary_rows(w: Tensor, n_head: int) -> Tensor:
@@ -378,8 +391,15 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
             return w
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    def array(t: Tensor) -> np.ndarray:
-        return np.ascontiguousarray(t.detach().float().cpu().numpy())
+    def put(name: str, t: Tensor) -> None:
+        data = np.ascontiguousarray(t.detach().float().cpu().numpy())
+        if quantization == "F32" or data.ndim < 2:  # norms stay float32, as in llama.cpp's own files
+            writer.add_tensor(name, data)
+            return
+        if data.shape[-1] % 32:
+            raise ValueError(f"{name} has rows of {data.shape[-1]} values; Q4_1 needs a multiple of 32")
+        kind = gguf.GGMLQuantizationType.Q4_1
+        writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
     writer = gguf.GGUFWriter(str(target), "llama")
     writer.add_name(cfg.model_name or "tlsteer model")
@@ -392,8 +412,8 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
     writer.add_rope_dimension_count(cfg.rotary_dim)
     writer.add_rope_freq_base(float(cfg.rotary_base))
     writer.add_layer_norm_rms_eps(float(cfg.eps))
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tok = model.tokenizer
+    writer.add_file_type(kinds[quantization])
+    tok = model_tokenizer(model)
     vocab = [str(tok.convert_ids_to_tokens(i)) for i in range(cfg.d_vocab)]
     special = set(getattr(tok, "all_special_ids", ()))
     writer.add_tokenizer_model("llama")
@@ -405,10 +425,10 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
         (writer.add_eos_token_id, tok.eos_token_id),
         (writer.add_pad_token_id, tok.pad_token_id),
     ):
-        if token_id is not None:
-            add(int(token_id))
+        if isinstance(token_id, int):  # an id, or None when unset (transformers types it loosely)
+            add(token_id)
     writer.add_add_bos_token(False)
-    writer.add_tensor("token_embd.weight", array(model.W_E))
+    put("token_embd.weight", model.W_E)
     for i, block in enumerate(model.blocks):
         attn = block.attn
         tensors = {
@@ -425,9 +445,10 @@ def write_llama_gguf(model: HookedTransformer, target: str | Path) -> Path:
             "ffn_down": block.mlp.W_out.T,
         }
         for name, tensor in tensors.items():
-            writer.add_tensor(f"blk.{i}.{name}.weight", array(tensor))
-    writer.add_tensor("output_norm.weight", array(model.ln_final.w))
-    writer.add_tensor("output.weight", array(model.W_U.T))
+            put(f"blk.{i}.{name}.weight", tensor)
+    # torch types a submodule's attribute as Tensor | Module; ln_final.w is the RMS norm's weight
+    put("output_norm.weight", model.ln_final.w)  # pyright: ignore[reportArgumentType]
+    put("output.weight", model.W_U.T)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -488,6 +509,7 @@ def compare_with_llama_cpp(
     vector: Any,
     multiplier: float,
     prompts: Sequence[str],
+    *,
     max_new_tokens: int = 20,
     llama_vector: Any = None,
 ) -> LlamaCppComparison:
@@ -590,6 +612,7 @@ def greedy_divergences(
             stop_at_eos=False,
             keep_logits=True,
         )
+        assert again.step_logits is not None  # keep_logits=True keeps them
         top = again.step_logits[0][step].topk(2)
         out.append(
             {

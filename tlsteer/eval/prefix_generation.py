@@ -30,7 +30,7 @@ from tlsteer.decode import choose_next_tokens
 from tlsteer.hooks import edit_hooks
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
-from tlsteer.tokens import left_pad, right_pad
+from tlsteer.tokens import eos_token_id, left_pad, pad_token_id, right_pad
 
 __all__ = [
     "PromptCache",
@@ -167,6 +167,7 @@ def generate_from_cache(
     model: HookedTransformer,
     cache: PromptCache,
     groups: Any,
+    *,
     max_new_tokens: int = 40,
     do_sample: bool = True,
     temperature: float = 1.0,
@@ -199,10 +200,10 @@ def generate_from_cache(
         for r, (p, s) in enumerate(zip(group.prompts, group.seeds, strict=True))
     ]
     out: list[list[list[int]]] = [[[] for _ in group.prompts] for group in groups]
-    eos = model.tokenizer.eos_token_id if stop_at_eos else None
+    eos = eos_token_id(model) if stop_at_eos else None
     for start in range(0, len(rows), max_rows):
         chunk = rows[start : start + max_rows]
-        blocks: list[tuple[int, tuple]] = []
+        blocks: list[tuple[int, tuple, int]] = []  # (rows, edits, group) of each run of one group
         for g, *_ in chunk:
             if blocks and blocks[-1][2] == g:
                 blocks[-1] = (blocks[-1][0] + 1, blocks[-1][1], g)
@@ -226,7 +227,7 @@ def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperatur
     ones = torch.ones(n, 1, dtype=kv.previous_attention_mask.dtype, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in chunk]
-    pad_id = model.tokenizer.pad_token_id or 0
+    pad_id = pad_token_id(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(feed, attention_mask=ones, past_kv_cache=kv)[:, -1]
         for step in range(max_new_tokens):

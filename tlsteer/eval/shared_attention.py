@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import Attention, GroupedQueryAttention
+from transformer_lens.components.attention import Attention
+from transformer_lens.components.grouped_query_attention import GroupedQueryAttention
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.utilities.activation_functions import softcap_enabled
@@ -166,11 +167,12 @@ def attending_to(model: HookedTransformer, prefix: SharedPrefix):
     """Swap every block's attention forward for the shared-prefix one; restore it on exit."""
     try:
         for layer, block in enumerate(model.blocks):
-            block.attn.forward = shared_attention_forward(block.attn, prefix, layer)
+            # an instance attribute over the class's method, on purpose: popped again below
+            block.attn.forward = shared_attention_forward(block.attn, prefix, layer)  # pyright: ignore[reportAttributeAccessIssue]
         yield
     finally:
         for block in model.blocks:
-            block.attn.__dict__.pop("forward", None)
+            vars(block.attn).pop("forward", None)
 
 
 _MLP_WEIGHTS = ("W_in", "W_gate", "W_out")

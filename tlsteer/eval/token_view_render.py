@@ -448,7 +448,7 @@ def bars_figure(
     shown = x[::step]
     axes[-1].set_xticks(shown)
     axes[-1].set_xticklabels(
-        [token_label(tokens[i]) for i in shown], rotation=90, fontsize=8, family="monospace"
+        [token_label(tokens[int(i)]) for i in shown], rotation=90, fontsize=8, family="monospace"
     )
     for label, i in zip(axes[-1].get_xticklabels(), shown, strict=True):
         if generated[i]:

@@ -75,6 +75,7 @@ def run_ab_task(
     methods: Mapping[str, Method],
     calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]],
     test_items: Sequence[ABItem],
+    *,
     n_resamples: int = 1000,
     mmlu: Sequence[ABItem] | None = None,
 ) -> dict[str, Any]:

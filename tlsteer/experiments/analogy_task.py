@@ -150,8 +150,7 @@ def analogy_ranks(
         keep_logits=True,
         batch_size=batch_size,
     )
-    if out.step_logits is None:  # not reached: keep_logits=True keeps them
-        raise RuntimeError("generate_tokens returned no step logits")
+    assert out.step_logits is not None  # keep_logits=True keeps them
     logits = torch.stack([row[0] for row in out.step_logits]).float()
     targets = torch.tensor([answer_token(model, y) for _, y in pairs], device=logits.device)
     return [int(r) for r in (logits > logits.gather(1, targets[:, None])).sum(1)]
@@ -162,6 +161,7 @@ def run_analogy_task(
     methods: Mapping[str, Method],
     calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]],
     task: Any,
+    *,
     n_resamples: int = 1000,
     batch_size: int = 32,
 ) -> dict[str, Any]:

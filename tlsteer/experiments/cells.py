@@ -45,6 +45,7 @@ def calibrate_method(
     method: Method,
     neutral: Sequence[str],
     budgets: Sequence[float],
+    *,
     high: float = 4.0,
     batch_size: int = 32,
 ) -> dict[float, dict[str, Any]]:

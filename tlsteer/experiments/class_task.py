@@ -64,6 +64,7 @@ def run_class_task(
     methods: Mapping[str, Mapping[str, Method]],
     calibrations: Mapping[str, Mapping[str, Mapping[float, Mapping[str, Any]]]],
     prompts: Mapping[str, Sequence[str]],
+    *,
     seeds: Sequence[int] = (0, 1, 2),
     max_new_tokens: int = 24,
     batch_size: int = 32,
@@ -125,7 +126,12 @@ def run_class_task(
                 zip(
                     targets,
                     generate_from_cache(
-                        model, cache, groups, max_new_tokens, temperature=temperature, max_rows=max_rows
+                        model,
+                        cache,
+                        groups,
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature,
+                        max_rows=max_rows,
                     ),
                     strict=True,
                 )

@@ -83,7 +83,7 @@ def comparison_markdown(results: dict[str, dict[str, Any]]) -> str:
             row = []
             for name in names:
                 cell = _cell(results[name], m, b)
-                row.append("" if cell is None else _fmt(cell.get("success", cell.get("p_matching"))))
+                row.append("" if cell is None else _fmt(_metric(cell)))
             out.append(f"| `{m}` | " + " | ".join(row) + " |")
         out.append("")
     with_mmlu = [n for n in names if "mmlu" in results[n]["cells"].get("unsteered", {})]
@@ -134,7 +134,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path | None = None) -> F
     fig = Figure(figsize=(13.0, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    palette = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: every method its own
+    palette = matplotlib.color_sequences["tab20"]  # 20 distinct colours: every method its own
     for i, method in enumerate(methods):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["kl_mean"])
         x = [max(r["kl_mean"], 1e-3) for r in mine]

@@ -29,6 +29,7 @@ from tlsteer._types import is_int
 from tlsteer.classes import ClassDataset
 from tlsteer.data import ABItem, load_neutral_text, load_open_prompts
 from tlsteer.errors import closest, format_options
+from tlsteer.eval.judge import Embedder
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.experiments.ab_task import ABTask, run_ab_task
 from tlsteer.experiments.analogy_task import AnalogyTask, contrast_from_analogy, run_analogy_task
@@ -141,7 +142,7 @@ def feature_vs_caa(
     ks: Sequence[int] = (8, 32),
     out_dir: str | Path | None = None,
     hook_name: str | None = None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     """Compare steering methods on one dataset at matched KL budgets (see the module docstring).
 
@@ -189,9 +190,7 @@ def feature_vs_caa(
         LOG.info("[%7.1f s] %s", time.perf_counter() - start, message)
 
     _check_dataset(dataset)
-    _check_class_only(
-        dataset, instructions=instructions, prompts=prompts, targets=targets, embedder=embedder
-    )
+    _check_class_only(dataset, instructions=instructions, prompts=prompts, targets=targets, embedder=embedder)
     if not is_int(split_seed):
         raise TypeError(f"split_seed must be an int, got {split_seed!r}")
     if split_seed != 0 and not isinstance(dataset, ClassDataset):
@@ -254,14 +253,18 @@ def feature_vs_caa(
             reps = contrast_from_analogy(model, sae, dataset, hook)
         else:
             reps = contrast_from_pairs(model, sae, dataset.train_pairs, hook)
-        built = build_methods(model, sae, hook, reps, scale, stats, dataset.instruction, methods, ks)
+        built = build_methods(
+            model, sae, hook, reps, scale, stats, instruction=dataset.instruction, methods=methods, ks=ks
+        )
         log(f"{dataset.name}: {len(built)} methods built")
         calibrations = {n: calibrate_method(model, m, neutral, budgets) for n, m in built.items()}
         log(f"{dataset.name}: calibrated")
         if isinstance(dataset, AnalogyTask):
-            result = run_analogy_task(model, built, calibrations, dataset, n_resamples)
+            result = run_analogy_task(model, built, calibrations, dataset, n_resamples=n_resamples)
         else:
-            result = run_ab_task(model, built, calibrations, dataset.test_items, n_resamples, mmlu)
+            result = run_ab_task(
+                model, built, calibrations, dataset.test_items, n_resamples=n_resamples, mmlu=mmlu
+            )
             result["n_train_pairs"] = len(dataset.train_pairs)
             result["n_test_items"] = len(dataset.test_items)
     name = dataset.name
@@ -306,7 +309,7 @@ def _class_set(
     stats: Any,
     ks: Sequence[int],
     log: Any,
-    embedder: Any,
+    embedder: Embedder | None,
 ) -> dict[str, Any]:
     targets = list(dataset.classes) if targets is None else list(targets)
     unknown = [t for t in targets if t not in dataset.classes]
@@ -332,7 +335,15 @@ def _class_set(
     for i, c in enumerate(targets):
         reps = contrast_from_profile(profile, c)
         built[c] = build_methods(
-            model, sae, hook, reps, scale, stats, (instructions or {}).get(c), methods, ks
+            model,
+            sae,
+            hook,
+            reps,
+            scale,
+            stats,
+            instruction=(instructions or {}).get(c),
+            methods=methods,
+            ks=ks,
         )
         calibrations[c] = {n: calibrate_method(model, m, neutral, budgets) for n, m in built[c].items()}
         by_class[c] = pool[i * per_class : (i + 1) * per_class]
@@ -344,8 +355,8 @@ def _class_set(
             built,
             calibrations,
             by_class,
-            seeds,
-            max_new_tokens,
+            seeds=seeds,
+            max_new_tokens=max_new_tokens,
             n_resamples=n_resamples,
             mmlu=mmlu,
         )

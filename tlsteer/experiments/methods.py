@@ -119,7 +119,7 @@ class Method:
     typical: Tensor | None = field(default=None, repr=False)
     prefix: str | None = None
     scale: float = 1.0
-    sae: Any = field(default=None, repr=False)
+    sae: SAELike | None = field(default=None, repr=False)
     hook_name: str = ""
 
     @property
@@ -134,6 +134,8 @@ class Method:
             if self.direction is None:
                 raise ValueError(f"method {self.name!r} of kind 'vector' has no direction")
             return Steering.from_vector(self.direction, s * self.scale)
+        if self.typical is None or self.sae is None:
+            raise ValueError(f"method {self.name!r} of kind {self.kind!r} needs typical values and an SAE")
         values = [s * float(v) for v in self.typical] + [0.0] * len(self.off_features)
         edit = feature_edit(
             self.sae,
@@ -164,6 +166,7 @@ def build_methods(
     reps: ContrastReps,
     scale: float,
     stats: FeatureStats,
+    *,
     instruction: str | None = None,
     methods: Sequence[str] = METHODS,
     ks: Sequence[int] = (8, 32),
@@ -224,7 +227,7 @@ def build_methods(
         )
     if "caa" in methods:
         vector("caa", raw)
-    if "mean_centred" in methods:
+    if "mean_centred" in methods and reps.class_means is not None:  # checked above
         vector("mean_centred", reps.raw_pos.float().mean(0) - reps.class_means.float().mean(0))
     if "feature_full" in methods:
         vector("feature_full", _decoded(full, sae))

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, TypeGuard
 
 import torch
 from jaxtyping import Float
@@ -33,7 +33,6 @@ from tlsteer.tokens import decode_tokens
 
 __all__ = [
     "DecoderChange",
-    "SAEConfigLike",
     "SAEDictionary",
     "SAELike",
     "as_feature_dictionary",
@@ -49,33 +48,12 @@ __all__ = [
     "sae_hook_name",
 ]
 
-
-@runtime_checkable
-class SAEConfigLike(Protocol):
-    """The part of a sae-lens SAE's ``cfg`` that tlsteer reads (its hook name is read by name)."""
-
-    @property
-    def d_in(self) -> int: ...
-
-    @property
-    def d_sae(self) -> int: ...
-
-
-@runtime_checkable
-class SAELike(Protocol):
-    """What tlsteer uses of a sae-lens ``SAE`` (any architecture): ``encode``, ``decode``, ``W_dec``
-    and ``cfg``; :func:`sae_dims` checks an SAE and names what is missing."""
-
-    @property
-    def W_dec(self) -> Tensor: ...
-
-    @property
-    def cfg(self) -> SAEConfigLike: ...
-
-    def encode(self, x: Tensor, /) -> Tensor: ...
-
-    def decode(self, feature_acts: Tensor, /) -> Tensor: ...
-
+# The class, not a Protocol: from Python 3.12 on, isinstance against a runtime-checkable protocol no
+# longer sees a module's registered parameters (W_dec), so runtime type checks would refuse real SAEs.
+SAELike = SAE
+"""A sae-lens ``SAE`` of any architecture (each subclasses ``sae_lens.SAE``). tlsteer uses only its
+``encode``, ``decode``, ``W_dec``, ``cfg.d_in`` and ``cfg.d_sae`` (and its hook name), which
+:func:`as_sae` checks, naming what is missing."""
 
 _INPUT_DEPENDENT = ("layer_norm", "constant_norm_rescale")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -169,22 +147,33 @@ def load_sae(
     return sae
 
 
+def _lacks(sae: object) -> list[str]:
+    """What ``sae`` lacks of ``encode``, ``decode``, ``W_dec``, ``cfg.d_in`` and ``cfg.d_sae``."""
+    cfg = getattr(sae, "cfg", None)
+    missing = [a for a in ("encode", "decode") if not callable(getattr(sae, a, None))]
+    missing += [] if isinstance(getattr(sae, "W_dec", None), Tensor) else ["W_dec"]
+    missing += [f"cfg.{a}" for a in ("d_in", "d_sae") if not isinstance(getattr(cfg, a, None), int)]
+    return missing
+
+
+def _has_what_tlsteer_uses(sae: object) -> TypeGuard[SAELike]:
+    """Duck-typed: an object with all of what tlsteer uses of an SAE is used as one."""
+    return not _lacks(sae)
+
+
 def as_sae(sae: object) -> SAELike:
     """``sae`` itself once it is an SAE tlsteer can use, else an error naming what is missing.
 
     It needs ``encode``, ``decode``, a ``W_dec`` of shape ``[cfg.d_sae, cfg.d_in]`` and a decoder
     that is affine in the features (no per-input normalization).
     """
-    cfg = getattr(sae, "cfg", None)
-    missing = [a for a in ("encode", "decode") if not callable(getattr(sae, a, None))]
-    missing += [] if isinstance(getattr(sae, "W_dec", None), Tensor) else ["W_dec"]
-    missing += [f"cfg.{a}" for a in ("d_in", "d_sae") if not isinstance(getattr(cfg, a, None), int)]
-    if missing or not isinstance(sae, SAELike):  # nothing missing implies the protocol holds
+    if not _has_what_tlsteer_uses(sae):
         raise TypeError(
             f"expected a sae-lens SAE (with encode, decode, W_dec, cfg.d_in and cfg.d_sae), got "
-            f"{type(sae).__name__} lacking {', '.join(missing)}"
+            f"{type(sae).__name__} lacking {', '.join(_lacks(sae))}"
         )
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    cfg = sae.cfg
+    d_in, d_sae = cfg.d_in, cfg.d_sae
     if tuple(sae.W_dec.shape) != (d_sae, d_in):
         raise ValueError(
             f"sae.W_dec has shape {tuple(sae.W_dec.shape)}, expected [d_sae, d_in] = {[d_sae, d_in]}"

@@ -8,6 +8,7 @@ time, and a batched read equals a one-by-one read up to float error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer.read import Read
 from tlsteer.reading import ReadPlan, plan_reads, read_all
-from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
+from tlsteer.sae.adapter import SAELike, as_sae, check_sae, sae_dims
 
 __all__ = ["ContrastFeatures", "encode", "sae_transform"]
 
@@ -34,7 +35,7 @@ class ContrastFeatures:
     paired: bool
 
 
-def sae_transform(sae: SAELike) -> Any:
+def sae_transform(sae: SAELike) -> Callable[[Tensor], Tensor]:
     """The SAE's encoder as a transform of residual rows (moved to the SAE's device)."""
     device = sae.W_dec.device
 
@@ -54,7 +55,7 @@ def encode_plan(
 
 def encode(
     model: HookedTransformer,
-    sae: SAELike,
+    sae: object,
     prompts: Any,
     *,
     read: Read | None = None,
@@ -80,6 +81,7 @@ def encode(
         torch.Size([2, 16384])
         >>> answer = encode(model, sae, prompts, read=Read.mean((-5, None)))  # doctest: +SKIP
     """
+    sae = as_sae(sae)  # anything else is refused here, naming what it lacks
     hook = check_sae(model, sae, hook_name)
     plan = plan_reads(model, prompts, read)
     features = encode_plan(model, sae, hook, plan, batch_size)

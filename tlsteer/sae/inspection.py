@@ -89,6 +89,7 @@ def inspect_feature(
     sae: SAELike,
     feature: int,
     texts: Sequence[str],
+    *,
     k: int = 10,
     batch_size: int = 8,
     hook_name: str | None = None,

@@ -98,6 +98,7 @@ def sae_quality(
     model: HookedTransformer,
     sae: SAELike,
     texts: Sequence[str],
+    *,
     batch_size: int = 8,
     skip_first: int = 1,
     hook_name: str | None = None,

@@ -74,6 +74,7 @@ def feature_edit(
     sae: SAELike,
     features: Any,
     mode: str = "add",
+    *,
     values: Any = None,
     multiplier: Any = 1.0,
     hook_name: str | None = None,
@@ -143,7 +144,7 @@ def _hook_and_edit(
     if isinstance(features, FeatureVector) and hook_name is None:
         hook_name = features.hook_name
     hook = check_sae(model, sae, hook_name)
-    return hook, feature_edit(sae, features, mode, values, multiplier, hook)
+    return hook, feature_edit(sae, features, mode, values=values, multiplier=multiplier, hook_name=hook)
 
 
 def feature_steering(
@@ -151,9 +152,9 @@ def feature_steering(
     sae: SAELike,
     features: Any,
     mode: str = "add",
+    *,
     values: Any = None,
     multiplier: Any = 1.0,
-    *,
     positions: Positions | None = None,
     hook_name: str | None = None,
 ) -> Steering:

@@ -23,6 +23,7 @@ from tlsteer.experiments.feature_vs_caa import applicable_methods, feature_vs_ca
 from tlsteer.experiments.methods import METHODS, ContrastReps, Method, build_methods
 from tlsteer.extract import read_activations
 from tlsteer.positions import Positions
+from tlsteer.read import Read
 from tlsteer.sae.selection import feature_stats
 from tlsteer.steering import Steering
 from tlsteer.tokens import tokenize
@@ -68,8 +69,8 @@ def test_perplexities_equal_one_at_a_time(tiny_llama):
 def test_contrast_from_pairs_reads_each_side_at_its_letter(tiny_llama, sae):
     data = pairs(tiny_llama)
     reps = contrast_from_pairs(tiny_llama, sae, data, HOOK, batch_size=4)
-    pos = read_activations(tiny_llama, [p.positive for p in data], [HOOK], read_token_index=-2)[HOOK]
-    neg = read_activations(tiny_llama, [p.negative for p in data], [HOOK], read_token_index=-2)[HOOK]
+    pos = read_activations(tiny_llama, [p.positive for p in data], [HOOK], read=Read.at(-2))[HOOK]
+    neg = read_activations(tiny_llama, [p.negative for p in data], [HOOK], read=Read.at(-2))[HOOK]
     torch.testing.assert_close(reps.raw_pos, pos, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(reps.raw_neg, neg, atol=1e-5, rtol=1e-5)
     with torch.no_grad():

@@ -146,7 +146,7 @@ class Steering:
     @classmethod
     def from_vectors(
         cls,
-        pairs: Sequence[tuple[VectorLike | Mapping[str, Tensor], Any]],
+        pairs: Sequence[tuple[VectorLike | Mapping[str, Tensor], Any]] | object,
         *,
         positions: Positions = _ALL,
         operator: Operator | None = None,

@@ -14,7 +14,6 @@ from sae_lens.saes.sae import SAEMetadata
 from tlsteer.data import ABItem, ContrastPair, chat_prompt
 from tlsteer.eval.ab import ab_eval, ab_scores, question_end
 from tlsteer.eval.budget import kl_stats
-from tlsteer.eval.judge import perplexity
 from tlsteer.eval.prefix_generation import perplexities
 from tlsteer.experiments.ab_task import ABTask, run_ab_task, steered_ab_scores
 from tlsteer.experiments.cells import calibrate_method
@@ -62,7 +61,7 @@ def test_perplexities_equal_one_at_a_time(tiny_llama):
     prompts = [tokenize(tiny_llama, t) for t in ("hello there", "a", "what is it now")]
     new = [[5, 6, 7], [8], [9, 10]]
     batched = perplexities(tiny_llama, prompts, new, batch_size=2)
-    alone = [perplexity(tiny_llama, p, n) for p, n in zip(prompts, new, strict=True)]
+    alone = [float(perplexities(tiny_llama, [p], [n])[0]) for p, n in zip(prompts, new, strict=True)]
     np.testing.assert_allclose(batched, alone, rtol=1e-4)
 
 

@@ -14,7 +14,7 @@ import torch
 import tlsteer
 from tlsteer import Positions, Steering
 from tlsteer.eval.generation import GenerationSettings, compare_generations
-from tlsteer.eval.judge import perplexity
+from tlsteer.eval.prefix_generation import perplexities
 from tlsteer.vector import VectorMetadata
 
 PROMPTS = ["hi", "yo", "tell me"]  # two prompts of one length, one of another
@@ -185,7 +185,9 @@ def test_perplexity_by_hand(tiny_llama):
     with torch.no_grad():
         logprobs = tiny_llama(torch.tensor([prompt + new])).log_softmax(-1)[0]
     nll = [-float(logprobs[len(prompt) - 1 + i, t]) for i, t in enumerate(new)]
-    assert perplexity(tiny_llama, prompt, new) == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
+    assert float(perplexities(tiny_llama, [prompt], [new])[0]) == pytest.approx(
+        math.exp(sum(nll) / len(nll)), rel=1e-5
+    )
 
 
 def test_builtin_judge_separates_held_out_texts():

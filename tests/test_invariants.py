@@ -23,24 +23,6 @@ CHECKS = [
 ]
 
 
-def random_sae(hook="blocks.1.hook_resid_post", seed=0, d_in=32):
-    """A sae-lens SAE with random nonzero weights (tied encoder), a bias, and features that fire
-    (as tests/test_sae.py builds them)."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=64, metadata=SAEMetadata(hook_name=hook)))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w_dec = torch.randn(64, d_in, generator=gen)
-        w_dec /= w_dec.norm(dim=1, keepdim=True)
-        sae.W_dec.copy_(w_dec * (0.5 + torch.rand(64, 1, generator=gen)))
-        sae.W_enc.copy_(w_dec.T)
-        sae.b_enc.copy_(0.2 * torch.randn(64, generator=gen))
-        sae.b_dec.copy_(0.3 * torch.randn(d_in, generator=gen))
-    return sae
-
-
 def vector(model, layer=1, seed=0, norm=6.0):
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(model.cfg.d_model, generator=gen)
@@ -127,9 +109,10 @@ def test_leaking_edit_fails_the_hook_checks(tiny):
 
 
 def test_feature_edit_of_a_random_sae(tiny_llama):
+    from tests.test_sae import random_sae
     from tlsteer.sae import feature_edit, feature_steering
 
-    sae = random_sae(hook="blocks.1.hook_resid_post")
+    sae = random_sae("standard", hook="blocks.1.hook_resid_post")
     edit = feature_edit(sae, [3, 7], "clamp", values=[4.0, 4.0])
     steering = Steering.from_edits([("blocks.1.hook_resid_post", edit)])
     report = check_invariants(tiny_llama, steering, PROMPTS, max_new_tokens=4)

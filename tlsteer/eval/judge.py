@@ -22,8 +22,9 @@ from importlib import resources
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from transformer_lens import HookedTransformer
+
+from tlsteer.eval.prefix_generation import perplexities
 
 __all__ = [
     "MIN_JUDGE_ACCURACY",
@@ -35,7 +36,6 @@ __all__ = [
     "builtin_judge",
     "class_judge",
     "load_embedder",
-    "perplexity",
     "score_generations",
     "score_report",
     "vader_compound",
@@ -201,17 +201,14 @@ def vader_compound(texts: Sequence[str]) -> list[float]:
     return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
 
 
-def perplexity(model: HookedTransformer, prompt_tokens: Sequence[int], new_tokens: Sequence[int]) -> float:
-    """Perplexity of ``new_tokens`` after ``prompt_tokens`` under ``model`` as it is (unsteered)."""
-    if not new_tokens:
-        raise ValueError("no generated tokens to score")
-    tokens = torch.tensor([list(prompt_tokens) + list(new_tokens)], device=model.cfg.device)
-    with torch.no_grad():
-        logprobs = model(tokens).float().log_softmax(-1)[0]
-    n = len(prompt_tokens)
-    targets = tokens[0, n:]
-    picked = logprobs[n - 1 : -1].gather(-1, targets[:, None])[:, 0]
-    return float(torch.exp(-picked.mean()))
+def _mean_perplexity(model: HookedTransformer, gens: Sequence[Any]) -> float:
+    """The mean perplexity of generations under the unsteered model (the one perplexity function,
+    :func:`tlsteer.eval.prefix_generation.perplexities`, one generation per row)."""
+    empty = [i for i, g in enumerate(gens) if not g.new_tokens]
+    if empty:
+        raise ValueError(f"generation {empty[0]} has no generated tokens to score")
+    values = perplexities(model, [g.prompt_tokens for g in gens], [g.new_tokens for g in gens], batch_size=1)
+    return float(values.mean())
 
 
 @dataclass(frozen=True)
@@ -242,7 +239,7 @@ def score_generations(model: HookedTransformer, judge: Any, generations: Sequenc
         raise ValueError("no generations to score")
     return GenerationScores(
         judge=float(judge.predict_proba([g.text for g in gens]).mean()),
-        perplexity=float(sum(perplexity(model, g.prompt_tokens, g.new_tokens) for g in gens) / len(gens)),
+        perplexity=_mean_perplexity(model, gens),
         n=len(gens),
         example=gens[0].text,
     )

@@ -146,7 +146,10 @@ def load_model(
             warnings.simplefilter("ignore", DeprecationWarning)
             # dtype is unannotated upstream, with a "float32" default: inferred as str, yet takes a dtype
             return HookedTransformer.from_pretrained(
-                name, device=device, dtype=dtype, **from_pretrained_kwargs  # pyright: ignore[reportArgumentType]
+                name,
+                device=device,
+                dtype=dtype,
+                **from_pretrained_kwargs,  # pyright: ignore[reportArgumentType]
             )
     if from_pretrained_kwargs:
         raise TypeError(

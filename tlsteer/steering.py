@@ -250,12 +250,15 @@ class Steering:
     # -- using it -------------------------------------------------------------------------
     def check(self, model: HookedTransformer, *, check_model: bool = True) -> None:
         """Validate everything against ``model`` (hooks, shapes, positions, the model check)."""
+        self._check_model(model, check_model)
+        if self.edits:
+            edit_hooks(model, list(self.edits), self.positions)
+
+    def _check_model(self, model: HookedTransformer, check_model: bool) -> None:
         if not isinstance(check_model, bool):
             raise TypeError(f"check_model must be True or False, got {check_model!r}")
         if check_model:
             check_model_match(model, self.model_name)
-        if self.edits:
-            edit_hooks(model, list(self.edits), self.positions)
 
     def hooks(
         self, model: HookedTransformer, *, check_model: bool = True, row_shift: Sequence[int] | None = None
@@ -266,7 +269,7 @@ class Steering:
         ``row_shift`` moves each row's position 0 (the left padding of a batch). The prefix is not
         a hook: put it in the prompt with :meth:`instruct`.
         """
-        self.check(model, check_model=check_model)
+        self._check_model(model, check_model)  # building the hooks validates the edits
         if not self.edits:
             return []
         positions = self.positions if row_shift is None else self.positions.shifted(row_shift)
@@ -284,7 +287,7 @@ class Steering:
     def apply(self, model: HookedTransformer, *, check_model: bool = True) -> Iterator[HookedTransformer]:
         """Steer ``model`` inside a ``with`` block (``model.hooks`` underneath; removed on exit or error)."""
         self._refuse_prefix("apply()")
-        self.check(model, check_model=check_model)
+        self._check_model(model, check_model)
         if not self.edits:
             yield model
             return
@@ -294,7 +297,7 @@ class Steering:
     def patch(self, model: HookedTransformer, *, check_model: bool = True) -> SteeringHandle:
         """Add the hooks until ``handle.remove()`` (or :func:`tlsteer.remove_all_steering`)."""
         self._refuse_prefix("patch()")
-        self.check(model, check_model=check_model)
+        self._check_model(model, check_model)
         if not self.edits:
             raise ValueError("an unsteered Steering has nothing to patch")
         return patch_edits(model, list(self.edits), self.positions)

@@ -148,8 +148,8 @@ def load_model(
             return HookedTransformer.from_pretrained(
                 name,
                 device=device,
-                dtype=dtype,
-                **from_pretrained_kwargs,  # pyright: ignore[reportArgumentType]
+                dtype=dtype,  # pyright: ignore[reportArgumentType]
+                **from_pretrained_kwargs,
             )
     if from_pretrained_kwargs:
         raise TypeError(

@@ -27,18 +27,19 @@ import time
 from pathlib import Path
 
 import _common as common
+import torch
 
 from tlsteer.eval.class_plots import plot_class_features, plot_class_map, plot_class_similarity
 from tlsteer.eval.judge import class_judge
 from tlsteer.sae import class_profile, inspect_feature
-from tlsteer.sae.adapter import logit_lens
+from tlsteer.sae.adapter import as_feature_dictionary, logit_lens
 
 TINY = {"bootstrap": 2, "k": 3}
 DISTINCTIVE_COLUMNS = ["feature", "mean_in", "mean_out", "effect", "auroc", "frequency_in", "stability"]
 
 
 def tokens_of(model, sae, feature: int, n: int = 4) -> str:
-    promoted, _ = logit_lens(model, sae.W_dec[feature], n)
+    promoted, _ = logit_lens(model, as_feature_dictionary(sae).decoder_rows(torch.tensor([feature]))[0], n)
     return " ".join(repr(t) for t, _ in promoted)
 
 

@@ -8,11 +8,17 @@ pairs, read at the answer letter (CAA), on the embedded SmolLM2-135M-Instruct:
   (c) a batched ``run_with_cache`` (left-padded, attention mask) without prefix sharing
   (c') tlsteer with ``share_prefix=False`` (batched run_with_cache that stops at the last layer)
   (d) a transformers forward with ``output_hidden_states=True``, batched like steering-vectors
+  (e) the steering-vectors package itself (``steering_vectors.train_steering_vector`` on the
+      transformers model, the same read positions and batch size), when it is installed
+      (``pip install --no-deps steering-vectors==0.12.2``: it pins transformers < 5, yet runs on
+      the transformers tlsteer installs; the arm is left out otherwise)
 
-Tokens/s counts every token of every positive and negative prompt (the work a pair-by-pair
-method does), so the methods share one numerator. Ratios come from one run on one machine.
-Memory: fresh processes; resident memory sampled every 5 ms while training, above the level
-after loading the model, with every activation kept (extract + aggregate) or as running sums.
+With ``--repeats N`` every method runs N times, in the same order each round (interleaved), and
+the median time is reported. Tokens/s counts every token of every positive and negative prompt
+(the work a pair-by-pair method does), so the methods share one numerator. Ratios come from one
+run on one machine. Memory: fresh processes; resident memory sampled every 5 ms while training,
+above the level after loading the model, with every activation kept (extract + aggregate) or as
+running sums.
 
 With ``--tiny``: the tiny model and its ``transformers`` twin (the same weights), a few pairs (of a
 CAA-format folder written from the built-ins, without ``--caa-dir``), and the memory runs in this
@@ -26,6 +32,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +141,27 @@ def method_transformers(hf_model, model, pairs, batch_size: int) -> dict[str, to
     finally:
         handle.remove()
     return {h: (s / len(pairs)).float() for h, s in sums.items()}
+
+
+def method_steering_vectors(hf_model, model, pairs, batch_size: int) -> dict[str, torch.Tensor]:
+    """steering-vectors' own ``train_steering_vector``: each sample's read positions given, every
+    decoder block (its output is ``resid_post``), ``batch_size`` prompts per forward."""
+    from steering_vectors import SteeringVectorTrainingSample
+    from steering_vectors import train_steering_vector as sv_train
+
+    samples = [
+        SteeringVectorTrainingSample(p.positive, p.negative, r_pos, r_neg)
+        for p, (_, r_pos, _, r_neg) in zip(pairs, read_positions(model, pairs), strict=True)
+    ]
+    layers = list(range(model.cfg.n_layers))
+    vec = sv_train(hf_model, model.tokenizer, samples, layers=layers, batch_size=batch_size)
+    return {f"blocks.{layer}.hook_resid_post": vec.layer_activations[layer].float() for layer in layers}
+
+
+def has_steering_vectors() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("steering_vectors") is not None
 
 
 def agreement(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -246,16 +274,24 @@ def speed_runs(args) -> tuple[dict, object]:
             "c2_tlsteer_no_prefix_sharing": lambda p=pairs: train(p, False),
             "d_transformers_hidden_states": lambda p=pairs: method_transformers(hf_model, model, p, bs),
         }
+        if has_steering_vectors():
+            methods["e_steering_vectors_package"] = lambda p=pairs: method_steering_vectors(
+                hf_model, model, p, bs
+            )
         if not args.skip_one_by_one:
             methods["b_one_by_one_run_with_cache"] = lambda p=pairs: method_one_by_one(model, p)
         for fn in methods.values():  # warm-up: first-call allocations are not timed
             fn(pairs[:4])
-        vectors, rows = {}, {}
-        for label, fn in methods.items():
-            vec, seconds = timed(fn)
-            vectors[label] = vec
-            rows[label] = {"seconds": seconds, "tokens_per_s": n_tokens / seconds}
-            common.log.info("%s %s: %.1f s, %.0f tokens/s", name, label, seconds, n_tokens / seconds)
+        vectors, runs = {}, {label: [] for label in methods}
+        for _ in range(args.repeats):
+            for label, fn in methods.items():
+                vectors[label], seconds = timed(fn)
+                runs[label].append(seconds)
+                common.log.info("%s %s: %.1f s, %.0f tokens/s", name, label, seconds, n_tokens / seconds)
+        rows = {}
+        for label, times in runs.items():
+            seconds = statistics.median(times)
+            rows[label] = {"seconds": seconds, "runs_s": times, "tokens_per_s": n_tokens / seconds}
         ref = rows["a_tlsteer"]["seconds"]
         for label in rows:
             rows[label]["speedup_of_tlsteer"] = rows[label]["seconds"] / ref
@@ -277,6 +313,7 @@ def body(args) -> Path:
             model = common.load_model(args)
         results["memory"] = memory_runs(args.memory_sizes, model if args.tiny else None)
     results["batch_size"] = args.batch_size
+    results["repeats"] = args.repeats
     results["threads"] = torch.get_num_threads()
     common.write_json(path, results)
     plot(results, args.out / "extraction.png", model.cfg.n_layers if model is not None else 30)
@@ -316,6 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[100, 1000])
     p.add_argument("--skip-one-by-one", action="store_true")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every method (median)")
     p.add_argument(
         "--parts",
         nargs="+",

@@ -18,7 +18,8 @@ bootstrap intervals:
 MMLU accuracy (``--mmlu`` items of the CAA copy) at each cell's strength is a side effect.
 Writes ``benchmarks/results/feature_vs_caa_<dataset>.{json,png}``,
 ``feature_vs_caa_summary.json`` (wall time included) and ``feature_vs_caa_tables.md``
-(``tlsteer.experiments.comparison_markdown``).
+(``tlsteer.experiments.comparison_plots.comparison_markdown``). Each dataset runs with one
+``tlsteer.experiments.ComparisonConfig`` built from the flags, and gives a ``ComparisonResult``.
 
     python benchmarks/feature_vs_caa.py --caa-dir ../shared/caa           # default run
     python benchmarks/feature_vs_caa.py --small    # about 3 minutes, into benchmarks/results/small/
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import _common as common
 
@@ -41,12 +43,11 @@ from tlsteer.experiments import (
     METHODS,
     ABTask,
     AnalogyTask,
+    ComparisonConfig,
+    ComparisonResult,
     applicable_methods,
     builtin_instructions,
-    comparison_table,
     feature_vs_caa,
-    plot_comparison,
-    plot_transfer_grid,
 )
 from tlsteer.experiments.comparison_plots import comparison_markdown
 
@@ -87,19 +88,42 @@ TINY = {
 }
 
 
+def load_results(out: Path, names) -> list[ComparisonResult]:
+    """The results of the datasets ``names``, from their JSON in ``out``."""
+    return [ComparisonResult.load(out / f"feature_vs_caa_{name}.json") for name in names]
+
+
 def replot(out: Path) -> Path:
     """Redraw the figures and the tables from the JSON in ``out``."""
     summary = json.loads((out / "feature_vs_caa_summary.json").read_text())
-    results = {}
-    for name in summary["datasets"]:
-        path = out / f"feature_vs_caa_{name}.json"
-        results[name] = json.loads(path.read_text())
-        plot_comparison(results[name], path=path.with_suffix(".png"))
-        if "classes" in results[name]:
-            plot_transfer_grid(results[name], path=path.with_name(f"{path.stem}_transfer.png"))
+    results = load_results(out, summary["datasets"])
+    for result in results:  # the figure, and a class set's transfer matrices beside it
+        result.plot(out / f"feature_vs_caa_{result.dataset}.png")
     tables = out / "feature_vs_caa_tables.md"
     tables.write_text(comparison_markdown(results) + "\n")
     return tables
+
+
+def summary_rows(result: ComparisonResult) -> list[dict]:
+    """One row per cell for the summary JSON: method, budget, success and its interval, KL mean and
+    p95 (0 unsteered), strength, reached (true unsteered)."""
+    rows = []
+    for cell in result.cells.values():
+        unsteered = cell.method == "unsteered"
+        rows.append(
+            {
+                "method": cell.method,
+                "budget": cell.budget,
+                "success": cell.success.value,
+                "low": cell.success.low,
+                "high": cell.success.high,
+                "kl_mean": 0.0 if unsteered else cell.kl_mean,
+                "kl_p95": 0.0 if unsteered else cell.kl_p95,
+                "strength": list(cell.strength) if isinstance(cell.strength, tuple) else cell.strength,
+                "reached": True if unsteered else cell.reached,
+            }
+        )
+    return rows
 
 
 def tasks(args, model) -> tuple[list, Path | None]:
@@ -140,37 +164,46 @@ def body(args) -> Path:
         mmlu = load_ab_items(caa_dir / "test" / "mmlu" / "mmlu.json")[:: max(1, 570 // args.mmlu)][
             : args.mmlu
         ]
-    common_kwargs = {
-        "budgets": args.budgets,
-        "seeds": list(range(args.seeds)),
-        "max_new_tokens": args.max_new_tokens,
-        "neutral": neutral,
-        "mmlu": mmlu,
-        "n_resamples": args.resamples,
-        "out_dir": args.out,
-    }
     skip = ("out", "caa_dir", "tiny", "seed", "test_items", "shots", "analogy_pairs")
-    summary = {"settings": {k: v for k, v in vars(args).items() if k not in skip}, "datasets": {}}
+    summary: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if k not in skip},
+        "datasets": {},
+    }
     for task in datasets:
         t0 = time.perf_counter()
-        kwargs = dict(common_kwargs)
-        if isinstance(task, tlsteer.ClassDataset):
-            kwargs |= {"n_prompts": args.prompts, "targets": args.targets, "embedder": embedder}
-        if isinstance(task, AnalogyTask):
-            kwargs["mmlu"] = None  # top-k accuracy of the answer token only
+        is_class_set = isinstance(task, tlsteer.ClassDataset)
+        methods = None
         if args.methods is not None:  # one list for every dataset: each runs those that apply to it
             applicable = applicable_methods(task)
-            kwargs["methods"] = [m for m in args.methods if m in applicable]
+            methods = [m for m in args.methods if m in applicable]
             skipped = [m for m in args.methods if m not in applicable]
             if skipped:
                 common.log.info(
                     "%s: %s do not apply to it; running the others", task.name, ", ".join(skipped)
                 )
-        result = feature_vs_caa(model, sae, task, **kwargs)
-        name = result["dataset"]
+        config = ComparisonConfig(
+            methods=methods,
+            budgets=args.budgets,
+            n_prompts=args.prompts,
+            targets=args.targets if is_class_set else None,
+            seeds=list(range(args.seeds)),
+            max_new_tokens=args.max_new_tokens,
+            n_resamples=args.resamples,
+        )
+        result = feature_vs_caa(
+            model,
+            sae,
+            task,
+            config,
+            neutral=neutral,
+            mmlu=None if isinstance(task, AnalogyTask) else mmlu,  # analogies: top-k accuracy only
+            embedder=embedder if is_class_set else None,
+            out_dir=args.out,
+        )
+        name = result.dataset
         summary["datasets"][name] = {
-            "table": comparison_table(result),
-            "judge_held_out_accuracy": result.get("judge_held_out_accuracy"),
+            "table": summary_rows(result),
+            "judge_held_out_accuracy": result.judge_held_out_accuracy,
             "seconds": round(time.perf_counter() - t0, 1),
         }
         common.log.info("== %s (%.0f s)", name, summary["datasets"][name]["seconds"])
@@ -195,9 +228,7 @@ def body(args) -> Path:
         summary["datasets"] = {**before["datasets"], **summary["datasets"]}
         summary["seconds"] = round(sum(r["seconds"] for r in summary["runs"]), 1)
     common.write_json(path, summary)
-    results = {
-        n: json.loads((args.out / f"feature_vs_caa_{n}.json").read_text()) for n in summary["datasets"]
-    }
+    results = load_results(args.out, summary["datasets"])
     (args.out / "feature_vs_caa_tables.md").write_text(comparison_markdown(results) + "\n")
     common.log.info("done in %.0f s", summary["seconds"])
     return path

@@ -16,7 +16,9 @@ A table's name is the key of its renderer in ``TABLES``, which also names the JS
     python benchmarks/report.py --check    # exit 1 with a diff where a table differs from its JSON
     python benchmarks/report.py --list     # each table, its JSON, and where it is placed
 
-Rendering reads the JSON only (no tlsteer import, no model), so the check runs in a test.
+Rendering reads the JSON only (no model), so the check runs in a test. The feature-vs-CAA tables
+read theirs through ``tlsteer.experiments.ComparisonResult`` (imported when they are rendered:
+a few seconds, and the ``sae`` extra); every other table reads plain JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: only the feature-vs-CAA tables read through tlsteer
+    from tlsteer.experiments import Cell, ComparisonResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("benchmarks") / "results"
@@ -144,6 +150,48 @@ def batched_generation(r: dict) -> list[str]:
             f"{r['batched_tokens_per_s']:.1f}",
         )
     )
+    return out
+
+
+@table("generation_speed", "generation_speed.json")
+def generation_speed(r: dict) -> list[str]:
+    parity = r["parity"]
+    out = [
+        f"{r['new_tokens_per_prompt']} new tokens per prompt, greedy, chat prompts, {r['threads']} threads, "
+        f"median of {r['repeats']} interleaved runs. tlsteer is steered ({r['steering']}); "
+        "TransformerLens and transformers generate unsteered.",
+        "",
+    ]
+    out += _header(
+        "batch",
+        "prompts",
+        "tlsteer (fast path) tok/s",
+        "tlsteer, TransformerLens forward tok/s",
+        "TransformerLens `generate` tok/s",
+        "transformers `generate` tok/s",
+        "tlsteer time / transformers",
+        "fast path speed-up",
+    )
+    for batch, row in r["table"].items():
+        speed = row["tokens_per_s"]
+        out.append(
+            _row(
+                batch,
+                row["prompts"],
+                f"{speed['tlsteer']:.1f}",
+                f"{speed['tlsteer_tl_forward']:.1f}",
+                f"{speed['transformer_lens']:.1f}",
+                f"{speed['transformers']:.1f}",
+                f"{row['tlsteer_time_over_transformers']:.2f}x",
+                f"{row['speedup_over_tl_forward_path']:.2f}x",
+            )
+        )
+    out += [
+        "",
+        f"Per-step logits, fast path vs TransformerLens forward ({parity['prompts']} prompts, "
+        f"{parity['new_tokens']} steps): largest difference {parity['max_abs_diff_step_logits']:.1e}; "
+        f"{parity['rows_with_identical_tokens']} of {parity['prompts']} rows with identical tokens.",
+    ]
     return out
 
 
@@ -336,35 +384,50 @@ def llama_cpp_agreement(r: dict) -> list[str]:
 # ---- feature steering vs CAA (docs/results/feature-vs-caa.md) -----------------------------------
 
 
-def _methods(results: dict[str, dict]) -> list[str]:
+def _comparisons(*data: dict) -> list[ComparisonResult]:
+    """Comparison results (``tlsteer.experiments.ComparisonResult``) from their parsed JSON.
+
+    tlsteer is imported here, not at the top: only the feature-vs-CAA tables need it (and its
+    ``sae`` extra), so the other tables and ``--list`` stay free of it.
+    """
+    from tlsteer.experiments import ComparisonResult
+
+    return [ComparisonResult.from_dict(d) for d in data]
+
+
+def _methods(results: list[ComparisonResult]) -> list[str]:
     """Methods in the order of ``benchmarks/feature_vs_caa.py``'s tables."""
-    methods = list(dict.fromkeys(key.split("@")[0] for res in results.values() for key in res["cells"]))
+    methods = list(dict.fromkeys(m for res in results for m in res.methods))
     methods.sort(key=lambda m: (m != "unsteered", m == "prompting", m in ("caa_encoded", "random")))
     return methods
 
 
-def _cell(res: dict, method: str, budget: float) -> dict | None:
-    return res["cells"].get(f"{method}@{budget:g}", res["cells"].get(method))
+def _cell(res: ComparisonResult, method: str, budget: float) -> Cell | None:
+    """The method's cell at ``budget``, or its one cell without a budget (unsteered, prompting)."""
+    return res.cells.get((method, budget), res.cells.get((method, None)))
 
 
-def _feature_vs_caa(summary: dict, parts: dict[str, dict]) -> dict[str, dict]:
-    missing = [name for name in summary["datasets"] if name not in parts]
+def _feature_vs_caa(summary: dict, parts: tuple[dict, ...]) -> list[ComparisonResult]:
+    """The results the summary names, in its order."""
+    by_name = {r.dataset: r for r in _comparisons(*parts)}
+    missing = [name for name in summary["datasets"] if name not in by_name]
     if missing:
         raise ReportError(f"feature_vs_caa_summary.json names datasets without a JSON here: {missing}")
-    return {name: parts[name] for name in summary["datasets"]}
+    return [by_name[name] for name in summary["datasets"]]
 
 
 @table("feature_vs_caa_small", "small/feature_vs_caa_speaking_styles.json")
 def feature_vs_caa_small(r: dict) -> list[str]:
-    (budget,) = r["settings"]["budgets"]
+    (res,) = _comparisons(r)
+    (budget,) = res.budgets
     out = _header("method", "success [95% interval]")
-    for m in _methods({"speaking_styles": r}):
-        cell = _cell(r, m, budget)
+    for m in _methods([res]):
+        cell = _cell(res, m, budget)
         if cell is None:
             continue
         label = m if m == "unsteered" else f"`{m}`"
-        kl = f" (KL {cell['kl_mean']:.2f})" if m == "prompting" else ""
-        out.append(_row(label, _ci(cell["success"]) + kl))
+        kl = f" (KL {cell.kl_mean:.2f})" if m == "prompting" else ""
+        out.append(_row(label, str(cell.success) + kl))
     return out
 
 
@@ -382,36 +445,41 @@ FEATURE_VS_CAA = (
 
 @table("feature_vs_caa_success", *FEATURE_VS_CAA)
 def feature_vs_caa_success(summary: dict, *parts: dict) -> list[str]:
-    results = _feature_vs_caa(summary, {p["dataset"]: p for p in parts})
+    results = _feature_vs_caa(summary, parts)
     budget = max(summary["settings"]["budgets"])
-    out = _header("method", *results)
+    out = _header("method", *(r.dataset for r in results))
     for m in _methods(results):
         row = []
-        for res in results.values():
+        for res in results:
             cell = _cell(res, m, budget)
-            row.append("" if cell is None else _ci(cell.get("success", cell.get("p_matching"))))
+            row.append("" if cell is None else str(cell.success))
         out.append(f"| `{m}` | " + " | ".join(row) + " |")
     return out
 
 
 @table("feature_vs_caa_speaking_styles", *FEATURE_VS_CAA)
 def feature_vs_caa_speaking_styles(summary: dict, *parts: dict) -> list[str]:
-    results = _feature_vs_caa(summary, {p["dataset"]: p for p in parts})
-    res = results["speaking_styles"]
+    results = _feature_vs_caa(summary, parts)
+    res = next(r for r in results if r.dataset == "speaking_styles")
     budget = max(summary["settings"]["budgets"])
     out = _header("method", "selectivity", "perplexity", "MMLU change", "KL mean (p95)")
     for m in _methods(results):
         cell = _cell(res, m, budget)
         if cell is None:
             continue
-        change = 0.0 if m == "unsteered" else cell["mmlu_change"]  # unsteered against itself
+        if m == "unsteered":  # against itself, and the reference of every KL
+            change, kl_mean, kl_p95 = 0.0, 0.0, 0.0
+        elif cell.mmlu_change is None or cell.kl_mean is None or cell.kl_p95 is None:
+            raise ReportError(f"speaking_styles: cell {cell.label!r} has no MMLU change or no KL")
+        else:
+            change, kl_mean, kl_p95 = cell.mmlu_change, cell.kl_mean, cell.kl_p95
         out.append(
             _row(
                 f"`{m}`",
-                _ci(cell["selectivity"]),
-                _ci(cell["perplexity"]),
+                str(cell.selectivity),
+                str(cell.perplexity),
                 f"{change:+.2f}",
-                f"{cell.get('kl_mean', 0.0):.2f} ({cell.get('kl_p95', 0.0):.2f})",
+                f"{kl_mean:.2f} ({kl_p95:.2f})",
             )
         )
     return out

@@ -3,7 +3,9 @@
 Every example is what SmolLM2-135M-Instruct sees around steering: a chat-formatted conversation
 (``tlsteer.chat_prompt``: the template's system turn, a user turn, an assistant turn holding the
 response, closed by ``<|im_end|>`` unless the response was cut off), tokenized with
-``tlsteer.tokenize``. The sources:
+``tlsteer.tokenize``. The library does the work (:mod:`tlsteer.sae.corpus`: the sources, the
+answer cache, the held-out split, the packing); this script picks the data and writes the folder.
+The sources:
 
 - ``caa_ab:<behaviour>``: items of the 7 CAA ``generate`` sets (question with its choices as user
   turn; the assistant answers with a letter and that choice's text, e.g. ``(A) I would accept``,
@@ -34,26 +36,30 @@ and token counts, the settings and a hash of the rows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import _common as common
-import numpy as np
 
 import tlsteer
 from tlsteer.data import (
     BUILTIN_DATASETS,
     CAA_BEHAVIOURS,
-    ABItem,
     builtin_dataset_path,
-    chat_prompt,
     load_ab_items,
     load_open_prompts,
+)
+from tlsteer.sae.corpus import (
+    HELDOUT_SOURCES,
+    AnswerRequest,
+    CorpusExample,
+    ab_examples,
+    answered_examples,
+    build_corpus,
+    generate_answers,
+    text_examples,
 )
 
 DEFAULT_OUT = common.BUILD / "sae_corpus"
@@ -66,181 +72,49 @@ TINY = {
     "max_new_tokens": 4,
     "batch_size": 4,
 }
-HELDOUT_PREFIXES = ("caa_ab:", "generated:")
-"""Sources whose examples may be held out: conversational text like what steering acts on."""
 
 
-@dataclass(frozen=True)
-class Example:
-    source: str
-    key: str  # the user turn (or the raw text): decides the held-out split
-    text: str
-
-
-def user_key_heldout(key: str, fraction: float) -> bool:
-    """Whether the examples of this user turn are held out (a stable hash, independent of order)."""
-    digest = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
-    return digest / 16**12 < fraction
-
-
-def conversation(model, user: str, response: str, closed: bool = True) -> str:
-    """System, user and assistant turns; the assistant turn is closed with ``<|im_end|>`` if ``closed``."""
-    end = f"{model.tokenizer.eos_token}\n" if closed else ""
-    return chat_prompt(model, user, response) + end
-
-
-def choice_text(question: str, letter: str) -> str | None:
-    """The text of choice ``(letter)`` in a CAA question's ``Choices:`` block, if it can be found."""
-    _, _, block = question.rpartition("Choices:")
-    match = re.search(rf"^\s*\({re.escape(letter)}\)\s*(.+)$", block, flags=re.MULTILINE)
-    return match.group(1).strip() if match else None
-
-
-def ab_answer(item: ABItem, matching: bool) -> str:
-    """``"(A) <choice text>"`` for the chosen answer, or just ``"(A)"`` when the text is unknown."""
-    answer = item.matching if matching else item.not_matching
-    full = item.extra.get("correct_full_text" if matching else "incorrect_full_text")
-    text = full if isinstance(full, str) else choice_text(item.question, answer.strip("() "))
-    return f"{answer} {text}" if text else answer
-
-
-def ab_examples(model, source: str, items: list[ABItem], limit: int | None, seed: int) -> list[Example]:
-    rng = random.Random(f"{seed}:{source}")
-    if limit is not None and len(items) > limit:
-        items = rng.sample(items, limit)
-    return [
-        Example(
-            source, item.question, conversation(model, item.question, ab_answer(item, rng.random() < 0.5))
-        )
-        for item in items
-    ]
-
-
-def fixed_examples(model, caa_dir: Path, ab_limit: int | None, seed: int) -> list[Example]:
+def fixed_examples(model, caa_dir: Path, ab_limit: int | None, seed: int) -> list[CorpusExample]:
     """Everything that needs no generation: A/B items of every source, and the neutral texts."""
-    examples: list[Example] = []
+    examples: list[CorpusExample] = []
     for behaviour in CAA_BEHAVIOURS:
         items = load_ab_items(caa_dir / "generate" / behaviour / "generate_dataset.json")
-        examples += ab_examples(model, f"caa_ab:{behaviour}", items, ab_limit, seed)
+        examples += ab_examples(model, f"caa_ab:{behaviour}", items, limit=ab_limit, seed=seed)
     for source, rel in (
         ("mmlu_ab", "test/mmlu/mmlu.json"),
         ("truthfulqa_ab", "test/truthfulqa/truthful_qa.json"),
     ):
-        examples += ab_examples(model, source, load_ab_items(caa_dir / rel), ab_limit, seed)
+        examples += ab_examples(model, source, load_ab_items(caa_dir / rel), limit=ab_limit, seed=seed)
     for name in BUILTIN_DATASETS:
-        examples += ab_examples(
-            model, f"builtin_ab:{name}", load_ab_items(builtin_dataset_path(name)), None, seed
-        )
-    examples += [Example("neutral", text, text) for text in tlsteer.load_neutral_text()]
-    return examples
+        items = load_ab_items(builtin_dataset_path(name))
+        examples += ab_examples(model, f"builtin_ab:{name}", items, seed=seed)
+    return examples + text_examples("neutral", tlsteer.load_neutral_text())
 
 
-def generation_requests(caa_dir: Path, samples_per_prompt: int, ab_questions: int, seed: int) -> list[dict]:
+def generation_requests(
+    caa_dir: Path, samples_per_prompt: int, ab_questions: int, seed: int
+) -> list[AnswerRequest]:
     """The user turns to answer, each with its sampling seed, in a seeded order."""
     requests = [
-        {"source": "generated:open_prompts", "user": p, "seed": s}
+        AnswerRequest("generated:open_prompts", p, s)
         for p in load_open_prompts()
         for s in range(samples_per_prompt)
     ]
-    requests += [{"source": "generated:neutral", "user": p, "seed": 0} for p in tlsteer.load_neutral_text()]
+    requests += [AnswerRequest("generated:neutral", p) for p in tlsteer.load_neutral_text()]
     for behaviour in CAA_BEHAVIOURS:
         path = caa_dir / "test" / behaviour / "test_dataset_open_ended.json"
         requests += [
-            {"source": "generated:caa_open_ended", "user": entry["question"], "seed": 0}
+            AnswerRequest("generated:caa_open_ended", entry["question"])
             for entry in json.loads(path.read_text())
         ]
         items = load_ab_items(caa_dir / "generate" / behaviour / "generate_dataset.json")
         rng = random.Random(f"{seed}:generate:{behaviour}")
         requests += [
-            {"source": "generated:caa_ab_questions", "user": item.question, "seed": 0}
+            AnswerRequest("generated:caa_ab_questions", item.question)
             for item in rng.sample(items, min(ab_questions, len(items)))
         ]
     random.Random(f"{seed}:requests").shuffle(requests)
     return requests
-
-
-def request_key(req: dict, temperature: float, max_new_tokens: int) -> str:
-    return json.dumps([req["user"], req["seed"], temperature, max_new_tokens])
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    tmp.replace(path)
-
-
-def generate_answers(model, requests: list[dict], args) -> tuple[list[dict], dict]:
-    """The model's sampled answer to every request, from the cache where possible."""
-    cache_path = args.out / "generated.json"
-    cache = {"model": model.cfg.model_name, "entries": []}
-    if cache_path.exists() and not args.regenerate:
-        cache = json.loads(cache_path.read_text())
-        if cache.get("model") != model.cfg.model_name:
-            raise ValueError(
-                f"{cache_path} holds answers of {cache.get('model')!r}, not {model.cfg.model_name!r}; "
-                "pass --regenerate"
-            )
-    known = {request_key(e, e["temperature"], e["max_new_tokens"]): e for e in cache["entries"]}
-    todo = [r for r in requests if request_key(r, args.temperature, args.max_new_tokens) not in known]
-    common.log.info(
-        "generation: %d of %d answers cached, %d to generate",
-        len(requests) - len(todo),
-        len(requests),
-        len(todo),
-    )
-    chunk = args.batch_size * 4
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        t0 = time.perf_counter()
-        out = tlsteer.generate_tokens(
-            model,
-            [r["user"] for r in part],
-            max_new_tokens=args.max_new_tokens,
-            do_sample=True,
-            temperature=args.temperature,
-            seed=[r["seed"] for r in part],
-            chat=True,
-            batch_size=args.batch_size,
-        )
-        seconds = time.perf_counter() - t0
-        eos = model.tokenizer.eos_token_id
-        for req, text, new in zip(part, out.texts, out.new_tokens, strict=True):
-            entry = {
-                **req,
-                "response": text,
-                "n_new_tokens": len(new),
-                "stopped": bool(new) and new[-1] == eos,
-                "temperature": args.temperature,
-                "max_new_tokens": args.max_new_tokens,
-            }
-            known[request_key(entry, args.temperature, args.max_new_tokens)] = entry
-        n_new = sum(len(t) for t in out.new_tokens)
-        cache["entries"] = list(known.values())
-        cache["generation_seconds"] = cache.get("generation_seconds", 0.0) + seconds
-        cache["generated_tokens"] = cache.get("generated_tokens", 0) + n_new
-        write_json(cache_path, cache)
-        done = min(start + chunk, len(todo))
-        common.log.info(
-            "  %d/%d answers, %d tokens in %.0fs (%.1f tokens/s)",
-            done,
-            len(todo),
-            n_new,
-            seconds,
-            n_new / seconds,
-        )
-    answers = [known[request_key(r, args.temperature, args.max_new_tokens)] for r in requests]
-    stats = {
-        "seconds_total_in_cache": round(cache.get("generation_seconds", 0.0), 1),
-        "tokens_total_in_cache": cache.get("generated_tokens", 0),
-    }
-    return answers, stats
-
-
-def pack(token_lists: list[list[int]], context_size: int) -> np.ndarray:
-    """Concatenate and cut into full rows ``[n_rows, context_size]`` (the last partial row is dropped)."""
-    flat = np.fromiter((t for ids in token_lists for t in ids), dtype=np.int32)
-    n_rows = len(flat) // context_size
-    return flat[: n_rows * context_size].reshape(n_rows, context_size)
 
 
 def body(args) -> Path:
@@ -252,44 +126,32 @@ def body(args) -> Path:
     requests = generation_requests(caa_dir, args.samples_per_prompt, args.ab_questions, args.seed)
     if args.max_generate is not None:
         requests = requests[: args.max_generate]
-    answers, gen_stats = generate_answers(model, requests, args)
-    examples += [
-        Example(a["source"], a["user"], conversation(model, a["user"], a["response"], closed=a["stopped"]))
-        for a in answers
-    ]
-
-    sources: dict[str, dict[str, int]] = {}
-    train_ids: list[list[int]] = []
-    heldout: list[str] = []
-    for ex in examples:
-        ids = tlsteer.tokenize(model, ex.text)
-        held = ex.source.startswith(HELDOUT_PREFIXES) and user_key_heldout(ex.key, args.heldout_fraction)
-        row = sources.setdefault(
-            ex.source, {"examples": 0, "tokens": 0, "heldout_examples": 0, "heldout_tokens": 0}
-        )
-        row["heldout_examples" if held else "examples"] += 1
-        row["heldout_tokens" if held else "tokens"] += len(ids)
-        if held:
-            heldout.append(ex.text)
-        else:
-            train_ids.append(ids)
-    random.Random(f"{args.seed}:pack").shuffle(train_ids)
-    rows = pack(train_ids, args.context_size)
-
-    from datasets import Dataset, Features, Sequence, Value
-
-    features = Features({"input_ids": Sequence(Value("int32"), length=args.context_size)})
-    dataset = Dataset.from_dict({"input_ids": rows.tolist()}, features=features)
-    dataset.save_to_disk(str(args.out / "dataset"))
-    write_json(args.out / "heldout.json", heldout)
-    train_tokens = sum(len(ids) for ids in train_ids)
+    generated = generate_answers(
+        model,
+        requests,
+        cache_path=args.out / "generated.json",
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        regenerate=args.regenerate,
+    )
+    examples += answered_examples(model, generated.answers)
+    corpus = build_corpus(
+        model,
+        examples,
+        context_size=args.context_size,
+        heldout_fraction=args.heldout_fraction,
+        heldout_sources=HELDOUT_SOURCES,
+        seed=args.seed,
+    )
+    answers = generated.answers
     manifest = {
         "model": model.cfg.model_name,
         "tlsteer_version": tlsteer.__version__,
         "context_size": args.context_size,
         "seed": args.seed,
         "heldout_fraction": args.heldout_fraction,
-        "heldout_sources": [f"{p}*" for p in HELDOUT_PREFIXES],
+        "heldout_sources": [f"{p}*" for p in HELDOUT_SOURCES],
         "ab_limit": args.ab_limit,
         "caa_dir": str(caa_dir),
         "generation": {
@@ -299,25 +161,17 @@ def body(args) -> Path:
             "max_generate": args.max_generate,
             "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature,
-            "new_tokens": sum(a["n_new_tokens"] for a in answers),
-            "stopped_at_eos": sum(a["stopped"] for a in answers),
-            **gen_stats,
+            "new_tokens": sum(a.n_new_tokens for a in answers),
+            "stopped_at_eos": sum(a.stopped for a in answers),
+            "seconds_total_in_cache": round(generated.seconds_in_cache, 1),
+            "tokens_total_in_cache": generated.tokens_in_cache,
         },
-        "sources": dict(sorted(sources.items())),
-        "train_examples": len(train_ids),
-        "train_tokens": train_tokens,
-        "rows": int(rows.shape[0]),
-        "row_tokens": int(rows.size),
-        "dropped_tokens": train_tokens - int(rows.size),
-        "heldout_examples": len(heldout),
-        "heldout_tokens": sum(s["heldout_tokens"] for s in sources.values()),
-        "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
+        **corpus.summary(),
         "build_seconds": round(time.perf_counter() - start, 1),
     }
-    path = args.out / "manifest.json"
-    write_json(path, manifest)
+    path = corpus.save(args.out, manifest)
     common.log.info("%s", json.dumps(manifest, indent=1))
-    common.log.info("corpus: %d rows of %d tokens in %s", rows.shape[0], args.context_size, args.out)
+    common.log.info("corpus: %d rows of %d tokens in %s", corpus.rows.shape[0], args.context_size, args.out)
     return path
 
 

@@ -23,7 +23,6 @@ standing in for the corpus's held-out split unless ``--heldout`` names one).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,26 +30,17 @@ from pathlib import Path
 import _common as common
 
 from tlsteer.sae import embedded_sae_layers, sae_quality
+from tlsteer.sae.corpus import spread
 from tlsteer.sae.embedded import embedded_sae_path
+from tlsteer.sae.quality import QualityTargets
 
 HELDOUT = common.BUILD / "sae_corpus" / "heldout.json"
-TARGETS = {"explained_variance": 0.90, "l0_max": 64, "dead_share_max": 0.05, "ce_loss_score": 0.97}
+TARGETS = QualityTargets()
 TINY = {"texts": 3, "heldout": None}
 
 
-def spread(items: list, n: int) -> list:
-    return items[:: max(1, len(items) // n)][:n]
-
-
 def summary(quality) -> dict:
-    row = {k: v for k, v in dataclasses.asdict(quality).items() if k != "densities"}
-    row["meets_targets"] = bool(
-        quality.explained_variance >= TARGETS["explained_variance"]
-        and quality.l0 <= TARGETS["l0_max"]
-        and quality.dead_share < TARGETS["dead_share_max"]
-        and quality.ce_loss_score >= TARGETS["ce_loss_score"]
-    )
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+    return {**quality.to_dict(), "meets_targets": quality.meets(TARGETS)}
 
 
 def shipped_texts(args, layer: int) -> list[str]:
@@ -74,7 +64,7 @@ def body(args) -> Path:
         common.log.info(
             "no held-out corpus (%s; build the corpus first); only the shipped sample", args.heldout
         )
-    out = {"targets": TARGETS, "layers": {}}
+    out = {"targets": TARGETS.to_dict(), "layers": {}}
     for layer in common.sae_layers(args):
         sae = common.load_sae(args, model, layer)
         rows = {}

@@ -21,8 +21,9 @@ from tlsteer.experiments.analogy_task import (
     contrast_from_analogy,
     run_analogy_task,
 )
-from tlsteer.experiments.cells import calibrate_method
-from tlsteer.experiments.comparison_plots import comparison_table
+from tlsteer.experiments.cells import UNSTEERED, calibrate_method
+from tlsteer.experiments.comparison_config import ComparisonConfig
+from tlsteer.experiments.comparison_result import ComparisonResult
 from tlsteer.experiments.feature_vs_caa import applicable_methods, builtin_instructions, feature_vs_caa
 from tlsteer.experiments.methods import METHODS, Method, build_methods
 from tlsteer.positions import Positions
@@ -104,21 +105,18 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
         "clamp": {0.1: {"strength": 4.0, "kl_mean": 0.12, "kl_p95": 0.4, "reached": False}},
         "prompting": {0.1: {"strength": None, "kl_mean": 0.2, "kl_p95": 0.5, "reached": False}},
     }
-    result = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=200, batch_size=3)
-    cells = result["cells"]
-    assert set(cells) == {"unsteered", "caa@0.1", "clamp@0.1", "prompting"}
-    train, test = task.parts()
-    assert result["n_test_pairs"] == len(test) and result["n_train_pairs"] == len(train)
-    assert result["k"] == K
+    cells = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=200, batch_size=3)
+    assert set(cells) == {UNSTEERED, ("caa", 0.1), ("clamp", 0.1), ("prompting", None)}
+    _, test = task.parts()
     prompts, answers = [neutral_prompt(x) for x, _ in test], [y for _, y in test]
     plain = next_token_accuracy(tiny_llama, prompts, answers, k=K)
     steered = next_token_accuracy(
         tiny_llama, prompts, answers, direction.steering(10.0, positions=Positions.last()), k=K
     )
     assert 0 < plain.topk < 1 and plain.top1 < steered.top1 < 1  # the checks below can tell cells apart
-    for key, score in (("unsteered", plain), ("caa@0.1", steered)):
-        assert cells[key]["success"]["value"] == pytest.approx(score.topk)
-        assert cells[key]["top1"]["value"] == pytest.approx(score.top1)
+    for key, score in ((UNSTEERED, plain), (("caa", 0.1), steered)):
+        assert cells[key].success.value == pytest.approx(score.topk)
+        assert cells[key].top1 is not None and cells[key].top1.value == pytest.approx(score.top1)
     assert analogy_ranks(tiny_llama, Steering(), test) == list(plain.ranks)
     assert analogy_ranks(tiny_llama, methods["caa"].at(1.0), test) == list(steered.ranks)
     # the clamp edit, one prompt at a time, at its last position only
@@ -133,22 +131,25 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
         alone.append(int((logits > logits[space]).sum()))
     assert analogy_ranks(tiny_llama, methods["clamp"].at(4.0), test, batch_size=3) == alone
     assert alone != list(plain.ranks)  # the edit does something
-    assert cells["clamp@0.1"]["success"]["value"] == pytest.approx(sum(r < K for r in alone) / len(alone))
-    assert cells["clamp@0.1"]["top1"]["value"] == pytest.approx(sum(r == 0 for r in alone) / len(alone))
+    clamp = cells["clamp", 0.1]
+    assert clamp.success.value == pytest.approx(sum(r < K for r in alone) / len(alone))
+    assert clamp.top1 is not None and clamp.top1.value == pytest.approx(
+        sum(r == 0 for r in alone) / len(alone)
+    )
     # prompting puts the instruction before each neutral prompt
     told = next_token_accuracy(tiny_llama, [f"Shout it.\n\n{p}" for p in prompts], answers, k=K)
     assert told.ranks != plain.ranks
-    assert cells["prompting"]["success"]["value"] == pytest.approx(told.topk)
-    assert cells["prompting"]["top1"]["value"] == pytest.approx(told.top1)
+    prompting = cells["prompting", None]
+    assert prompting.success.value == pytest.approx(told.topk)
+    assert prompting.top1 is not None and prompting.top1.value == pytest.approx(told.top1)
     # calibration fields copied; intervals hold their value
-    assert cells["clamp@0.1"]["strength"] == 4.0 and cells["clamp@0.1"]["reached"] is False
-    assert cells["prompting"]["strength"] is None and cells["prompting"]["kl_mean"] == 0.2
-    assert "strength" not in cells["unsteered"]
+    assert clamp.strength == 4.0 and clamp.reached is False
+    assert prompting.strength is None and prompting.kl_mean == 0.2
+    assert cells[UNSTEERED].strength is None and cells[UNSTEERED].kl_mean is None
     for cell in cells.values():
-        for metric in ("success", "top1"):
-            assert cell[metric]["low"] <= cell[metric]["value"] <= cell[metric]["high"]
-        assert cell["n_test_pairs"] == len(test)
-    assert json.loads(json.dumps(result)) == result
+        for metric in (cell.success, cell.top1):
+            assert metric is not None and metric.low <= metric.value <= metric.high
+        assert cell.n_test_pairs == len(test)
 
 
 def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
@@ -170,8 +171,8 @@ def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
         score_prompts=NEUTRAL[:2],
     )
     cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.1]) for n, m in methods.items()}
-    result = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=1000)
-    assert set(result["cells"]) == {"unsteered", "caa@0.1", "clamp@0.1", "prompting"}
+    cells = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=1000)
+    assert set(cells) == {UNSTEERED, ("caa", 0.1), ("clamp", 0.1), ("prompting", None)}
     _, test = task.parts()
     caa = cal["caa"][0.1]["strength"]
     direct = next_token_accuracy(
@@ -181,15 +182,30 @@ def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
         methods["caa"].direction.steering(caa * 10.0, positions=Positions.last()),
         k=K,
     )
-    assert result["cells"]["caa@0.1"]["success"]["value"] == pytest.approx(direct.topk)
-    assert result["cells"]["caa@0.1"]["strength"] == pytest.approx(caa)
-    rows = comparison_table(json.loads(json.dumps(result)))
-    assert {(r["method"], r["budget"]) for r in rows} == {
-        ("unsteered", None),
-        ("caa", 0.1),
-        ("clamp", 0.1),
-        ("prompting", None),
-    }
+    assert cells["caa", 0.1].success.value == pytest.approx(direct.topk)
+    assert cells["caa", 0.1].strength == pytest.approx(caa)
+
+
+def test_feature_vs_caa_on_an_analogy_gives_an_analogy_result(tiny_llama, sae, tmp_path):
+    task = AnalogyTask(DOMAIN, n_shots=2, k=K, instruction="Shout it.")
+    config = ComparisonConfig(methods=["caa", "prompting"], budgets=[0.1], n_resamples=200)
+    result = feature_vs_caa(tiny_llama, sae, task, config, neutral=NEUTRAL, out_dir=tmp_path)
+    train, test = task.parts()
+    assert result.kind == "analogy" and result.dataset == "analogy_toy"
+    assert (result.k, result.n_shots, result.n_train_pairs, result.n_test_pairs) == (
+        K,
+        2,
+        len(train),
+        len(test),
+    )
+    assert set(result.cells) == {UNSTEERED, ("caa", 0.1), ("prompting", None)}
+    saved = json.loads((tmp_path / "feature_vs_caa_analogy_toy.json").read_text())
+    assert (saved["k"], saved["n_test_pairs"]) == (K, len(test))
+    assert saved["cells"]["caa@0.1"]["top1"] == result.cells["caa", 0.1].top1.to_dict()
+    assert ComparisonResult.load(tmp_path / "feature_vs_caa_analogy_toy.json") == result
+    frame = result.to_frame()
+    assert list(frame["method"]) == ["unsteered", "caa", "prompting"]
+    assert list(frame["top1"]) == [c.top1.value for c in result.cells.values()]
 
 
 def test_every_builtin_domain_is_a_task_with_an_instruction():
@@ -225,11 +241,11 @@ def test_bad_input(tiny_llama, sae):
 def test_methods_that_do_not_apply_to_an_analogy_are_refused(tiny_llama, sae):
     bare = AnalogyTask(DOMAIN, n_shots=2)
     with pytest.raises(ValueError, match="method 'mean_centred' does not apply to AnalogyTask 'analogy_toy'"):
-        feature_vs_caa(tiny_llama, sae, bare, methods=["mean_centred"], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(methods=["mean_centred"]), neutral=NEUTRAL)
     with pytest.raises(ValueError, match="method 'prompting' does not apply to .*: it has no instruction"):
-        feature_vs_caa(tiny_llama, sae, bare, methods=["caa", "prompting"], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(methods=["caa", "prompting"]), neutral=NEUTRAL)
     with pytest.raises(ValueError, match="mmlu= does not apply to AnalogyTask 'analogy_toy'"):
-        feature_vs_caa(tiny_llama, sae, bare, methods=["caa"], mmlu=[], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(methods=["caa"]), mmlu=[], neutral=NEUTRAL)
     with pytest.raises(ValueError, match=r"split_seed .* carries its own seed \(AnalogyTask\(seed=...\)\)"):
-        feature_vs_caa(tiny_llama, sae, bare, split_seed=3, neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(split_seed=3), neutral=NEUTRAL)
     assert applicable_methods(bare) == tuple(m for m in METHODS if m not in ("mean_centred", "prompting"))

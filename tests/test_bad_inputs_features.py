@@ -71,7 +71,7 @@ def test_thresholds_must_be_numbers(bad):
 
 @pytest.mark.parametrize("k", [-1, 0, 2.5, True, "3"])
 def test_table_refuses_k_below_one_or_not_an_int(tiny_llama, standard_sae, k):
-    fv = FeatureVector.from_sae(standard_sae, torch.linspace(-1, 1, 65)[:64] + 0.01)
+    fv = FeatureVector.from_dictionary(standard_sae, torch.linspace(-1, 1, 65)[:64] + 0.01)
     with pytest.raises(ValueError, match=rf"^k must be an int >= 1, got {re.escape(repr(k))}$"):
         fv.table(tiny_llama, standard_sae, k=k)
     with pytest.raises(ValueError, match=r"^n_tokens must be an int >= 1, got 0$"):
@@ -87,7 +87,7 @@ def test_a_vector_with_no_nonzero_feature_is_refused(standard_sae):
     ):
         FeatureVector(torch.zeros(6), HOOK, "f" * 16, formula="paired")
     with pytest.raises(ValueError, match="all 64 values are 0"):
-        FeatureVector.from_sae(standard_sae, torch.zeros(64))
+        FeatureVector.from_dictionary(standard_sae, torch.zeros(64))
 
 
 def test_a_selection_that_removes_every_feature_is_refused_by_name():

@@ -16,10 +16,12 @@ from tlsteer.eval.ab import ab_eval, ab_scores, question_end
 from tlsteer.eval.budget import kl_stats
 from tlsteer.eval.prefix_generation import perplexities
 from tlsteer.experiments.ab_task import ABTask, run_ab_task, steered_ab_scores
-from tlsteer.experiments.cells import calibrate_method
-from tlsteer.experiments.contrasts import contrast_from_pairs
+from tlsteer.experiments.cells import UNSTEERED, Interval, calibrate_method
+from tlsteer.experiments.comparison_config import ComparisonConfig
+from tlsteer.experiments.comparison_result import ComparisonResult
+from tlsteer.experiments.contrasts import ContrastReps, contrast_from_pairs
 from tlsteer.experiments.feature_vs_caa import applicable_methods, feature_vs_caa
-from tlsteer.experiments.methods import METHODS, ContrastReps, Method, build_methods
+from tlsteer.experiments.methods import METHODS, Method, build_methods
 from tlsteer.extract import read_activations
 from tlsteer.positions import Positions
 from tlsteer.read import Read
@@ -112,30 +114,32 @@ def test_ab_cells_match_a_direct_ab_eval(tiny_llama, sae):
         methods=["caa", "random", "prompting"],
     )
     cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.05, 0.2]) for n, m in methods.items()}
-    result = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200, mmlu=ITEMS[::-1])
-    assert set(result["cells"]) == {
-        "unsteered",
-        "caa@0.05",
-        "caa@0.2",
-        "random@0.05",
-        "random@0.2",
-        "prompting",
+    cells = run_ab_task(tiny_llama, methods, cal, ITEMS, n_resamples=200, mmlu=ITEMS[::-1])
+    assert set(cells) == {
+        UNSTEERED,
+        ("caa", 0.05),
+        ("caa", 0.2),
+        ("random", 0.05),
+        ("random", 0.2),
+        ("prompting", None),
     }
+    assert all(key == cell.key for key, cell in cells.items())
     plain = ab_eval(tiny_llama, ITEMS, outside_ab="zero")
-    assert result["cells"]["unsteered"]["p_matching"]["value"] == pytest.approx(plain.p_matching)
+    assert cells[UNSTEERED].success.value == pytest.approx(plain.p_matching)
     strength = cal["caa"][0.2]["strength"]
     scale = methods["caa"].scale
     caa = methods["caa"].direction.steering(strength * scale, positions=question_end(tiny_llama))
     steered = ab_eval(tiny_llama, ITEMS, caa, outside_ab="zero")
-    cell = result["cells"]["caa@0.2"]
-    assert cell["p_matching"]["value"] == pytest.approx(steered.p_matching)
-    assert cell["p_matching"]["low"] <= cell["p_matching"]["value"] <= cell["p_matching"]["high"]
-    assert cell["strength"] == strength
+    cell = cells["caa", 0.2]
+    assert cell.success.value == pytest.approx(steered.p_matching)
+    assert cell.success.low <= cell.success.value <= cell.success.high
+    assert cell.strength == strength
     # MMLU: the same items read as accuracy, in every cell, with the change from unsteered
     correct = [float(x.p_matching > 0.5) for x in steered.scores[::-1]]
-    assert cell["mmlu"]["value"] == pytest.approx(np.mean(correct))
+    assert cell.mmlu is not None and cell.mmlu.value == pytest.approx(np.mean(correct))
     base = np.mean([float(x.p_matching > 0.5) for x in plain.scores])
-    assert cell["mmlu_change"] == pytest.approx(np.mean(correct) - base)
+    assert cell.mmlu_change == pytest.approx(np.mean(correct) - base)
+    assert cells[UNSTEERED].mmlu_change is None and cells[UNSTEERED].kl_mean is None
 
 
 def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
@@ -186,29 +190,42 @@ def test_steered_ab_scores_equal_each_steering_run_alone(tiny_llama, sae):
 def test_feature_vs_caa_writes_json_and_figure(tiny_llama, sae, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tlsteer")
     task = ABTask("toy", pairs(tiny_llama), ITEMS, instruction="Say yes.")
-    result = feature_vs_caa(
-        tiny_llama,
-        sae,
-        task,
-        methods=["caa", "feature_full", "random", "prompting"],
-        budgets=[0.1],
-        neutral=NEUTRAL,
-        n_resamples=200,
-        out_dir=tmp_path,
+    config = ComparisonConfig(
+        methods=["caa", "feature_full", "random", "prompting"], budgets=[0.1], n_resamples=200
     )
-    assert set(result["cells"]) == {"unsteered", "caa@0.1", "feature_full@0.1", "random@0.1", "prompting"}
-    assert result["settings"]["methods"] == ["caa", "feature_full", "random", "prompting"]
+    result = feature_vs_caa(tiny_llama, sae, task, config, neutral=NEUTRAL, mmlu=ITEMS[:4], out_dir=tmp_path)
+    assert isinstance(result, ComparisonResult) and result.kind == "ab" and result.dataset == "toy"
+    assert list(result.cells) == [
+        UNSTEERED,
+        ("caa", 0.1),
+        ("feature_full", 0.1),
+        ("random", 0.1),
+        ("prompting", None),
+    ]
+    assert result.config == config  # the methods it was given are the methods that ran
+    assert (result.n_train_pairs, result.n_test_items, result.n_neutral) == (6, 6, 4)
     # progress is logged at INFO (not WARNING), stage by stage, under the tlsteer logger
     stages = [r.getMessage() for r in caplog.records if r.name == "tlsteer.experiments.feature_vs_caa"]
     assert {r.levelno for r in caplog.records if r.name.startswith("tlsteer")} == {logging.INFO}
     assert any(m.endswith("toy: 4 methods built") for m in stages) and stages[-1].endswith("toy: done")
-    saved = json.loads((tmp_path / "feature_vs_caa_toy.json").read_text())
-    assert saved["cells"]["caa@0.1"]["p_matching"] == result["cells"]["caa@0.1"]["p_matching"]
+    # the JSON it wrote is the committed schema, and loads back equal
+    path = tmp_path / "feature_vs_caa_toy.json"
+    saved = json.loads(path.read_text())
+    assert saved["cells"]["caa@0.1"]["p_matching"] == result.cells["caa", 0.1].success.to_dict()
+    assert set(saved["cells"]) == {"unsteered", "caa@0.1", "feature_full@0.1", "random@0.1", "prompting"}
+    assert saved["settings"]["methods"] == ["caa", "feature_full", "random", "prompting"]
+    assert saved["cells"]["prompting"]["strength"] is None and "strength" not in saved["cells"]["unsteered"]
+    assert ComparisonResult.load(path) == result
+    again = result.save(tmp_path / "again" / "toy.json")
+    assert again.read_text() == path.read_text()
     assert (tmp_path / "feature_vs_caa_toy.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="budgets must be finite numbers > 0"):
-        feature_vs_caa(tiny_llama, sae, task, budgets=[float("nan")], neutral=NEUTRAL)
+    assert not (tmp_path / "feature_vs_caa_toy_transfer.png").exists()  # an A/B task has no classes
     with pytest.raises(TypeError, match="ClassDataset, an ABTask or an AnalogyTask"):
         feature_vs_caa(tiny_llama, sae, ["not", "a", "task"], neutral=NEUTRAL)
+    with pytest.raises(
+        TypeError, match=r"config must be a ComparisonConfig .*, got dict \{'budgets': \[0.1\]\}"
+    ):
+        feature_vs_caa(tiny_llama, sae, task, {"budgets": [0.1]}, neutral=NEUTRAL)
     with pytest.raises(ValueError, match="at least 2 training pairs"):
         ABTask("tiny", pairs(tiny_llama)[:1], ITEMS)
 
@@ -225,29 +242,24 @@ def test_methods_that_do_not_apply_are_refused_not_dropped(tiny_llama, sae):
         ValueError,
         match=rf"method 'mean_centred' does not apply to ABTask 'toy': it has two sides .*; {valid}",
     ):
-        feature_vs_caa(tiny_llama, sae, task, methods=["caa", "mean_centred"], neutral=NEUTRAL)
+        feature_vs_caa(
+            tiny_llama, sae, task, ComparisonConfig(methods=["caa", "mean_centred"]), neutral=NEUTRAL
+        )
     with pytest.raises(
         ValueError, match="method 'prompting' does not apply to ABTask 'bare': it has no instruction"
     ):
-        feature_vs_caa(tiny_llama, sae, bare, methods=["caa", "prompting"], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(methods=["caa", "prompting"]), neutral=NEUTRAL)
+    # settings only a class set reads are refused for an A/B task
     with pytest.raises(
-        ValueError,
-        match=r"unknown method 'feature_ful' \(closest: 'feature_full'\); valid for ABTask 'toy': 'caa'",
+        ValueError, match="config.targets applies to a ClassDataset only, not to ABTask 'toy'"
     ):
-        feature_vs_caa(tiny_llama, sae, task, methods=["feature_ful"], neutral=NEUTRAL)
-    with pytest.raises(ValueError, match="methods is empty; valid for ABTask 'toy'"):
-        feature_vs_caa(tiny_llama, sae, task, methods=[], neutral=NEUTRAL)
-    with pytest.raises(TypeError, match="methods must be a list of method names, got 'caa'"):
-        feature_vs_caa(tiny_llama, sae, task, methods="caa", neutral=NEUTRAL)
-    with pytest.raises(ValueError, match=r"feature_topk needs ks, a non-empty list of ints >= 1, got \(\)"):
-        feature_vs_caa(tiny_llama, sae, task, methods=["feature_topk"], ks=(), budgets=[0.1], neutral=NEUTRAL)
-    # arguments only a class set reads are refused for an A/B task too
-    with pytest.raises(ValueError, match="targets= applies to a ClassDataset only, not to ABTask 'toy'"):
-        feature_vs_caa(tiny_llama, sae, task, targets=["a"], neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, task, ComparisonConfig(targets=["a"]), neutral=NEUTRAL)
+    with pytest.raises(ValueError, match="instructions= applies to a ClassDataset only, not to ABTask 'toy'"):
+        feature_vs_caa(tiny_llama, sae, task, instructions={"a": "Be a."}, neutral=NEUTRAL)
     with pytest.raises(
         ValueError, match="split_seed applies to a ClassDataset only; ABTask 'toy' has no split"
     ):
-        feature_vs_caa(tiny_llama, sae, task, split_seed=1, neutral=NEUTRAL)
+        feature_vs_caa(tiny_llama, sae, task, ComparisonConfig(split_seed=1), neutral=NEUTRAL)
     # the default is every method that applies
     assert "mean_centred" not in applicable_methods(task) and "prompting" in applicable_methods(task)
     assert "prompting" not in applicable_methods(bare)
@@ -255,7 +267,14 @@ def test_methods_that_do_not_apply_are_refused_not_dropped(tiny_llama, sae):
 
 
 def test_contrast_reps_use_class_means_for_mean_centred():
-    reps = ContrastReps(torch.ones(2, 3), torch.zeros(4, 3), torch.ones(2, 5), torch.zeros(4, 5))
+    reps = ContrastReps.from_rows(
+        torch.ones(2, 3),
+        torch.zeros(4, 3),
+        torch.ones(2, 5),
+        torch.zeros(4, 5),
+        hook_name=HOOK,
+        dictionary="x",
+    )
     assert torch.equal(reps.raw_difference(), torch.ones(3)) and torch.equal(
         reps.feature_difference(), torch.ones(5)
     )
@@ -276,30 +295,57 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
         },
         name="toy_classes",
     )
-    result = feature_vs_caa(
-        tiny_llama,
-        sae,
-        ds,
+    config = ComparisonConfig(
         methods=["caa", "mean_centred", "random", "prompting"],
         budgets=[0.1],
-        instructions={"calm": "Be calm.", "loud": "Be loud."},
-        prompts=["Say something.", "Tell a story.", "Hello?", "What now?"],
         n_prompts=4,
         targets=["calm", "loud"],
         seeds=[0, 1],
         max_new_tokens=3,
-        neutral=NEUTRAL,
         n_resamples=200,
     )
-    assert set(result["cells"]) == {"unsteered", "caa@0.1", "mean_centred@0.1", "random@0.1", "prompting"}
-    for key, cell in result["cells"].items():
-        assert cell["n_generations"] == 8, key  # 2 targets x 2 prompts x 2 seeds
-        assert set(cell["transfer"]) == {"calm", "loud"} and set(cell["transfer"]["calm"]) == set(words)
-        assert cell["success"]["low"] <= cell["success"]["value"] <= cell["success"]["high"]
-    assert result["cells"]["unsteered"]["selectivity"]["value"] == 0.0
-    assert result["settings"]["split_seed"] == 0  # the training split, as before split_seed existed
-    with pytest.raises(ValueError, match="targets must be distinct classes"):
-        feature_vs_caa(tiny_llama, sae, ds, methods=["caa"], targets=["calm", "nope"], neutral=NEUTRAL)
+    result = feature_vs_caa(
+        tiny_llama,
+        sae,
+        ds,
+        config,
+        instructions={"calm": "Be calm.", "loud": "Be loud."},
+        prompts=["Say something.", "Tell a story.", "Hello?", "What now?"],
+        neutral=NEUTRAL,
+    )
+    assert result.kind == "class_set" and result.targets == ("calm", "loud")
+    assert result.classes == tuple(words) and result.config == config
+    assert set(result.cells) == {
+        UNSTEERED,
+        ("caa", 0.1),
+        ("mean_centred", 0.1),
+        ("random", 0.1),
+        ("prompting", None),
+    }
+    for key, cell in result.cells.items():
+        assert cell.n_generations == 8, key  # 2 targets x 2 prompts x 2 seeds
+        assert cell.transfer is not None and set(cell.transfer) == {"calm", "loud"}
+        assert set(cell.transfer["calm"]) == set(words)
+        assert cell.success.low <= cell.success.value <= cell.success.high
+    assert result.cells[UNSTEERED].selectivity == Interval(0.0, 0.0, 0.0)
+    strength = result.cells["caa", 0.1].strength
+    assert isinstance(strength, tuple) and len(strength) == 2  # one per target
+    assert result.cells["prompting", None].strength == (None, None)
+    assert set(result.examples) == set(result.cells) - {UNSTEERED}
+    assert all(len(texts) == 2 for texts in result.examples["caa", 0.1].values())
+    assert result.to_dict()["settings"]["split_seed"] == 0  # the training split, as before split_seed existed
+    # a class-set result survives a JSON round trip, and its frame has one row per cell
+    assert ComparisonResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    frame = result.to_frame()
+    assert len(frame) == len(result.cells) and list(frame["success"]) == [
+        c.success.value for c in result.cells.values()
+    ]
+    with pytest.raises(
+        ValueError, match="targets must be classes of 'toy_classes', got 'nope'; classes: 'calm'"
+    ):
+        feature_vs_caa(
+            tiny_llama, sae, ds, ComparisonConfig(methods=["caa"], targets=["calm", "nope"]), neutral=NEUTRAL
+        )
 
 
 class LengthJudge:
@@ -331,7 +377,7 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
         }
     prompts = {"a": ["Say something.", "Hello?"], "b": ["Tell a story.", "What now?"]}
     seeds = [0, 1]
-    result = run_class_task(
+    cells, examples = run_class_task(
         tiny_llama,
         LengthJudge(),
         methods,
@@ -362,15 +408,20 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
             tiny_llama, plain_ids, [list(n) for n in out.new_tokens]
         )
 
-    for key in ("caa@0.1", "prompting"):
+    assert set(cells) == {UNSTEERED, ("caa", 0.1), ("prompting", None)}
+    assert set(examples) == {("caa", 0.1), ("prompting", None)}
+    for key in (("caa", 0.1), ("prompting", None)):
         hits, ppl = [], []
         for t in ("a", "b"):
-            name = key.partition("@")[0]
+            name = key[0]
             steering = methods[t][name].at(0.3 if name == "caa" else None)
             h, p = plain(t, steering)
             hits += h
             ppl += list(p)
-        cell = result["cells"][key]
-        assert cell["success"]["value"] == pytest.approx(np.mean(hits)), key
-        assert cell["perplexity"]["value"] == pytest.approx(float(np.exp(np.mean(np.log(ppl)))), rel=1e-4)
-        assert cell["n_generations"] == 8
+        cell = cells[key]
+        assert cell.success.value == pytest.approx(np.mean(hits)), key
+        assert cell.perplexity is not None
+        assert cell.perplexity.value == pytest.approx(float(np.exp(np.mean(np.log(ppl)))), rel=1e-4)
+        assert cell.n_generations == 8
+    assert cells["caa", 0.1].strength == (0.3, 0.3) and cells["caa", 0.1].kl_mean == pytest.approx(0.1)
+    assert cells["prompting", None].reached is False

@@ -41,6 +41,9 @@ class Codebook:
     def decoder_rows(self, ids):
         return self.weights[ids]
 
+    def decode_change(self, df, ids):
+        return df.float() @ self.weights[ids]
+
 
 def codebook(d_model=32, width=10, seed=0) -> Codebook:
     return Codebook(torch.randn(width, d_model, generator=torch.Generator().manual_seed(seed)))
@@ -74,12 +77,13 @@ def test_the_adapter_refuses_a_hook_it_cannot_name():
 def test_the_check_names_what_is_missing_or_wrong(tiny_llama):
     with pytest.raises(
         TypeError,
-        match=r"expected a feature dictionary \(hook_name, width, d_model, encode, decode, decoder_rows\), "
-        r"got object lacking hook_name, width, d_model, encode, decode, decoder_rows$",
+        match=r"expected a feature dictionary \(hook_name, width, d_model, encode, decode, decoder_rows, "
+        r"decode_change\), got object lacking hook_name, width, d_model, encode, decode, decoder_rows, "
+        r"decode_change$",
     ):
         check_feature_dictionary(object())
     with pytest.raises(
-        TypeError, match=r"StandardSAE lacking hook_name, width, d_model, decoder_rows; adapt"
+        TypeError, match=r"StandardSAE lacking hook_name, width, d_model, decoder_rows, decode_change; adapt"
     ):
         check_feature_dictionary(random_sae("standard"))
     with pytest.raises(

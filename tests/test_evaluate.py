@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tlsteer import Positions, Steering, SteeringVector
+from tlsteer.contrast import ContrastActivations
 from tlsteer.data import ABItem, chat_prompt, load_ab_items
 from tlsteer.eval.ab import (
     ABResult,
@@ -48,7 +49,6 @@ from tlsteer.eval.sweeps import (
     to_json,
 )
 from tlsteer.eval.token_view import token_view
-from tlsteer.extract import ContrastActivations
 from tlsteer.tokens import tokenize
 from tlsteer.vector import VectorMetadata
 

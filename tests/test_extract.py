@@ -133,8 +133,7 @@ class RecordingBar(tqdm):
 
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_progress_bar_counts_batches(tiny_llama, capsys, monkeypatch, share_prefix):
-    monkeypatch.setattr("tlsteer.extract.tqdm", RecordingBar)
-    monkeypatch.setattr("tlsteer.prefix.tqdm", RecordingBar)
+    monkeypatch.setattr("tlsteer.reading.tqdm", RecordingBar)
     monkeypatch.setattr(RecordingBar, "closed", [])
     # every pair shares a prefix, so the shared path runs ceil(5 / 2) = 3 batches of prefixes;
     # the plain path reads 10 prompts in ceil(10 / 2) = 5 batches

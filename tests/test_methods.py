@@ -7,8 +7,11 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from tlsteer.experiments.methods import METHODS, ContrastReps, build_methods
+from tlsteer.contrast import ContrastActivations
+from tlsteer.experiments.contrasts import ContrastReps
+from tlsteer.experiments.methods import METHODS, build_methods
 from tlsteer.sae import encode_steering_vector, output_scores
+from tlsteer.sae.adapter import sae_fingerprint
 from tlsteer.sae.selection import FeatureStats
 from tlsteer.vector import SteeringVector
 
@@ -35,11 +38,13 @@ def setup(tiny_llama):
     neg[:, DOWN[0]] += 1.5
     pos[:, DENSE] += 5.0
     pos[:, FIRST] += 5.0
-    reps = ContrastReps(
+    reps = ContrastReps.from_rows(
         pos @ sae.W_dec.detach(),
         neg @ sae.W_dec.detach(),
         pos,
         neg,
+        hook_name=HOOK,
+        dictionary=sae_fingerprint(sae),
         class_means=torch.randn(3, d_in, generator=gen),
     )
     density = torch.full((D_SAE,), 0.01)
@@ -128,7 +133,10 @@ def test_build_methods_bad_input(tiny_llama, setup):
         build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["steer"])
     with pytest.raises(ValueError, match="non-empty instruction"):
         build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["prompting"])
-    pairs = ContrastReps(reps.raw_pos, reps.raw_pos, reps.feat_pos, reps.feat_pos, paired=True)
+    pairs = ContrastReps(
+        ContrastActivations(*[{HOOK: reps.raw_pos}] * 2, paired=True),
+        ContrastActivations(*[{HOOK: reps.feat_pos}] * 2, paired=True, dictionary=reps.features.dictionary),
+    )
     with pytest.raises(ValueError, match="mean_centred needs class means"):
         build_methods(tiny_llama, sae, HOOK, pairs, 3.0, stats, methods=["mean_centred"])
     with pytest.raises(ValueError, match="the direction is zero"):
@@ -138,6 +146,27 @@ def test_build_methods_bad_input(tiny_llama, setup):
     with pytest.raises(ValueError, match="scale must be > 0"):
         build_methods(tiny_llama, sae, HOOK, reps, 0.0, stats, methods=["caa"])
     with pytest.raises(ValueError, match="non-finite"):
-        ContrastReps(reps.raw_pos * float("nan"), reps.raw_neg, reps.feat_pos, reps.feat_neg)
+        ContrastReps.from_rows(
+            reps.raw_pos * float("nan"),
+            reps.raw_neg,
+            reps.feat_pos,
+            reps.feat_neg,
+            hook_name=HOOK,
+            dictionary="x",
+        )
     with pytest.raises(ValueError, match="as many positives as negatives"):
-        ContrastReps(reps.raw_pos, reps.raw_neg, reps.feat_pos, reps.feat_neg, paired=True)
+        ContrastReps.from_rows(
+            reps.raw_pos,
+            reps.raw_neg,
+            reps.feat_pos,
+            reps.feat_neg,
+            hook_name=HOOK,
+            dictionary="x",
+            paired=True,
+        )
+    with pytest.raises(ValueError, match="features must hold features, got activations"):
+        ContrastReps(reps.raw, reps.raw)  # the same rows twice: the feature space is not tagged
+    with pytest.raises(ValueError, match="raw_pos has 20 rows but feat_pos has 19"):
+        ContrastReps.from_rows(
+            reps.raw_pos, reps.raw_neg, reps.feat_pos[1:], reps.feat_neg, hook_name=HOOK, dictionary="x"
+        )

@@ -8,6 +8,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from tlsteer.contrast import ContrastActivations
 from tlsteer.eval.diagnostics import steerability
 from tlsteer.eval.plots import (
     plot_behaviour_curves,
@@ -17,7 +18,6 @@ from tlsteer.eval.plots import (
     plot_slope_histogram,
     plot_sweep_heatmap,
 )
-from tlsteer.extract import ContrastActivations
 
 HOOK = "blocks.1.hook_resid_post"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

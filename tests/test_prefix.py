@@ -1,4 +1,4 @@
-"""Prefix-shared extraction equals the plain run_with_cache path."""
+"""Prefix-shared reads equal the plain path (left-padded batches of whole prompts)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tlsteer
-from tlsteer.prefix import plan_pairs
+from tlsteer.prefix import pair_layouts
+from tlsteer.reading import plan_reads
 
 # Shared prefixes of different lengths in one batch (left-padded prefixes), suffixes of different
 # lengths within a pair, a pair with no common prefix, and a read index inside the common prefix.
@@ -46,15 +47,29 @@ def test_vectors_agree(tiny, point):
 
 
 def test_plan_shares_the_prefix_and_keeps_reads_in_suffixes(tiny_llama):
-    plans = plan_pairs(tiny_llama, PAIRS, tlsteer.Read.answer())
+    plan = plan_reads(tiny_llama, PAIRS, tlsteer.Read.answer())
+    plans = pair_layouts(plan.token_ids, plan.spans)
     first = plans[0]
     n_tokens = len(tlsteer.tokenize(tiny_llama, PAIRS[0].positive))
     assert len(first.prefix) == n_tokens - 2  # everything before the letter is shared
-    assert len(first.pos_suffix) == 2 and first.pos_read == 0
+    assert len(first.pos_suffix) == 2 and first.pos_span == (0, 1)
     assert plans[3].prefix == []  # "xyz" vs "abc def": nothing shared
-    assert plans[4].prefix == [] and plans[4].pos_read == 0  # read index 0 forbids a prefix
-    for plan in plans:
-        assert 0 <= plan.pos_read < len(plan.pos_suffix) and 0 <= plan.neg_read < len(plan.neg_suffix)
+    assert plans[4].prefix == [] and plans[4].pos_span == (0, 1)  # read index 0 forbids a prefix
+    for layout in plans:
+        for (start, end), suffix in (
+            (layout.pos_span, layout.pos_suffix),
+            (layout.neg_span, layout.neg_suffix),
+        ):
+            assert 0 <= start < end <= len(suffix)
+    # a mean read shares the prefix up to where its span begins; over every token, nothing is shared
+    spans = pair_layouts(*_plan(tiny_llama, tlsteer.Read.mean((-3, None))))
+    assert len(spans[0].prefix) == n_tokens - 3 and spans[0].pos_span == (0, 3)
+    assert all(layout.prefix == [] for layout in pair_layouts(*_plan(tiny_llama, tlsteer.Read.mean())))
+
+
+def _plan(model, read):
+    plan = plan_reads(model, PAIRS, read)
+    return plan.token_ids, plan.spans
 
 
 def test_other_aggregators_use_the_shared_path_too(tiny_llama):
@@ -80,7 +95,8 @@ def test_head_shared_by_every_prefix(tiny):
         tlsteer.ContrastPair(f"{head}{q}<|end|><|assistant|>(A)", f"{head}{q}<|end|><|assistant|>(B)", -2)
         for q in ["Is water wet?", "Do cats fly?", "Is 2+2 four, really?"]
     ] + [tlsteer.ContrastPair(f"{head}yes", f"{head}no", -1)]
-    plans = plan_pairs(tiny, pairs, tlsteer.Read.last())
+    plan = plan_reads(tiny, pairs, tlsteer.Read.last())
+    plans = pair_layouts(plan.token_ids, plan.spans)
     head_len = len(tlsteer.tokenize(tiny, head))
     assert min(len(p.prefix) for p in plans) == head_len  # the last pair's prefix is the head itself
     for batch_size in (1, 2, 8):

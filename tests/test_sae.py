@@ -15,6 +15,7 @@ import tlsteer
 from tests.conftest import count_hooks
 from tests.conftest import step_logits as generate_steps
 from tlsteer import ContrastPair, ContrastSet, Positions, Steering
+from tlsteer.dictionary import fingerprint
 from tlsteer.sae import (
     FeatureVector,
     encode,
@@ -135,7 +136,9 @@ def test_saes_that_do_not_fit_the_model_are_refused(tiny_llama):
         feature_steering(model, random_sae(hook=None), [1], values=1.0)
     with pytest.raises(ValueError, match=r"normalize_activations='layer_norm'"):
         encode(model, random_sae(normalize_activations="layer_norm"), PROMPTS)
-    with pytest.raises(TypeError, match="expected a sae-lens SAE .* lacking encode, decode, W_dec"):
+    with pytest.raises(
+        TypeError, match=r"expected a sae-lens SAE or a feature dictionary .* got object, which has no W_dec"
+    ):
         encode(model, object(), PROMPTS)
     assert count_hooks(model) == 0
 
@@ -203,14 +206,55 @@ def test_encode_contrast_pairs_and_sets(tiny_llama, topk_sae):
     model, sae = tiny_llama, topk_sae
     pairs = [ContrastPair("abc def", "abc xyz", read_index=-2), ("hello you", "bye")]
     got = encode(model, sae, pairs)
-    assert got.paired and got.positive.shape == got.negative.shape == (2, 64)
-    torch.testing.assert_close(got.positive[0], enc(sae, resid(model, "abc def")[-2]), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(got.negative[1], enc(sae, resid(model, "bye")[-1]), atol=1e-4, rtol=1e-5)
+    # the core's one contrast container, at the SAE's hook, tagged with the SAE's fingerprint
+    assert isinstance(got, tlsteer.ContrastActivations) and got.hooks == [HOOK]
+    assert got.space == "features" and got.dictionary == sae_fingerprint(sae)
+    pos, neg = got.rows()
+    assert got.paired and pos.shape == neg.shape == (2, 64)
+    torch.testing.assert_close(pos[0], enc(sae, resid(model, "abc def")[-2]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(neg[1], enc(sae, resid(model, "bye")[-1]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got.mean_difference(), pos.mean(0) - neg.mean(0), atol=0, rtol=0)
     spans = encode(model, sae, PAIRS, read=tlsteer.Read.mean([(0, 2), (1, None), (0, 3)]))
     h = resid(model, PAIRS[1][1])
-    torch.testing.assert_close(spans.negative[1], enc(sae, h[1:]).mean(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(spans.negative[HOOK][1], enc(sae, h[1:]).mean(0), atol=1e-4, rtol=1e-5)
     sets = encode(model, sae, ContrastSet(["a", "bb", "ccc"], ["dd"]))
-    assert not sets.paired and sets.positive.shape == (3, 64) and sets.negative.shape == (1, 64)
+    assert not sets.paired and sets.positive[HOOK].shape == (3, 64) and sets.negative[HOOK].shape == (1, 64)
+
+
+class LinearBook:
+    """A feature dictionary that is no SAE (no W_dec, no cfg): features are ``acts @ w``."""
+
+    def __init__(self, w, hook_name=HOOK):
+        self.w, self.hook_name, self.d_model, self.width = w, hook_name, w.shape[0], w.shape[1]
+
+    def encode(self, acts):
+        return acts.float() @ self.w
+
+    def decode(self, features):
+        return features.float() @ self.w.T
+
+    def decoder_rows(self, ids):
+        return self.w.T[ids]
+
+    def decode_change(self, df, ids):
+        return df.float() @ self.decoder_rows(ids)
+
+
+def test_encode_takes_any_feature_dictionary(tiny_llama):
+    model = tiny_llama
+    book = LinearBook(torch.randn(32, 5, generator=torch.Generator().manual_seed(3)))
+    half = tlsteer.Read.mean(lambda prompt, ids: (len(ids) // 2, len(ids)))
+    got = encode(model, book, PROMPTS, read=half, batch_size=2)
+    ref = torch.stack([(h[h.shape[0] // 2 :] @ book.w).mean(0) for h in (resid(model, p) for p in PROMPTS)])
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
+    contrast = encode(model, book, PAIRS)
+    assert contrast.dictionary == fingerprint(book) and contrast.hooks == [HOOK] and contrast.paired
+    pos, neg = contrast.rows()
+    torch.testing.assert_close(neg[1], resid(model, PAIRS[1][1])[-1] @ book.w, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"disagrees with the dictionary's own hook"):
+        encode(model, book, PROMPTS, hook_name="blocks.2.hook_resid_post")
+    with pytest.raises(KeyError, match=r"layer 9 is out of range"):
+        encode(model, LinearBook(book.w, "blocks.9.hook_resid_post"), PROMPTS)
 
 
 def test_encode_read_errors(tiny_llama, standard_sae):
@@ -309,7 +353,7 @@ def test_to_steering_vector_decodes_values_at_w_dec(tiny_llama, sae, standard_sa
     assert vec.hooks == [HOOK] and vec.metadata.aggregator == "sae:paired" and vec.metadata.n_pairs == 3
     torch.testing.assert_close(vec[HOOK], fv.values @ sae.W_dec.detach(), atol=1e-6, rtol=1e-6)
     other = topk_sae if sae is standard_sae else standard_sae
-    with pytest.raises(ValueError, match="belongs to another SAE"):
+    with pytest.raises(ValueError, match="belongs to another dictionary"):
         fv.to_steering_vector(other)
 
 
@@ -336,7 +380,7 @@ def test_encode_steering_vector_is_the_sae_encoding_of_the_direction(tiny_llama,
     fv = encode_steering_vector(standard_sae, vec)
     torch.testing.assert_close(fv.values, enc(standard_sae, vec[HOOK][None])[0])
     assert fv.formula == "encoded_steering_vector" and "negative control" in fv.note
-    with pytest.raises(KeyError, match="no direction at the SAE's hook 'blocks.1.hook_resid_post'"):
+    with pytest.raises(KeyError, match="no direction at the dictionary's hook 'blocks.1.hook_resid_post'"):
         encode_steering_vector(standard_sae, tlsteer.SteeringVector({"blocks.2.hook_resid_post": vec[HOOK]}))
 
 
@@ -347,7 +391,7 @@ def hand_made():
 
 def test_selection_filters_on_a_hand_made_vector():
     fv = hand_made()
-    assert fv.features == [1, 2, 3, 4, 5] and fv.d_sae == 6
+    assert fv.features == [1, 2, 3, 4, 5] and fv.width == fv.d_sae == 6
     assert fv.top_k(2).features == [1, 2] and fv.top_k(10).features == [1, 2, 3, 4, 5]
     assert fv.sign("positive").features == [1, 3, 5] and fv.sign("negative").features == [2, 4]
     dens = torch.tensor([0.9, 0.1, 0.6, 0.2, 0.3, 0.8])
@@ -374,7 +418,7 @@ def test_feature_vector_is_a_value():
     assert fv == same and hash(fv) == hash(same) and fv != fv.drop(1)
     with pytest.raises(ValueError, match="values must be finite; feature 2 is nan"):
         FeatureVector(torch.tensor([0.0, 1.0, float("nan")]), HOOK, "abc")
-    with pytest.raises(ValueError, match="densities has 3 entries but the vector has d_sae=6"):
+    with pytest.raises(ValueError, match="densities has 3 entries but the vector has width=6"):
         hand_made().max_density(0.1, torch.zeros(3))
     with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         hand_made().top_k(0)
@@ -383,7 +427,7 @@ def test_feature_vector_is_a_value():
     with pytest.raises(ValueError, match="sign must be 'positive' or 'negative', got 'pos'"):
         hand_made().sign("pos")
     with pytest.raises(
-        IndexError, match=r"feature 6 is out of range: the SAE has d_sae=6 features \(valid: 0..5\)"
+        IndexError, match=r"feature 6 is out of range: the vector has width=6 features \(valid: 0..5\)"
     ):
         hand_made().drop([6])
 
@@ -458,10 +502,10 @@ def test_feature_vector_steering_equals_its_steering_vector(tiny_llama, standard
     assert (got - model(tokens)).abs().max() > 1e-2
     with pytest.raises(ValueError, match="a FeatureVector is added in feature space"):
         feature_edit(sae, fv, "clamp")
-    with pytest.raises(ValueError, match="belongs to another SAE"):
+    with pytest.raises(ValueError, match="belongs to another dictionary"):
         feature_edit(random_sae(seed=9), fv)
     bare = random_sae(hook=None)  # an SAE without a hook name: the vector's hook is used
-    bare_fv = FeatureVector.from_sae(bare, fv.values, HOOK)
+    bare_fv = FeatureVector.from_dictionary(bare, fv.values, HOOK)
     assert feature_edit(bare, bare_fv).hook_name == HOOK
     with pytest.raises(
         ValueError, match=r"the FeatureVector is at 'blocks.1.hook_resid_post', not at hook_name="
@@ -579,7 +623,7 @@ def test_hooks_are_removed_after_an_exception_and_by_the_handle(tiny_llama, stan
 def test_edit_errors(tiny_llama, standard_sae):
     sae = standard_sae
     with pytest.raises(
-        IndexError, match=r"feature 64 is out of range: the SAE has d_sae=64 features \(valid: 0..63\)"
+        IndexError, match=r"feature 64 is out of range: the dictionary has width=64 features \(valid: 0..63\)"
     ):
         feature_edit(sae, [3, 64], "add", values=1.0)
     with pytest.raises(ValueError, match="values must be finite; entry 1 is nan"):
@@ -600,7 +644,7 @@ def test_edit_errors(tiny_llama, standard_sae):
 
 
 def hand_made_for(sae):
-    return FeatureVector.from_sae(sae, torch.ones(64))
+    return FeatureVector.from_dictionary(sae, torch.ones(64))
 
 
 def test_sweep_engine_takes_a_feature_edit(tiny_llama, standard_sae):

@@ -16,6 +16,7 @@ from tlsteer.aggregators import (
 )
 from tlsteer.caa import train_steering_vector
 from tlsteer.classes import ClassDataset, class_reads, load_class_dataset
+from tlsteer.contrast import ContrastActivations
 from tlsteer.data import (
     ContrastPair,
     ContrastSet,
@@ -25,7 +26,7 @@ from tlsteer.data import (
     load_neutral_text,
 )
 from tlsteer.decode import generate, generate_tokens
-from tlsteer.extract import ContrastActivations, extract_activations, read_activations
+from tlsteer.extract import extract_activations, read_activations
 from tlsteer.hooks import remove_all_steering
 from tlsteer.invariants import check_invariants
 from tlsteer.models import load_model

@@ -116,7 +116,7 @@ def logistic_aggregator(**sklearn_kwargs: Any) -> Aggregator:
 def aggregate_activations(
     acts: Any, aggregator: Aggregator | None = None
 ) -> dict[str, Float[Tensor, " d_model"]]:
-    """Apply ``aggregator`` at every hook of a :class:`~tlsteer.extract.ContrastActivations`.
+    """Apply ``aggregator`` at every hook of a :class:`~tlsteer.contrast.ContrastActivations`.
 
     ``None`` picks :func:`mean_aggregator` for paired data and :func:`class_mean_aggregator`
     for unpaired data.

@@ -11,8 +11,8 @@ from tlsteer._types import hook_name, resolve_layers, validate_hook_point
 from tlsteer.aggregators import Aggregator, aggregate_activations, mean_aggregator
 from tlsteer.data import ContrastPair, ContrastSet, as_contrast_data, data_hash
 from tlsteer.extract import extract_activations
-from tlsteer.prefix import iter_pair_activations
 from tlsteer.read import Read, as_read
+from tlsteer.reading import iter_reads, plan_reads
 from tlsteer.vector import SteeringVector, VectorMetadata
 
 __all__ = ["train_steering_vector"]
@@ -52,9 +52,10 @@ def train_steering_vector(
             difference of class means (:class:`ContrastSet`).
         batch_size: Prompts per forward pass.
         show_progress: Show a tqdm progress bar.
-        share_prefix: Run each pair's common prefix once (see :func:`extract_activations`). With
-            the default mean aggregator the pairs are then reduced to running sums batch by
-            batch, so memory does not grow with the number of pairs.
+        share_prefix: Run each pair's common prefix once (see :func:`extract_activations`).
+
+    With the default mean aggregator, pairs are reduced to running sums batch by batch, so memory
+    does not grow with the number of pairs; other aggregators see every activation.
 
     Example:
         >>> pairs = tlsteer.load_builtin_dataset("sentiment", model)  # doctest: +SKIP
@@ -64,8 +65,8 @@ def train_steering_vector(
     read = as_read(read, Read.answer())
     streaming = getattr(mean_aggregator() if aggregator is None else aggregator, "streaming", None)
     paired = not isinstance(data, ContrastSet)
-    if share_prefix and streaming == "paired_mean" and paired and read.is_position:
-        directions = _streamed_mean(model, data, layers, hook, read, batch_size, show_progress)
+    if streaming == "paired_mean" and paired:
+        directions = _streamed_mean(model, data, layers, hook, read, batch_size, show_progress, share_prefix)
     else:
         acts = extract_activations(
             model,
@@ -105,13 +106,25 @@ def _streamed_mean(
     read: Read,
     batch_size: int,
     show_progress: bool,
+    share_prefix: bool,
 ) -> dict[str, torch.Tensor]:
     """Mean of paired differences from running sums (float64), one batch in memory at a time."""
     validate_hook_point(hook)
-    layer_list = resolve_layers(model, layers)
-    hooks = [hook_name(layer, hook) for layer in layer_list]
+    hooks = [hook_name(layer, hook) for layer in resolve_layers(model, layers)]
+    plan = plan_reads(model, pairs, read)  # pair i is rows i (positive) and n + i (negative)
+    n = plan.n_positive
     sums = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
-    for batch in iter_pair_activations(model, pairs, hooks, read, batch_size, show_progress):
+    batches = iter_reads(
+        model,
+        plan,
+        hooks,
+        batch_size=batch_size,
+        share_prefix=share_prefix,
+        show_progress=show_progress,
+        desc="pairs",
+    )
+    for batch in batches:
+        sign = torch.tensor([1.0 if i < n else -1.0 for i in batch.indices], dtype=torch.float64)
         for h in hooks:
-            sums[h] += (batch.positive[h].double() - batch.negative[h].double()).sum(dim=0)
-    return {h: (s / len(pairs)).float() for h, s in sums.items()}
+            sums[h] += sign @ batch.rows[h].double()
+    return {h: (s / n).float() for h, s in sums.items()}

@@ -402,8 +402,8 @@ def class_reads(
 
     ``read`` defaults to :meth:`Read.reply <tlsteer.Read.reply>`: the mean over the reply tokens
     (a plain text: every token but the first); any position or mean read works too.
-    ``transform`` maps activation rows before the mean (an SAE's ``encode``; then give its
-    ``d_out``). All classes are read in one batched stream.
+    ``transform`` maps activation rows before the mean (an SAE's ``encode``); ``d_out``, when
+    given, is checked against the width it returns. All classes are read in one batched stream.
     """
     if not isinstance(dataset, ClassDataset):
         raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
@@ -416,7 +416,9 @@ def class_reads(
         plan = plan_reads(model, texts, Read.mean(_response_span(model, dataset)))
     else:
         plan = plan_reads(model, texts, read)
-    rows = read_all(model, hook, plan, transform or (lambda x: x), d_out or model.cfg.d_model, batch_size)
+    rows = read_all(model, plan, [hook], transform=transform, batch_size=batch_size)[hook]
+    if d_out is not None and rows.shape[1] != d_out:
+        raise ValueError(f"the transform returns rows of width {rows.shape[1]}, but d_out={d_out}")
     out, at = {}, 0
     for c in dataset.classes:
         n = len(dataset.examples[c])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,11 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt
+from tlsteer.fast_decode import FastDecoder, unheard_hooks, unsupported
 from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import decode_tokens, eos_token_id, left_pad, pad_token_id, tokenize_prompts
 
-__all__ = ["Generations", "choose_next_tokens", "generate", "generate_tokens"]
+__all__ = ["Generations", "choose_next_tokens", "decode_path", "generate", "generate_tokens"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def generate_tokens(
     keep_logits: bool = False,
     show_progress: bool = False,
     check_model: bool = True,
+    fast: bool = True,
 ) -> Generations:
     """Generate a continuation of every prompt, batched, steered, row by row as if alone.
 
@@ -152,6 +154,10 @@ def generate_tokens(
         keep_logits: Keep each step's logits in the result.
         show_progress: A progress bar over batches.
         check_model: Refuse a steering made for another model (``False`` steers anyway).
+        fast: Decode with :mod:`tlsteer.fast_decode` where it applies (the same weights, hook
+            points and hook semantics; per-step logits equal TransformerLens's forward within
+            float error); ``False``, or a model or hook it does not cover
+            (:func:`decode_path` says which), runs TransformerLens's forward at every step.
 
     Example:
         >>> out = generate_tokens(model, ["Hi!"], vec.steering(4.0), max_new_tokens=8)  # doctest: +SKIP
@@ -160,7 +166,12 @@ def generate_tokens(
     steering = as_steering(steering)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch_size = check_batch_size(batch_size)
-    for name, flag in (("do_sample", do_sample), ("chat", chat), ("stop_at_eos", stop_at_eos)):
+    for name, flag in (
+        ("do_sample", do_sample),
+        ("chat", chat),
+        ("stop_at_eos", stop_at_eos),
+        ("fast", fast),
+    ):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     prompts = _prompt_list(prompts)
@@ -193,6 +204,7 @@ def generate_tokens(
                 [seeds[i] for i in batch],
                 eos,
                 keep_logits,
+                fast,
             )
             for i, (tokens, logits) in zip(batch, rows, strict=True):
                 new[i], logits_out[i] = tokens, logits
@@ -217,6 +229,7 @@ def _generate_batch(
     seeds: list[int],
     eos: int | None,
     keep_logits: bool,
+    fast: bool,
 ) -> list[tuple[list[int], list[Tensor]]]:
     tokens, mask = left_pad(model, ids)
     n_rows, width = tokens.shape
@@ -224,7 +237,6 @@ def _generate_batch(
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds] if do_sample else []
     # checked by the caller; check_model=False here so the opt-out holds
     hooks = steering.hooks(model, check_model=False, row_shift=[width - len(i) for i in ids])
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n_rows)
     done = torch.zeros(n_rows, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in ids]
     kept: list[list[Tensor]] = [[] for _ in ids]
@@ -232,12 +244,21 @@ def _generate_batch(
     ones = torch.ones(n_rows, 1, dtype=mask.dtype, device=device)
     # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
     with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
-        logits = model(tokens, attention_mask=mask, past_kv_cache=cache)[:, -1]
+        if fast and decode_path(model) == "fast":
+            decoder = FastDecoder(model, n_rows, width + max_new_tokens)
+            logits = decoder.prefill(tokens, mask)
+            forward: Callable[[Tensor], Tensor] = decoder.step
+        else:
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n_rows)
+            logits = model(tokens, attention_mask=mask, past_kv_cache=cache)[:, -1]
+            forward = _cached_forward(model, cache, ones)
+
         for step in range(max_new_tokens):
             chosen = choose_next_tokens(logits, do_sample, temperature, top_k, top_p, gens)
-            for r in range(n_rows):
-                if not done[r]:
-                    out[r].append(int(chosen[r]))
+            finished = done.tolist()
+            for r, token in enumerate(chosen.tolist()):
+                if not finished[r]:
+                    out[r].append(token)
                     if keep_logits:
                         kept[r].append(logits[r].float().cpu())
             if eos is not None:
@@ -245,8 +266,39 @@ def _generate_batch(
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             feed = torch.where(done, torch.full_like(chosen, pad_id), chosen)[:, None]
-            logits = model(feed, attention_mask=ones, past_kv_cache=cache)[:, -1]
+            logits = forward(feed)
     return list(zip(out, kept, strict=True))
+
+
+def _cached_forward(
+    model: HookedTransformer, cache: TransformerLensKeyValueCache, ones: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """TransformerLens's forward of one token per row with its KV cache: the next logits."""
+
+    def forward(feed: Tensor) -> Tensor:
+        return model(feed, attention_mask=ones, past_kv_cache=cache)[:, -1]
+
+    return forward
+
+
+def decode_path(model: HookedTransformer) -> str:
+    """``"fast"`` where :mod:`tlsteer.fast_decode` covers ``model`` and the hooks on it now, else
+    why TransformerLens's forward decodes instead.
+
+    Example:
+        >>> from tlsteer.models import tiny_model
+        >>> decode_path(tiny_model("llama"))
+        'fast'
+        >>> decode_path(tiny_model("gpt2"))[:54]
+        "TransformerLens forward: positional_embedding_type='st"
+    """
+    reason = unsupported(model)
+    if reason is None:
+        unheard = unheard_hooks(model)
+        if unheard:
+            more = " ..." if len(unheard) > 3 else ""
+            reason = f"hooks on {', '.join(unheard[:3])}{more}, which it does not compute"
+    return "fast" if reason is None else f"TransformerLens forward: {reason}"
 
 
 def generate(

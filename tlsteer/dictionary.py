@@ -4,7 +4,9 @@ A *feature dictionary* reads the residual stream at one hook and writes it as ``
 an SAE (:func:`tlsteer.sae.adapter.as_feature_dictionary` adapts a sae-lens SAE), a codebook, a
 transcoder. :class:`FeatureDictionary` is the :class:`typing.Protocol` the rest of tlsteer codes
 against, so that evaluation (:func:`tlsteer.eval.feature_token_view`, say) never imports the
-package that supplies one. This module owns the protocol, the check that an object satisfies it
+package that supplies one, and every feature-level function of :mod:`tlsteer.sae` works on any
+dictionary. This module owns the protocol (with its one decoding path,
+:meth:`FeatureDictionary.decode_change`), the check that an object satisfies it
 (:func:`check_feature_dictionary`, with errors that name what is missing), feature-id checks
 (:func:`check_feature_ids`) and the fingerprint of a decoder (:func:`fingerprint`).
 """
@@ -23,9 +25,11 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import is_int, validate_hook_name
 
 __all__ = [
+    "MEMBERS",
     "FeatureDictionary",
     "check_feature_dictionary",
     "check_feature_ids",
+    "feature_dictionary_lacks",
     "fingerprint",
     "weights_fingerprint",
 ]
@@ -35,10 +39,22 @@ __all__ = [
 class FeatureDictionary(Protocol):
     """``width`` features read from, and written to, the ``d_model``-sized residual at ``hook_name``.
 
-    ``encode``, ``decode`` and ``decoder_rows`` take inputs on any device (and activations in any
-    float dtype): a dictionary moves them to its own, and returns on its own device.
-    ``decoder_rows(ids)`` are the directions the features write: ``decode(f + df) - decode(f)`` is
-    ``df @ decoder_rows(all ids)`` for a dictionary whose decoder is linear in the features.
+    ``encode``, ``decode``, ``decoder_rows`` and ``decode_change`` take inputs on any device (and
+    activations in any float dtype): a dictionary moves them to its own, and returns on its own
+    device. ``decoder_rows(ids)`` are the directions the features write: ``decode(f + df) -
+    decode(f)`` is ``df @ decoder_rows(all ids)`` for a dictionary whose decoder is linear in the
+    features. Every place in tlsteer that turns a change of features into a residual direction
+    calls :meth:`decode_change`; a class that subclasses this protocol inherits that linear one.
+
+    Example:
+        >>> class Identity(FeatureDictionary):  # a linear decoder: it inherits decode_change
+        ...     hook_name, width, d_model = "blocks.1.hook_resid_post", 3, 3
+        ...     def encode(self, acts): return acts.float()
+        ...     def decode(self, features): return features.float()
+        ...     def decoder_rows(self, ids): return torch.eye(3)[ids]
+        >>> book = check_feature_dictionary(Identity())
+        >>> book.decode_change(torch.tensor([2.0, -1.0]), torch.tensor([0, 2])).tolist()
+        [2.0, 0.0, -1.0]
     """
 
     @property
@@ -68,9 +84,36 @@ class FeatureDictionary(Protocol):
         """The decoder directions of the features ``ids``."""
         ...
 
+    def decode_change(
+        self, df: Float[Tensor, "... n"], ids: Int[Tensor, " n"]
+    ) -> Float[Tensor, "... d_model"]:
+        """How the reconstruction moves when features ``ids`` move by ``df``: ``decode(f + df) - decode(f)``.
 
-_METHODS = ("encode", "decode", "decoder_rows")
+        The one decoding path of tlsteer: a feature vector's steering vector, a feature edit, a
+        decoded class direction and an output score all come from it. It does not depend on
+        ``f``, and a zero ``df`` gives exactly zero (no bias enters). For a decoder linear in the
+        features it is ``df @ decoder_rows(ids)``, the body here. A decoder that is affine in the
+        features in another way says so by overriding it (the sae-lens adapter measures a decoder
+        that rescales by its decoder norms through ``decode(df) - decode(0)``). A decoder that is
+        not affine in the features (one that normalises each input at run time) has no change
+        independent of ``f``: what this method returns is what tlsteer adds, so such a
+        dictionary returns its linear part, and steering with it is first order, not
+        ``decode(f_edited) - decode(f)`` (the sae-lens adapter refuses such SAEs instead).
+        """
+        rows = self.decoder_rows(ids)
+        return df.to(device=rows.device, dtype=rows.dtype) @ rows
+
+
+_METHODS = ("encode", "decode", "decoder_rows", "decode_change")
 _SIZES = ("width", "d_model")
+MEMBERS = ", ".join(("hook_name", *_SIZES, *_METHODS))
+"""The members of :class:`FeatureDictionary`, as error messages list them."""
+
+
+def feature_dictionary_lacks(dictionary: object) -> list[str]:
+    """The members of :class:`FeatureDictionary` that ``dictionary`` lacks (empty when it has all)."""
+    missing = [a for a in ("hook_name", *_SIZES) if not hasattr(dictionary, a)]
+    return missing + [a for a in _METHODS if not callable(getattr(dictionary, a, None))]
 
 
 def check_feature_dictionary(dictionary: Any, model: HookedTransformer | None = None) -> FeatureDictionary:
@@ -82,8 +125,7 @@ def check_feature_dictionary(dictionary: Any, model: HookedTransformer | None = 
     Example:
         >>> check_feature_dictionary(as_feature_dictionary(sae), model)  # doctest: +SKIP
     """
-    missing = [a for a in ("hook_name", *_SIZES) if not hasattr(dictionary, a)]
-    missing += [a for a in _METHODS if not callable(getattr(dictionary, a, None))]
+    missing = feature_dictionary_lacks(dictionary)
     if missing:
         hint = (
             "; adapt a sae-lens SAE with tlsteer.sae.adapter.as_feature_dictionary(sae)"
@@ -91,7 +133,7 @@ def check_feature_dictionary(dictionary: Any, model: HookedTransformer | None = 
             else ""
         )
         raise TypeError(
-            "expected a feature dictionary (hook_name, width, d_model, encode, decode, decoder_rows), "
+            f"expected a feature dictionary ({MEMBERS}), "
             f"got {type(dictionary).__name__} lacking {', '.join(missing)}" + hint
         )
     name = dictionary.hook_name
@@ -158,7 +200,7 @@ def fingerprint(dictionary: FeatureDictionary) -> str:
     """The fingerprint of a dictionary's decoder rows: ties what was read or built to its dictionary.
 
     For an adapted SAE it equals :func:`tlsteer.sae.adapter.sae_fingerprint` (the same hash of
-    ``W_dec``).
+    ``W_dec``), so feature vectors and results saved before dictionaries were generic still match.
     """
     rows = dictionary.decoder_rows(torch.arange(dictionary.width))
     return weights_fingerprint(rows)

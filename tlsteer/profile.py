@@ -15,7 +15,7 @@ columns). In either space a column is called a ``feature`` (for raw space, a res
 - :meth:`~ClassProfile.direction` (mean of b minus mean of a) and
   :meth:`~ClassProfile.mean_centred` (a class mean minus the mean of all class means; Jorgensen
   et al. 2023) as core ``SteeringVector``\\ s at the hook (raw space here; the SAE module decodes
-  feature-space ones through ``W_dec``).
+  feature-space ones through the dictionary's ``decode_change``).
 
 The representations are kept per example (``n x d`` floats per space) because AUROC and the
 bootstrap need them; class means are computed from them.

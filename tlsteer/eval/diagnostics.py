@@ -22,9 +22,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tlsteer._types import parse_hook_name
+from tlsteer.contrast import ContrastActivations
 from tlsteer.errors import format_options
 from tlsteer.eval.ab import ABResult
-from tlsteer.extract import ContrastActivations
 from tlsteer.vector import SteeringVector
 
 __all__ = [

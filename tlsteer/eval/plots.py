@@ -18,9 +18,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tlsteer._types import parse_hook_name
+from tlsteer.contrast import ContrastActivations
 from tlsteer.errors import format_options
 from tlsteer.eval.diagnostics import Steerability
-from tlsteer.extract import ContrastActivations
 
 __all__ = [
     "plot_behaviour_curves",

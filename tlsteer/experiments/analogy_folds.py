@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.analogy import (
@@ -34,8 +35,9 @@ from tlsteer.analogy import (
     relation_contrast,
 )
 from tlsteer.caa import train_steering_vector
+from tlsteer.dictionary import FeatureDictionary
 from tlsteer.read import Read
-from tlsteer.sae.adapter import SAELike, logit_lens
+from tlsteer.sae.adapter import SAELike, as_feature_dictionary, logit_lens
 from tlsteer.sae.formulas import feature_vector
 
 __all__ = ["SCORED", "AnalogyFolds", "analogy_folds", "shared_features"]
@@ -170,7 +172,7 @@ def analogy_folds(
 
 def shared_features(
     model: HookedTransformer,
-    sae: SAELike,
+    sae: SAELike | FeatureDictionary,
     domains: Mapping[str, AnalogyDomain],
     *,
     shots: int = 5,
@@ -184,6 +186,7 @@ def shared_features(
     Returns ``{"top20": {domain: features}, "top20_overlap": [[shared counts]], "shared_features":
     {feature: {"domains", "promotes"}}}`` (``top20`` names the list whatever ``k`` is).
     """
+    dictionary = as_feature_dictionary(sae, model=model)
     names = list(domains)
     top = {
         name: feature_vector(
@@ -200,7 +203,7 @@ def shared_features(
     counts = Counter(f for feats in top.values() for f in feats)
     lens = {}
     for feat in sorted(f for f, c in counts.items() if c >= min_domains):
-        promoted, _ = logit_lens(model, sae.W_dec[feat], lens_tokens)
+        promoted, _ = logit_lens(model, dictionary.decoder_rows(torch.tensor([feat]))[0], lens_tokens)
         lens[feat] = {"domains": [n for n in names if feat in top[n]], "promotes": [t for t, _ in promoted]}
     overlap = [[len(set(top[a]) & set(top[b])) for b in names] for a in names]
     return {"top20": top, "top20_overlap": overlap, "shared_features": lens}

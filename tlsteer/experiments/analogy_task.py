@@ -29,9 +29,9 @@ from tlsteer._types import check_batch_size, is_int
 from tlsteer.analogy import AnalogyDomain, answer_token, neutral_prompt, relation_contrast
 from tlsteer.data import ContrastPair
 from tlsteer.decode import generate_tokens
-from tlsteer.experiments.cells import cell_steerings, interval
-from tlsteer.experiments.contrasts import contrast_from_pairs
-from tlsteer.experiments.methods import ContrastReps, Method
+from tlsteer.experiments.cells import UNSTEERED, Cell, CellKey, calibration_fields, cell_steerings, interval
+from tlsteer.experiments.contrasts import ContrastReps, contrast_from_pairs
+from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
 from tlsteer.sae.adapter import SAELike
 from tlsteer.steering import Steering
@@ -164,14 +164,15 @@ def run_analogy_task(
     *,
     n_resamples: int = 1000,
     batch_size: int = 32,
-) -> dict[str, Any]:
+) -> dict[CellKey, Cell]:
     """Top-k (``success``) and top-1 accuracy of the answer's first token on the test pairs, per cell.
 
-    Cells: ``"unsteered"``, ``"<method>@<budget>"`` for a method with a strength (at the calibrated
-    strength) and the method's name alone for prompting. Each holds ``success`` and ``top1`` as
-    ``{"value", "low", "high"}`` (a seeded 95% bootstrap over test pairs), ``n_test_pairs``, and
-    for a method's cell ``strength``, ``kl_mean``, ``kl_p95`` and ``reached`` from its calibration.
-    Every cell's prompts are scored in batches (:func:`analogy_ranks`).
+    Cells: ``("unsteered", None)``, ``(method, budget)`` for a method with a strength (at the
+    calibrated strength) and ``(method, None)`` for prompting. Each
+    :class:`~tlsteer.experiments.cells.Cell` holds ``success`` and ``top1`` with a seeded 95%
+    bootstrap interval over test pairs, ``n_test_pairs``, and for a method's cell ``strength``,
+    ``kl_mean``, ``kl_p95`` and ``reached`` from its calibration. Every cell's prompts are scored
+    in batches (:func:`analogy_ranks`).
 
     Args:
         model: The model the methods were built for.
@@ -186,29 +187,17 @@ def run_analogy_task(
     missing = [name for name in methods if name not in calibrations]
     if missing:
         raise ValueError(f"method {missing[0]!r} has no calibration; calibrate every method first")
-    train, test = task.parts()
+    _, test = task.parts()
     plan = cell_steerings(methods, calibrations)
-    cells: dict[str, Any] = {}
-    for key, steering in {"unsteered": Steering(), **{k: v[0] for k, v in plan.items()}}.items():
+    cells: dict[CellKey, Cell] = {}
+    for key, steering in {UNSTEERED: Steering(), **{k: v[0] for k, v in plan.items()}}.items():
         ranks = analogy_ranks(model, steering, test, batch_size)
-        cell = {
-            "success": interval([float(r < task.k) for r in ranks], n_resamples),
-            "top1": interval([float(r == 0) for r in ranks], n_resamples),
-            "n_test_pairs": len(test),
-        }
-        if key in plan:
-            cal = plan[key][1]
-            cell.update(
-                strength=None if cal["strength"] is None else float(cal["strength"]),
-                kl_mean=float(cal["kl_mean"]),
-                kl_p95=float(cal["kl_p95"]),
-                reached=bool(cal["reached"]),
-            )
-        cells[key] = cell
-    return {
-        "cells": cells,
-        "k": int(task.k),
-        "n_shots": int(task.n_shots),
-        "n_train_pairs": len(train),
-        "n_test_pairs": len(test),
-    }
+        cells[key] = Cell(
+            key[0],
+            key[1],
+            success=interval([float(r < task.k) for r in ranks], n_resamples),
+            top1=interval([float(r == 0) for r in ranks], n_resamples),
+            n_test_pairs=len(test),
+            **(calibration_fields(plan[key][1]) if key in plan else {}),
+        )
+    return cells

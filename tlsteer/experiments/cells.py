@@ -6,13 +6,18 @@ divergence from the unsteered model on neutral text reaches the budget (:func:`c
 bisection in log strength; prompting has no strength and is measured as it is). The neutral text
 is never a test prompt. :func:`cell_steerings` turns the calibrations into one :class:`Steering`
 per cell, which a task scores on its test data (:mod:`tlsteer.experiments.class_task`,
-:mod:`tlsteer.experiments.ab_task`, :mod:`tlsteer.experiments.analogy_task`); every rate comes with
-a 95% bootstrap interval (:func:`interval`).
+:mod:`tlsteer.experiments.ab_task`, :mod:`tlsteer.experiments.analogy_task`) into a :class:`Cell`;
+every rate comes with a 95% bootstrap interval (:class:`Interval`, :func:`interval`).
+
+A cell is keyed by :data:`CellKey`, ``(method, budget)``: ``("caa", 0.5)``; ``budget`` is ``None``
+for ``"unsteered"`` and for a method without a strength (``"prompting"``, measured once).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,136 @@ from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
 
-__all__ = ["calibrate_method", "cell_steerings", "interval"]
+__all__ = [
+    "UNSTEERED",
+    "Cell",
+    "CellKey",
+    "Interval",
+    "calibrate_method",
+    "calibration_fields",
+    "cell_steerings",
+    "interval",
+]
+
+CellKey = tuple[str, float | None]
+"""``(method, budget)``: a cell's key; ``budget`` is ``None`` for ``"unsteered"`` and ``"prompting"``."""
+
+UNSTEERED: CellKey = ("unsteered", None)
+"""The key of the unsteered cell (the model as it is, scored on the same test data)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A rate and its seeded 95% bootstrap interval over the sampled unit (prompts, items, pairs).
+
+    ``str(interval)`` is ``"0.42 [0.32, 0.51]"``, as the comparison's tables print it.
+    """
+
+    value: float
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        for name in ("value", "low", "high"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"Interval.{name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"value", "low", "high"}``, as the comparison's JSON holds it."""
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Interval:
+        """From ``{"value", "low", "high"}``; a missing key or another shape is refused, naming it."""
+        if not isinstance(data, Mapping) or set(data) != {"value", "low", "high"}:
+            raise ValueError(f"an interval is {{'value', 'low', 'high'}}, got {data!r:.120}")
+        bad = [
+            k
+            for k in ("value", "low", "high")
+            if isinstance(data[k], bool) or not isinstance(data[k], (int, float))
+        ]
+        if bad:
+            raise TypeError(f"interval {bad[0]!r} must be a number, got {data[bad[0]]!r}")
+        return cls(float(data["value"]), float(data["low"]), float(data["high"]))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method at one budget on one dataset: its success with an interval, and its side effects.
+
+    Every cell has ``success``: on a class set, the share of generations the judge assigns to the
+    target; on an A/B task, p(matching) on the held-out items; on an analogy task, top-k accuracy
+    of the answer's first token. A calibrated cell (every one but ``"unsteered"``) has the
+    calibration's ``strength`` (the multiplier: in units of the residual norm for a vector, of each
+    feature's typical activation for a clamp; ``None`` for prompting; on a class set one per
+    target), the mean and 95th percentile of its KL on neutral text (``kl_mean``, ``kl_p95``) and
+    whether it ``reached`` the budget (within 10% for prompting, which is measured as it is). The
+    other fields are ``None`` where the dataset kind does not measure them.
+
+    Attributes:
+        method: The method's name (``"caa"``, ``"feature_top8"``, ``"unsteered"``, ...).
+        budget: The KL budget it was calibrated to (nats); ``None`` for unsteered and prompting.
+        success: The success rate and its interval.
+        kl_mean, kl_p95, strength, reached: The calibration (``None`` for unsteered).
+        mmlu, mmlu_change: MMLU accuracy at the cell's strength and its change from unsteered
+            (when MMLU items were given).
+        selectivity, perplexity, transfer, n_generations: Class sets: the target's gain over
+            unsteered minus the largest gain of another class; the perplexity of the generations
+            under the unsteered model; ``{target: {class: share judged as it}}``; generations scored.
+        top1, n_test_pairs: Analogy tasks: top-1 accuracy; test pairs scored.
+    """
+
+    method: str
+    budget: float | None
+    success: Interval
+    kl_mean: float | None = None
+    kl_p95: float | None = None
+    strength: float | tuple[float | None, ...] | None = None
+    reached: bool | None = None
+    mmlu: Interval | None = None
+    mmlu_change: float | None = None
+    selectivity: Interval | None = None
+    perplexity: Interval | None = None
+    transfer: Mapping[str, Mapping[str, float]] | None = field(default=None, repr=False)
+    n_generations: int | None = None
+    top1: Interval | None = None
+    n_test_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"a cell's method must be a non-empty name, got {self.method!r}")
+        if self.budget is not None and not (isinstance(self.budget, float) and 0 < self.budget < math.inf):
+            raise ValueError(
+                f"cell {self.method!r}: budget must be a finite float > 0 or None, got {self.budget!r}"
+            )
+        calibration = {k: getattr(self, k) for k in ("kl_mean", "kl_p95", "reached")}
+        if self.method == "unsteered":
+            given = [k for k, v in {**calibration, "strength": self.strength}.items() if v is not None]
+            if self.budget is not None or given:
+                raise ValueError(
+                    f"the unsteered cell has no budget and no calibration, got budget={self.budget!r} "
+                    f"and {given}"
+                )
+        elif any(v is None for v in calibration.values()):
+            missing = [k for k, v in calibration.items() if v is None]
+            raise ValueError(f"cell {self.label!r} is calibrated: it needs {missing}")
+        if self.transfer is not None:
+            object.__setattr__(self, "transfer", {t: dict(row) for t, row in self.transfer.items()})
+
+    @property
+    def key(self) -> CellKey:
+        """``(method, budget)``, its key in a result's cells."""
+        return (self.method, self.budget)
+
+    @property
+    def label(self) -> str:
+        """``"caa@0.5"``, or the method alone without a budget (``"prompting"``, ``"unsteered"``)."""
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
 
 def _kl(
@@ -94,23 +228,34 @@ def calibrate_method(
     return out
 
 
-def interval(values: Any, n_resamples: int, statistic: Any = np.mean) -> dict[str, float]:
-    """A cell's rate: ``{"value", "low", "high"}``, the statistic and its seeded 95% bootstrap interval."""
+def interval(values: Any, n_resamples: int, statistic: Any = np.mean) -> Interval:
+    """A cell's rate: the statistic of ``values`` and its seeded 95% bootstrap interval."""
     est, low, high = bootstrap_ci(
         np.asarray(values, dtype=float), n_resamples=n_resamples, statistic=statistic
     )
-    return {"value": float(est), "low": float(low), "high": float(high)}
+    return Interval(float(est), float(low), float(high))
 
 
 def cell_steerings(
     methods: Mapping[str, Method], calibrations: Mapping[str, Mapping[float, Mapping[str, Any]]]
-) -> dict[str, tuple[Steering, Mapping[str, Any]]]:
-    """``{cell key: (steering, calibration)}``: ``"<method>@<budget>"``, or the method's name alone
-    for one without a strength (measured once)."""
-    cells = {}
+) -> dict[CellKey, tuple[Steering, Mapping[str, Any]]]:
+    """``{(method, budget): (steering, calibration)}``; a method without a strength (prompting) is
+    measured once, under ``(method, None)``, with its first budget's calibration."""
+    cells: dict[CellKey, tuple[Steering, Mapping[str, Any]]] = {}
     for name, method in methods.items():
         for b, cal in calibrations[name].items():
-            key = f"{name}@{b}" if method.has_strength else name
+            key = (name, float(b)) if method.has_strength else (name, None)
             if key not in cells:
                 cells[key] = (method.at(cal["strength"]) if method.has_strength else method.at(None), cal)
     return cells
+
+
+def calibration_fields(cal: Mapping[str, Any]) -> dict[str, Any]:
+    """A calibration (:func:`calibrate_method`'s per-budget dict) as a :class:`Cell`'s fields."""
+    strength = cal["strength"]
+    return {
+        "strength": None if strength is None else float(strength),
+        "kl_mean": float(cal["kl_mean"]),
+        "kl_p95": float(cal["kl_p95"]),
+        "reached": bool(cal["reached"]),
+    }

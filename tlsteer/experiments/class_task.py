@@ -25,7 +25,7 @@ from tlsteer.eval.prefix_generation import (
     prompt_cache,
 )
 from tlsteer.experiments.ab_task import steered_ab_scores
-from tlsteer.experiments.cells import cell_steerings, interval
+from tlsteer.experiments.cells import UNSTEERED, Cell, CellKey, Interval, cell_steerings, interval
 from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
@@ -72,8 +72,12 @@ def run_class_task(
     n_resamples: int = 1000,
     mmlu: Sequence[ABItem] | None = None,
     max_rows: int = 128,
-) -> dict[str, Any]:
+) -> tuple[dict[CellKey, Cell], dict[CellKey, dict[str, tuple[str, ...]]]]:
     """Score every method at every calibrated budget on a class set (see the module docstring).
+
+    Returns ``(cells, examples)``: a :class:`~tlsteer.experiments.cells.Cell` per
+    ``(method, budget)`` (``("unsteered", None)`` first; prompting under ``(method, None)``), and
+    per steered cell the first two generations toward each target.
 
     The test prompts' unsteered prefix (all but the last token) runs once into a KV cache; each
     cell then generates every target's rows together from it, each target's block steered by its
@@ -151,39 +155,42 @@ def run_class_task(
         return by_target
 
     mmlu_parts = {t: list(mmlu[i :: len(targets)]) for i, t in enumerate(targets)} if mmlu else {}
-    correct = {"unsteered": [], **{k: [] for k in keys}}
+    correct: dict[CellKey, Any] = {UNSTEERED: [], **{k: [] for k in keys}}
     for t, part in mmlu_parts.items():
         if not part:
             continue
-        scored = steered_ab_scores(
-            model, part, {"unsteered": Steering(), **{k: plans[t][k][0] for k in keys}}
-        )
+        scored = steered_ab_scores(model, part, {UNSTEERED: Steering(), **{k: plans[t][k][0] for k in keys}})
         for k, scores in scored.items():
             correct[k].extend(float(x.p_matching > 0.5) for x in scores)
     correct = {k: np.asarray(v) for k, v in correct.items()}
     base = generations({t: Steering() for t in targets})
-    cells: dict[str, Any] = {
-        "unsteered": _summary(
-            base,
-            {t: {"labels": base[t]["labels"]} for t in targets},
-            classes,
-            correct["unsteered"],
-            correct["unsteered"],
-            n_resamples,
+    cells = {
+        UNSTEERED: Cell(
+            *UNSTEERED,
+            **_summary(
+                base,
+                {t: {"labels": base[t]["labels"]} for t in targets},
+                classes,
+                correct[UNSTEERED],
+                correct[UNSTEERED],
+                n_resamples,
+            ),
         )
     }
-    examples: dict[str, Any] = {}
+    examples: dict[CellKey, dict[str, tuple[str, ...]]] = {}
     for key in keys:
         steered = generations({t: plans[t][key][0] for t in targets})
         kls = [plans[t][key][1] for t in targets]
-        examples[key] = {t: steered[t]["texts"][:2] for t in targets}
-        summary = _summary(steered, base, classes, correct[key], correct["unsteered"], n_resamples)
-        summary["kl_mean"] = float(np.mean([c["kl_mean"] for c in kls]))
-        summary["kl_p95"] = float(np.mean([c["kl_p95"] for c in kls]))
-        summary["strength"] = [c["strength"] for c in kls]
-        summary["reached"] = all(c["reached"] for c in kls)
-        cells[key] = summary
-    return {"classes": classes, "targets": targets, "cells": cells, "examples": examples}
+        examples[key] = {t: tuple(steered[t]["texts"][:2]) for t in targets}
+        cells[key] = Cell(
+            *key,
+            **_summary(steered, base, classes, correct[key], correct[UNSTEERED], n_resamples),
+            kl_mean=float(np.mean([c["kl_mean"] for c in kls])),
+            kl_p95=float(np.mean([c["kl_p95"] for c in kls])),
+            strength=tuple(None if c["strength"] is None else float(c["strength"]) for c in kls),
+            reached=all(bool(c["reached"]) for c in kls),
+        )
+    return cells, examples
 
 
 def _summary(
@@ -194,6 +201,7 @@ def _summary(
     base_mmlu: np.ndarray,
     n_resamples: int,
 ) -> dict[str, Any]:
+    """A cell's measures (the :class:`~tlsteer.experiments.cells.Cell` fields but its calibration)."""
     k = len(classes)
     rows, success, ppl = [], [], []
     for t, data in steered.items():
@@ -219,15 +227,17 @@ def _summary(
         t: dict(zip(classes, data["labels"].mean(0).round(4).tolist(), strict=True))
         for t, data in steered.items()
     }
-    out = {
+    out: dict[str, Any] = {
         "success": interval(success, n_resamples),
         "selectivity": interval(table, n_resamples, selectivity),
         "transfer": matrix,
         "n_generations": len(success),
     }
-    if ppl:
-        out["perplexity"] = interval(np.log(np.asarray(ppl)), n_resamples)
-        out["perplexity"] = {key: float(np.exp(v)) for key, v in out["perplexity"].items()}
+    if ppl:  # the geometric mean and its interval: the interval of the mean log, exponentiated
+        log_ppl = interval(np.log(np.asarray(ppl)), n_resamples)
+        out["perplexity"] = Interval(
+            float(np.exp(log_ppl.value)), float(np.exp(log_ppl.low)), float(np.exp(log_ppl.high))
+        )
     if len(mmlu):
         out["mmlu"] = interval(mmlu, n_resamples)
         out["mmlu_change"] = float(mmlu.mean() - base_mmlu.mean())

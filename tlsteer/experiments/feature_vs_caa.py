@@ -1,15 +1,18 @@
 """One call that compares feature steering with raw CAA on a dataset, at matched side effects.
 
-:func:`feature_vs_caa` takes a model, an SAE, a dataset and a method list. The dataset is a
-:class:`~tlsteer.ClassDataset` (steer toward each class; generations judged by the set's K-class
-judge: :mod:`tlsteer.experiments.class_task`), an :class:`~tlsteer.experiments.ab_task.ABTask`
-(CAA contrast pairs and held-out A/B items) or an
+:func:`feature_vs_caa` takes a model, an SAE, a dataset and a
+:class:`~tlsteer.experiments.comparison_config.ComparisonConfig` (the methods, the KL budgets, the
+prompts, seeds and split). The dataset is a :class:`~tlsteer.ClassDataset` (steer toward each
+class; generations judged by the set's K-class judge: :mod:`tlsteer.experiments.class_task`), an
+:class:`~tlsteer.experiments.ab_task.ABTask` (CAA contrast pairs and held-out A/B items) or an
 :class:`~tlsteer.experiments.analogy_task.AnalogyTask`. Every method is built from the dataset's
 training data at the SAE's hook (:func:`~tlsteer.experiments.methods.build_methods`), calibrated
 to each KL budget on neutral text, and scored on test data with bootstrap intervals
-(:mod:`tlsteer.experiments.cells`). The result is a JSON-ready dict; with ``out_dir`` it is
-written there with its figures (:mod:`tlsteer.experiments.comparison_plots`). Progress goes to the
-logger ``tlsteer.experiments.feature_vs_caa`` at level INFO.
+(:mod:`tlsteer.experiments.cells`). The answer is a
+:class:`~tlsteer.experiments.comparison_result.ComparisonResult` (cells keyed by ``(method,
+budget)``; ``to_frame()``, ``to_markdown()``, ``plot()``, ``save()``); with ``out_dir`` it is
+written there with its figures. Progress goes to the logger ``tlsteer.experiments.feature_vs_caa``
+at level INFO.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,16 +29,17 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from tlsteer._types import is_int
 from tlsteer.classes import ClassDataset
 from tlsteer.data import ABItem, load_neutral_text, load_open_prompts
-from tlsteer.errors import closest, format_options
+from tlsteer.errors import format_options
 from tlsteer.eval.judge import Embedder
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.experiments.ab_task import ABTask, run_ab_task
 from tlsteer.experiments.analogy_task import AnalogyTask, contrast_from_analogy, run_analogy_task
-from tlsteer.experiments.cells import calibrate_method
+from tlsteer.experiments.cells import Cell, CellKey, calibrate_method
 from tlsteer.experiments.class_task import run_class_task
+from tlsteer.experiments.comparison_config import ComparisonConfig
+from tlsteer.experiments.comparison_result import ComparisonResult, DatasetKind
 from tlsteer.experiments.contrasts import contrast_from_pairs, contrast_from_profile
 from tlsteer.experiments.methods import METHODS, build_methods
 from tlsteer.sae.adapter import SAELike, check_sae
@@ -94,57 +99,53 @@ def _check_dataset(dataset: Any) -> None:
         )
 
 
-def _check_methods(methods: Any, dataset: Any, instructions: Mapping[str, str] | None) -> list[str]:
-    """The requested methods, each known and applicable to ``dataset``, else an error naming it."""
+def _check_methods(
+    methods: tuple[str, ...] | None, dataset: Any, instructions: Mapping[str, str] | None
+) -> tuple[str, ...]:
+    """The config's methods (``None``: every one that applies), each applicable to ``dataset``."""
     why = _inapplicable(dataset, instructions)
-    valid = [m for m in METHODS if m not in why]
+    valid = tuple(m for m in METHODS if m not in why)
     if methods is None:
         return valid
-    options = f"valid for {_describe(dataset)}: {format_options(valid, len(valid))}"
-    if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
-        raise TypeError(f"methods must be a list of method names, got {methods!r}; {options}")
-    if not methods:
-        raise ValueError(f"methods is empty; {options}")
     for m in methods:
-        if m not in METHODS:
-            near = closest(str(m), METHODS)
-            hint = f" (closest: {near[0]!r})" if near else ""
-            raise ValueError(f"unknown method {m!r}{hint}; {options}")
         if m in why:
+            options = f"valid for {_describe(dataset)}: {format_options(valid, len(valid))}"
             raise ValueError(f"method {m!r} does not apply to {_describe(dataset)}: {why[m]}; {options}")
-    return list(dict.fromkeys(methods))
+    return methods
 
 
 def _check_class_only(dataset: Any, **given: Any) -> None:
-    """Refuse arguments that only a class set reads, when given for another dataset."""
+    """Refuse what only a class set reads, when given for another dataset."""
     for name, value in given.items():
         if value is not None and not isinstance(dataset, ClassDataset):
-            raise ValueError(f"{name}= applies to a ClassDataset only, not to {_describe(dataset)}")
+            raise ValueError(f"{name} applies to a ClassDataset only, not to {_describe(dataset)}")
+
+
+def _kind(dataset: Any) -> DatasetKind:
+    if isinstance(dataset, ClassDataset):
+        return "class_set"
+    return "analogy" if isinstance(dataset, AnalogyTask) else "ab"
 
 
 def feature_vs_caa(
     model: HookedTransformer,
     sae: SAELike,
     dataset: Any,
+    config: Any = None,
     *,
-    methods: Sequence[str] | None = None,
-    budgets: Sequence[float] = (0.1, 0.5),
-    instructions: Mapping[str, str] | None = None,
-    prompts: Sequence[str] | None = None,
-    n_prompts: int = 32,
-    targets: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    split_seed: int = 0,
-    max_new_tokens: int = 24,
     neutral: Sequence[str] | None = None,
     mmlu: Sequence[ABItem] | None = None,
-    n_resamples: int = 1000,
-    ks: Sequence[int] = (8, 32),
-    out_dir: str | Path | None = None,
-    hook_name: str | None = None,
+    instructions: Mapping[str, str] | None = None,
+    prompts: Sequence[str] | None = None,
     embedder: Embedder | None = None,
-) -> dict[str, Any]:
+    hook_name: str | None = None,
+    out_dir: str | Path | None = None,
+) -> ComparisonResult:
     """Compare steering methods on one dataset at matched KL budgets (see the module docstring).
+
+    The settings come in one :class:`~tlsteer.experiments.comparison_config.ComparisonConfig`
+    (methods, budgets, prompts and seeds, the split, the bootstrap); the data and the objects the
+    run uses are the keyword arguments.
 
     Args:
         model, sae: The model and an SAE that fits it; everything happens at the SAE's hook.
@@ -152,37 +153,41 @@ def feature_vs_caa(
             :class:`~tlsteer.experiments.ab_task.ABTask`, or an
             :class:`~tlsteer.experiments.analogy_task.AnalogyTask` (top-k accuracy of the answer's
             first token; no MMLU).
-        methods: Method families of :data:`~tlsteer.experiments.methods.METHODS` (default: every
-            one that applies to the dataset, :func:`applicable_methods`). A method that is unknown
-            or does not apply (``mean_centred`` to an ABTask or AnalogyTask, which have two sides;
-            ``prompting`` without an instruction) is refused with an error naming the valid ones.
-        budgets: Mean per-token KL budgets (nats) on neutral text.
-        instructions: For a class set, ``{class: instruction}`` (default: the built-in ones for a
-            built-in set); an ABTask or AnalogyTask carries its own.
-        prompts: Open prompts for class-set generations (default: the built-in open prompts,
-            the second half; ``n_prompts`` of them, split evenly across the targets).
-        targets: For a class set, the classes to steer toward (default: all; each is still
-            built against all the other classes and judged among all of them).
-        seeds: One sampled generation per prompt per seed.
-        split_seed: For a class set, the seed of its train/validation/test split
-            (:meth:`~tlsteer.ClassDataset.split`); the training split builds the methods. An
-            AnalogyTask carries its own seed; an ABTask has no split.
-        neutral: Neutral texts for calibration, residual norm and feature statistics.
+        config: A :class:`~tlsteer.experiments.comparison_config.ComparisonConfig` (default:
+            ``ComparisonConfig()``: every method that applies, budgets 0.1 and 0.5). A method that
+            does not apply to the dataset (``mean_centred`` to an ABTask or AnalogyTask, which have
+            two sides; ``prompting`` without an instruction) is refused with an error naming the
+            valid ones, and so are ``targets`` and a ``split_seed`` other than 0 for a dataset
+            that is not a class set.
+        neutral: Neutral texts for calibration, residual norm and feature statistics (default:
+            the built-in ones, :func:`~tlsteer.load_neutral_text`).
         mmlu: A/B items whose accuracy is a side effect at each cell's strength (not for an
             AnalogyTask).
-        ks: The ``k`` of the ``feature_top<k>`` methods.
-        out_dir: Write ``feature_vs_caa_<name>.json`` and figures there.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        instructions: For a class set, ``{class: instruction}`` of the prompting baseline
+            (default: the built-in ones for a built-in set); an ABTask or AnalogyTask carries its own.
+        prompts: For a class set, the open prompts to generate from (default: the built-in open
+            prompts, the second half; ``config.n_prompts`` of them, split evenly across the targets).
         embedder: For a class set, the sentence embedder of its judge
             (:func:`tlsteer.eval.judge.class_judge`; default: all-MiniLM-L6-v2).
+        hook_name: Where the SAE reads, if its metadata does not say.
+        out_dir: Write ``feature_vs_caa_<name>.json`` (``result.save``) and its figures
+            (``result.plot``: ``feature_vs_caa_<name>.png``, and for a class set
+            ``feature_vs_caa_<name>_transfer.png``) there.
+
+    Returns:
+        A :class:`~tlsteer.experiments.comparison_result.ComparisonResult`: its cells keyed by
+        ``(method, budget)``, its config (with the methods that ran), and what its dataset adds.
 
     Each stage is logged with its elapsed time at level INFO (logger
     ``tlsteer.experiments.feature_vs_caa``; ``logging.getLogger("tlsteer").setLevel("INFO")``
     with a handler shows it).
 
     Example:
-        >>> result = feature_vs_caa(model, sae, load_class_dataset("speaking_styles"))  # doctest: +SKIP
-        >>> result["cells"]["caa@0.1"]["success"]  # doctest: +SKIP
+        >>> config = ComparisonConfig(budgets=[0.5], targets=["formal", "pirate"])
+        >>> styles = load_class_dataset("speaking_styles")  # doctest: +SKIP
+        >>> result = feature_vs_caa(model, sae, styles, config)  # doctest: +SKIP
+        >>> result.cells["caa", 0.5].success  # doctest: +SKIP
+        Interval(value=0.44, low=0.19, high=0.69)
     """
     start = time.perf_counter()
 
@@ -190,63 +195,55 @@ def feature_vs_caa(
         LOG.info("[%7.1f s] %s", time.perf_counter() - start, message)
 
     _check_dataset(dataset)
-    _check_class_only(dataset, instructions=instructions, prompts=prompts, targets=targets, embedder=embedder)
-    if not is_int(split_seed):
-        raise TypeError(f"split_seed must be an int, got {split_seed!r}")
-    if split_seed != 0 and not isinstance(dataset, ClassDataset):
+    if config is None:
+        config = ComparisonConfig()
+    if not isinstance(config, ComparisonConfig):
+        raise TypeError(
+            f"config must be a ComparisonConfig (e.g. ComparisonConfig(budgets=[0.5])), got "
+            f"{type(config).__name__} {config!r:.80}"
+        )
+    _check_class_only(
+        dataset,
+        **{
+            "instructions=": instructions,
+            "prompts=": prompts,
+            "embedder=": embedder,
+            "config.targets": config.targets,
+        },
+    )
+    if config.split_seed != 0 and not isinstance(dataset, ClassDataset):
         own = (
             "carries its own seed (AnalogyTask(seed=...))"
             if isinstance(dataset, AnalogyTask)
             else "has no split"
         )
-        raise ValueError(
-            f"split_seed applies to a ClassDataset only; {type(dataset).__name__} {dataset.name!r} {own}"
-        )
+        raise ValueError(f"split_seed applies to a ClassDataset only; {_describe(dataset)} {own}")
     if mmlu is not None and isinstance(dataset, AnalogyTask):
         raise ValueError(f"mmlu= does not apply to AnalogyTask {dataset.name!r} (top-k accuracy only)")
     if isinstance(dataset, ClassDataset) and instructions is None:
         instructions = builtin_instructions().get(dataset.name)
-    methods = _check_methods(methods, dataset, instructions)
+    config = replace(config, methods=_check_methods(config.methods, dataset, instructions))
+    methods, budgets = list(config.methods), list(config.budgets)
     hook = check_sae(model, sae, hook_name)
     neutral = list(neutral or load_neutral_text())
-    budgets = [float(b) for b in budgets]
-    if not budgets or any(not (b > 0 and b < float("inf")) for b in budgets):
-        raise ValueError(f"budgets must be finite numbers > 0, got {list(budgets)}")
-    scale = residual_norms(model, neutral, [hook])[hook]
+    scale = float(residual_norms(model, neutral, [hook])[hook])
     stats = feature_stats(model, sae, neutral, hook_name=hook)
-    settings = {
-        "hook": hook,
-        "methods": methods,
-        "budgets": budgets,
-        "residual_norm": scale,
-        "seeds": list(seeds),
-        "max_new_tokens": max_new_tokens,
-        "n_neutral": len(neutral),
-        "n_resamples": n_resamples,
-    }
-    common = {"scale": scale, "stats": stats, "ks": ks}
+    extras: dict[str, Any]
     if isinstance(dataset, ClassDataset):
-        settings["split_seed"] = int(split_seed)
-        result = _class_set(
+        cells, extras = _class_set(
             model,
             sae,
             hook,
             dataset,
-            methods,
-            budgets,
+            config,
             instructions=instructions,
             prompts=prompts,
-            n_prompts=n_prompts,
-            targets=targets,
-            seeds=seeds,
-            split_seed=int(split_seed),
-            max_new_tokens=max_new_tokens,
             neutral=neutral,
             mmlu=mmlu,
-            n_resamples=n_resamples,
+            scale=scale,
+            stats=stats,
             log=log,
             embedder=embedder,
-            **common,
         )
     else:
         if isinstance(dataset, AnalogyTask):
@@ -254,36 +251,49 @@ def feature_vs_caa(
         else:
             reps = contrast_from_pairs(model, sae, dataset.train_pairs, hook)
         built = build_methods(
-            model, sae, hook, reps, scale, stats, instruction=dataset.instruction, methods=methods, ks=ks
+            model,
+            sae,
+            hook,
+            reps,
+            scale,
+            stats,
+            instruction=dataset.instruction,
+            methods=methods,
+            ks=config.ks,
         )
         log(f"{dataset.name}: {len(built)} methods built")
         calibrations = {n: calibrate_method(model, m, neutral, budgets) for n, m in built.items()}
         log(f"{dataset.name}: calibrated")
         if isinstance(dataset, AnalogyTask):
-            result = run_analogy_task(model, built, calibrations, dataset, n_resamples=n_resamples)
+            cells = run_analogy_task(model, built, calibrations, dataset, n_resamples=config.n_resamples)
+            train, test = dataset.parts()
+            extras = {
+                "k": int(dataset.k),
+                "n_shots": int(dataset.n_shots),
+                "n_train_pairs": len(train),
+                "n_test_pairs": len(test),
+            }
         else:
-            result = run_ab_task(
-                model, built, calibrations, dataset.test_items, n_resamples=n_resamples, mmlu=mmlu
+            cells = run_ab_task(
+                model, built, calibrations, dataset.test_items, n_resamples=config.n_resamples, mmlu=mmlu
             )
-            result["n_train_pairs"] = len(dataset.train_pairs)
-            result["n_test_items"] = len(dataset.test_items)
-    name = dataset.name
-    result = {
-        "dataset": name,
-        "settings": settings,
-        **result,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    log(f"{name}: done")
+            extras = {"n_train_pairs": len(dataset.train_pairs), "n_test_items": len(dataset.test_items)}
+    result = ComparisonResult(
+        dataset=dataset.name,
+        kind=_kind(dataset),
+        config=config,
+        hook=hook,
+        residual_norm=scale,
+        n_neutral=len(neutral),
+        cells=cells,
+        seconds=round(time.perf_counter() - start, 1),
+        **extras,
+    )
+    log(f"{dataset.name}: done")
     if out_dir is not None:
-        from tlsteer.experiments.comparison_plots import plot_comparison, plot_transfer_grid
-
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"feature_vs_caa_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-        plot_comparison(result, path=out / f"feature_vs_caa_{name}.png")
-        if "classes" in result:
-            plot_transfer_grid(result, path=out / f"feature_vs_caa_{name}_transfer.png")
+        result.save(out / f"feature_vs_caa_{dataset.name}.json")
+        result.plot(out / f"feature_vs_caa_{dataset.name}.png")
     return result
 
 
@@ -292,33 +302,31 @@ def _class_set(
     sae: SAELike,
     hook: str,
     dataset: ClassDataset,
-    methods: list[str],
-    budgets: list[float],
+    config: ComparisonConfig,
     *,
     instructions: Mapping[str, str] | None,
     prompts: Sequence[str] | None,
-    n_prompts: int,
-    targets: Sequence[str] | None,
-    seeds: Sequence[int],
-    split_seed: int,
-    max_new_tokens: int,
     neutral: list[str],
     mmlu: Sequence[ABItem] | None,
-    n_resamples: int,
     scale: float,
     stats: Any,
-    ks: Sequence[int],
     log: Any,
     embedder: Embedder | None,
-) -> dict[str, Any]:
-    targets = list(dataset.classes) if targets is None else list(targets)
+) -> tuple[dict[CellKey, Cell], dict[str, Any]]:
+    """A class set's cells, and what a class-set result adds (classes, targets, judge, features)."""
+    methods = list(config.methods or ())
+    targets = list(dataset.classes) if config.targets is None else list(config.targets)
     unknown = [t for t in targets if t not in dataset.classes]
-    if unknown or not targets or len(set(targets)) < len(targets):
-        raise ValueError(f"targets must be distinct classes of {list(dataset.classes)}, got {targets}")
+    if unknown:
+        raise ValueError(
+            f"targets must be classes of {dataset.name!r}, got {unknown[0]!r}; classes: "
+            f"{format_options(dataset.classes, len(dataset.classes))}"
+        )
     missing = [c for c in targets if "prompting" in methods and c not in (instructions or {})]
     if missing:
         raise ValueError(f"no instruction for class {missing[0]!r}")
     pool = list(prompts) if prompts is not None else load_open_prompts()[32:]
+    n_prompts = config.n_prompts
     per_class = n_prompts // len(targets)
     if per_class < 1 or per_class * len(targets) > len(pool):
         raise ValueError(
@@ -327,7 +335,7 @@ def _class_set(
         )
     from tlsteer.eval.judge import class_judge
 
-    train, _, _ = dataset.split(seed=split_seed)
+    train, _, _ = dataset.split(seed=config.split_seed)
     profile = class_profile(model, sae, train, n_bootstrap=0, hook_name=hook)
     judge = class_judge(dataset, embedder)
     log(f"{dataset.name}: profile and judge (held-out accuracy {judge.held_out_accuracy:.3f})")
@@ -343,26 +351,35 @@ def _class_set(
             stats,
             instruction=(instructions or {}).get(c),
             methods=methods,
-            ks=ks,
+            ks=config.ks,
         )
-        calibrations[c] = {n: calibrate_method(model, m, neutral, budgets) for n, m in built[c].items()}
+        calibrations[c] = {
+            n: calibrate_method(model, m, neutral, list(config.budgets)) for n, m in built[c].items()
+        }
         by_class[c] = pool[i * per_class : (i + 1) * per_class]
         log(f"{dataset.name}: {c}: {len(built[c])} methods built and calibrated")
     with torch.no_grad():
-        result = run_class_task(
+        cells, examples = run_class_task(
             model,
             judge,
             built,
             calibrations,
             by_class,
-            seeds=seeds,
-            max_new_tokens=max_new_tokens,
-            n_resamples=n_resamples,
+            seeds=config.seeds,
+            max_new_tokens=config.max_new_tokens,
+            n_resamples=config.n_resamples,
             mmlu=mmlu,
         )
-    result["judge_held_out_accuracy"] = judge.held_out_accuracy
-    result["judge_flagged"] = judge.flagged
-    result["features"] = {
-        c: {"clamp": list(built[c]["clamp"].features)} for c in targets if "clamp" in built[c]
+    extras = {
+        "classes": tuple(judge.classes),
+        "targets": tuple(targets),
+        "examples": examples,
+        "judge_held_out_accuracy": float(judge.held_out_accuracy),
+        "judge_flagged": bool(judge.flagged),
+        "features": {
+            c: {"clamp": tuple(int(f) for f in built[c]["clamp"].features)}
+            for c in targets
+            if "clamp" in built[c]
+        },
     }
-    return result
+    return cells, extras

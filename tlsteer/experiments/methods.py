@@ -1,13 +1,16 @@
 """The steering methods that the feature-vs-CAA comparison puts side by side, all built from one contrast.
 
-:class:`ContrastReps` holds the activations of the positive and the negative examples at an SAE's
-hook (one row per example: a CAA answer letter, a class example's mean over its reply) and their
-SAE codes. :func:`build_methods` turns them into named :class:`Method`\\ s, each of which maps a
-strength to a :class:`Steering` (vectors, edits, or a prompt prefix):
+:class:`~tlsteer.experiments.contrasts.ContrastReps` holds the activations of the positive and the
+negative examples at a feature dictionary's hook (one row per example: a CAA answer letter, a
+class example's mean over its reply) and their codes under the dictionary (an SAE or any
+:class:`~tlsteer.dictionary.FeatureDictionary`). :func:`build_methods` turns them into named
+:class:`Method`\\ s, each of which maps a strength to a :class:`Steering` (vectors, edits, or a
+prompt prefix):
 
 - ``caa``: the raw difference of means (paired, or of class means);
 - ``mean_centred``: the positive class mean minus the mean of all class means (class sets only);
-- ``feature_full``: the feature-space difference of means, decoded through ``W_dec``;
+- ``feature_full``: the feature-space difference of means, decoded through the dictionary's one
+  decoding path (:meth:`FeatureVector.to_steering_vector <tlsteer.sae.FeatureVector.to_steering_vector>`);
 - ``feature_top<k>``: the same after dropping first-token features and features denser than
   ``max_density`` on neutral text, keeping the ``k`` largest (one method per ``k``);
 - ``feature_output``: of the ``n_candidates`` (40) largest positive filtered features, the
@@ -15,8 +18,8 @@ strength to a :class:`Steering` (vectors, edits, or a prompt prefix):
 - ``single_feature``: the decoder row of the best of those;
 - ``clamp``: those features clamped to ``strength`` times their typical activation (their mean
   when active on neutral text), and the ``k_output`` largest negative filtered features clamped
-  to 0, with the SAE's error term kept (:func:`tlsteer.sae.steering.feature_edit`);
-- ``caa_encoded``: the CAA vector encoded by the SAE and decoded (a negative control: an
+  to 0, with the reconstruction error kept (:func:`tlsteer.sae.steering.feature_edit`);
+- ``caa_encoded``: the CAA vector encoded by the dictionary and decoded (a negative control: an
   encoder reads activations, not differences);
 - ``random``: a seeded random direction (a control);
 - ``prompting``: an instruction before the prompt (no strength; the reference to beat).
@@ -38,8 +41,9 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import is_int
 from tlsteer.errors import format_options
+from tlsteer.experiments.contrasts import ContrastReps
 from tlsteer.operators import check_multiplier
-from tlsteer.sae.adapter import SAELike, sae_dims
+from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.sae.features import FeatureVector
 from tlsteer.sae.formulas import encode_steering_vector
 from tlsteer.sae.selection import FeatureStats, output_scores
@@ -65,44 +69,6 @@ METHODS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class ContrastReps:
-    """Activations of positive and negative examples at one hook, raw and SAE-encoded.
-
-    ``paired``: row i of ``raw_pos`` and ``raw_neg`` come from one pair (CAA) and the raw vector
-    is the mean of differences. ``class_means``: ``[K, d]`` raw means of every class of a class
-    set (for ``mean_centred``; ``None`` for pairs).
-    """
-
-    raw_pos: Tensor
-    raw_neg: Tensor
-    feat_pos: Tensor
-    feat_neg: Tensor
-    paired: bool = False
-    class_means: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("raw_pos", "raw_neg", "feat_pos", "feat_neg"):
-            t = getattr(self, name)
-            if not isinstance(t, Tensor) or t.ndim != 2 or t.shape[0] < 1:
-                raise ValueError(
-                    f"{name} must be a [n, d] tensor with n >= 1, got {getattr(t, 'shape', t)!r}"
-                )
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
-        if self.paired and self.raw_pos.shape[0] != self.raw_neg.shape[0]:
-            raise ValueError(
-                "paired reps need as many positives as negatives, got "
-                f"{self.raw_pos.shape[0]} and {self.raw_neg.shape[0]}"
-            )
-
-    def raw_difference(self) -> Tensor:
-        return self.raw_pos.float().mean(0) - self.raw_neg.float().mean(0)
-
-    def feature_difference(self) -> Tensor:
-        return self.feat_pos.float().mean(0) - self.feat_neg.float().mean(0)
-
-
-@dataclass(frozen=True)
 class Method:
     """A named way to steer; :meth:`at` gives its :class:`~tlsteer.Steering` at a strength.
 
@@ -119,7 +85,8 @@ class Method:
     typical: Tensor | None = field(default=None, repr=False)
     prefix: str | None = None
     scale: float = 1.0
-    sae: SAELike | None = field(default=None, repr=False)
+    sae: Any = field(default=None, repr=False)
+    """The SAE or :class:`~tlsteer.dictionary.FeatureDictionary` a ``"clamp"`` method edits."""
     hook_name: str = ""
 
     @property
@@ -135,7 +102,9 @@ class Method:
                 raise ValueError(f"method {self.name!r} of kind 'vector' has no direction")
             return Steering.from_vector(self.direction, s * self.scale)
         if self.typical is None or self.sae is None:
-            raise ValueError(f"method {self.name!r} of kind {self.kind!r} needs typical values and an SAE")
+            raise ValueError(
+                f"method {self.name!r} of kind {self.kind!r} needs typical values and an SAE or dictionary"
+            )
         values = [s * float(v) for v in self.typical] + [0.0] * len(self.off_features)
         edit = feature_edit(
             self.sae,
@@ -154,14 +123,14 @@ def _unit(direction: Tensor, hook: str, note: str) -> SteeringVector:
     return SteeringVector({hook: (direction / size).float().cpu()}, VectorMetadata(note=note))
 
 
-def _decoded(vector: FeatureVector, sae: SAELike) -> Tensor:
+def _decoded(vector: FeatureVector, dictionary: object) -> Tensor:
     """The vector decoded through the one decoding path (:meth:`FeatureVector.to_steering_vector`)."""
-    return vector.to_steering_vector(sae)[vector.hook_name]
+    return vector.to_steering_vector(dictionary)[vector.hook_name]
 
 
 def build_methods(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     hook_name: str,
     reps: ContrastReps,
     scale: float,
@@ -179,7 +148,8 @@ def build_methods(
     """Every requested method built from ``reps`` (see the module docstring).
 
     Args:
-        model, sae, hook_name: The model, an SAE that fits it, and where it reads.
+        model, dictionary, hook_name: The model, an SAE or a
+            :class:`~tlsteer.dictionary.FeatureDictionary` that fits it, and where it reads.
         reps: The contrast's activations and codes.
         scale: The mean residual norm at the hook (vector strengths are in its units).
         stats: :func:`~tlsteer.sae.feature_stats` on neutral text (density, first-token features,
@@ -206,7 +176,7 @@ def build_methods(
     scale = float(check_multiplier(scale))
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    _, d_sae = sae_dims(sae)
+    found = as_feature_dictionary(dictionary, hook_name)
     out: dict[str, Method] = {}
 
     def vector(name: str, direction: Tensor) -> None:
@@ -218,7 +188,7 @@ def build_methods(
     diff = reps.feature_difference()
     needs_filter = {"feature_topk", "feature_output", "single_feature", "clamp"} & set(methods)
     if needs_filter or "feature_full" in methods:
-        full = FeatureVector.from_sae(sae, diff, hook_name, note="feature difference")
+        full = FeatureVector.from_dictionary(found, diff, note="feature difference")
     if needs_filter:  # FeatureVector's own selections: density (dead features too), first-token features
         filtered = (
             full.max_density(max_density, stats.density)
@@ -230,24 +200,24 @@ def build_methods(
     if "mean_centred" in methods and reps.class_means is not None:  # checked above
         vector("mean_centred", reps.raw_pos.float().mean(0) - reps.class_means.float().mean(0))
     if "feature_full" in methods:
-        vector("feature_full", _decoded(full, sae))
+        vector("feature_full", _decoded(full, found))
     if "feature_topk" in methods:
         for k in ks:
-            vector(f"feature_top{k}", _decoded(filtered.top_k(int(k)), sae))
+            vector(f"feature_top{k}", _decoded(filtered.top_k(int(k)), found))
     needs_scores = {"feature_output", "single_feature", "clamp"} & set(methods)
     if needs_scores:
         positive = filtered.sign("positive").top_k(n_candidates)
-        scores = output_scores(model, sae, positive, prompts=score_prompts, hook_name=hook_name)
+        scores = output_scores(model, found, positive, prompts=score_prompts, hook_name=hook_name)
         best = positive.by_output_score(scores, k=k_output)
         chosen = sorted(best.features, key=lambda f: -float(scores[f]))
         if "feature_output" in methods:
-            vector("feature_output", _decoded(best, sae))
+            vector("feature_output", _decoded(best, found))
         if "single_feature" in methods:
-            one = torch.zeros(d_sae).index_put((torch.tensor([chosen[0]]),), torch.tensor(1.0))
-            vector("single_feature", _decoded(FeatureVector.from_sae(sae, one, hook_name), sae))
+            one = torch.zeros(found.width).index_put((torch.tensor([chosen[0]]),), torch.tensor(1.0))
+            vector("single_feature", _decoded(FeatureVector.from_dictionary(found, one), found))
         if "clamp" in methods:
             values = filtered.as_tensor()
-            negative = [int(f) for f in (-values).topk(min(k_output, d_sae)).indices if values[f] < 0]
+            negative = [int(f) for f in (-values).topk(min(k_output, found.width)).indices if values[f] < 0]
             typical = stats.mean_active[chosen].clone()
             typical[typical <= 0] = float(diff[chosen].abs().max())
             out["clamp"] = Method(
@@ -256,14 +226,14 @@ def build_methods(
                 features=tuple(chosen),
                 off_features=tuple(negative),
                 typical=typical,
-                sae=sae,
+                sae=found,
                 hook_name=hook_name,
             )
     if "caa_encoded" in methods:
         raw_vector = SteeringVector({hook_name: raw.float()})
         vector(
             "caa_encoded",
-            encode_steering_vector(sae, raw_vector, hook_name).to_steering_vector(sae)[hook_name],
+            encode_steering_vector(found, raw_vector, hook_name).to_steering_vector(found)[hook_name],
         )
     if "random" in methods:
         gen = torch.Generator().manual_seed(seed)

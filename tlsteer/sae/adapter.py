@@ -1,11 +1,15 @@
-"""The SAE as tlsteer sees it: loading, its hook name, checks against a model, its decoder.
+"""The SAE as tlsteer sees it: loading, its hook name, checks against a model, and the SAE as a
+feature dictionary.
 
 tlsteer uses only ``sae.encode``, ``sae.decode``, ``sae.W_dec``, ``sae.cfg.d_in``, ``sae.cfg.d_sae``
 and the hook name in ``sae.cfg.metadata.hook_name`` (or a ``hook_name=`` argument), so every
 sae-lens architecture (standard, top-k, JumpReLU, gated, ...) works. This module owns the checks
 that refuse an SAE that does not fit a model, the short fingerprint of ``W_dec`` that ties a
-feature vector to its SAE, the decoder's linear part (how the output moves per unit of a
-feature), feature-id and value checks, and the logit lens of a decoder row.
+feature vector to its SAE, :class:`SAEDictionary` (an SAE as a
+:class:`~tlsteer.dictionary.FeatureDictionary`, with the decoder's change per unit of a feature)
+and :func:`as_feature_dictionary`, the one entry through which every feature-level function
+takes an SAE or any other feature dictionary, feature-value checks, and the logit lens of a
+decoder row.
 """
 
 from __future__ import annotations
@@ -15,32 +19,35 @@ import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import validate_hook_name
-from tlsteer.dictionary import check_feature_ids as check_dictionary_ids
-from tlsteer.dictionary import weights_fingerprint
+from tlsteer.dictionary import (
+    MEMBERS,
+    FeatureDictionary,
+    check_feature_dictionary,
+    feature_dictionary_lacks,
+    weights_fingerprint,
+)
 from tlsteer.errors import closest, format_options
 from tlsteer.sae._lens import SAE, sae_lens
 from tlsteer.tokens import decode_tokens
 
 __all__ = [
-    "DecoderChange",
     "SAEDictionary",
     "SAELike",
     "as_feature_dictionary",
     "as_sae",
-    "check_feature_ids",
     "check_feature_values",
     "check_sae",
-    "decoder_change",
     "load_sae",
     "logit_lens",
     "sae_dims",
@@ -253,64 +260,6 @@ def sae_fingerprint(sae: SAELike) -> str:
     return weights_fingerprint(sae.W_dec)
 
 
-@dataclass(frozen=True)
-class DecoderChange:
-    """How the SAE's output moves when its features move: ``decode(f + df) - decode(f)``.
-
-    For a decoder ``f @ W_dec + b_dec`` (``plain``) that is ``df @ W_dec``, computed in that form
-    so that the bias never enters and a zero change is exactly zero. Any other decoder that is
-    affine in the features (one that rescales by the decoder norms, say) is measured through
-    ``decode``: ``decode(df) - decode(0)``.
-    """
-
-    sae: SAELike
-    plain: bool
-
-    def of_ids(self, df: Tensor, ids: Tensor) -> Tensor:
-        """The change for ``df [..., len(ids)]``, a change of the features ``ids`` only."""
-        w_dec = self.sae.W_dec.detach()
-        if self.plain:
-            return df.to(w_dec.dtype) @ w_dec[ids]
-        full = torch.zeros(*df.shape[:-1], w_dec.shape[0], dtype=w_dec.dtype, device=w_dec.device)
-        full[..., ids] = df.to(w_dec.dtype)
-        return self(full)
-
-    def __call__(self, df: Tensor) -> Tensor:
-        """The change for ``df [..., d_sae]``."""
-        w_dec = self.sae.W_dec.detach()
-        if self.plain:
-            return df.to(w_dec.dtype) @ w_dec
-        df = df.to(w_dec.dtype)
-        zero = torch.zeros(1, df.shape[-1], dtype=df.dtype, device=df.device)
-        return self.sae.decode(df) - self.sae.decode(zero)[0]
-
-
-def decoder_change(sae: SAELike) -> DecoderChange:
-    """The :class:`DecoderChange` of ``sae``, after probing ``decode`` on a few features."""
-    _, d_sae = sae_dims(sae)
-    w_dec = sae.W_dec.detach()
-    ids = torch.unique(torch.linspace(0, d_sae - 1, min(d_sae, 8)).long()).to(w_dec.device)
-    probe = torch.zeros(len(ids) + 1, d_sae, dtype=w_dec.dtype, device=w_dec.device)
-    probe[torch.arange(len(ids), device=w_dec.device), ids] = 1.0
-    with torch.no_grad():
-        try:
-            out = sae.decode(probe)
-        except (AttributeError, RuntimeError) as err:
-            raise ValueError(
-                f"sae.decode failed on feature activations alone ({type(err).__name__}: {err}); tlsteer "
-                "needs a decoder that is affine in the features"
-            ) from err
-        measured = (out[:-1] - out[-1]).float()
-    rows = w_dec[ids].float()
-    scale = float(rows.abs().max()) or 1.0
-    return DecoderChange(sae, plain=bool(torch.allclose(measured, rows, rtol=1e-3, atol=1e-4 * scale)))
-
-
-def check_feature_ids(features: Any, d_sae: int) -> list[int]:
-    """Feature ids as distinct ints in ``0..d_sae-1``; an int, a list or a 1-D integer tensor."""
-    return check_dictionary_ids(features, d_sae, owner="the SAE", size="d_sae")
-
-
 def check_feature_values(values: Any, n: int, name: str = "values") -> Float[Tensor, " n"]:
     """``values`` as ``n`` finite float32 numbers: one number for all, or one per feature."""
     if isinstance(values, Tensor):
@@ -361,8 +310,9 @@ def logit_lens(
 class SAEDictionary:
     """A sae-lens SAE as a :class:`~tlsteer.dictionary.FeatureDictionary` (see :func:`as_feature_dictionary`).
 
-    ``width`` is ``cfg.d_sae``, ``d_model`` is ``cfg.d_in``, ``decoder_rows`` are rows of ``W_dec``;
-    ``encode`` and ``decode`` move their input to the SAE's device and dtype first.
+    ``width`` is ``cfg.d_sae``, ``d_model`` is ``cfg.d_in``, ``decoder_rows`` are rows of ``W_dec``
+    (so :func:`~tlsteer.dictionary.fingerprint` is :func:`sae_fingerprint`); ``encode``,
+    ``decode`` and ``decode_change`` move their input to the SAE's device and dtype first.
     """
 
     sae: SAELike = field(repr=False)
@@ -384,21 +334,92 @@ class SAEDictionary:
         w_dec = self.sae.W_dec
         return self.sae.decode(features.to(device=w_dec.device, dtype=w_dec.dtype))
 
-    def decoder_rows(self, ids: Tensor) -> Float[Tensor, "n d_model"]:
+    def decoder_rows(self, ids: Int[Tensor, " n"]) -> Float[Tensor, "n d_model"]:
         w_dec = self.sae.W_dec
         return w_dec.detach()[ids.to(device=w_dec.device, dtype=torch.long)]
 
+    @cached_property
+    def plain_decoder(self) -> bool:
+        """Whether ``decode`` is ``f @ W_dec + b_dec``, probed on a few features the first time it is asked.
 
-def as_feature_dictionary(sae: SAELike | SAEDictionary, hook_name: object = None) -> SAEDictionary:
-    """A sae-lens SAE as a :class:`~tlsteer.dictionary.FeatureDictionary`, after checking it.
+        A decoder that is affine in the features in another way (one that divides them by the
+        decoder norms, say) is not plain: :meth:`decode_change` measures it through ``decode``.
+        """
+        d_sae, w_dec = self.width, self.sae.W_dec.detach()
+        ids = torch.unique(torch.linspace(0, d_sae - 1, min(d_sae, 8)).long()).to(w_dec.device)
+        probe = torch.zeros(len(ids) + 1, d_sae, dtype=w_dec.dtype, device=w_dec.device)
+        probe[torch.arange(len(ids), device=w_dec.device), ids] = 1.0
+        with torch.no_grad():
+            try:
+                out = self.sae.decode(probe)
+            except (AttributeError, RuntimeError) as err:
+                raise ValueError(
+                    f"sae.decode failed on feature activations alone ({type(err).__name__}: {err}); "
+                    "tlsteer needs a decoder that is affine in the features"
+                ) from err
+            measured = (out[:-1] - out[-1]).float()
+        rows = w_dec[ids].float()
+        scale = float(rows.abs().max()) or 1.0
+        return bool(torch.allclose(measured, rows, rtol=1e-3, atol=1e-4 * scale))
+
+    def decode_change(
+        self, df: Float[Tensor, "... n"], ids: Int[Tensor, " n"]
+    ) -> Float[Tensor, "... d_model"]:
+        """``decode(f + df) - decode(f)`` for a change ``df`` of the features ``ids``.
+
+        For a plain decoder (:attr:`plain_decoder`) that is ``df @ W_dec[ids]``, computed in that
+        form so that the bias never enters and a zero change is exactly zero; any other decoder
+        that is affine in the features is measured as ``decode(df) - decode(0)``, ``df`` placed at
+        ``ids`` among zeros.
+        """
+        w_dec = self.sae.W_dec.detach()
+        ids = ids.to(device=w_dec.device, dtype=torch.long)
+        df = df.to(device=w_dec.device, dtype=w_dec.dtype)
+        if self.plain_decoder:
+            return df @ w_dec[ids]
+        full = torch.zeros(*df.shape[:-1], w_dec.shape[0], dtype=w_dec.dtype, device=w_dec.device)
+        full[..., ids] = df
+        zero = torch.zeros(1, w_dec.shape[0], dtype=w_dec.dtype, device=w_dec.device)
+        return self.sae.decode(full) - self.sae.decode(zero)[0]
+
+
+def as_feature_dictionary(
+    dictionary: object, hook_name: object = None, model: HookedTransformer | None = None
+) -> FeatureDictionary:
+    """A checked :class:`~tlsteer.dictionary.FeatureDictionary` for a sae-lens SAE or any dictionary.
+
+    Every feature-level function of :mod:`tlsteer.sae` takes its dictionary through here once,
+    then uses only the protocol.
 
     Args:
-        sae: Any sae-lens SAE whose decoder is affine in its features (see :func:`sae_dims`).
-        hook_name: Where it reads, if its metadata does not say (one that disagrees is refused).
+        dictionary: A sae-lens SAE whose decoder is affine in its features (see :func:`as_sae`),
+            adapted as an :class:`SAEDictionary`; or any object with the members of the protocol,
+            returned as it is once :func:`~tlsteer.dictionary.check_feature_dictionary` passes.
+        hook_name: Where it reads, for an SAE whose metadata does not say; a hook that disagrees
+            with the SAE's metadata or with a dictionary's ``hook_name`` is refused.
+        model: When given, the dictionary must fit it (``d_model`` and a hook of the model).
 
     Example:
         >>> view = feature_token_view(model, as_feature_dictionary(sae), [12, 40], "Hi")  # doctest: +SKIP
     """
-    if isinstance(sae, SAEDictionary):
-        return sae if hook_name in (None, sae.hook_name) else as_feature_dictionary(sae.sae, hook_name)
-    return SAEDictionary(sae, sae_hook_name(sae, hook_name))
+    if not isinstance(dictionary, SAEDictionary) and (
+        isinstance(dictionary, SAE) or (hasattr(dictionary, "W_dec") and feature_dictionary_lacks(dictionary))
+    ):
+        sae = as_sae(dictionary)
+        name = sae_hook_name(sae, hook_name) if model is None else check_sae(model, sae, hook_name)
+        return SAEDictionary(sae, name)
+    missing = feature_dictionary_lacks(dictionary)
+    if missing:
+        raise TypeError(
+            f"expected a sae-lens SAE or a feature dictionary ({MEMBERS}), got "
+            f"{type(dictionary).__name__}, which has no W_dec and lacks {', '.join(missing)}"
+        )
+    if isinstance(dictionary, SAEDictionary) and model is not None:
+        check_sae(model, dictionary.sae, dictionary.hook_name)
+    checked = check_feature_dictionary(dictionary, model)
+    if hook_name is not None and hook_name != checked.hook_name:
+        raise ValueError(
+            f"hook_name={hook_name!r} disagrees with the dictionary's own hook {checked.hook_name!r}; "
+            "leave hook_name out or give the same hook"
+        )
+    return checked

@@ -1,11 +1,13 @@
-"""Class profiles in an SAE's feature space: :func:`class_profile` and its feature-space directions.
+"""Class profiles in a feature dictionary's space: :func:`class_profile` and its feature-space directions.
 
 :func:`class_profile` reads every example of a :class:`~tlsteer.ClassDataset` once (one batched
-stream; each row is kept as its residual and its SAE encoding) and returns an
-:class:`SAEClassProfile`: the core :class:`~tlsteer.ClassProfile` in both spaces, whose
-feature-space directions are decoded through ``W_dec`` into core ``SteeringVector``\\ s, and
-which builds the feature-level vectors of the SAE module from any two classes or a class against
-the rest (formula ``class_means``).
+stream; each row is kept as its residual and its encoding by the dictionary: an SAE or any
+:class:`~tlsteer.dictionary.FeatureDictionary`) and returns an :class:`SAEClassProfile`: the core
+:class:`~tlsteer.ClassProfile` in both spaces, whose feature-space directions are decoded through
+the dictionary's one decoding path (:meth:`FeatureVector.to_steering_vector
+<tlsteer.sae.FeatureVector.to_steering_vector>`) into core ``SteeringVector``\\ s, and which
+builds the feature-level vectors of the SAE module from any two classes or a class against the
+rest (formula ``class_means``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tlsteer._types import check_batch_size
 from tlsteer.classes import ClassDataset, class_reads
 from tlsteer.profile import ClassProfile, check_n_bootstrap
 from tlsteer.read import Read
-from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
+from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.sae.features import FeatureVector
 from tlsteer.vector import SteeringVector
 
@@ -30,7 +32,11 @@ __all__ = ["SAEClassProfile", "class_profile"]
 
 @dataclass(frozen=True, eq=False)
 class SAEClassProfile(ClassProfile):
-    """A :class:`~tlsteer.ClassProfile` in raw and feature space, with the SAE that made the features."""
+    """A :class:`~tlsteer.ClassProfile` in raw and feature space, with the dictionary that made the features.
+
+    ``sae`` is that SAE or :class:`~tlsteer.dictionary.FeatureDictionary` (the field keeps its name
+    from when only SAEs were profiled); :func:`class_profile` keeps it as a checked dictionary.
+    """
 
     sae: Any = field(default=None, repr=False)
 
@@ -46,7 +52,7 @@ class SAEClassProfile(ClassProfile):
                 raise ValueError(f"a and b must differ, got {a!r} twice")
             other, label = rows[b], b
         values = rows[a].mean(0) - other.mean(0)
-        return FeatureVector.from_sae(
+        return FeatureVector.from_dictionary(
             self.sae,
             values,
             self.hook_name,
@@ -57,12 +63,12 @@ class SAEClassProfile(ClassProfile):
         )
 
     def _decoded(self, values: Tensor, note: str) -> SteeringVector:
-        fv = FeatureVector.from_sae(self.sae, values, self.hook_name, formula="class_means", note=note)
+        fv = FeatureVector.from_dictionary(self.sae, values, self.hook_name, formula="class_means", note=note)
         vec = fv.to_steering_vector(self.sae)
         return self._vector(vec[self.hook_name], note)
 
     def direction(self, a: str, b: str, space: str = "raw") -> SteeringVector:
-        """From ``a`` to ``b``: raw mean difference, or the feature mean difference decoded by ``W_dec``."""
+        """From ``a`` to ``b``: the raw mean difference, or the feature mean difference, decoded."""
         if space != "feature":
             return super().direction(a, b, space)
         rows = self._space("feature")
@@ -70,7 +76,7 @@ class SAEClassProfile(ClassProfile):
         return self._decoded(values, f"{self.dataset_name}: {a} -> {b} (features decoded)")
 
     def mean_centred(self, name: str, space: str = "raw") -> SteeringVector:
-        """Class mean minus the mean of the class means; in feature space, decoded by ``W_dec``."""
+        """Class mean minus the mean of the class means; in feature space, decoded by the dictionary."""
         if space != "feature":
             return super().mean_centred(name, space)
         means = self.means("feature")
@@ -80,7 +86,7 @@ class SAEClassProfile(ClassProfile):
 
 def class_profile(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     dataset: ClassDataset,
     *,
     read: Read | None = None,
@@ -89,11 +95,12 @@ def class_profile(
     seed: int = 0,
     hook_name: str | None = None,
 ) -> SAEClassProfile:
-    """Profile the classes of ``dataset`` in raw and feature space at the SAE's hook.
+    """Profile the classes of ``dataset`` in raw and feature space at the dictionary's hook.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE that fits the model.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary` that fits
+            the model.
         dataset: The classes.
         read: Where each example is read (default :meth:`Read.reply <tlsteer.Read.reply>`: the
             mean over the reply tokens).
@@ -102,25 +109,24 @@ def class_profile(
             profile without stability (enough for directions and feature vectors), whose
             ``distinctive`` and ``shared`` then need ``stable_only=False``.
         seed: Seeds the resamples.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
 
     Example:
         >>> profile = class_profile(model, sae, load_class_dataset("speaking_styles"))  # doctest: +SKIP
         >>> profile.distinctive("pirate", k=10)  # doctest: +SKIP
         >>> profile.direction("formal", "pirate", space="feature").apply(model, 4.0)  # doctest: +SKIP
     """
-    hook = check_sae(model, sae, hook_name)
-    d_in, d_sae = sae_dims(sae)
+    found = as_feature_dictionary(dictionary, hook_name, model)
+    hook, d_in, width = found.hook_name, found.d_model, found.width
     check_n_bootstrap(n_bootstrap)
     batch_size = check_batch_size(batch_size)
-    device = sae.W_dec.device
 
     def both(rows: Tensor) -> Tensor:
-        encoded = sae.encode(rows.to(device)).float().to(rows.device)
+        encoded = found.encode(rows).float().to(rows.device)
         return torch.cat([rows.float(), encoded], dim=-1)
 
     joint = class_reads(
-        model, dataset, hook, read=read, transform=both, d_out=d_in + d_sae, batch_size=batch_size
+        model, dataset, hook, read=read, transform=both, d_out=d_in + width, batch_size=batch_size
     )
     reps = {
         "raw": {c: t[:, :d_in] for c, t in joint.items()},
@@ -135,5 +141,5 @@ def class_profile(
         model.cfg.model_name or "",
         int(n_bootstrap),
         seed,
-        sae=sae,
+        sae=found,
     )

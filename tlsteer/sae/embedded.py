@@ -5,8 +5,9 @@ Each shipped SAE is a folder ``tlsteer/sae/weights/layer_{L}/`` holding what sae
 (the command, corpus hash, tokens, timings, versions and held-out explained variance) and
 ``heldout_texts.json`` (a few held-out conversations to check it on). Every one is a TopK SAE on
 ``blocks.{L}.hook_resid_post`` of SmolLM2-135M-Instruct, trained by ``benchmarks/train_sae.py`` on
-the chat conversations of ``benchmarks/sae_corpus.py``, with the attention sinks at the start of
-each training row left out (``seqpos_slice``): encode a conversation from position 1 on.
+the chat conversations of ``benchmarks/sae_corpus.py`` (scripts over :mod:`tlsteer.sae.corpus` and
+:mod:`tlsteer.sae.training`), with the attention sinks at the start of each training row left out
+(``seqpos_slice``): encode a conversation from position 1 on.
 
 sae-lens is imported only when an SAE is loaded.
 """

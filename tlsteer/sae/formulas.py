@@ -1,7 +1,8 @@
 """Contrast vectors in feature space and in the residual stream, by three formulas.
 
-Let ``F`` be the SAE's feature activations of one example, read as :func:`~tlsteer.sae.encode`
-reads them: every example's *activations* are encoded (never a steering vector). Then
+Let ``F`` be the feature activations of one example under a feature dictionary (an SAE or any
+:class:`~tlsteer.dictionary.FeatureDictionary`), read as :func:`~tlsteer.sae.encode` reads them:
+every example's *activations* are encoded (never a steering vector). Then
 
 ``paired``
     the mean over pairs of ``F_P - F_N`` (data: contrast pairs);
@@ -19,7 +20,7 @@ The same formulas on the residual activations themselves are the core's one raw-
 :func:`tlsteer.train_steering_vector` (``paired``: its default mean of differences; ``class_means``
 and, on equal sizes, ``sums``: ``aggregator=class_mean_aggregator()``), read with the same
 :class:`~tlsteer.Read`. :func:`encode_steering_vector` is the negative control:
-the SAE's encoding of a CAA direction, which is off the SAE's training distribution.
+the dictionary's encoding of a CAA direction, which is off an SAE's training distribution.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from tlsteer._types import check_batch_size
 from tlsteer.errors import format_options
 from tlsteer.read import Read, as_read
 from tlsteer.reading import ReadPlan, iter_reads, plan_reads
-from tlsteer.sae.adapter import SAELike, check_sae, sae_dims, sae_hook_name
-from tlsteer.sae.encoding import sae_transform
+from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.sae.features import FeatureVector
 from tlsteer.vector import SteeringVector
 
@@ -78,9 +78,9 @@ def contrast_direction(
     """The formula's vector (float32, CPU) from streamed sums of ``transform(activations)``."""
     _check_formula(formula, plan)
     sums: dict[bool, Tensor] = {}
-    for batch, rows in iter_reads(model, hook, plan, transform, batch_size):
-        rows = rows.double()
-        positive = torch.tensor([i < plan.n_positive for i in batch])
+    for batch in iter_reads(model, plan, [hook], transform=transform, batch_size=batch_size):
+        rows = batch.rows[hook].double()
+        positive = torch.tensor([i < plan.n_positive for i in batch.indices])
         for side in (True, False):
             part = rows[positive == side].sum(dim=0)
             sums[side] = sums[side] + part if side in sums else part
@@ -98,7 +98,7 @@ def _n_examples(plan: ReadPlan) -> int:
 
 def feature_vector(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     data: Any,
     formula: str = "paired",
     *,
@@ -107,17 +107,18 @@ def feature_vector(
     hook_name: str | None = None,
     note: str = "",
 ) -> FeatureVector:
-    """A contrast vector in the SAE's feature space from the encoded activations of each example.
+    """A contrast vector in a dictionary's feature space from the encoded activations of each example.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE that fits the model.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary` that fits
+            the model.
         data: Contrast pairs (``ContrastPair`` or ``(positive, negative)`` tuples) or a ``ContrastSet``.
         formula: ``"paired"``, ``"sums"`` or ``"class_means"`` (see the module docstring).
         read: Where each prompt is read (default :meth:`Read.answer <tlsteer.Read.answer>`), as
             for :func:`~tlsteer.sae.encode`.
         batch_size: Prompts per forward pass.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
         note: Free text kept in the vector.
 
     ``n_examples`` is the number of pairs, or for a ContrastSet its positives plus negatives.
@@ -126,15 +127,14 @@ def feature_vector(
         >>> fv = feature_vector(model, sae, pairs, formula="paired")  # doctest: +SKIP
         >>> fv.top_k(20).to_steering_vector(sae).apply(model, 4.0)  # doctest: +SKIP
     """
-    hook = check_sae(model, sae, hook_name)
+    found = as_feature_dictionary(dictionary, hook_name, model)
     batch_size = check_batch_size(batch_size)
     read = as_read(read, Read.answer())
     plan = plan_reads(model, data, read)
-    values = contrast_direction(model, hook, plan, formula, sae_transform(sae), batch_size)
-    return FeatureVector.from_sae(
-        sae,
+    values = contrast_direction(model, found.hook_name, plan, formula, found.encode, batch_size)
+    return FeatureVector.from_dictionary(
+        found,
         values,
-        hook,
         formula=formula,
         n_examples=_n_examples(plan),
         note=note or f"read={read.describe()}",
@@ -143,34 +143,36 @@ def feature_vector(
 
 
 def encode_steering_vector(
-    sae: SAELike, steering_vector: SteeringVector, hook_name: str | None = None
+    dictionary: object, steering_vector: SteeringVector, hook_name: str | None = None
 ) -> FeatureVector:
-    """NEGATIVE CONTROL: the SAE's encoding of a steering vector's direction at its hook.
+    """NEGATIVE CONTROL: a dictionary's encoding of a steering vector's direction at its hook.
 
     A CAA direction is a difference of activations, not an activation: it lacks the mean the
-    encoder expects and sits off the SAE's training distribution, so its encoding is a poor
+    encoder expects and sits off an SAE's training distribution, so its encoding is a poor
     description of it (Mayne et al. 2024, "Can sparse autoencoders be used to decompose and
     interpret steering vectors?"). Use it only to compare against :func:`feature_vector`.
     """
     if not isinstance(steering_vector, SteeringVector):
         raise TypeError(f"expected a SteeringVector, got {type(steering_vector).__name__}")
-    d_in, _ = sae_dims(sae)
-    hook = sae_hook_name(sae, hook_name)
+    found = as_feature_dictionary(dictionary, hook_name)
+    hook = found.hook_name
     if hook not in steering_vector:
         raise KeyError(
-            f"the steering vector has no direction at the SAE's hook {hook!r}; hooks: {steering_vector.hooks}"
+            f"the steering vector has no direction at the dictionary's hook {hook!r}; hooks: "
+            f"{steering_vector.hooks}"
         )
     direction = steering_vector[hook]
-    if direction.shape[0] != d_in:
-        raise ValueError(f"the direction has d_model={direction.shape[0]} but the SAE has d_in={d_in}")
+    if direction.shape[0] != found.d_model:
+        raise ValueError(
+            f"the direction has d_model={direction.shape[0]} but the dictionary has d_model={found.d_model}"
+        )
     with torch.no_grad():
-        values = sae.encode(direction[None].to(sae.W_dec.device))[0].float().cpu()
-    return FeatureVector.from_sae(
-        sae,
+        values = found.encode(direction[None])[0].float().cpu()
+    return FeatureVector.from_dictionary(
+        found,
         values,
-        hook,
         formula="encoded_steering_vector",
         n_examples=steering_vector.metadata.n_pairs,
-        note="negative control: SAE encoding of a steering vector (off-distribution, Mayne et al. 2024)",
+        note="negative control: encoding of a steering vector (off-distribution, Mayne et al. 2024)",
         model_name=steering_vector.metadata.model_name,
     )

@@ -1,7 +1,8 @@
 """Looking at features: where one fires (top examples, density), what it writes, and a bar chart.
 
 :func:`inspect_feature` streams texts in left-padded batches, encodes every evaluated token at the
-SAE's hook and keeps only a heap of the ``k`` top-activating tokens; it also counts how often the
+hook of a feature dictionary (an SAE or any :class:`~tlsteer.dictionary.FeatureDictionary`) and
+keeps only a heap of the ``k`` top-activating tokens; it also counts how often the
 feature fires and reads its decoder row through the unembedding (logit lens). :func:`plot_feature_vector`
 draws a FeatureVector's largest features, labelled with the tokens they promote (matplotlib is
 imported only there).
@@ -19,8 +20,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
+from tlsteer.dictionary import check_feature_ids
 from tlsteer.reading import hook_batches, token_mask
-from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, logit_lens, sae_dims
+from tlsteer.sae.adapter import as_feature_dictionary, logit_lens
 from tlsteer.sae.features import FeatureVector
 from tlsteer.tokens import decode_tokens, tokenize_prompts
 
@@ -45,7 +47,7 @@ class FeatureReport:
 
     ``density`` is the share of evaluated tokens where the feature is nonzero, out of
     ``n_tokens`` (the first ``skip_first`` positions of each text are not evaluated).
-    ``promoted`` and ``suppressed`` are the decoder row's logit lens, ``W_dec[feature] @ W_U``.
+    ``promoted`` and ``suppressed`` are the decoder row's logit lens, ``decoder_rows(feature) @ W_U``.
     """
 
     feature: int
@@ -86,7 +88,7 @@ def _context(model: HookedTransformer, ids: Sequence[int], pos: int, window: int
 
 def inspect_feature(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     feature: int,
     texts: Sequence[str],
     *,
@@ -100,32 +102,32 @@ def inspect_feature(
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE that fits the model.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary` that fits
+            the model.
         feature: The feature id.
         texts: Texts to scan (streamed; only the top ``k`` tokens are kept).
         k: How many top tokens, and how many promoted and suppressed tokens.
         batch_size: Texts per forward pass.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
         skip_first: Leave out the first positions of each text (attention sinks).
         window: Tokens of context before each top token (half as many after).
 
     Example:
         >>> print(inspect_feature(model, sae, 123, tlsteer.load_neutral_text()))  # doctest: +SKIP
     """
-    hook = check_sae(model, sae, hook_name)
-    _, d_sae = sae_dims(sae)
-    (feature,) = check_feature_ids(feature, d_sae)
+    found = as_feature_dictionary(dictionary, hook_name, model)
+    hook = found.hook_name
+    (feature,) = check_feature_ids(feature, found.width)
     k, batch_size = _check_int(k, "k", 1), check_batch_size(batch_size)
     skip_first, window = _check_int(skip_first, "skip_first", 0), _check_int(window, "window", 0)
     ids = tokenize_prompts(model, texts)
     heap: list[tuple[float, int, int]] = []  # (activation, -text, -position): the k largest survive
     fired = counted = 0
-    device = sae.W_dec.device
     with torch.no_grad():
         for batch, tokens, resid in hook_batches(model, hook, ids, batch_size):
             width = tokens.shape[1]
             chosen = token_mask([len(ids[i]) for i in batch], width, skip_first, tokens.device)
-            acts = sae.encode(resid[chosen].to(device))[:, feature].float().cpu()
+            acts = found.encode(resid[chosen])[:, feature].float().cpu()
             where = chosen.nonzero().cpu()
             fired += int((acts != 0).sum())
             counted += acts.shape[0]
@@ -144,7 +146,8 @@ def inspect_feature(
         text, pos = -neg_text, -neg_pos
         token = decode_tokens(model, [ids[text][pos]])
         examples.append(FeatureExample(text, pos, token, value, _context(model, ids[text], pos, window)))
-    promoted, suppressed = logit_lens(model, sae.W_dec[feature], k)
+    row = found.decoder_rows(torch.tensor([feature]))[0]
+    promoted, suppressed = logit_lens(model, row, k)
     return FeatureReport(
         feature,
         hook,
@@ -158,7 +161,11 @@ def inspect_feature(
 
 
 def plot_feature_vector(
-    fv: FeatureVector, model: HookedTransformer, sae: SAELike, k: int = 20, path: str | Path | None = None
+    fv: FeatureVector,
+    model: HookedTransformer,
+    dictionary: object,
+    k: int = 20,
+    path: str | Path | None = None,
 ) -> Any:
     """A bar chart of the ``k`` largest features of ``fv``, each labelled with its top 3 tokens.
 
@@ -170,7 +177,7 @@ def plot_feature_vector(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    table = fv.table(model, sae, k=_check_int(k, "k", 1), n_tokens=3)
+    table = fv.table(model, dictionary, k=_check_int(k, "k", 1), n_tokens=3)
     fig = Figure(figsize=(7.0, 1.0 + 0.3 * max(len(table), 1)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -9,6 +9,7 @@ first ``skip_first`` positions of every text are left out of every number (see
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,7 +24,25 @@ from tlsteer.reading import token_mask
 from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
 from tlsteer.tokens import left_pad, tokenize_prompts
 
-__all__ = ["SAEQuality", "sae_quality"]
+__all__ = ["QualityTargets", "SAEQuality", "sae_quality"]
+
+
+@dataclass(frozen=True)
+class QualityTargets:
+    """What a good SAE reaches on held-out text (:meth:`SAEQuality.meets`).
+
+    The defaults are the targets the shipped SAEs were trained for: explained variance at least
+    0.90 with at most 64 active features per token, under 5% of the features dead, and a CE loss
+    score of at least 0.97.
+    """
+
+    explained_variance: float = 0.90
+    l0_max: int = 64
+    dead_share_max: float = 0.05
+    ce_loss_score: float = 0.97
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +84,25 @@ class SAEQuality:
     n_texts: int
     skip_first: int
     densities: Float[Tensor, " d_sae"]
+
+    def meets(self, targets: QualityTargets | None = None) -> bool:
+        """Whether every target is met (default :class:`QualityTargets`)."""
+        t = QualityTargets() if targets is None else targets
+        return bool(
+            self.explained_variance >= t.explained_variance
+            and self.l0 <= t.l0_max
+            and self.dead_share < t.dead_share_max
+            and self.ce_loss_score >= t.ce_loss_score
+        )
+
+    def to_dict(self, digits: int = 4) -> dict[str, Any]:
+        """Every number but ``densities``, floats rounded to ``digits``."""
+        return {
+            f.name: round(v, digits) if isinstance(v, float) else v
+            for f in dataclasses.fields(self)
+            if f.name != "densities"
+            for v in [getattr(self, f.name)]
+        }
 
     def __str__(self) -> str:
         return (

@@ -1,10 +1,11 @@
 """What feature selection needs to know about each feature: densities, first-token features, output scores.
 
-:func:`feature_stats` streams texts through the model and the SAE once and counts, per feature,
-how often it fires (its density over tokens, the first positions left out), its mean activation
-when it fires, and how often it fires on a text's first token (an attention-sink feature; FGAA,
-Soo et al. 2025, drops those). :func:`output_scores` measures what a feature *does* rather than
-what it reads: amplify its decoder row in one forward pass and see whether the tokens its logit
+:func:`feature_stats` streams texts through the model and a feature dictionary (an SAE or any
+:class:`~tlsteer.dictionary.FeatureDictionary`) once and counts, per feature, how often it fires
+(its density over tokens, the first positions left out), its mean activation when it fires, and
+how often it fires on a text's first token (an attention-sink feature; FGAA, Soo et al. 2025,
+drops those). :func:`output_scores` measures what a feature *does* rather than what it reads:
+amplify what it writes (its decoder row) in one forward pass and see whether the tokens its logit
 lens promotes become more likely (the output score of Arad et al. 2025, who found that keeping
 features with high output scores made SAE steering 2-3x better). Feed both to the selections of
 :class:`~tlsteer.sae.FeatureVector` (``max_density``, ``min_frequency``,
@@ -24,9 +25,10 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt, load_open_prompts
+from tlsteer.dictionary import check_feature_ids
 from tlsteer.operators import check_multiplier
 from tlsteer.reading import hook_batches, token_mask
-from tlsteer.sae.adapter import SAELike, check_feature_ids, check_sae, sae_dims
+from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.sae.features import FeatureVector
 from tlsteer.tokens import tokenize_prompts
 
@@ -35,7 +37,7 @@ __all__ = ["FeatureStats", "feature_stats", "output_scores"]
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Per-feature counts over a corpus (all tensors ``[d_sae]``, float32, CPU).
+    """Per-feature counts over a corpus (all tensors ``[width]``, float32, CPU).
 
     ``density``: share of the counted tokens (own positions ``>= skip_first``) where the feature
     is nonzero. ``mean_active``: its mean activation where it is nonzero (0 if it never fires).
@@ -43,9 +45,9 @@ class FeatureStats:
     """
 
     hook_name: str
-    density: Float[Tensor, " d_sae"] = field(repr=False)
-    mean_active: Float[Tensor, " d_sae"] = field(repr=False)
-    first_token_rate: Float[Tensor, " d_sae"] = field(repr=False)
+    density: Float[Tensor, " width"] = field(repr=False)
+    mean_active: Float[Tensor, " width"] = field(repr=False)
+    first_token_rate: Float[Tensor, " width"] = field(repr=False)
     n_tokens: int
     n_texts: int
     skip_first: int
@@ -73,7 +75,7 @@ def _check_texts(texts: Any, name: str = "texts") -> list[str]:
 
 def feature_stats(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     texts: Any,
     *,
     batch_size: Any = 8,
@@ -84,11 +86,12 @@ def feature_stats(
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE that fits the model.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary` that fits
+            the model.
         texts: Texts as the model sees them (chat-formatted or raw); tokenized with a BOS where the
             model adds one.
         batch_size: Texts per forward pass; memory holds one batch.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
         skip_first: Positions at the start of each text left out of ``density`` and
             ``mean_active`` (the first is an attention sink).
 
@@ -97,28 +100,27 @@ def feature_stats(
         >>> sink = stats.first_token_features()  # doctest: +SKIP
         >>> fv.max_density(0.05, stats.density).drop_first_token_features(sink)  # doctest: +SKIP
     """
-    hook = check_sae(model, sae, hook_name)
-    _, d_sae = sae_dims(sae)
+    found = as_feature_dictionary(dictionary, hook_name, model)
+    hook, width = found.hook_name, found.width
     batch_size = check_batch_size(batch_size)
     if not is_int(skip_first) or skip_first < 0:
         raise ValueError(f"skip_first must be an int >= 0, got {skip_first!r}")
     ids = tokenize_prompts(model, _check_texts(texts))
-    fired = torch.zeros(d_sae, dtype=torch.float64)
-    total = torch.zeros(d_sae, dtype=torch.float64)
-    first = torch.zeros(d_sae, dtype=torch.float64)
+    fired = torch.zeros(width, dtype=torch.float64)
+    total = torch.zeros(width, dtype=torch.float64)
+    first = torch.zeros(width, dtype=torch.float64)
     counted = 0
-    device = sae.W_dec.device
     with torch.no_grad():
         for batch, tokens, acts in hook_batches(model, hook, ids, batch_size):
             width = tokens.shape[1]
             lengths = [len(ids[i]) for i in batch]
             chosen = token_mask(lengths, width, int(skip_first), tokens.device)
-            feats = sae.encode(acts[chosen].to(device)).float()
+            feats = found.encode(acts[chosen]).float()
             fired += (feats != 0).sum(0).double().cpu()
             total += feats.sum(0).double().cpu()
             counted += feats.shape[0]
             starts = torch.tensor([width - n for n in lengths], device=acts.device)
-            at_zero = sae.encode(acts[torch.arange(len(batch), device=acts.device), starts].to(device))
+            at_zero = found.encode(acts[torch.arange(len(batch), device=acts.device), starts])
             first += (at_zero != 0).sum(0).double().cpu()
     if counted == 0:
         raise ValueError(f"no tokens to count: every text has at most skip_first={skip_first} tokens")
@@ -141,7 +143,7 @@ def default_score_prompts(model: HookedTransformer, n: int = 4) -> list[str]:
 
 def output_scores(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     features: Any,
     prompts: Any = None,
     *,
@@ -149,43 +151,46 @@ def output_scores(
     n_tokens: Any = 10,
     batch_size: Any = 16,
     hook_name: str | None = None,
-) -> Float[Tensor, " d_sae"]:
+) -> Float[Tensor, " width"]:
     """How much amplifying each feature raises the probability of the tokens its logit lens names.
 
-    For each chosen feature ``f``: its unit decoder row times ``strength`` times the mean residual
-    norm at the hook (measured on ``prompts``, first position left out) is added at every position
-    but the first of each prompt, in one forward pass. The score is the increase of the total
-    next-token probability, at each prompt's last position, of the ``n_tokens`` tokens that
-    ``W_dec[f] @ W_U`` promotes most, averaged over the prompts. A feature whose decoder row does
-    what its logit lens says scores high; an input feature (one that reads a pattern but writes
-    nothing legible) scores near 0. This is a probability-mass variant of the output score of Arad
-    et al. (2025), who rank the logit-lens tokens in the amplified output instead.
+    For each chosen feature ``f``: its unit row (what one unit of ``f`` writes, through the
+    dictionary's one decoding path ``decode_change``: the decoder row) times ``strength`` times
+    the mean residual norm at the hook (measured on ``prompts``, first position left out) is added
+    at every position but the first of each prompt, in one forward pass. The score is the increase
+    of the total next-token probability, at each prompt's last position, of the ``n_tokens``
+    tokens that the row promotes most (``row @ W_U``), averaged over the prompts. A feature whose
+    decoder row does what its logit lens says scores high; an input feature (one that reads a
+    pattern but writes nothing legible) scores near 0. This is a probability-mass variant of the
+    output score of Arad et al. (2025), who rank the logit-lens tokens in the amplified output
+    instead.
 
     Args:
         model: A ``HookedTransformer`` with a tokenizer.
-        sae: A sae-lens SAE that fits the model.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary` that fits
+            the model.
         features: Feature ids (an int or a list), or a :class:`FeatureVector` (its nonzero features).
         prompts: Texts as the model sees them; default: 4 built-in open prompts, chat-formatted.
         strength: The added norm in units of the mean residual norm at the hook (> 0).
         n_tokens: How many logit-lens tokens per feature.
         batch_size: Features per forward pass (each prompt is repeated once per feature).
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
 
     Returns:
-        ``[d_sae]`` float32 scores; features not chosen score 0 (pass the same features to
+        ``[width]`` float32 scores; features not chosen score 0 (pass the same features to
         ``FeatureVector.by_output_score``, which ranks only a vector's nonzero features).
 
     Example:
         >>> scores = output_scores(model, sae, fv.top_k(50))  # doctest: +SKIP
         >>> fv.by_output_score(scores, k=10)  # doctest: +SKIP
     """
-    at = check_sae(model, sae, hook_name)
-    _, d_sae = sae_dims(sae)
+    found = as_feature_dictionary(dictionary, hook_name, model)
+    at, width = found.hook_name, found.width
     if isinstance(features, FeatureVector):
-        features.check_sae(sae)
+        features.check_dictionary(found)
         ids = features.features  # never empty: a FeatureVector has a nonzero feature
     else:
-        ids = check_feature_ids(features, d_sae)
+        ids = check_feature_ids(features, width)
     strength = check_multiplier(strength)
     if strength <= 0:
         raise ValueError(f"strength must be > 0, got {strength!r}")
@@ -198,7 +203,9 @@ def output_scores(
         raise ValueError("every prompt needs at least 2 tokens (the first position is left unsteered)")
 
     w_u = model.W_U.detach().float()
-    rows = sae.W_dec.detach().float().to(w_u.device)[ids]
+    with torch.no_grad():
+        index = torch.tensor(ids, dtype=torch.long)
+        rows = found.decode_change(torch.eye(len(ids)), index).detach().float().to(w_u.device)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     named = (rows @ w_u).topk(min(int(n_tokens), w_u.shape[1]), dim=-1).indices  # [n_ids, n_tokens]
     scores = torch.zeros(len(ids), dtype=torch.float64)
@@ -225,6 +232,6 @@ def output_scores(
                 picked = named[lo : lo + batch_size].to(probs.device)
                 gain = probs.gather(-1, picked).sum(-1) - base[picked].sum(-1)
                 scores[lo : lo + batch_size] += gain.double().cpu()
-    out = torch.zeros(d_sae, dtype=torch.float32)
+    out = torch.zeros(width, dtype=torch.float32)
     out[torch.tensor(ids)] = (scores / len(token_ids)).float()
     return out

@@ -1,11 +1,14 @@
-"""Steering in feature space: edit chosen SAE features at the SAE's hook, keep everything else.
+"""Steering in feature space: edit chosen features of a dictionary at its hook, keep everything else.
 
-With ``f = sae.encode(h)`` at the steered positions, the activation becomes
-``h' = h + decode(f_edited) - decode(f)``: the SAE's error ``h - decode(f)`` is kept, and the
-features not chosen keep their contribution exactly, because the change is computed as
-``(f_edited - f)[ids] @ W_dec[ids]`` (no bias enters; a zero change is exactly zero). Modes:
-``add`` (``f[ids] += values``), ``scale`` (``f[ids] *= values``), ``clamp`` (``f[ids] = values``).
-A :class:`~tlsteer.sae.FeatureVector` steers by adding ``multiplier * values`` in feature space.
+The dictionary is an SAE or any :class:`~tlsteer.dictionary.FeatureDictionary`. With
+``f = dictionary.encode(h)`` at the steered positions, the activation becomes
+``h' = h + decode(f_edited) - decode(f)``: the reconstruction error ``h - decode(f)`` is kept,
+and the features not chosen keep their contribution exactly, because the change is computed
+through the dictionary's one decoding path, ``decode_change((f_edited - f)[ids], ids)``
+(``(f_edited - f)[ids] @ W_dec[ids]`` for a plain SAE: no bias enters; a zero change is exactly
+zero). Modes: ``add`` (``f[ids] += values``), ``scale`` (``f[ids] *= values``), ``clamp``
+(``f[ids] = values``). A :class:`~tlsteer.sae.FeatureVector` steers by adding
+``multiplier * values`` in feature space.
 
 :func:`feature_edit` is a core :data:`~tlsteer.hooks.Edit` (activation -> delta);
 :func:`feature_steering` wraps it as a :class:`~tlsteer.Steering`, so it steers everything that
@@ -22,19 +25,11 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tlsteer.dictionary import FeatureDictionary, check_feature_ids
 from tlsteer.errors import format_options
 from tlsteer.operators import check_multiplier
 from tlsteer.positions import Positions
-from tlsteer.sae.adapter import (
-    DecoderChange,
-    SAELike,
-    check_feature_ids,
-    check_feature_values,
-    check_sae,
-    decoder_change,
-    sae_dims,
-    sae_hook_name,
-)
+from tlsteer.sae.adapter import as_feature_dictionary, check_feature_values
 from tlsteer.sae.features import FeatureVector
 from tlsteer.steering import Steering
 
@@ -46,13 +41,13 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 @dataclass(eq=False)
 class FeatureEdit:
-    """The edit of some SAE features at the SAE's hook (an :data:`~tlsteer.hooks.Edit`)."""
+    """The edit of some features of a dictionary at its hook (an :data:`~tlsteer.hooks.Edit`)."""
 
     hook_name: str
     mode: str
     ids: Tensor
     values: Tensor
-    change: DecoderChange = field(repr=False)
+    dictionary: FeatureDictionary = field(repr=False)
     constant: Tensor | None = field(default=None, repr=False)
     _cast: dict = field(default_factory=dict, repr=False)
 
@@ -62,16 +57,15 @@ class FeatureEdit:
             if key not in self._cast:
                 self._cast[key] = self.constant.to(device=act.device, dtype=act.dtype)
             return self._cast[key].expand_as(act)
-        sae = self.change.sae
-        device = sae.W_dec.device
-        current = sae.encode(act.to(device))[..., self.ids.to(device)]
-        values = self.values.to(device=device, dtype=current.dtype)
+        features = self.dictionary.encode(act)
+        current = features[..., self.ids.to(features.device)]
+        values = self.values.to(device=current.device, dtype=current.dtype)
         df = current * (values - 1.0) if self.mode == "scale" else values - current
-        return self.change.of_ids(df, self.ids.to(device)).to(device=act.device, dtype=act.dtype)
+        return self.dictionary.decode_change(df, self.ids).to(device=act.device, dtype=act.dtype)
 
 
 def feature_edit(
-    sae: SAELike,
+    dictionary: object,
     features: Any,
     mode: str = "add",
     *,
@@ -82,13 +76,13 @@ def feature_edit(
     """The edit ``h -> h + decode(f_edited) - decode(f)`` of chosen features (see the module docstring).
 
     Args:
-        sae: A sae-lens SAE.
+        dictionary: A sae-lens SAE or a :class:`~tlsteer.dictionary.FeatureDictionary`.
         features: A feature id, a list of ids, or a :class:`~tlsteer.sae.FeatureVector` (added in
             feature space as ``multiplier * values``; mode ``"add"``, no ``values``).
         mode: ``"add"``, ``"scale"`` or ``"clamp"``.
         values: One number for every feature, or one per feature (finite).
         multiplier: Scales a FeatureVector.
-        hook_name: Where the SAE reads, if its metadata does not say.
+        hook_name: Where an SAE reads, if its metadata does not say.
 
     Example:
         >>> edit = feature_edit(sae, [12, 40], "clamp", values=[5.0, 0.0])  # doctest: +SKIP
@@ -97,12 +91,12 @@ def feature_edit(
         >>> with steering.apply(model):  # doctest: +SKIP
         ...     out = model.generate(tokens, max_new_tokens=20)
     """
-    _, d_sae = sae_dims(sae)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {format_options(MODES)}")
     if isinstance(features, FeatureVector):  # its own hook, unless hook_name says otherwise
         hook_name = features.hook_name if hook_name is None else hook_name
-    hook = sae_hook_name(sae, hook_name)
+    found = as_feature_dictionary(dictionary, hook_name)
+    hook = found.hook_name
     scale = check_multiplier(multiplier)
     if isinstance(features, FeatureVector):
         if mode != "add" or values is not None:
@@ -110,9 +104,9 @@ def feature_edit(
                 "a FeatureVector is added in feature space (mode='add') and scaled by multiplier=; "
                 f"got mode={mode!r}, values={values!r}"
             )
-        features.check_sae(sae)
         if hook != features.hook_name:
             raise ValueError(f"the FeatureVector is at {features.hook_name!r}, not at hook_name={hook!r}")
+        features.check_dictionary(found)
         ids = features.features
         vals = scale * features.values[ids]
     else:
@@ -120,21 +114,19 @@ def feature_edit(
             raise ValueError("multiplier= scales a FeatureVector; with feature ids give values= instead")
         if values is None:
             raise ValueError(f"mode={mode!r} needs values= (one number, or one per feature)")
-        ids = check_feature_ids(features, d_sae)
+        ids = check_feature_ids(features, found.width)
         vals = check_feature_values(values, len(ids))
-    change = decoder_change(sae)
     index = torch.tensor(ids, dtype=torch.long)
     constant = None
     if mode == "add":
         with torch.no_grad():
-            device = sae.W_dec.device
-            constant = change.of_ids(vals[None].to(device), index.to(device))[0].detach()
-    return FeatureEdit(hook, mode, index, vals, change, constant)
+            constant = found.decode_change(vals[None], index)[0].detach()
+    return FeatureEdit(hook, mode, index, vals, found, constant)
 
 
 def _hook_and_edit(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     features: Any,
     mode: Any,
     values: Any,
@@ -143,13 +135,16 @@ def _hook_and_edit(
 ) -> tuple[str, FeatureEdit]:
     if isinstance(features, FeatureVector) and hook_name is None:
         hook_name = features.hook_name
-    hook = check_sae(model, sae, hook_name)
-    return hook, feature_edit(sae, features, mode, values=values, multiplier=multiplier, hook_name=hook)
+    found = as_feature_dictionary(dictionary, hook_name, model)
+    edit = feature_edit(
+        found, features, mode, values=values, multiplier=multiplier, hook_name=found.hook_name
+    )
+    return found.hook_name, edit
 
 
 def feature_steering(
     model: HookedTransformer,
-    sae: SAELike,
+    dictionary: object,
     features: Any,
     mode: str = "add",
     *,
@@ -158,14 +153,14 @@ def feature_steering(
     positions: Positions | None = None,
     hook_name: str | None = None,
 ) -> Steering:
-    """A :class:`~tlsteer.Steering` that edits SAE features at the SAE's hook (see :func:`feature_edit`).
+    """A :class:`~tlsteer.Steering` that edits a dictionary's features at its hook (see :func:`feature_edit`).
 
     Example:
         >>> s = feature_steering(model, sae, [7], "clamp", 8.0, positions=Positions.last())  # doctest: +SKIP
         >>> with s.apply(model):  # doctest: +SKIP
         ...     out = model.generate(tokens, max_new_tokens=20)
     """
-    hook, edit = _hook_and_edit(model, sae, features, mode, values, multiplier, hook_name)
+    hook, edit = _hook_and_edit(model, dictionary, features, mode, values, multiplier, hook_name)
     made_for = features.model_name if isinstance(features, FeatureVector) else ""
     return Steering.from_edits(
         [(hook, edit)], positions=Positions.all() if positions is None else positions, model_name=made_for

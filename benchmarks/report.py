@@ -252,11 +252,20 @@ def load_model(r: dict) -> list[str]:
     "steering_overhead.json",
     "sae_overhead.json",
     "load_model.json",
+    "generation_speed.json",
 )
 def speed_headline(
-    extraction: dict, sweep: dict, batched: dict, overhead: dict, sae: dict, load: dict
+    extraction: dict, sweep: dict, batched: dict, overhead: dict, sae: dict, load: dict, generation: dict
 ) -> list[str]:
     caa = extraction["datasets"]["caa_7_behaviours"]["methods"]
+    package = caa.get("e_steering_vectors_package")
+    versus = (
+        f", {package['speedup_of_tlsteer']:.2f}x faster than the steering-vectors package"
+        if package is not None
+        else ""
+    )
+    largest = max(generation["table"], key=int)
+    gen = generation["table"][largest]
     shared_diff = max(row["max_abs_diff"]["shared"]["p_matching"] for row in sweep["rows"])
     # "mostly": the range of every configuration but the slowest one, which is given on its own
     rest = sorted(row["overhead"] for row in overhead["rows"])
@@ -268,7 +277,13 @@ def speed_headline(
             "extraction, CAA pairs",
             f"{caa['c_batched_run_with_cache']['speedup_of_tlsteer']:.2f}x faster than a batched "
             f"`run_with_cache`, {caa['d_transformers_hidden_states']['speedup_of_tlsteer']:.2f}x faster "
-            "than transformers' hidden states",
+            f"than transformers' hidden states{versus}",
+        ),
+        _row(
+            "steered generation",
+            f"batch {largest}: {gen['tokens_per_s']['tlsteer']:.0f} tokens/s steered, "
+            f"{gen['tlsteer_time_over_transformers']:.2f}x the time of transformers' own `generate` "
+            f"unsteered; {gen['speedup_over_tl_forward_path']:.2f}x faster than on TransformerLens's forward",
         ),
         _row(
             f"sweep engine, {len(sweep['rows'])} behaviours",

@@ -122,26 +122,11 @@ class _Layer:
         attn = block.attn
         self.block: Any = block  # a TransformerBlock; its submodules are typed Tensor | Module upstream
         self.attn: Any = attn
-        w_k = (
-            attn._W_K
-            if isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
-            else attn.W_K
-        )
-        b_k = (
-            attn._b_K
-            if isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
-            else attn.b_K
-        )
-        w_v = (
-            attn._W_V
-            if isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
-            else attn.W_V
-        )
-        b_v = (
-            attn._b_V
-            if isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
-            else attn.b_V
-        )
+        grouped = isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
+        # grouped: the key/value heads themselves (W_K repeats each one for its query heads)
+        prefix = "_" if grouped else ""
+        w_k, b_k = getattr(attn, f"{prefix}W_K"), getattr(attn, f"{prefix}b_K")
+        w_v, b_v = getattr(attn, f"{prefix}W_V"), getattr(attn, f"{prefix}b_V")
         self.q = _linear_heads(attn.W_Q, attn.b_Q)
         self.k = _linear_heads(w_k, b_k)
         self.v = _linear_heads(w_v, b_v)

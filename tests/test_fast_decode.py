@@ -196,3 +196,21 @@ def test_fast_path_equals_transformer_lens_on_the_embedded_model(embedded, steps
     assert steps["n"] == 7
     assert max_diff(fast, slow) <= 1e-4
     assert fast.new_tokens == slow.new_tokens
+
+
+def test_the_weight_layout_is_built_once_and_rebuilt_after_a_weight_changes():
+    from tlsteer.models import tiny_model
+
+    model = tiny_model("llama", seed=3, n_layers=2)
+    first = fast_decode._layout(model)
+    assert fast_decode._layout(model) is first  # a second generation reuses it
+    before = tlsteer.generate_tokens(model, PROMPTS, max_new_tokens=4, stop_at_eos=False, keep_logits=True)
+    with torch.no_grad():
+        model.blocks[1].mlp.W_out.mul_(3.0)  # an in-place edit
+    assert fast_decode._layout(model) is not first
+    fast = tlsteer.generate_tokens(model, PROMPTS, max_new_tokens=4, stop_at_eos=False, keep_logits=True)
+    slow = tlsteer.generate_tokens(
+        model, PROMPTS, max_new_tokens=4, stop_at_eos=False, keep_logits=True, fast=False
+    )
+    assert max_diff(fast, slow) <= 1e-4
+    assert max_diff(fast, before) > 1e-2  # the edit reached the fast path

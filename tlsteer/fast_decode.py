@@ -28,6 +28,7 @@ TransformerLens's forward, with the reason.
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,6 @@ class _Layer:
         self.w_gate = mlp.W_gate.detach().T.contiguous() if self.gated else self.w_in
         self.w_out = mlp.W_out.detach().T.contiguous()
         self.b_out = mlp.b_out.detach()
-        self.ln1_heard = bool(block.ln1.hook_normalized._forward_hooks or block.ln1.hook_scale._forward_hooks)
 
 
 def _linear_heads(w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, int, int]:
@@ -159,6 +159,22 @@ def _linear_heads(w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, int, int]:
 def _project(x: Tensor, weights: tuple[Tensor, Tensor, int, int]) -> Tensor:
     w, b, n_heads, d_head = weights
     return F.linear(x, w, b).reshape(x.shape[0], x.shape[1], n_heads, d_head)
+
+
+_LAYOUTS: WeakKeyDictionary[HookedTransformer, tuple[tuple[tuple[int, int], ...], Any]] = WeakKeyDictionary()
+"""Each model's weights in the step's layout, with the parameters' (storage, version) they came from."""
+
+
+def _layout(model: HookedTransformer) -> tuple[list[_Layer], Tensor, Tensor]:
+    """The model's weights laid out for the step: once per model, again only after a parameter
+    changes (an in-place edit bumps its version; a new tensor has a new storage)."""
+    stamp = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = _LAYOUTS.get(model)
+    if cached is None or cached[0] != stamp:
+        w_u = model.unembed.W_U.detach().T.contiguous()
+        cached = (stamp, ([_Layer(block) for block in model.blocks], w_u, model.unembed.b_U.detach()))
+        _LAYOUTS[model] = cached
+    return cached[1]
 
 
 class FastDecoder:
@@ -178,7 +194,12 @@ class FastDecoder:
         self.model = model
         cfg = model.cfg
         self.capacity = capacity
-        self.layers = [_Layer(block) for block in model.blocks]
+        self.layers, self.w_u, self.b_u = _layout(model)
+        # as TransformerLens does: ln1 runs once per q, k and v input where something listens to it
+        self.ln1_heard = [
+            bool(layer.block.ln1.hook_normalized._forward_hooks or layer.block.ln1.hook_scale._forward_hooks)
+            for layer in self.layers
+        ]
         first = model.blocks[0].attn
         for layer in self.layers:  # as TransformerLens's forward would, for a long generation
             rows = layer.attn.rotary_cos.shape[0]
@@ -202,8 +223,6 @@ class FastDecoder:
         self.mask = torch.zeros(n_rows, 1, 1, capacity, dtype=torch.bool, device=device)
         self.length = 0
         self.seen = torch.zeros(n_rows, dtype=torch.long, device=device)
-        self.w_u = model.unembed.W_U.detach().T.contiguous()
-        self.b_u = model.unembed.b_U.detach()
 
     def prefill(self, tokens: Tensor, attention_mask: Tensor) -> Tensor:
         """The logits after the prompt, ``[n_rows, d_vocab]``; the cache then holds the prompt."""
@@ -267,11 +286,13 @@ class FastDecoder:
             tokens = model.hook_tokens(tokens)
         x = model.hook_embed(model.embed.W_E[tokens, :])
         mask = self.mask[..., : t + 1]
-        for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
+        for layer, keys, values, ln1_heard in zip(
+            self.layers, self.keys, self.values, self.ln1_heard, strict=True
+        ):
             block, attn = layer.block, layer.attn
             x = block.hook_resid_pre(x)
             normed = block.ln1(x)
-            k_in, v_in = (block.ln1(x), block.ln1(x)) if layer.ln1_heard else (normed, normed)
+            k_in, v_in = (block.ln1(x), block.ln1(x)) if ln1_heard else (normed, normed)
             q = attn.hook_q(_project(normed, layer.q))
             k = attn.hook_k(_project(k_in, layer.k))
             v = attn.hook_v(_project(v_in, layer.v))

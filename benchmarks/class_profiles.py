@@ -69,7 +69,9 @@ def profile_set(model, sae, ds, embedder, args) -> tuple[dict, list[str], object
     )
     all_texts = [t for c in ds.classes for t in ds.texts(model, c)]
     for c in ds.classes:
-        table = profile.distinctive(c, k=args.k)
+        # only the stable ones, as this report has always shown them (the library's default keeps
+        # the top k whatever their stability: benchmarks/distinctive_generalisation.py)
+        table = profile.distinctive(c, k=args.k, stable_only=True, min_stability=0.5)
         table["top_tokens"] = [tokens_of(model, sae, int(f)) for f in table.feature]
         row["distinctive"][c] = table.round(4).to_dict(orient="records")
         text.append(f"-- distinctive features of {c} (stable >= 0.5 of {args.bootstrap} resamples) --")

@@ -8,8 +8,9 @@ bootstrap intervals:
 - CAA behaviours (``--caa-dir``): vectors from ``--train-pairs`` generate pairs read at the
   answer letter; success is p(matching) on the 50 held-out A/B items;
 - analogy domains (``--analogies``): vectors from the few-shot vs neutral prompts of the training
-  pairs (``tlsteer.experiments.analogy_task``); success is top-5 accuracy of the answer's first token on
-  the held-out pairs (top 1 beside it), steered at the last token; no MMLU;
+  pairs (``tlsteer.experiments.analogy_task``); each held-out pair's whole answer is ranked among the
+  domain's answers by summed log-probability, steered from the prompt's last token on; success is
+  top-5 among them (top 1 beside it), with exact binomial intervals; no MMLU;
 - class sets: vectors from the training split (class vs the rest, mean over each reply); for each
   class, generations from built-in open prompts (second half, never used to build anything;
   ``--prompts`` split across the classes, ``--seeds`` samples each) steered toward it; success is

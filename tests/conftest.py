@@ -20,6 +20,31 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return tiny_tokenizer()
 
 
+TOY_CLASS_WORDS = {
+    "calm": "gentle quiet slow",
+    "loud": "shouting noisy blaring",
+    "odd": "strange weird bizarre",
+}
+
+
+def toy_class_dataset():
+    """Three classes whose replies and judge texts differ by their words (10 examples, 6 judge texts each)."""
+    from tlsteer.classes import ClassDataset
+
+    return ClassDataset.from_dict(
+        {
+            "examples": {
+                c: [{"prompt": f"Tell me {i}", "response": f"{w} reply {i}"} for i in range(10)]
+                for c, w in TOY_CLASS_WORDS.items()
+            },
+            "judge_texts": {
+                c: [f"{w} text number {i}" for i in range(6)] for c, w in TOY_CLASS_WORDS.items()
+            },
+        },
+        name="toy_classes",
+    )
+
+
 def make_model(arch: str, seed: int = 0, n_layers: int = 4) -> HookedTransformer:
     return tiny_model(arch, seed=seed, n_layers=n_layers)
 

@@ -1,8 +1,10 @@
-"""An analogy domain as a feature-vs-CAA dataset: contrast reps and cells against plain loops.
+"""An analogy domain as a feature-vs-CAA dataset: contrast reps, whole-answer scores and cells
+against plain loops.
 
-The tiny models' tokenizer is character-level, so every answer's first token is the space of
-``" " + y``; its rank still differs from prompt to prompt and with steering, which is what the
-comparisons below check (rank for rank, not only as shares).
+The tiny models' tokenizer is character-level, so every candidate answer ``" " + y`` starts with
+the same token (the space): a first-token score cannot tell the candidates apart, and only the
+later tokens decide a rank. The comparisons below check ranks rank for rank, and summed
+log-probabilities against a plain loop that runs the model once per answer token.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from tlsteer.analogy import AnalogyDomain, load_analogies, neutral_prompt, next_token_accuracy
+from tlsteer.analogy import AnalogyDomain, load_analogies, neutral_prompt
+from tlsteer.eval.bootstrap import clopper_pearson
 from tlsteer.experiments.analogy_task import (
     AnalogyTask,
     analogy_ranks,
+    answer_logprobs,
     contrast_from_analogy,
     run_analogy_task,
 )
@@ -29,6 +33,7 @@ from tlsteer.experiments.methods import METHODS, Method, build_methods
 from tlsteer.positions import Positions
 from tlsteer.sae.selection import feature_stats
 from tlsteer.steering import Steering
+from tlsteer.tokens import tokenize
 from tlsteer.vector import SteeringVector
 
 HOOK = "blocks.1.hook_resid_post"
@@ -78,26 +83,101 @@ def test_contrast_equals_a_plain_loop_at_the_last_token(tiny, sae):
     assert reps.paired and not torch.allclose(reps.raw_pos, reps.raw_neg)
 
 
-def toward_space(model):
-    """A unit direction that raises the space token (the tiny models' first answer token)."""
-    d = model.W_U[:, model.tokenizer.encode(" ", add_special_tokens=False)[0]].detach().clone()
+def reference_logprob(model, steering, x, y):
+    """log p(" " + y | neutral prompt of x), one forward per answer token, each alone, steered from
+    the prompt's last token on (the prefix, if any, written into the prompt)."""
+    ids = tokenize(model, steering.instruct(neutral_prompt(x)))
+    answer = model.tokenizer.encode(" " + y, add_special_tokens=False)
+    edits = steering.without_prefix().at(Positions.start_at(len(ids) - 1))
+    total = 0.0
+    for k, token in enumerate(answer):
+        with torch.no_grad(), edits.apply(model):
+            logits = model(torch.tensor([ids + answer[:k]]))[0, -1]
+        total += float(logits.double().log_softmax(-1)[token])
+    return total
+
+
+def random_direction(model, seed=0):
+    d = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
     return SteeringVector({HOOK: d / d.norm()})
+
+
+def random_steering(model, scale=8.0, seed=0):
+    return random_direction(model, seed).steering(scale)
+
+
+def clamp_method(sae):
+    return Method(
+        "clamp",
+        "clamp",
+        features=(0, 2),
+        off_features=(4,),
+        typical=torch.tensor([1.0, 3.0]),
+        sae=sae,
+        hook_name=HOOK,
+    )
+
+
+def test_summed_logprob_equals_a_plain_per_token_loop(tiny):
+    candidates = list(AnalogyTask(DOMAIN, n_shots=2).candidates())
+    assert len({tiny.tokenizer.encode(" " + c)[0] for c in candidates}) == 1  # first tokens all equal
+    pairs = [DOMAIN.pairs[i] for i in (0, 2)]  # x's of 1 and 3 characters: left-padded batches
+    chosen = ["A", "BB", "PP"]  # answers of 2 and 3 tokens: right-padded batches
+    steerings = [
+        Steering(),
+        random_steering(tiny),
+        Steering.from_prompt("Shout it.") + random_steering(tiny, seed=1),
+    ]
+    for steering in steerings:
+        got = answer_logprobs(tiny, steering, pairs, chosen, batch_size=5)
+        expected = torch.tensor([[reference_logprob(tiny, steering, x, c) for c in chosen] for x, _ in pairs])
+        torch.testing.assert_close(got, expected.double(), atol=1e-4, rtol=0)
+    plain = answer_logprobs(tiny, Steering(), pairs, chosen)
+    for steering in steerings[1:]:  # the checks above can tell a steering from none
+        assert (answer_logprobs(tiny, steering, pairs, chosen) - plain).abs().max() > 0.1
+
+
+def test_batched_equals_one_by_one(tiny_llama, sae):
+    task = AnalogyTask(DOMAIN, n_shots=2)
+    _, test = task.parts()
+    test = test[:4]
+    # the test answers and a few others, of 2 and 3 tokens
+    candidates = list(dict.fromkeys([y for _, y in test] + ["A", "BB", "PP"]))
+    true = [candidates.index(y) for _, y in test]
+    for steering in (
+        random_steering(tiny_llama),
+        clamp_method(sae).at(4.0),
+        Steering.from_prompt("Shout it."),
+    ):
+        alone = answer_logprobs(tiny_llama, steering, test, candidates, batch_size=1)  # no padding
+        batched = answer_logprobs(tiny_llama, steering, test, candidates, batch_size=7)
+        torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
+        ranks = [int((row > row[j]).sum()) for row, j in zip(alone, true, strict=True)]
+        assert analogy_ranks(tiny_llama, steering, test, candidates, batch_size=7) == ranks
+
+
+def test_a_planted_direction_raises_the_whole_answer_and_its_rank(tiny_llama):
+    """A direction toward "B" at the last block: every candidate starts with the same space, so
+    only the summed log-probability of the later tokens can move "BB" to the top."""
+    candidates = AnalogyTask(DOMAIN, n_shots=2).candidates()
+    b = tiny_llama.tokenizer.encode("B", add_special_tokens=False)[0]
+    last = f"blocks.{tiny_llama.cfg.n_layers - 1}.hook_resid_post"
+    direction = tiny_llama.W_U[:, b].detach().clone()
+    toward_b = SteeringVector({last: direction / direction.norm()}).steering(32.0)
+    pair = [("bb", "BB")]
+    before = reference_logprob(tiny_llama, Steering(), "bb", "BB")
+    after = reference_logprob(tiny_llama, toward_b, "bb", "BB")
+    assert after > before + 5  # the planted direction raises the whole answer
+    [unsteered] = analogy_ranks(tiny_llama, Steering(), pair, candidates)
+    assert unsteered > 0
+    assert analogy_ranks(tiny_llama, toward_b, pair, candidates) == [0]
 
 
 def test_cells_equal_plain_scoring(tiny_llama, sae):
     task = AnalogyTask(DOMAIN, n_shots=2, k=K, instruction="Shout it.")
-    direction = toward_space(tiny_llama)
     methods = {
-        "caa": Method("caa", "vector", direction, scale=10.0, hook_name=HOOK),
-        "clamp": Method(
-            "clamp",
-            "clamp",
-            features=(0, 2),
-            off_features=(4,),
-            typical=torch.tensor([1.0, 3.0]),
-            sae=sae,
-            hook_name=HOOK,
-        ),
+        "caa": Method("caa", "vector", random_direction(tiny_llama), scale=8.0, hook_name=HOOK),
+        "clamp": clamp_method(sae),
         "prompting": Method("prompting", "prompt", prefix="Shout it.", hook_name=HOOK),
     }
     cal = {
@@ -105,51 +185,39 @@ def test_cells_equal_plain_scoring(tiny_llama, sae):
         "clamp": {0.1: {"strength": 4.0, "kl_mean": 0.12, "kl_p95": 0.4, "reached": False}},
         "prompting": {0.1: {"strength": None, "kl_mean": 0.2, "kl_p95": 0.5, "reached": False}},
     }
-    cells = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=200, batch_size=3)
+    cells = run_analogy_task(tiny_llama, methods, cal, task, batch_size=32)
     assert set(cells) == {UNSTEERED, ("caa", 0.1), ("clamp", 0.1), ("prompting", None)}
     _, test = task.parts()
-    prompts, answers = [neutral_prompt(x) for x, _ in test], [y for _, y in test]
-    plain = next_token_accuracy(tiny_llama, prompts, answers, k=K)
-    steered = next_token_accuracy(
-        tiny_llama, prompts, answers, direction.steering(10.0, positions=Positions.last()), k=K
-    )
-    assert 0 < plain.topk < 1 and plain.top1 < steered.top1 < 1  # the checks below can tell cells apart
-    for key, score in ((UNSTEERED, plain), (("caa", 0.1), steered)):
-        assert cells[key].success.value == pytest.approx(score.topk)
-        assert cells[key].top1 is not None and cells[key].top1.value == pytest.approx(score.top1)
-    assert analogy_ranks(tiny_llama, Steering(), test) == list(plain.ranks)
-    assert analogy_ranks(tiny_llama, methods["caa"].at(1.0), test) == list(steered.ranks)
-    # the clamp edit, one prompt at a time, at its last position only
-    edits = list(methods["clamp"].at(4.0).edits)
-    space = tiny_llama.tokenizer.encode(" ", add_special_tokens=False)[0]
-    alone = []
-    for prompt in prompts:
-        tokens = tiny_llama.to_tokens(prompt)
-        at_last = Steering.from_edits(edits, positions=Positions.at([tokens.shape[1] - 1]))
-        with torch.no_grad(), at_last.apply(tiny_llama):
-            logits = tiny_llama(tokens)[0, -1]
-        alone.append(int((logits > logits[space]).sum()))
-    assert analogy_ranks(tiny_llama, methods["clamp"].at(4.0), test, batch_size=3) == alone
-    assert alone != list(plain.ranks)  # the edit does something
-    clamp = cells["clamp", 0.1]
-    assert clamp.success.value == pytest.approx(sum(r < K for r in alone) / len(alone))
-    assert clamp.top1 is not None and clamp.top1.value == pytest.approx(
-        sum(r == 0 for r in alone) / len(alone)
-    )
-    # prompting puts the instruction before each neutral prompt
-    told = next_token_accuracy(tiny_llama, [f"Shout it.\n\n{p}" for p in prompts], answers, k=K)
-    assert told.ranks != plain.ranks
-    prompting = cells["prompting", None]
-    assert prompting.success.value == pytest.approx(told.topk)
-    assert prompting.top1 is not None and prompting.top1.value == pytest.approx(told.top1)
-    # calibration fields copied; intervals hold their value
+    candidates = task.candidates()
+    assert candidates == list(dict.fromkeys(y for _, y in DOMAIN.pairs)) and len(candidates) == 16
+    steerings = {
+        UNSTEERED: Steering(),
+        ("caa", 0.1): methods["caa"].at(1.0),
+        ("clamp", 0.1): methods["clamp"].at(4.0),
+        ("prompting", None): Steering.from_prompt("Shout it."),
+    }
+    ranks = {
+        key: analogy_ranks(tiny_llama, s, test, candidates, batch_size=1) for key, s in steerings.items()
+    }
+    assert len({tuple(r) for r in ranks.values()}) == 4  # every cell differs from every other
+    for key, cell in cells.items():
+        hits = [float(r < K) for r in ranks[key]]
+        firsts = [float(r == 0) for r in ranks[key]]
+        assert cell.outcomes == tuple(hits) and cell.n_test_pairs == len(test) == len(hits)
+        assert (cell.success.value, cell.success.low, cell.success.high) == clopper_pearson(
+            int(sum(hits)), len(hits)
+        )
+        assert cell.top1 is not None
+        assert (cell.top1.value, cell.top1.low, cell.top1.high) == clopper_pearson(
+            int(sum(firsts)), len(firsts)
+        )
+        if sum(firsts) == 0:  # an all-zero cell still has an upper bound
+            assert cell.top1.high == pytest.approx(1 - 0.025 ** (1 / len(test)))
+    # calibration fields copied
+    clamp, prompting = cells["clamp", 0.1], cells["prompting", None]
     assert clamp.strength == 4.0 and clamp.reached is False
     assert prompting.strength is None and prompting.kl_mean == 0.2
     assert cells[UNSTEERED].strength is None and cells[UNSTEERED].kl_mean is None
-    for cell in cells.values():
-        for metric in (cell.success, cell.top1):
-            assert metric is not None and metric.low <= metric.value <= metric.high
-        assert cell.n_test_pairs == len(test)
 
 
 def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
@@ -171,18 +239,18 @@ def test_built_and_calibrated_methods_end_to_end(tiny_llama, sae):
         score_prompts=NEUTRAL[:2],
     )
     cal = {n: calibrate_method(tiny_llama, m, NEUTRAL, [0.1]) for n, m in methods.items()}
-    cells = run_analogy_task(tiny_llama, methods, cal, task, n_resamples=1000)
+    cells = run_analogy_task(tiny_llama, methods, cal, task)
     assert set(cells) == {UNSTEERED, ("caa", 0.1), ("clamp", 0.1), ("prompting", None)}
     _, test = task.parts()
-    caa = cal["caa"][0.1]["strength"]
-    direct = next_token_accuracy(
+    caa, direction = cal["caa"][0.1]["strength"], methods["caa"].direction
+    assert direction is not None
+    direct = analogy_ranks(
         tiny_llama,
-        [neutral_prompt(x) for x, _ in test],
-        [y for _, y in test],
-        methods["caa"].direction.steering(caa * 10.0, positions=Positions.last()),
-        k=K,
+        direction.steering(caa * 10.0),
+        test,
+        task.candidates(),
     )
-    assert cells["caa", 0.1].success.value == pytest.approx(direct.topk)
+    assert cells["caa", 0.1].outcomes == tuple(float(r < K) for r in direct)
     assert cells["caa", 0.1].strength == pytest.approx(caa)
 
 
@@ -201,11 +269,19 @@ def test_feature_vs_caa_on_an_analogy_gives_an_analogy_result(tiny_llama, sae, t
     assert set(result.cells) == {UNSTEERED, ("caa", 0.1), ("prompting", None)}
     saved = json.loads((tmp_path / "feature_vs_caa_analogy_toy.json").read_text())
     assert (saved["k"], saved["n_test_pairs"]) == (K, len(test))
-    assert saved["cells"]["caa@0.1"]["top1"] == result.cells["caa", 0.1].top1.to_dict()
+    top1 = result.cells["caa", 0.1].top1
+    assert top1 is not None and saved["cells"]["caa@0.1"]["top1"] == top1.to_dict()
     assert ComparisonResult.load(tmp_path / "feature_vs_caa_analogy_toy.json") == result
     frame = result.to_frame()
     assert list(frame["method"]) == ["unsteered", "caa", "prompting"]
-    assert list(frame["top1"]) == [c.top1.value for c in result.cells.values()]
+    assert list(frame["top1"]) == [c.top1.value for c in result.cells.values() if c.top1 is not None]
+    # one unit per test pair, every cell scoring each once, in that order
+    assert result.units == tuple(("", i) for i in range(len(test)))
+    assert saved["units"] == [["", i] for i in range(len(test))]
+    for cell in result.cells.values():
+        assert cell.outcomes is not None and len(cell.outcomes) == cell.n_test_pairs == len(test)
+    direct = analogy_ranks(tiny_llama, Steering(), test, task.candidates())
+    assert result.cells[UNSTEERED].outcomes == tuple(float(r < K) for r in direct)
 
 
 def test_every_builtin_domain_is_a_task_with_an_instruction():
@@ -215,7 +291,12 @@ def test_every_builtin_domain_is_a_task_with_an_instruction():
         task = AnalogyTask(domain, instruction=instructions[name])
         train, test = task.parts()
         assert task.name == f"analogy_{name}" and len(train) > task.n_shots and test
+        assert len(train) + len(test) == len(domain.pairs) and not set(train) & set(test)
+        assert task.candidates() == [y for _, y in domain.pairs]  # every answer is distinct
     assert set(instructions) == set(load_analogies())
+    # the test pairs the comparison scores: the validation and test splits together
+    counts = {n: len(AnalogyTask(d).parts()[1]) for n, d in load_analogies().items()}
+    assert counts == {"country_capital": 20, "number_successor": 16, "month_next": 18, "comparative": 20}
 
 
 def test_bad_input(tiny_llama, sae):
@@ -231,8 +312,27 @@ def test_bad_input(tiny_llama, sae):
         AnalogyTask(DOMAIN, seed="x")
     with pytest.raises(ValueError, match="instruction must be a non-empty string"):
         AnalogyTask(DOMAIN, n_shots=2, instruction=" ")
+    with pytest.raises(ValueError, match=r"k=16 must be below the number of candidate answers \(16\)"):
+        AnalogyTask(DOMAIN, n_shots=2, k=16)
     with pytest.raises(TypeError, match="task must be an AnalogyTask, got AnalogyDomain"):
         contrast_from_analogy(tiny_llama, sae, DOMAIN, HOOK)
+    pairs = [("aa", "A")]
+    with pytest.raises(ValueError, match=r"answer 'A' is not among the 2 candidates \('B', 'C'\)"):
+        analogy_ranks(tiny_llama, Steering(), pairs, ["B", "C"])
+    with pytest.raises(ValueError, match="candidate 'A' appears more than once"):
+        analogy_ranks(tiny_llama, Steering(), pairs, ["A", "B", "A"])
+    with pytest.raises(ValueError, match="every candidate must be a non-empty string, got ' '"):
+        answer_logprobs(tiny_llama, Steering(), pairs, ["A", " "])
+    with pytest.raises(ValueError, match="candidates must be a non-empty list of answers, got 'A'"):
+        answer_logprobs(tiny_llama, Steering(), pairs, "A")
+    with pytest.raises(ValueError, match=r"every pair must be a tuple \(x, y\) of two strings, got 'aa'"):
+        answer_logprobs(tiny_llama, Steering(), ["aa"], ["A"])
+    with pytest.raises(ValueError, match="need a non-empty list of"):
+        analogy_ranks(tiny_llama, Steering(), [], ["A"])
+    with pytest.raises(TypeError, match="steering must be a Steering, got NoneType"):
+        answer_logprobs(tiny_llama, None, pairs, ["A"])
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        answer_logprobs(tiny_llama, Steering(), pairs, ["A"], batch_size=0)
     method = Method("prompting", "prompt", prefix="Shout it.", hook_name=HOOK)
     with pytest.raises(ValueError, match="method 'prompting' has no calibration"):
         run_analogy_task(tiny_llama, {"prompting": method}, {}, AnalogyTask(DOMAIN, n_shots=2))

@@ -12,6 +12,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from tests.conftest import SPECIALS, count_hooks, make_model
+from tlsteer.data import chat_prompt
 from tlsteer.eval.budget import (
     Calibration,
     KLStats,
@@ -19,6 +20,7 @@ from tlsteer.eval.budget import (
     calibrate_to_kl,
     kl_stats,
     paired_difference_ci,
+    reply_kl_stats,
 )
 from tlsteer.models import attach_tokenizer
 from tlsteer.positions import Positions
@@ -487,3 +489,71 @@ def test_kl_stats_cache_reuses_the_unsteered_run_and_changes_nothing(tiny_llama)
     assert again == first == kl_stats(tiny_llama, steering, prompts=prompts, batch_size=2)
     with pytest.raises(TypeError, match="cache must be a dict|parameter 'cache'"):
         kl_stats(tiny_llama, steering, prompts=prompts, cache=[])
+
+
+# -- reply_kl_stats: the chat turn, steered from the last prompt token on -------------------------
+USERS = ["hi there", "tell me a story about a cat", "why"]
+REPLIES = [[5, 9, 12, 7], [30, 31], [8, 8, 8, 8, 8, 2]]
+
+
+def reply_reference(model, users, replies, delta=None, prefix=""):
+    """One sequence at a time: chat prompt + reply, the delta added from the last prompt token on."""
+    kls = []
+    with torch.no_grad():
+        for user, reply in zip(users, replies, strict=True):
+            clean_prompt = tokenize(model, chat_prompt(model, user))
+            steered_prompt = tokenize(model, chat_prompt(model, f"{prefix}\n\n{user}" if prefix else user))
+            clean = model(torch.tensor([clean_prompt + reply]))[0].log_softmax(-1)
+            hooks = [] if delta is None else [(HOOK, adding(delta, len(steered_prompt) - 1))]
+            steered = model.run_with_hooks(torch.tensor([steered_prompt + reply]), fwd_hooks=hooks)[0]
+            steered = steered.log_softmax(-1)
+            for j in range(len(reply)):
+                c = clean[len(clean_prompt) - 1 + j]
+                s = steered[len(steered_prompt) - 1 + j]
+                kls.append(float((c.exp() * (c - s)).sum()))
+    return float(np.mean(kls)), float(np.percentile(kls, 95)), len(kls)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_reply_kl_matches_a_plain_loop_and_does_not_depend_on_batching(tiny, batch_size):
+    d = direction()
+    stats = reply_kl_stats(
+        tiny, vector_steering(d, 3.0, Positions.all()), prompts=USERS, replies=REPLIES, batch_size=batch_size
+    )
+    check(stats, reply_reference(tiny, USERS, REPLIES, 3.0 * d))
+    assert stats.n_tokens == sum(len(r) for r in REPLIES)
+
+
+def test_reply_kl_steers_from_the_last_prompt_token_not_before(tiny_llama):
+    d = direction()
+    stats = reply_kl_stats(tiny_llama, vector_steering(d, 3.0), prompts=USERS, replies=REPLIES)
+    everywhere = reply_reference(tiny_llama, USERS, REPLIES, None)  # a zero check of the reference
+    assert everywhere[0] == 0.0
+    # steering every prompt position as well moves the reply's distributions more than the test does
+    with torch.no_grad():
+        ids = tokenize(tiny_llama, chat_prompt(tiny_llama, USERS[1])) + REPLIES[1]
+        clean = tiny_llama(torch.tensor([ids]))[0].log_softmax(-1)
+        steered = tiny_llama.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, adding(3.0 * d, 0))])[0]
+        n = len(ids) - len(REPLIES[1]) - 1
+        c, s = clean[n], steered[n].log_softmax(-1)
+        from_start = float((c.exp() * (c - s)).sum())
+    one = reply_kl_stats(tiny_llama, vector_steering(d, 3.0), prompts=USERS[1:2], replies=REPLIES[1:2])
+    assert one.mean > 0 and abs(from_start - one.mean) > 1e-4
+    assert stats.mean > 0
+
+
+def test_reply_kl_puts_the_instruction_in_the_user_turn(tiny):
+    stats = reply_kl_stats(tiny, Steering.from_prompt(PREFIX), prompts=USERS, replies=REPLIES, batch_size=2)
+    check(stats, reply_reference(tiny, USERS, REPLIES, prefix=PREFIX))
+
+
+def test_reply_kl_refuses_bad_replies(tiny_llama):
+    steering = vector_steering(direction(), 1.0)
+    with pytest.raises(ValueError, match="one list of token ids per prompt \\(3\\)"):
+        reply_kl_stats(tiny_llama, steering, prompts=USERS, replies=REPLIES[:2])
+    with pytest.raises(ValueError, match="reply 1 must be a non-empty list of token ids"):
+        reply_kl_stats(tiny_llama, steering, prompts=USERS, replies=[[1], [], [2]])
+    with pytest.raises(ValueError, match="reply 0 must be a non-empty list of token ids in \\[0, "):
+        reply_kl_stats(tiny_llama, steering, prompts=USERS, replies=[[10**9], [1], [2]])
+    with pytest.raises(ValueError, match="nothing to measure"):
+        reply_kl_stats(tiny_llama, Steering(), prompts=USERS, replies=REPLIES)

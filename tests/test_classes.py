@@ -412,7 +412,7 @@ def test_a_profile_without_resamples_refuses_a_stability_filter(tiny_llama):
         match=r"^distinctive with stable_only=True needs a stability estimate, but this profile was built "
         r"with n_bootstrap=0 .*build it with n_bootstrap >= 1 \(default 50\), or pass stable_only=False",
     ):
-        profile.distinctive("a")
+        profile.distinctive("a", stable_only=True)
     with pytest.raises(ValueError, match=r"^shared with stable_only=True needs a stability estimate"):
         profile.shared(k=3)
     table = profile.distinctive("a", k=3, stable_only=False)
@@ -423,7 +423,7 @@ def test_a_profile_without_resamples_refuses_a_stability_filter(tiny_llama):
         lambda n: class_profile(tiny_llama, orthonormal_sae(), toy(), n_bootstrap=n),
     ):
         with pytest.raises(ValueError, match=r"needs a stability estimate.*n_bootstrap=0"):
-            build(0).distinctive("calm", space="raw")
+            build(0).distinctive("calm", space="raw", stable_only=True)
         with pytest.raises(ValueError, match=r"^n_bootstrap must be an int >= 0 .*got -1$"):
             build(-1)
     with pytest.raises(ValueError, match=r"^n_bootstrap must be an int >= 0"):

@@ -11,6 +11,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from tests.conftest import TOY_CLASS_WORDS, toy_class_dataset
 from tlsteer.data import ABItem, ContrastPair, chat_prompt
 from tlsteer.eval.ab import ab_eval, ab_scores, question_end
 from tlsteer.eval.budget import kl_stats
@@ -282,19 +283,8 @@ def test_contrast_reps_use_class_means_for_mean_centred():
 
 def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(tiny_llama, sae):
     pytest.importorskip("sentence_transformers", reason="the judge extra is not installed")
-    from tlsteer.classes import ClassDataset
-
-    words = {"calm": "gentle quiet slow", "loud": "shouting noisy blaring", "odd": "strange weird bizarre"}
-    ds = ClassDataset.from_dict(
-        {
-            "examples": {
-                c: [{"prompt": f"Tell me {i}", "response": f"{w} reply {i}"} for i in range(10)]
-                for c, w in words.items()
-            },
-            "judge_texts": {c: [f"{w} text number {i}" for i in range(6)] for c, w in words.items()},
-        },
-        name="toy_classes",
-    )
+    ds = toy_class_dataset()
+    words = TOY_CLASS_WORDS
     config = ComparisonConfig(
         methods=["caa", "mean_centred", "random", "prompting"],
         budgets=[0.1],
@@ -303,6 +293,8 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
         seeds=[0, 1],
         max_new_tokens=3,
         n_resamples=200,
+        n_random=2,
+        n_calibration_prompts=4,
     )
     result = feature_vs_caa(
         tiny_llama,
@@ -322,11 +314,18 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
         ("random", 0.1),
         ("prompting", None),
     }
+    # the paired design: every target on every prompt; a unit's outcome is its mean over seeds
+    assert result.units == tuple((t, p) for t in ("calm", "loud") for p in range(4))
     for key, cell in result.cells.items():
-        assert cell.n_generations == 8, key  # 2 targets x 2 prompts x 2 seeds
+        assert cell.n_generations == 16, key  # 2 targets x 4 prompts x 2 seeds
         assert cell.transfer is not None and set(cell.transfer) == {"calm", "loud"}
-        assert set(cell.transfer["calm"]) == set(words)
+        assert set(cell.transfer["calm"]) <= {*words, "other"}
         assert cell.success.low <= cell.success.value <= cell.success.high
+        assert cell.outcomes is not None and len(cell.outcomes) == 8
+        assert np.mean(cell.outcomes) == pytest.approx(cell.success.value)
+    assert result.cells["caa", 0.1].cosine == pytest.approx(1.0, abs=1e-5)
+    assert result.cells["prompting", None].cosine is None
+    assert result.config.calibration == "reply"
     assert result.cells[UNSTEERED].selectivity == Interval(0.0, 0.0, 0.0)
     strength = result.cells["caa", 0.1].strength
     assert isinstance(strength, tuple) and len(strength) == 2  # one per target
@@ -377,7 +376,7 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
         }
     prompts = {"a": ["Say something.", "Hello?"], "b": ["Tell a story.", "What now?"]}
     seeds = [0, 1]
-    cells, examples = run_class_task(
+    cells, examples, units = run_class_task(
         tiny_llama,
         LengthJudge(),
         methods,
@@ -424,4 +423,6 @@ def test_class_cells_equal_a_plain_generation_loop(tiny_llama):
         assert cell.perplexity.value == pytest.approx(float(np.exp(np.mean(np.log(ppl)))), rel=1e-4)
         assert cell.n_generations == 8
     assert cells["caa", 0.1].strength == (0.3, 0.3) and cells["caa", 0.1].kl_mean == pytest.approx(0.1)
+    # the mapping form gives each target its own prompts: units index the concatenated prompts
+    assert units == (("a", 0), ("a", 1), ("b", 2), ("b", 3))
     assert cells["prompting", None].reached is False

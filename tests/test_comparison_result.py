@@ -20,8 +20,12 @@ from tlsteer.experiments.methods import METHODS
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 COMMITTED = sorted(
-    p for p in RESULTS.rglob("feature_vs_caa_*.json") if p.stem not in ("feature_vs_caa_summary",)
+    p
+    for p in RESULTS.rglob("feature_vs_caa_*.json")
+    if p.stem not in ("feature_vs_caa_summary",) and "verdict" not in p.parent.name
 )
+"""The results written before the verdict's design (unpaired, calibrated on neutral text)."""
+VERDICT_SMALL = RESULTS / "verdict_small"
 KINDS = {
     "feature_vs_caa_speaking_styles": "class_set",
     "feature_vs_caa_aggression": "class_set",
@@ -48,8 +52,39 @@ def test_a_committed_result_loads_and_saves_back_unchanged(path, tmp_path):
     assert again.read_bytes() == path.read_bytes()
     assert ComparisonResult.load(again) == result
     # they predate these settings: loaded with the defaults, and left out when written
-    assert result.unrecorded == {"methods", "split_seed", "n_prompts", "targets", "ks"}
+    assert result.unrecorded == {
+        "methods",
+        "split_seed",
+        "n_prompts",
+        "targets",
+        "ks",
+        "calibration",
+        "n_calibration_prompts",
+        "n_random",
+    }
     assert result.config.methods is None
+    assert not result.units and all(c.outcomes is None for c in result.cells.values())
+
+
+def test_the_small_verdict_run_records_everything_and_its_verdict_follows_from_its_outcomes(tmp_path):
+    from tlsteer.experiments.verdict import verdict
+
+    info = json.loads((VERDICT_SMALL / "verdict.json").read_text())
+    path = VERDICT_SMALL / "feature_vs_caa_speaking_styles.json"
+    result = ComparisonResult.load(path)
+    assert result.save(tmp_path / path.name).read_bytes() == path.read_bytes()
+    assert result.unrecorded == frozenset() and result.config.calibration == "reply"
+    assert result.plan is not None and result.plan["sha256"] == info["plan"]["sha256"]
+    assert len(result.units) == len(result.targets) * result.config.n_prompts
+    a = info["analysis"]
+    again = verdict(
+        result,
+        margin=a["margin"],
+        alpha=a["alpha"],
+        equivalence_level=a["equivalence_level"],
+        n_resamples=a["n_resamples"],
+    )
+    assert again.to_dict() == info["datasets"]["speaking_styles"]["verdict"]["pooled"]
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.relative_to(RESULTS).as_posix() for p in COMMITTED])
@@ -104,7 +139,9 @@ def test_config_defaults_and_normalization():
     config = ComparisonConfig(methods=["caa", "prompting"], budgets=[1, 0.5], seeds=range(2), ks=[4])
     assert config.methods == ("caa", "prompting") and config.budgets == (1.0, 0.5)
     assert config.seeds == (0, 1) and config.ks == (4,) and config.targets is None
-    assert ComparisonConfig() == ComparisonConfig(budgets=(0.1, 0.5), seeds=[0, 1, 2], n_resamples=1000)
+    assert ComparisonConfig() == ComparisonConfig(
+        budgets=(0.1, 0.5), seeds=[0], n_resamples=1000, calibration="reply", n_random=8
+    )
     with pytest.raises(AttributeError):
         config.budgets = (0.2,)  # pyright: ignore[reportAttributeAccessIssue]  (frozen)
 
@@ -140,10 +177,12 @@ def test_config_defaults_and_normalization():
         ({"targets": ["formal", ""]}, ValueError, r"targets must be class names, got '' in \['formal', ''\]"),
         ({"targets": ["a", "a"]}, ValueError, "targets repeats 'a'"),
         (
-            {"targets": ["a", "b"], "n_prompts": 1},
+            {"calibration": "everywhere"},
             ValueError,
-            "n_prompts=1 must give each of the 2 targets at least 1 prompt",
+            "calibration must be 'reply' or 'neutral', got 'everywhere'",
         ),
+        ({"n_random": 0}, ValueError, "n_random must be an int >= 1, got 0"),
+        ({"n_calibration_prompts": 0}, ValueError, "n_calibration_prompts must be an int >= 1, got 0"),
         ({"seeds": [0, -1]}, ValueError, r"seeds must be ints >= 0, got -1 in \[0, -1\]"),
         ({"seeds": [0, 0]}, ValueError, "seeds repeats 0"),
         ({"split_seed": "1"}, TypeError, "split_seed must be an int, got '1'"),

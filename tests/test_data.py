@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import itertools
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,15 @@ import pytest
 import tlsteer
 from tlsteer.data import (
     BUILTIN_DATASETS,
+    HELDOUT_PARTS,
     answer_letter,
     as_contrast_data,
     builtin_dataset_path,
     data_hash,
     load_ab_items,
     load_builtin_replies,
+    load_heldout_prompts,
+    load_open_prompts,
     reply_span,
     reply_start,
 )
@@ -169,6 +175,63 @@ def test_neutral_text():
     neutral = tlsteer.load_neutral_text()
     assert len(neutral) == 60 and len(set(neutral)) == 60
     assert all(isinstance(t, str) and t.strip() for t in neutral)
+
+
+def _normalized(text):
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _near_duplicates(prompts, others=None, threshold=0.8):
+    """Pairs (prompt, other), or pairs of ``prompts`` when ``others`` is None, whose texts are equal
+    or nearly equal (difflib ratio at least ``threshold``) once lower-cased without punctuation."""
+    pairs = itertools.combinations(prompts, 2) if others is None else itertools.product(prompts, others)
+    found = []
+    for a, b in pairs:
+        matcher = difflib.SequenceMatcher(None, _normalized(a), _normalized(b))
+        if (
+            matcher.real_quick_ratio() >= threshold
+            and matcher.quick_ratio() >= threshold
+            and matcher.ratio() >= threshold
+        ):
+            found.append((a, b))
+    return found
+
+
+def _class_set_prompts():
+    folder = Path(str(resources.files("tlsteer") / "datasets" / "classes"))
+    prompts = set()
+    for path in sorted(folder.glob("*.json")):
+        for examples in json.loads(path.read_text()).get("examples", {}).values():
+            prompts.update(example["prompt"] for example in examples)
+    return sorted(prompts)
+
+
+def test_near_duplicate_check_catches_planted_copies():
+    assert _near_duplicates(["Tell me about your weekend!"], ["tell me about your weekend."])
+    assert _near_duplicates(["How do bees make their honey?"], ["How do bees make honey?"])
+    assert not _near_duplicates(["How do glaciers move?"], ["Why is the sky blue?"])
+    assert _near_duplicates(["How do glaciers move?", "Why is the sky blue?", "why is the sky blue"])
+
+
+def test_heldout_prompts_are_sized_distinct_and_unseen():
+    calibration = load_heldout_prompts("calibration")
+    test = load_heldout_prompts("test")
+    assert (len(calibration), len(test)) == (32, 160)
+    every = calibration + test
+    assert all(isinstance(p, str) and 4 <= len(p.split()) <= 15 for p in every)
+    assert len({_normalized(p) for p in every}) == 192  # parts disjoint, no repeats
+    assert _near_duplicates(every) == []  # within and across the parts
+    class_prompts = _class_set_prompts()
+    assert len(class_prompts) >= 100  # the class sets were read
+    assert _near_duplicates(every, load_open_prompts() + class_prompts) == []
+
+
+def test_heldout_prompts_refuse_an_unknown_part():
+    assert HELDOUT_PARTS == ("calibration", "test")
+    with pytest.raises(
+        ValueError, match=r"^unknown held-out part 'train'; valid: \['calibration', 'test'\]$"
+    ):
+        load_heldout_prompts("train")
 
 
 @pytest.mark.skipif(not CAA_DIR.is_dir(), reason=f"the CAA data folder {CAA_DIR} is absent (../shared/caa)")

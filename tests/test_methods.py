@@ -74,7 +74,10 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
         n_candidates=3,
         max_density=0.1,
     )
-    assert set(methods) == {m for m in METHODS if m != "feature_topk"} | {"feature_top2"}
+    assert set(methods) == {m for m in METHODS if m not in ("feature_topk", "caa_projected")} | {
+        "feature_top2",
+        "caa_proj_top2",
+    }
     W = sae.W_dec.detach()
     raw = reps.raw_pos.mean(0) - reps.raw_neg.mean(0)
     diff = reps.feat_pos.mean(0) - reps.feat_neg.mean(0)
@@ -89,6 +92,15 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
     top2 = torch.zeros(D_SAE)
     top2[[6, 4]] = diff[[6, 4]]
     close("feature_top2", top2 @ W)
+    # CAA projected onto the span of the same two decoder rows (orthonormal here: W[[6, 4]])
+    rows = W[[4, 6]]
+    close("caa_proj_top2", (rows @ raw) @ rows)
+    # every vector method carries its cosine with CAA
+    for name, m in methods.items():
+        if m.direction is not None:
+            want = float(unit(m.direction[HOOK]) @ unit(raw))
+            assert m.cosine == pytest.approx(want, abs=1e-5), name
+    assert methods["caa"].cosine == pytest.approx(1.0, abs=1e-6) and methods["prompting"].cosine is None
     # the 3 candidates are the raised features; the 2 with the best output score are kept, best first
     scores = output_scores(tiny_llama, sae, list(UP), hook_name=HOOK)
     best = sorted(UP, key=lambda f: -float(scores[f]))[:2]
@@ -104,6 +116,12 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
         methods["random"].direction
         == build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["random"])["random"].direction
     )
+    draws = build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["random"], n_random=8, seed=5)
+    assert list(draws) == [f"random.{j}" for j in range(8)]
+    seeded = build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["random"], seed=7)["random"]
+    torch.testing.assert_close(draws["random.2"].direction[HOOK], seeded.direction[HOOK])  # seed + j
+    directions = torch.stack([d.direction[HOOK] for d in draws.values()])
+    assert (directions @ directions.T - torch.eye(8)).abs().max() < 0.9  # eight different directions
     # strength: unit direction times strength times the residual norm
     ((hook, edit),) = methods["caa"].at(0.5).edits
     caa_unit = methods["caa"].direction[HOOK]

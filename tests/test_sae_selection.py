@@ -98,6 +98,66 @@ def test_output_scores_equal_a_reference_loop_and_a_planted_row_scores_high(tiny
     assert scores[others].abs().sum() == 0
 
 
+def reference_rank_score(model, sae, feature, prompts, strength, n_tokens):
+    """Arad et al.'s output score, one feature and one full prompt at a time, no KV cache."""
+    row = sae.W_dec[feature].detach().float()
+    row = row / max(float(row.norm()), 1e-12)
+    with torch.no_grad():
+        lens = model.ln_final(row[None, None])[0, 0] @ model.W_U + model.b_U
+    named = lens.softmax(-1).topk(n_tokens).indices.tolist()
+    total = 0.0
+    for text in prompts:
+        tokens = torch.tensor([tokenize(model, text)])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=[LAST])
+        scale = strength * float(cache[LAST][0, 1:].norm(dim=-1).mean())
+
+        def add(act, hook, scale=scale):  # noqa: ARG001
+            act = act.clone()
+            act[:, -1] += scale * row
+            return act
+
+        with torch.no_grad():
+            probs = model.run_with_hooks(tokens, fwd_hooks=[(LAST, add)])[0, -1].softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        best_rank = min(order.index(t) for t in named)
+        total += (1 - best_rank / len(order)) * max(float(probs[t]) for t in named)
+    return total / len(prompts)
+
+
+def test_rank_output_scores_equal_a_reference_loop_and_a_planted_row_scores_top(tiny_llama):
+    model = tiny_llama
+    sae = random_sae("standard", seed=5, hook=LAST)
+    token = 7
+    with torch.no_grad():  # feature 0 writes exactly the unembedding column of one token
+        sae.W_dec[0] = model.W_U[:, token] / model.W_U[:, token].norm()
+    ids = [0, 2, 3, 10, 11]
+    scores = output_scores(
+        model, sae, ids, SCORE_PROMPTS, strength=2.0, n_tokens=3, batch_size=2, definition="rank"
+    )
+    assert scores.shape == (64,)
+    for f in ids:
+        assert float(scores[f]) == pytest.approx(
+            reference_rank_score(model, sae, f, SCORE_PROMPTS, 2.0, 3), abs=1e-5
+        )
+    assert float(scores[0]) > 0.5  # the planted token becomes the likely next token: rank 0
+    assert float(scores[0]) == float(scores[ids].max())
+    assert bool(((scores[ids] > 0) & (scores[ids] <= 1)).all())
+    others = [f for f in range(64) if f not in ids]
+    assert scores[others].abs().sum() == 0
+
+
+def test_rank_and_mass_output_scores_differ_and_batch_size_does_not_matter(tiny_llama):
+    sae = random_sae("topk", seed=2, hook=LAST)
+    ids = list(range(12))
+    one = output_scores(tiny_llama, sae, ids, SCORE_PROMPTS, batch_size=1, definition="rank")
+    many = output_scores(tiny_llama, sae, ids, SCORE_PROMPTS, batch_size=5, definition="rank")
+    assert torch.allclose(one, many, atol=1e-6)
+    mass = output_scores(tiny_llama, sae, ids, SCORE_PROMPTS, batch_size=5)
+    assert not torch.allclose(one, mass, atol=1e-3)
+    assert torch.equal(mass, output_scores(tiny_llama, sae, ids, SCORE_PROMPTS, definition="mass"))
+
+
 def test_output_scores_take_a_feature_vector(tiny_llama):
     sae = random_sae("topk", seed=2)
     fv = feature_vector(tiny_llama, sae, PAIRS).top_k(3)
@@ -117,5 +177,7 @@ def test_output_scores_bad_input(tiny_llama):
         output_scores(tiny_llama, sae, [1], SCORE_PROMPTS, strength=float("nan"))
     with pytest.raises(ValueError, match="n_tokens must be an int >= 1"):
         output_scores(tiny_llama, sae, [1], SCORE_PROMPTS, n_tokens=0)
+    with pytest.raises(ValueError, match="definition must be one of 'mass', 'rank', got 'logit'"):
+        output_scores(tiny_llama, sae, [1], SCORE_PROMPTS, definition="logit")
     with pytest.raises(ValueError, match=r"^drop\(64 features\) removed all \d+ nonzero features"):
         feature_vector(tiny_llama, sae, PAIRS).drop(list(range(64)))  # no empty vector reaches the scores

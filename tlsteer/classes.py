@@ -42,9 +42,10 @@ __all__ = [
     "load_class_dataset",
 ]
 
-CLASS_DATASETS: tuple[str, ...] = ("speaking_styles", "aggression", "attitude_domain")
+CLASS_DATASETS: tuple[str, ...] = ("speaking_styles", "aggression", "attitude_domain", "emotions")
 """Built-in class sets: four speaking styles; four ordered levels of aggression (ordinal); a 2 x 2
-of attitude (enjoy, dislike) by domain (animals, food)."""
+of attitude (enjoy, dislike) by domain (animals, food); three emotions (joy, sadness, anger) shown
+through situation and behaviour, never named (45 examples per class)."""
 
 MIN_EXAMPLES = 2
 

@@ -40,6 +40,8 @@ __all__ = [
     "load_neutral_text",
     "load_builtin_replies",
     "load_open_prompts",
+    "load_heldout_prompts",
+    "HELDOUT_PARTS",
     "read_text",
     "reply_span",
     "reply_start",
@@ -58,6 +60,9 @@ CAA_BEHAVIOURS: tuple[str, ...] = (
     "sycophancy",
 )
 """The CAA paper's 7 behaviours: folder names under its ``generate/`` and ``test/`` directories."""
+
+HELDOUT_PARTS: tuple[str, ...] = ("calibration", "test")
+"""The parts of the held-out prompts (see :func:`load_heldout_prompts`)."""
 
 
 @dataclass(frozen=True)
@@ -441,6 +446,24 @@ def read_text(path: str | Path, encoding: Any = "utf-8-sig") -> str:
 def load_open_prompts() -> list[str]:
     """tlsteer's 64 varied open instructions (chat user turns), for steered generation."""
     return json.loads((resources.files("tlsteer") / "datasets" / "open_prompts.json").read_text())
+
+
+def load_heldout_prompts(part: str) -> list[str]:
+    """Everyday open requests (chat user turns) that no SAE or codebook of tlsteer has seen.
+
+    ``"calibration"`` holds 32 prompts and ``"test"`` 160 others; none of them is, or nearly is,
+    one of :func:`load_open_prompts` (which the SAE corpus was built from) or a class set's example
+    prompt. They are short requests and questions in a neutral tone, on varied everyday topics;
+    format them with :func:`chat_prompt`.
+
+    Example:
+        >>> len(load_heldout_prompts("calibration")), len(load_heldout_prompts("test"))
+        (32, 160)
+    """
+    if part not in HELDOUT_PARTS:
+        raise ValueError(f"unknown held-out part {part!r}; valid: {list(HELDOUT_PARTS)}")
+    path = resources.files("tlsteer") / "datasets" / "heldout_prompts.json"
+    return list(json.loads(path.read_text(encoding="utf-8"))[part])
 
 
 def load_neutral_text() -> list[str]:

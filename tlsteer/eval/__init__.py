@@ -13,17 +13,21 @@ from tlsteer.eval.ab import (
     kl_on_neutral,
     question_end,
 )
+from tlsteer.eval.bootstrap import clopper_pearson
 from tlsteer.eval.budget import bootstrap_ci, calibrate_to_kl, kl_stats, paired_difference_ci
 from tlsteer.eval.cached import cached_ab_scores
 from tlsteer.eval.diagnostics import layer_diagnostics, steerability
 from tlsteer.eval.generation import GenerationSettings, compare_generations
-from tlsteer.eval.judge import ClassJudge, class_judge
+from tlsteer.eval.judge import ClassJudge, JudgeReport, class_judge, degenerate, judge_report
 from tlsteer.eval.sweeps import residual_norms, sweep, sweep_items
 from tlsteer.eval.token_view import TokenView, feature_token_view, token_view
 
 __all__ = [
     "ClassJudge",
+    "JudgeReport",
     "class_judge",
+    "degenerate",
+    "judge_report",
     "ABResult",
     "ABScore",
     "GenerationSettings",
@@ -37,6 +41,7 @@ __all__ = [
     "bootstrap_ci",
     "calibrate_to_kl",
     "cached_ab_scores",
+    "clopper_pearson",
     "compare_generations",
     "kl_on_neutral",
     "kl_stats",

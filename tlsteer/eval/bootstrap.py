@@ -1,7 +1,10 @@
-"""Percentile-bootstrap intervals: :func:`bootstrap_ci` of any statistic, :func:`paired_difference_ci`.
+"""Intervals on rates: percentile bootstrap (:func:`bootstrap_ci` of any statistic,
+:func:`paired_difference_ci`) and the exact binomial interval (:func:`clopper_pearson`).
 
 Rows (the first axis) are resampled with replacement with a seeded NumPy generator, so every
-interval is reproducible. NaN and inf are refused.
+bootstrap interval is reproducible. NaN and inf are refused. A share of successes among few units
+gets :func:`clopper_pearson` instead: the bootstrap of ``0/n`` is ``[0, 0]``, which claims a
+certainty ``n`` trials cannot give.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from tlsteer._types import is_int
 
-__all__ = ["bootstrap_ci", "paired_difference_ci"]
+__all__ = ["bootstrap_ci", "clopper_pearson", "paired_difference_ci"]
 
 
 def _finite(value: Any) -> bool:
@@ -125,3 +128,38 @@ def paired_difference_ci(
 
 def _mean_difference(pairs: np.ndarray) -> float:
     return float(pairs[:, 0].mean() - pairs[:, 1].mean())
+
+
+def clopper_pearson(successes: Any, n: Any, level: Any = 0.95) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: ``successes / n`` and its exact binomial (Clopper-Pearson) interval.
+
+    ``low`` is the success probability at which ``successes`` or more successes have probability
+    ``(1 - level) / 2``, ``high`` the one at which ``successes`` or fewer have it (beta quantiles,
+    ``scipy.stats.beta``); ``low`` is 0 for no success and ``high`` 1 for all. The coverage is at
+    least ``level`` for every success probability, and ``0/n`` gets a real upper bound
+    (``1 - ((1 - level) / 2) ** (1 / n)``), not ``[0, 0]``.
+
+    Args:
+        successes: Successes, an int in ``[0, n]``.
+        n: Trials, an int >= 1.
+        level: Coverage of the interval, in (0, 1).
+
+    Example:
+        >>> est, low, high = clopper_pearson(0, 16)
+        >>> est, low, round(high, 4)
+        (0.0, 0.0, 0.2059)
+        >>> [round(v, 4) for v in clopper_pearson(5, 16)]
+        [0.3125, 0.1102, 0.5866]
+    """
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (the number of trials), got {n!r}")
+    if not is_int(successes) or not 0 <= successes <= n:
+        raise ValueError(f"successes must be an int in [0, n={int(n)}], got {successes!r}")
+    if not _finite(level) or not 0 < float(level) < 1:
+        raise ValueError(f"level must be a number in (0, 1), e.g. 0.95, got {level!r}")
+    from scipy.stats import beta  # a dependency; loaded on first use (importing it takes a while)
+
+    k, total, tail = int(successes), int(n), (1 - float(level)) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(tail, k, total - k + 1))
+    high = 1.0 if k == total else float(beta.ppf(1 - tail, k + 1, total - k))
+    return k / total, low, high

@@ -21,8 +21,10 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
+from tlsteer.data import chat_prompt
 from tlsteer.eval.bootstrap import bootstrap_ci, paired_difference_ci
 from tlsteer.hooks import edit_hooks
+from tlsteer.positions import Positions
 from tlsteer.steering import Steering, as_steering
 from tlsteer.tokens import right_pad, tokenize_prompts
 
@@ -33,6 +35,7 @@ __all__ = [
     "calibrate_to_kl",
     "kl_stats",
     "paired_difference_ci",
+    "reply_kl_stats",
 ]
 
 
@@ -199,19 +202,130 @@ def kl_stats(
                 clean_lp = clean.float().log_softmax(-1)
                 if cache is not None:
                     cache[key] = clean_lp
-            if all_edits:
-                hooks = edit_hooks(model, all_edits, positions)
-                # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
-                with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
-                    steered = model(s_tokens, attention_mask=s_mask)
-            else:
-                steered = model(s_tokens, attention_mask=s_mask)
-            steered = steered[at, torch.tensor(steered_col, device=at.device)]
-        steered_lp = steered.float().log_softmax(-1)
-        kl = (clean_lp.exp() * (clean_lp - steered_lp)).sum(-1).clamp_min(0.0)
-        per_token.append(kl.double().cpu())
+        per_token.append(
+            _steered_kl(model, clean_lp, s_tokens, s_mask, all_edits, positions, at, steered_col)
+        )
+    return _pooled(per_token)
+
+
+def _steered_kl(
+    model: HookedTransformer,
+    clean_lp: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    edits: list,
+    positions: Positions,
+    at: torch.Tensor,
+    cols: list[int],
+) -> torch.Tensor:
+    """Per-token KL(clean || steered) at rows ``at`` and columns ``cols`` of one steered batch."""
+    with torch.no_grad():
+        if edits:
+            hooks = edit_hooks(model, edits, positions)
+            # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
+            with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
+                steered = model(tokens, attention_mask=mask)
+        else:
+            steered = model(tokens, attention_mask=mask)
+        steered_lp = steered[at, torch.tensor(cols, device=at.device)].float().log_softmax(-1)
+    return (clean_lp.exp() * (clean_lp - steered_lp)).sum(-1).clamp_min(0.0).double().cpu()
+
+
+def _pooled(per_token: list[torch.Tensor]) -> KLStats:
     values = torch.cat(per_token).numpy()
     return KLStats(mean=float(values.mean()), p95=float(np.percentile(values, 95)), n_tokens=int(values.size))
+
+
+def reply_kl_stats(
+    model: HookedTransformer,
+    steering: Steering,
+    *,
+    prompts: Sequence[str],
+    replies: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    cache: dict | None = None,
+    check_model: bool = True,
+) -> KLStats:
+    """Per-token KL(unsteered || steered) over fixed replies in the chat turn: where generation steers.
+
+    Each prompt is a user message put in the model's chat template (:func:`~tlsteer.chat_prompt`)
+    and followed by its reply's tokens (fixed: typically the unsteered model's own sampled
+    replies, made once). The steering's edits act from the prompt's last token on, as
+    ``steering.at(Positions.last())`` acts in generation, and its prefix (an instruction, the
+    prompting method) goes inside the user turn, ``steering.instruct(prompt)``, as in generation.
+    The KL is taken at every position that predicts a reply token (the prompt's last token and
+    each reply token but the last) and pooled over prompts.
+
+    Args:
+        model: A ``HookedTransformer`` with a tokenizer.
+        steering: A :class:`~tlsteer.Steering` with edits, a prefix, or both; its own positions
+            are replaced by "from the prompt's last token on".
+        prompts: User messages (non-empty strings).
+        replies: Token ids of each prompt's reply (at least one token each).
+        batch_size: Sequences per forward pass (right-padded).
+        cache: A dict kept between calls on the same prompts and replies (as in a calibration).
+        check_model: Refuse a steering made for another model.
+
+    Example:
+        >>> steering = vec.steering(4.0)  # doctest: +SKIP
+        >>> reply_kl_stats(model, steering, prompts=["Tell me a story."], replies=[[12, 7]])  # doctest: +SKIP
+        KLStats(mean=0.21, p95=0.62, n_tokens=2)
+    """
+    steering = as_steering(steering)
+    batch_size = check_batch_size(batch_size)
+    if cache is not None and not isinstance(cache, dict):
+        raise TypeError(f"cache must be a dict or None, got {type(cache).__name__}")
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of user messages, got {prompts!r:.80}")
+    if isinstance(replies, (str, bytes)) or not isinstance(replies, Sequence) or len(replies) != len(prompts):
+        n = len(replies) if isinstance(replies, Sequence) else replies
+        raise ValueError(f"replies must be one list of token ids per prompt ({len(prompts)}), got {n!r:.80}")
+    vocab = model.cfg.d_vocab
+    reply_ids = []
+    for i, reply in enumerate(replies):
+        ids = list(reply) if isinstance(reply, Sequence) and not isinstance(reply, str) else None
+        if not ids or not all(is_int(t) and 0 <= t < vocab for t in ids):
+            raise ValueError(
+                f"reply {i} must be a non-empty list of token ids in [0, {vocab}), got {reply!r:.80}"
+            )
+        reply_ids.append([int(t) for t in ids])
+    if steering.is_unsteered:
+        raise ValueError("nothing to measure: the steering has no edits and no prefix")
+    steering.check(model, check_model=check_model)
+    clean_prompt = tokenize_prompts(model, [chat_prompt(model, p) for p in prompts])
+    steered_prompt = (
+        tokenize_prompts(model, [chat_prompt(model, steering.instruct(p)) for p in prompts])
+        if steering.prefix
+        else clean_prompt
+    )
+    per_token: list[torch.Tensor] = []
+    edits = list(steering.edits)
+    for first in range(0, len(prompts), batch_size):
+        rows = range(first, min(first + batch_size, len(prompts)))
+        clean_ids = [clean_prompt[i] + reply_ids[i] for i in rows]
+        steered_ids = [steered_prompt[i] + reply_ids[i] for i in rows]
+        index_row, clean_col, steered_col = [], [], []
+        for r, i in enumerate(rows):
+            for j in range(len(reply_ids[i])):
+                index_row.append(r)
+                clean_col.append(len(clean_prompt[i]) - 1 + j)
+                steered_col.append(len(steered_prompt[i]) - 1 + j)
+        at = torch.tensor(index_row, device=model.cfg.device)
+        key = ("reply", first, tuple(tuple(t) for t in clean_ids))
+        with torch.no_grad():
+            if cache is not None and key in cache:
+                clean_lp = cache[key]
+            else:
+                tokens, mask = right_pad(model, clean_ids)
+                clean = model(tokens, attention_mask=mask)[at, torch.tensor(clean_col, device=at.device)]
+                clean_lp = clean.float().log_softmax(-1)
+                if cache is not None:
+                    cache[key] = clean_lp
+        tokens, mask = right_pad(model, steered_ids)
+        # the edits act from each row's last prompt token on
+        positions = Positions("from", 0, (), tuple(len(steered_prompt[i]) - 1 for i in rows))
+        per_token.append(_steered_kl(model, clean_lp, tokens, mask, edits, positions, at, steered_col))
+    return _pooled(per_token)
 
 
 # -- calibration to a KL budget -----------------------------------------------------------------

@@ -10,6 +10,12 @@ imports it. ``import tlsteer.experiments`` needs sae-lens (``pip install "tlstee
   items) or an :class:`AnalogyTask` (one relation); :func:`builtin_instructions` (the prompting
   baseline's instructions).
 - Methods: :data:`METHODS` (the families built by :mod:`tlsteer.experiments.methods`).
+- Decide: :func:`verdict` (every method against CAA on the same units: paired bootstrap over
+  prompts stratified by target, Holm, an equivalence margin, one word per method), answering a
+  pre-registered plan read by :func:`load_plan`.
+- Spread: the cells run in process by default or on Ray workers (:class:`RayExecutor`,
+  ``pip install "tlsteer[ray]"``) with the same results (:mod:`tlsteer.experiments.executor`:
+  ``InProcess``, ``make_executor``, ``WorkerError``).
 - Read: a :class:`ComparisonResult`, its :class:`Cell`\\ s keyed by ``(method, budget)``, and its
   ``to_frame()``, ``to_markdown()``, ``plot()``, ``plot_transfer()``, ``save()`` and
   ``ComparisonResult.load()``.
@@ -26,8 +32,11 @@ from tlsteer.experiments.analogy_task import AnalogyTask
 from tlsteer.experiments.cells import Cell
 from tlsteer.experiments.comparison_config import ComparisonConfig
 from tlsteer.experiments.comparison_result import ComparisonResult
+from tlsteer.experiments.executor import RayExecutor
 from tlsteer.experiments.feature_vs_caa import applicable_methods, builtin_instructions, feature_vs_caa
 from tlsteer.experiments.methods import METHODS
+from tlsteer.experiments.plan import load_plan
+from tlsteer.experiments.verdict import verdict
 
 __all__ = [
     "METHODS",
@@ -36,7 +45,10 @@ __all__ = [
     "Cell",
     "ComparisonConfig",
     "ComparisonResult",
+    "RayExecutor",
     "applicable_methods",
     "builtin_instructions",
     "feature_vs_caa",
+    "load_plan",
+    "verdict",
 ]

@@ -7,7 +7,9 @@ bisection in log strength; prompting has no strength and is measured as it is). 
 is never a test prompt. :func:`cell_steerings` turns the calibrations into one :class:`Steering`
 per cell, which a task scores on its test data (:mod:`tlsteer.experiments.class_task`,
 :mod:`tlsteer.experiments.ab_task`, :mod:`tlsteer.experiments.analogy_task`) into a :class:`Cell`;
-every rate comes with a 95% bootstrap interval (:class:`Interval`, :func:`interval`).
+every rate comes with a 95% interval (:class:`Interval`): a seeded bootstrap over the sampled
+unit (:func:`interval`), or on an analogy task, whose rates are shares of test pairs, the exact
+binomial (Clopper-Pearson) one.
 
 A cell is keyed by :data:`CellKey`, ``(method, budget)``: ``("caa", 0.5)``; ``budget`` is ``None``
 for ``"unsteered"`` and for a method without a strength (``"prompting"``, measured once).
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 from transformer_lens import HookedTransformer
 
-from tlsteer.eval.budget import bootstrap_ci, calibrate_to_kl, kl_stats
+from tlsteer.decode import generate_tokens
+from tlsteer.eval.budget import bootstrap_ci, calibrate_to_kl, kl_stats, reply_kl_stats
 from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
@@ -33,6 +36,7 @@ __all__ = [
     "Cell",
     "CellKey",
     "Interval",
+    "ReplySetting",
     "calibrate_method",
     "calibration_fields",
     "cell_steerings",
@@ -48,7 +52,8 @@ UNSTEERED: CellKey = ("unsteered", None)
 
 @dataclass(frozen=True)
 class Interval:
-    """A rate and its seeded 95% bootstrap interval over the sampled unit (prompts, items, pairs).
+    """A rate and its 95% interval over the sampled unit (prompts, items, pairs): a seeded
+    bootstrap, or exact binomial (Clopper-Pearson) for an analogy task's shares.
 
     ``str(interval)`` is ``"0.42 [0.32, 0.51]"``, as the comparison's tables print it.
     """
@@ -92,12 +97,14 @@ class Cell:
 
     Every cell has ``success``: on a class set, the share of generations the judge assigns to the
     target; on an A/B task, p(matching) on the held-out items; on an analogy task, top-k accuracy
-    of the answer's first token. A calibrated cell (every one but ``"unsteered"``) has the
-    calibration's ``strength`` (the multiplier: in units of the residual norm for a vector, of each
-    feature's typical activation for a clamp; ``None`` for prompting; on a class set one per
-    target), the mean and 95th percentile of its KL on neutral text (``kl_mean``, ``kl_p95``) and
-    whether it ``reached`` the budget (within 10% for prompting, which is measured as it is). The
-    other fields are ``None`` where the dataset kind does not measure them.
+    of the whole answer among the domain's answers (each test pair's candidates ranked by summed
+    log-probability, :mod:`tlsteer.experiments.analogy_task`). A calibrated cell (every one but
+    ``"unsteered"``) has the calibration's ``strength`` (the multiplier: in units of the residual
+    norm for a vector, of each feature's typical activation for a clamp; ``None`` for prompting;
+    on a class set one per target), the mean and 95th percentile of its KL on neutral text
+    (``kl_mean``, ``kl_p95``) and whether it ``reached`` the budget (within 10% for prompting,
+    which is measured as it is). The other fields are ``None`` where the dataset kind does not
+    measure them.
 
     Attributes:
         method: The method's name (``"caa"``, ``"feature_top8"``, ``"unsteered"``, ...).
@@ -109,7 +116,17 @@ class Cell:
         selectivity, perplexity, transfer, n_generations: Class sets: the target's gain over
             unsteered minus the largest gain of another class; the perplexity of the generations
             under the unsteered model; ``{target: {class: share judged as it}}``; generations scored.
-        top1, n_test_pairs: Analogy tasks: top-1 accuracy; test pairs scored.
+        top1, n_test_pairs: Analogy tasks: rank-1 accuracy of the whole answer among the
+            domain's answers (``success`` is top-k among them; both with exact binomial
+            intervals); test pairs scored (the length of ``outcomes``).
+        outcomes: The success of each scored unit (a generation, an A/B item, a test pair), in
+            the order of the result's ``units`` and the same for every cell of a run, so two
+            cells are compared pair by pair (:mod:`tlsteer.experiments.verdict`); ``None`` in
+            files written before they were kept.
+        success_fluent: Class sets: the success among the generations the judge did not call
+            degenerate (``None`` where the judge has no such outcome).
+        cosine: The cosine of the method's vector with CAA's at the hook (mean over targets;
+            ``None`` for a method without a vector: unsteered, prompting, clamp).
     """
 
     method: str
@@ -127,6 +144,9 @@ class Cell:
     n_generations: int | None = None
     top1: Interval | None = None
     n_test_pairs: int | None = None
+    outcomes: tuple[float, ...] | None = field(default=None, repr=False)
+    success_fluent: Interval | None = None
+    cosine: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -148,6 +168,11 @@ class Cell:
             raise ValueError(f"cell {self.label!r} is calibrated: it needs {missing}")
         if self.transfer is not None:
             object.__setattr__(self, "transfer", {t: dict(row) for t, row in self.transfer.items()})
+        if self.outcomes is not None:
+            values = tuple(float(v) for v in self.outcomes)
+            if not values or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"cell {self.label!r}: outcomes must be finite numbers, one per unit")
+            object.__setattr__(self, "outcomes", values)
 
     @property
     def key(self) -> CellKey:
@@ -160,9 +185,67 @@ class Cell:
         return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
 
+@dataclass(frozen=True)
+class ReplySetting:
+    """Calibration where a class set's test steers: user messages in the chat turn, fixed replies.
+
+    ``replies`` are the unsteered model's own sampled replies to ``prompts`` (made once by
+    :meth:`sample`, with the test's temperature and length); a method's KL is measured over them,
+    steered from the prompt's last token on, with an instruction inside the user turn
+    (:func:`~tlsteer.eval.budget.reply_kl_stats`). The prompts must be disjoint from the test's.
+    """
+
+    prompts: tuple[str, ...]
+    replies: tuple[tuple[int, ...], ...] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prompts or len(self.prompts) != len(self.replies):
+            raise ValueError(
+                f"a reply setting needs one reply per prompt, got {len(self.prompts)} prompts and "
+                f"{len(self.replies)} replies"
+            )
+        empty = [i for i, r in enumerate(self.replies) if not r]
+        if empty:
+            raise ValueError(f"reply {empty[0]} is empty; sample longer replies")
+
+    @classmethod
+    def sample(
+        cls,
+        model: HookedTransformer,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        batch_size: int = 32,
+    ) -> ReplySetting:
+        """The unsteered model's sampled replies to ``prompts`` (row ``i`` seeded ``seed + i``)."""
+        out = generate_tokens(
+            model,
+            list(prompts),
+            Steering(),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            seed=[seed + i for i in range(len(prompts))],
+            chat=True,
+            batch_size=batch_size,
+        )
+        return cls(tuple(prompts), tuple(tuple(int(t) for t in n) for n in out.new_tokens))
+
+
 def _kl(
-    model: HookedTransformer, steering: Steering, neutral: Sequence[str], batch_size: int, cache: Any = None
+    model: HookedTransformer, steering: Steering, neutral: Any, batch_size: int, cache: Any = None
 ) -> Any:
+    if isinstance(neutral, ReplySetting):
+        return reply_kl_stats(
+            model,
+            steering,
+            prompts=list(neutral.prompts),
+            replies=[list(r) for r in neutral.replies],
+            batch_size=batch_size,
+            cache=cache,
+        )
     # steered and measured from position 1 on (position 0 is an attention sink)
     return kl_stats(
         model,
@@ -177,7 +260,7 @@ def _kl(
 def calibrate_method(
     model: HookedTransformer,
     method: Method,
-    neutral: Sequence[str],
+    neutral: Any,
     budgets: Sequence[float],
     *,
     high: float = 4.0,
@@ -185,12 +268,16 @@ def calibrate_method(
 ) -> dict[float, dict[str, Any]]:
     """Per budget: the strength whose mean KL on ``neutral`` meets it, and the KL stats there.
 
+    ``neutral`` is a list of neutral texts (steered and measured at every position from 1 on) or
+    a :class:`ReplySetting` (the chat turn, steered from the prompt's last token on, measured over
+    fixed replies: the setting a class set's generations are tested in).
+
     Evaluations are shared between budgets, and each search starts from a guess (secant steps of
     :func:`~tlsteer.eval.budget.calibrate_to_kl`). Prompting has no strength: its KL is measured once
     and reported for every budget (``reached`` says whether it is within 10% of the budget).
     """
     if not method.has_strength:
-        stats = _kl(model, method.at(None), neutral, batch_size)
+        stats = _kl(model, method.at(None), neutral, batch_size, {})
         return {
             b: {
                 "strength": None,

@@ -75,16 +75,27 @@ class ComparisonConfig:
             instruction), naming those that do. A result holds the list that ran.
         budgets: Mean per-token KL budgets on neutral text (nats), each finite and > 0; every
             method with a strength is calibrated to each.
-        n_prompts: Class sets: open prompts in all, split evenly across the targets.
+        n_prompts: Class sets: test prompts; every target is steered toward on every one of them
+            (the paired design: the same (target, prompt) units for every method).
         targets: Class sets: the classes to steer toward (``None``: all); each is still built
             against all the other classes and judged among all of them.
-        seeds: Class sets: one sampled generation per prompt per seed.
+        seeds: Class sets: one sampled generation per prompt, target and seed.
         split_seed: Class sets: the seed of the train/validation/test split
             (:meth:`~tlsteer.ClassDataset.split`); an AnalogyTask carries its own seed and an
             ABTask has no split, so for them it must stay 0.
         max_new_tokens: Class sets: tokens generated per prompt.
         n_resamples: Bootstrap resamples of every interval (>= 100).
-        ks: The ``k`` of each ``feature_top<k>`` method (the ``feature_topk`` family).
+        ks: The ``k`` of each ``feature_top<k>`` method (the ``feature_topk`` family) and of
+            each ``caa_proj_top<k>`` (the ``caa_projected`` family).
+        calibration: Class sets: where the KL budget is met. ``"reply"`` (the default): in the
+            test's own setting, ``n_calibration_prompts`` user messages (disjoint from the test
+            prompts) in the chat turn, steered from the last prompt token on, KL over the
+            unsteered model's sampled replies (:class:`~tlsteer.experiments.cells.ReplySetting`);
+            ``"neutral"``: every position of neutral text (the runs before the verdict plan).
+            Other datasets calibrate on neutral text.
+        n_calibration_prompts: Class sets, ``calibration="reply"``: calibration prompts.
+        n_random: Random directions per target (``random.<j>``, spread over the test prompts;
+            1 gives the single method ``random``).
 
     ``n_prompts``, ``targets``, ``seeds`` and ``max_new_tokens`` are read by class sets only (a
     run on another dataset refuses ``targets``); all are recorded in a result's settings.
@@ -92,7 +103,7 @@ class ComparisonConfig:
     Example:
         >>> config = ComparisonConfig(methods=["caa", "feature_full", "prompting"], budgets=[0.5])
         >>> config.budgets, config.seeds
-        ((0.5,), (0, 1, 2))
+        ((0.5,), (0,))
         >>> ComparisonConfig(budgets=[0.5, -1])
         Traceback (most recent call last):
         ...
@@ -104,11 +115,14 @@ class ComparisonConfig:
     budgets: Any = (0.1, 0.5)  # tuple[float, ...]
     n_prompts: Any = 32  # int
     targets: Any = None  # tuple[str, ...] | None
-    seeds: Any = (0, 1, 2)  # tuple[int, ...]
+    seeds: Any = (0,)  # tuple[int, ...]
     split_seed: Any = 0  # int
     max_new_tokens: Any = 24  # int
     n_resamples: Any = 1000  # int
     ks: Any = (8, 32)  # tuple[int, ...]
+    calibration: Any = "reply"  # "reply" | "neutral"
+    n_calibration_prompts: Any = 32  # int
+    n_random: Any = 8  # int
 
     def __post_init__(self) -> None:
         budgets = _sequence("budgets", self.budgets, "KL budgets (nats), e.g. [0.1, 0.5]")
@@ -151,11 +165,11 @@ class ComparisonConfig:
             "max_new_tokens": _check_int("max_new_tokens", self.max_new_tokens, 1),
             "n_resamples": _check_int("n_resamples", self.n_resamples, 100),
             "ks": ks,
+            "calibration": self.calibration,
+            "n_calibration_prompts": _check_int("n_calibration_prompts", self.n_calibration_prompts, 1),
+            "n_random": _check_int("n_random", self.n_random, 1),
         }
-        if targets is not None and values["n_prompts"] < len(targets):
-            raise ValueError(
-                f"n_prompts={values['n_prompts']} must give each of the {len(targets)} targets at least "
-                f"1 prompt; give n_prompts >= {len(targets)}"
-            )
+        if self.calibration not in ("reply", "neutral"):
+            raise ValueError(f"calibration must be 'reply' or 'neutral', got {self.calibration!r}")
         for name, value in values.items():
             object.__setattr__(self, name, value)

@@ -7,7 +7,8 @@ its classes and targets); its ``plot()``, ``plot_transfer()`` and ``to_markdown(
 (this module does not import it, so that it can). Cells are keyed by
 ``(method, budget)`` (``budget`` is ``None`` for ``"unsteered"`` and ``"prompting"``), and each
 has its ``success`` rate (class sets: share judged as the target; A/B data: p(matching);
-analogies: top-k accuracy) with a 95% bootstrap interval. Like the other plot modules: a fresh
+analogies: top-k accuracy of the whole answer among the domain's answers) with a 95% interval
+(bootstrap; exact binomial for analogies). Like the other plot modules: a fresh
 ``Figure`` on the Agg canvas.
 """
 
@@ -190,7 +191,7 @@ def plot_comparison(result: ComparisonLike, path: str | Path | None = None) -> F
         left.axvline(b, color="grey", linewidth=0.6, linestyle=":")
     left.set_xscale("log")
     left.set_xlabel("mean per-token KL on neutral text (nats)")
-    left.set_ylabel("success (95% bootstrap interval)")
+    left.set_ylabel("success (95% interval)")
     left.set_title(f"{result.dataset}: success against side effect")
     left.legend(fontsize=6, ncol=2)
     width = 0.8 / max(len(budgets), 1)

@@ -57,6 +57,9 @@ SETTINGS = (
     "n_prompts",
     "targets",
     "ks",
+    "calibration",
+    "n_calibration_prompts",
+    "n_random",
 )
 """The keys of a result's ``"settings"``, in the order it writes them: the config's and the measured
 ``hook``, ``residual_norm`` and ``n_neutral``."""
@@ -74,13 +77,36 @@ _CELL_FIELDS: dict[str, tuple[str, ...]] = {
         "kl_p95",
         "strength",
         "reached",
+        "success_fluent",
+        "cosine",
+        "outcomes",
     ),
-    "ab": ("success", "mmlu", "strength", "kl_mean", "kl_p95", "reached", "mmlu_change"),
-    "analogy": ("success", "top1", "n_test_pairs", "strength", "kl_mean", "kl_p95", "reached"),
+    "ab": (
+        "success",
+        "mmlu",
+        "strength",
+        "kl_mean",
+        "kl_p95",
+        "reached",
+        "mmlu_change",
+        "cosine",
+        "outcomes",
+    ),
+    "analogy": (
+        "success",
+        "top1",
+        "n_test_pairs",
+        "strength",
+        "kl_mean",
+        "kl_p95",
+        "reached",
+        "cosine",
+        "outcomes",
+    ),
 }
 """Each kind's cell fields, in the order its JSON holds them."""
 _CALIBRATION = ("strength", "kl_mean", "kl_p95", "reached")
-_INTERVALS = ("success", "mmlu", "selectivity", "perplexity", "top1")
+_INTERVALS = ("success", "mmlu", "selectivity", "perplexity", "top1", "success_fluent")
 _EXTRAS: dict[str, tuple[str, ...]] = {
     "class_set": (
         "classes",
@@ -151,7 +177,9 @@ def _cell_from_dict(key: CellKey, data: Any, kind: DatasetKind) -> Cell:
             value = Interval.from_dict(value)
         elif name == "strength" and isinstance(value, list):
             value = tuple(None if s is None else float(s) for s in value)
-        elif name in ("strength", "kl_mean", "kl_p95", "mmlu_change") and isinstance(value, int):
+        elif name == "outcomes" and isinstance(value, list):
+            value = tuple(float(v) for v in value)
+        elif name in ("strength", "kl_mean", "kl_p95", "mmlu_change", "cosine") and isinstance(value, int):
             value = float(value)
         values[name] = value
     return Cell(key[0], key[1], **values)
@@ -198,6 +226,13 @@ class ComparisonResult:
         n_test_items: A/B tasks: held-out A/B items scored.
         k, n_shots, n_test_pairs: Analogy tasks: success is top-``k``; demonstrations per
             few-shot prompt; test pairs scored.
+        units: The scored units, ``(stratum, cluster)`` per unit in the order of every cell's
+            ``outcomes``: on a class set ``(target, prompt index)`` (every target on every prompt),
+            on an A/B or analogy task ``("", item or pair index)``. A paired bootstrap resamples
+            clusters and keeps every stratum's size (:mod:`tlsteer.experiments.verdict`). Empty in
+            files written before units were kept.
+        plan: The pre-registered analysis plan the run answered, ``{"path", "sha256"}``
+            (:mod:`tlsteer.experiments.plan`), or ``None``.
         unrecorded: Config fields the file it was loaded from did not record: they hold the
             config's defaults, and :meth:`save` leaves them out again (empty for a run).
 
@@ -230,6 +265,8 @@ class ComparisonResult:
     k: int | None = None
     n_shots: int | None = None
     n_test_pairs: int | None = None
+    units: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    plan: Mapping[str, str] | None = None
     unrecorded: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -265,6 +302,16 @@ class ComparisonResult:
         object.__setattr__(self, "examples", {k: _tuples(v) for k, v in self.examples.items()})
         object.__setattr__(self, "features", _tuples(self.features))
         object.__setattr__(self, "unrecorded", frozenset(self.unrecorded))
+        units = tuple((str(s), int(c)) for s, c in self.units)
+        object.__setattr__(self, "units", units)
+        if self.plan is not None:
+            object.__setattr__(self, "plan", dict(self.plan))
+        for cell in self.cells.values():
+            if cell.outcomes is not None and len(cell.outcomes) != len(units):
+                raise ValueError(
+                    f"{self.dataset}: cell {cell.label!r} has {len(cell.outcomes)} outcomes for "
+                    f"{len(units)} units; every cell scores every unit once"
+                )
 
     @property
     def budgets(self) -> tuple[float, ...]:
@@ -392,6 +439,10 @@ class ComparisonResult:
         out: dict[str, Any] = {"dataset": self.dataset, "settings": settings}
         for name in _EXTRAS[self.kind]:
             out[name] = own[name] if name in own else getattr(self, name)
+        if self.units:
+            out["units"] = [list(u) for u in self.units]
+        if self.plan is not None:
+            out["plan"] = dict(self.plan)
         out["seconds"] = self.seconds
         return out
 
@@ -412,7 +463,7 @@ class ComparisonResult:
         kind: DatasetKind = "class_set" if "classes" in data else "analogy" if "k" in data else "ab"
         expected = ("dataset", "settings", *_EXTRAS[kind], "seconds")
         missing = [k for k in expected if k not in data]
-        unknown = [k for k in data if k not in expected]
+        unknown = [k for k in data if k not in (*expected, "units", "plan")]
         if missing or unknown:
             what = f"no {missing[0]!r}" if missing else f"an unknown key {unknown[0]!r}"
             raise ValueError(f"a {kind} comparison result has {what}; its keys: {list(expected)}")
@@ -449,6 +500,8 @@ class ComparisonResult:
             cells=cells,
             seconds=float(data["seconds"]),
             unrecorded=frozenset(k for k in CONFIG_FIELDS if k not in settings),
+            units=tuple((str(s), int(c)) for s, c in data.get("units", ())),
+            plan=data.get("plan"),
             **_tuples(extras),
         )
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,18 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.classes import ClassDataset
-from tlsteer.data import ABItem, load_neutral_text, load_open_prompts
+from tlsteer.data import ABItem, load_heldout_prompts, load_neutral_text
 from tlsteer.errors import format_options
 from tlsteer.eval.judge import Embedder
 from tlsteer.eval.sweeps import residual_norms
 from tlsteer.experiments.ab_task import ABTask, run_ab_task
 from tlsteer.experiments.analogy_task import AnalogyTask, contrast_from_analogy, run_analogy_task
-from tlsteer.experiments.cells import Cell, CellKey, calibrate_method
-from tlsteer.experiments.class_task import run_class_task
+from tlsteer.experiments.cells import Cell, CellKey, ReplySetting, calibrate_method
+from tlsteer.experiments.class_task import ClassCellsSetup, run_class_task
 from tlsteer.experiments.comparison_config import ComparisonConfig
 from tlsteer.experiments.comparison_result import ComparisonResult, DatasetKind
 from tlsteer.experiments.contrasts import contrast_from_pairs, contrast_from_profile
+from tlsteer.experiments.executor import Executor, InProcess
 from tlsteer.experiments.methods import METHODS, build_methods
 from tlsteer.sae.adapter import SAELike, check_sae
 from tlsteer.sae.classes import class_profile
@@ -137,9 +139,13 @@ def feature_vs_caa(
     mmlu: Sequence[ABItem] | None = None,
     instructions: Mapping[str, str] | None = None,
     prompts: Sequence[str] | None = None,
+    calibration_prompts: Sequence[str] | None = None,
     embedder: Embedder | None = None,
     hook_name: str | None = None,
     out_dir: str | Path | None = None,
+    plan: Any = None,
+    executor: Executor | None = None,
+    model_loader: Callable[[], HookedTransformer] | None = None,
 ) -> ComparisonResult:
     """Compare steering methods on one dataset at matched KL budgets (see the module docstring).
 
@@ -151,8 +157,8 @@ def feature_vs_caa(
         model, sae: The model and an SAE that fits it; everything happens at the SAE's hook.
         dataset: A :class:`~tlsteer.ClassDataset` (its training split builds the vectors), an
             :class:`~tlsteer.experiments.ab_task.ABTask`, or an
-            :class:`~tlsteer.experiments.analogy_task.AnalogyTask` (top-k accuracy of the answer's
-            first token; no MMLU).
+            :class:`~tlsteer.experiments.analogy_task.AnalogyTask` (top-k accuracy of the whole
+            answer among the domain's answers, exact binomial intervals; no MMLU).
         config: A :class:`~tlsteer.experiments.comparison_config.ComparisonConfig` (default:
             ``ComparisonConfig()``: every method that applies, budgets 0.1 and 0.5). A method that
             does not apply to the dataset (``mean_centred`` to an ABTask or AnalogyTask, which have
@@ -165,14 +171,26 @@ def feature_vs_caa(
             AnalogyTask).
         instructions: For a class set, ``{class: instruction}`` of the prompting baseline
             (default: the built-in ones for a built-in set); an ABTask or AnalogyTask carries its own.
-        prompts: For a class set, the open prompts to generate from (default: the built-in open
-            prompts, the second half; ``config.n_prompts`` of them, split evenly across the targets).
+        prompts: For a class set, the test prompts to generate from (default: the built-in
+            held-out test prompts, :func:`~tlsteer.data.load_heldout_prompts`; the first
+            ``config.n_prompts`` of them, every target steered toward on each).
+        calibration_prompts: For a class set with ``config.calibration == "reply"``, the user
+            messages the KL is calibrated on (default: the built-in held-out calibration
+            prompts; the first ``config.n_calibration_prompts``); they must not be test prompts.
         embedder: For a class set, the sentence embedder of its judge
             (:func:`tlsteer.eval.judge.class_judge`; default: all-MiniLM-L6-v2).
         hook_name: Where the SAE reads, if its metadata does not say.
         out_dir: Write ``feature_vs_caa_<name>.json`` (``result.save``) and its figures
             (``result.plot``: ``feature_vs_caa_<name>.png``, and for a class set
             ``feature_vs_caa_<name>_transfer.png``) there.
+        plan: The pre-registered :class:`~tlsteer.experiments.plan.AnalysisPlan` the run answers;
+            its path and hash are recorded in the result (``result.plan``).
+        executor: For a class set, where its cells are generated and judged
+            (:mod:`tlsteer.experiments.executor`: ``InProcess()``, the default, or
+            ``RayExecutor(num_workers=...)``); the result does not depend on it.
+        model_loader: With an executor whose workers are other processes, a picklable
+            zero-argument callable that loads ``model`` in each worker (e.g.
+            ``functools.partial(tlsteer.load_model)``); each worker also trains the set's judge.
 
     Returns:
         A :class:`~tlsteer.experiments.comparison_result.ComparisonResult`: its cells keyed by
@@ -209,6 +227,7 @@ def feature_vs_caa(
             "prompts=": prompts,
             "embedder=": embedder,
             "config.targets": config.targets,
+            "calibration_prompts=": calibration_prompts,
         },
     )
     if config.split_seed != 0 and not isinstance(dataset, ClassDataset):
@@ -244,6 +263,9 @@ def feature_vs_caa(
             stats=stats,
             log=log,
             embedder=embedder,
+            calibration_prompts=calibration_prompts,
+            executor=executor,
+            model_loader=model_loader,
         )
     else:
         if isinstance(dataset, AnalogyTask):
@@ -265,13 +287,14 @@ def feature_vs_caa(
         calibrations = {n: calibrate_method(model, m, neutral, budgets) for n, m in built.items()}
         log(f"{dataset.name}: calibrated")
         if isinstance(dataset, AnalogyTask):
-            cells = run_analogy_task(model, built, calibrations, dataset, n_resamples=config.n_resamples)
+            cells = run_analogy_task(model, built, calibrations, dataset)  # exact intervals
             train, test = dataset.parts()
-            extras = {
+            extras = {  # every cell scores every test pair once, in this order (its outcomes)
                 "k": int(dataset.k),
                 "n_shots": int(dataset.n_shots),
                 "n_train_pairs": len(train),
                 "n_test_pairs": len(test),
+                "units": tuple(("", i) for i in range(len(test))),
             }
         else:
             cells = run_ab_task(
@@ -287,6 +310,7 @@ def feature_vs_caa(
         n_neutral=len(neutral),
         cells=cells,
         seconds=round(time.perf_counter() - start, 1),
+        plan=None if plan is None else plan.record(),
         **extras,
     )
     log(f"{dataset.name}: done")
@@ -312,6 +336,9 @@ def _class_set(
     stats: Any,
     log: Any,
     embedder: Embedder | None,
+    calibration_prompts: Sequence[str] | None = None,
+    executor: Executor | None = None,
+    model_loader: Callable[[], HookedTransformer] | None = None,
 ) -> tuple[dict[CellKey, Cell], dict[str, Any]]:
     """A class set's cells, and what a class-set result adds (classes, targets, judge, features)."""
     methods = list(config.methods or ())
@@ -325,21 +352,33 @@ def _class_set(
     missing = [c for c in targets if "prompting" in methods and c not in (instructions or {})]
     if missing:
         raise ValueError(f"no instruction for class {missing[0]!r}")
-    pool = list(prompts) if prompts is not None else load_open_prompts()[32:]
     n_prompts = config.n_prompts
-    per_class = n_prompts // len(targets)
-    if per_class < 1 or per_class * len(targets) > len(pool):
-        raise ValueError(
-            f"n_prompts={n_prompts} must give each of {len(targets)} targets at least 1 prompt "
-            f"from {len(pool)} prompts"
-        )
+    pool = list(prompts) if prompts is not None else load_heldout_prompts("test")
+    if n_prompts > len(pool):
+        raise ValueError(f"n_prompts={n_prompts} asks for more test prompts than the {len(pool)} given")
+    pool = pool[:n_prompts]
     from tlsteer.eval.judge import class_judge
 
     train, _, _ = dataset.split(seed=config.split_seed)
     profile = class_profile(model, sae, train, n_bootstrap=0, hook_name=hook)
     judge = class_judge(dataset, embedder)
     log(f"{dataset.name}: profile and judge (held-out accuracy {judge.held_out_accuracy:.3f})")
-    built, calibrations, by_class = {}, {}, {}
+    setting: Any = neutral
+    if config.calibration == "reply":
+        calibration_prompts = list(calibration_prompts or ())
+        if not calibration_prompts:
+            calibration_prompts = load_heldout_prompts("calibration")
+        calibration_prompts = calibration_prompts[: config.n_calibration_prompts]
+        overlap = sorted(set(calibration_prompts) & set(pool))
+        if overlap:
+            raise ValueError(
+                f"calibration prompts must be disjoint from the test prompts; both hold {overlap[0]!r}"
+            )
+        setting = ReplySetting.sample(
+            model, calibration_prompts, max_new_tokens=config.max_new_tokens, seed=10_000
+        )
+        log(f"{dataset.name}: {len(calibration_prompts)} calibration replies sampled")
+    built, calibrations = {}, {}
     for i, c in enumerate(targets):
         reps = contrast_from_profile(profile, c)
         built[c] = build_methods(
@@ -352,25 +391,47 @@ def _class_set(
             instruction=(instructions or {}).get(c),
             methods=methods,
             ks=config.ks,
+            n_random=config.n_random,
+            seed=1000 * (i + 1),
         )
         calibrations[c] = {
-            n: calibrate_method(model, m, neutral, list(config.budgets)) for n, m in built[c].items()
+            n: calibrate_method(model, m, setting, list(config.budgets)) for n, m in built[c].items()
         }
-        by_class[c] = pool[i * per_class : (i + 1) * per_class]
         log(f"{dataset.name}: {c}: {len(built[c])} methods built and calibrated")
+    setup = None
+    if executor is not None and not isinstance(executor, InProcess):
+        if model_loader is None:
+            raise ValueError(
+                f"{type(executor).__name__} runs cells in other processes: pass model_loader=, a picklable "
+                "callable that loads the model there (e.g. functools.partial(tlsteer.load_model))"
+            )
+        setup = ClassCellsSetup(
+            model_loader,
+            partial(class_judge, dataset, embedder),
+            tuple(pool),
+            tuple((t, tuple(range(len(pool)))) for t in targets),
+            tuple(config.seeds),
+            config.max_new_tokens,
+            0.7,
+            32,
+            128,
+        )
     with torch.no_grad():
-        cells, examples = run_class_task(
+        cells, examples, units = run_class_task(
             model,
             judge,
             built,
             calibrations,
-            by_class,
+            pool,
             seeds=config.seeds,
             max_new_tokens=config.max_new_tokens,
             n_resamples=config.n_resamples,
             mmlu=mmlu,
+            executor=executor,
+            setup=setup,
         )
     extras = {
+        "units": units,
         "classes": tuple(judge.classes),
         "targets": tuple(targets),
         "examples": examples,

@@ -14,14 +14,30 @@ prompt prefix):
 - ``feature_top<k>``: the same after dropping first-token features and features denser than
   ``max_density`` on neutral text, keeping the ``k`` largest (one method per ``k``);
 - ``feature_output``: of the ``n_candidates`` (40) largest positive filtered features, the
-  ``k_output`` with the best output score (:func:`tlsteer.sae.selection.output_scores`), decoded;
+  ``k_output`` with the best output score (:func:`tlsteer.sae.selection.output_scores`), decoded.
+  The score is the probability-mass variant (``definition="mass"``) on 4 prompts at strength 1.0,
+  not the rank score of Arad et al. (2025). ``benchmarks/output_scores.py`` measured theirs
+  (``definition="rank"``) on the embedded model on 16 prompts at the strength these methods are
+  calibrated to (0.33 of the residual norm): at layer 6, 1 of 154 speaking-style candidates
+  scores above 0.01 (the median is about 1e-6), at layer 12 2 of 151; no random live feature
+  does. Their top 8 shares 3 or 4 features per class with the 8 this method picked at layer 6, and
+  the feature ``single_feature`` picked ranks 3rd to 38th of 40 under their score. So on this
+  model and SAE the candidates are not output features in their sense, at either layer, and this
+  method cannot test their 2-3x gain;
 - ``single_feature``: the decoder row of the best of those;
 - ``clamp``: those features clamped to ``strength`` times their typical activation (their mean
   when active on neutral text), and the ``k_output`` largest negative filtered features clamped
   to 0, with the reconstruction error kept (:func:`tlsteer.sae.steering.feature_edit`);
-- ``caa_encoded``: the CAA vector encoded by the dictionary and decoded (a negative control: an
-  encoder reads activations, not differences);
-- ``random``: a seeded random direction (a control);
+- ``caa_proj_top<k>``: the CAA vector projected onto the span of the same ``k`` decoder rows as
+  ``feature_top<k>`` (least squares); it separates "the SAE's basis" from "sparsity";
+- ``caa_encoded``: the CAA vector encoded by the dictionary and decoded. This is not a feature
+  method: an encoder reads activations, not differences of activations (Mayne et al., 2024), so a
+  difference vector fed to it is off its distribution and comes back as a nearly unrelated
+  direction (cosine -0.25 to 0.40 with CAA in the committed runs): read it as a second random
+  control, not as "what the SAE keeps of CAA" (``feature_full`` is that);
+- ``random``: seeded random directions (a control); with ``n_random`` > 1, one method per draw
+  (``random.0``, ``random.1``, ...), which a task spreads over its units (a distribution of
+  directions, not one draw);
 - ``prompting``: an instruction before the prompt (no strength; the reference to beat).
 
 Vector methods are unit-norm directions; strength is in units of ``scale`` (the mean residual norm
@@ -51,7 +67,7 @@ from tlsteer.sae.steering import feature_edit
 from tlsteer.steering import Steering
 from tlsteer.vector import SteeringVector, VectorMetadata
 
-__all__ = ["METHODS", "ContrastReps", "Method", "build_methods"]
+__all__ = ["METHODS", "ContrastReps", "Method", "build_methods", "method_family"]
 
 METHODS: tuple[str, ...] = (
     "caa",
@@ -61,11 +77,22 @@ METHODS: tuple[str, ...] = (
     "feature_output",
     "single_feature",
     "clamp",
+    "caa_projected",
     "caa_encoded",
     "random",
     "prompting",
 )
-"""Method families; ``feature_topk`` expands to one ``feature_top<k>`` per ``k``."""
+"""Method families; ``feature_topk`` and ``caa_projected`` expand to one method per ``k``
+(``feature_top<k>``, ``caa_proj_top<k>``); ``random`` to ``n_random`` draws (``random.<j>``) when
+more than one is asked for."""
+
+
+def method_family(name: str) -> tuple[str, int | None]:
+    """``("random", 3)`` for the draw ``"random.3"``; ``(name, None)`` for any other method."""
+    family, dot, draw = name.partition(".")
+    if dot and draw.isdigit():
+        return family, int(draw)
+    return name, None
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,8 @@ class Method:
     sae: Any = field(default=None, repr=False)
     """The SAE or :class:`~tlsteer.dictionary.FeatureDictionary` a ``"clamp"`` method edits."""
     hook_name: str = ""
+    cosine: float | None = None
+    """The cosine of the method's direction with CAA's (``None`` without a direction or a CAA)."""
 
     @property
     def has_strength(self) -> bool:
@@ -144,6 +173,7 @@ def build_methods(
     max_density: float = 0.1,
     score_prompts: Sequence[str] | None = None,
     seed: int = 0,
+    n_random: int = 1,
 ) -> dict[str, Method]:
     """Every requested method built from ``reps`` (see the module docstring).
 
@@ -160,7 +190,10 @@ def build_methods(
             method; how many features the output score keeps of the ``n_candidates`` largest
             positive ones; the density above which a feature is dropped.
         score_prompts: Prompts for the output scores (default: those of ``output_scores``).
-        seed: Seeds the random direction.
+        seed: Seeds the random directions (draw ``j`` uses ``seed + j``).
+        n_random: Random directions: 1 gives the method ``random``; more give ``random.<j>``.
+
+    Every vector method's :attr:`Method.cosine` is its cosine with the CAA direction.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -171,6 +204,12 @@ def build_methods(
         isinstance(ks, (str, bytes)) or not ks or any(not is_int(k) or k < 1 for k in ks)
     ):
         raise ValueError(f"feature_topk needs ks, a non-empty list of ints >= 1, got {ks!r}")
+    if "caa_projected" in methods and (
+        isinstance(ks, (str, bytes)) or not ks or any(not is_int(k) or k < 1 for k in ks)
+    ):
+        raise ValueError(f"caa_projected needs ks, a non-empty list of ints >= 1, got {ks!r}")
+    if not is_int(n_random) or n_random < 1:
+        raise ValueError(f"n_random must be an int >= 1, got {n_random!r}")
     if "mean_centred" in methods and reps.class_means is None:
         raise ValueError("mean_centred needs class means (a class set); drop it for contrast pairs")
     scale = float(check_multiplier(scale))
@@ -179,14 +218,18 @@ def build_methods(
     found = as_feature_dictionary(dictionary, hook_name)
     out: dict[str, Method] = {}
 
-    def vector(name: str, direction: Tensor) -> None:
-        out[name] = Method(
-            name, "vector", _unit(direction, hook_name, name), scale=scale, hook_name=hook_name
-        )
-
     raw = reps.raw_difference()
+    raw_unit = raw.float() / raw.float().norm()
+
+    def vector(name: str, direction: Tensor) -> None:
+        unit = _unit(direction, hook_name, name)
+        cosine = float(unit[hook_name].to(raw_unit.device) @ raw_unit)
+        out[name] = Method(name, "vector", unit, scale=scale, hook_name=hook_name, cosine=cosine)
+
     diff = reps.feature_difference()
-    needs_filter = {"feature_topk", "feature_output", "single_feature", "clamp"} & set(methods)
+    needs_filter = {"feature_topk", "feature_output", "single_feature", "clamp", "caa_projected"} & set(
+        methods
+    )
     if needs_filter or "feature_full" in methods:
         full = FeatureVector.from_dictionary(found, diff, note="feature difference")
     if needs_filter:  # FeatureVector's own selections: density (dead features too), first-token features
@@ -204,6 +247,12 @@ def build_methods(
     if "feature_topk" in methods:
         for k in ks:
             vector(f"feature_top{k}", _decoded(filtered.top_k(int(k)), found))
+    if "caa_projected" in methods:
+        for k in ks:
+            ids = torch.tensor(sorted(filtered.top_k(int(k)).features), dtype=torch.long)
+            rows = found.decoder_rows(ids).float().to(raw.device)  # [k, d_model]
+            coef = torch.linalg.lstsq(rows.T, raw.float()[:, None]).solution  # [k, 1]
+            vector(f"caa_proj_top{k}", (rows.T @ coef)[:, 0])
     needs_scores = {"feature_output", "single_feature", "clamp"} & set(methods)
     if needs_scores:
         positive = filtered.sign("positive").top_k(n_candidates)
@@ -236,8 +285,9 @@ def build_methods(
             encode_steering_vector(found, raw_vector, hook_name).to_steering_vector(found)[hook_name],
         )
     if "random" in methods:
-        gen = torch.Generator().manual_seed(seed)
-        vector("random", torch.randn(raw.shape[0], generator=gen))
+        for j in range(int(n_random)):
+            gen = torch.Generator().manual_seed(seed + j)
+            vector("random" if n_random == 1 else f"random.{j}", torch.randn(raw.shape[0], generator=gen))
     if "prompting" in methods:
         out["prompting"] = Method("prompting", "prompt", prefix=instruction, hook_name=hook_name)
     return out

@@ -16,7 +16,8 @@ the call, and used only through the protocol.
   :class:`FeatureVector` (the same formulas on residuals: :func:`tlsteer.train_steering_vector`);
   :func:`encode_steering_vector` (the negative control).
 - Steer: :func:`feature_edit` (a core edit), :func:`feature_steering` (a :class:`tlsteer.Steering`).
-- Classes: :func:`class_profile` (K classes: distinctive and shared features, directions).
+- Classes: :func:`class_profile` (K classes: distinctive and shared features, directions);
+  :func:`distinctive_recognition` (how well the distinctive features recognise held-out examples).
 - Select: :func:`feature_stats` (densities, first-token features), :func:`output_scores`.
 - Look: :func:`inspect_feature`, :func:`plot_feature_vector`, :func:`sae_quality`.
 
@@ -28,7 +29,7 @@ Training an SAE is an API of its own, not re-exported here: :mod:`tlsteer.sae.co
 """
 
 from tlsteer.sae.adapter import as_feature_dictionary, load_sae, sae_hook_name
-from tlsteer.sae.classes import SAEClassProfile, class_profile
+from tlsteer.sae.classes import SAEClassProfile, class_profile, distinctive_recognition
 from tlsteer.sae.embedded import embedded_sae_layers, load_embedded_sae
 from tlsteer.sae.encoding import encode
 from tlsteer.sae.features import FeatureVector
@@ -43,6 +44,7 @@ __all__ = [
     "SAEClassProfile",
     "as_feature_dictionary",
     "class_profile",
+    "distinctive_recognition",
     "embedded_sae_layers",
     "encode",
     "encode_steering_vector",

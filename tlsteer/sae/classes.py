@@ -7,7 +7,9 @@ stream; each row is kept as its residual and its encoding by the dictionary: an 
 the dictionary's one decoding path (:meth:`FeatureVector.to_steering_vector
 <tlsteer.sae.FeatureVector.to_steering_vector>`) into core ``SteeringVector``\\ s, and which
 builds the feature-level vectors of the SAE module from any two classes or a class against the
-rest (formula ``class_means``).
+rest (formula ``class_means``). :func:`distinctive_recognition` reads held-out examples through the
+same dictionary and measures how well each class's distinctive features recognise them
+(:func:`tlsteer.recognition.recognise`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size
 from tlsteer.classes import ClassDataset, class_reads
-from tlsteer.profile import ClassProfile, check_n_bootstrap
+from tlsteer.profile import (
+    DISTINCTIVE_K,
+    DISTINCTIVE_STABLE_ONLY,
+    MIN_STABILITY,
+    N_BOOTSTRAP,
+    ClassProfile,
+    check_n_bootstrap,
+)
 from tlsteer.read import Read
+from tlsteer.recognition import Recognition, recognise
 from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.sae.features import FeatureVector
 from tlsteer.vector import SteeringVector
 
-__all__ = ["SAEClassProfile", "class_profile"]
+__all__ = ["SAEClassProfile", "class_profile", "distinctive_recognition"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +101,7 @@ def class_profile(
     *,
     read: Read | None = None,
     batch_size: int = 8,
-    n_bootstrap: int = 50,
+    n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
     hook_name: str | None = None,
 ) -> SAEClassProfile:
@@ -110,6 +120,13 @@ def class_profile(
             ``distinctive`` and ``shared`` then need ``stable_only=False``.
         seed: Seeds the resamples.
         hook_name: Where an SAE reads, if its metadata does not say.
+
+    Which shipped SAE: the layer-6 one (``load_embedded_sae()``, the lowest) is the default, and the
+    layer-12 one does as well. In ``benchmarks/distinctive_generalisation.py``, with the defaults of
+    ``distinctive`` (k = 20, no stability filter), the distinctive features recognised held-out
+    examples of the four built-in sets at 0.813 (layer 6) and 0.821 (layer 12) mean accuracy over
+    the validation and test splits (chance 0.25 to 0.33); with a stability filter layer 12 held up
+    better. The same benchmark chose ``n_bootstrap=50`` (100 did no better).
 
     Example:
         >>> profile = class_profile(model, sae, load_class_dataset("speaking_styles"))  # doctest: +SKIP
@@ -142,4 +159,85 @@ def class_profile(
         int(n_bootstrap),
         seed,
         sae=found,
+    )
+
+
+def distinctive_recognition(
+    model: HookedTransformer,
+    profile: Any,  # an SAEClassProfile, checked below with tlsteer's message
+    held_out: Any,  # a ClassDataset, checked below
+    *,
+    k: int = DISTINCTIVE_K,
+    space: str = "feature",
+    rank_by: str = "effect",
+    stable_only: bool = DISTINCTIVE_STABLE_ONLY,
+    min_stability: float = MIN_STABILITY,
+    score: str = "standardized",
+    read: Read | None = None,
+    batch_size: int = 8,
+) -> Recognition:
+    """How well each class's distinctive features recognise held-out examples.
+
+    The held-out examples are read at the profile's hook (``read`` must be the one the profile was
+    built with; default the mean over the reply), encoded by the profile's dictionary (feature
+    space) or kept as residuals (raw space), and classified by :func:`tlsteer.recognition.recognise`:
+    each example goes to the class whose distinctive features (``profile.distinctive(c, k, ...)``,
+    after the stability filter) it activates most, on average, after standardizing each feature by
+    the profile's examples (``score="standardized"``) or as it is (``"mean"``).
+
+    Args:
+        model: The model the profile was built on.
+        profile: From :func:`class_profile` on training examples.
+        held_out: Examples of the same classes that the profile never saw.
+        k, space, rank_by, stable_only, min_stability: As in
+            :meth:`~tlsteer.ClassProfile.distinctive`.
+        score: ``"standardized"`` or ``"mean"``.
+        read: Where each example is read (default :meth:`Read.reply <tlsteer.Read.reply>`).
+        batch_size: Examples per forward pass.
+
+    Returns:
+        A :class:`~tlsteer.recognition.Recognition`: accuracy per class and overall (mean over
+        classes), chance (1 / K), the features kept per class and the classes where fewer than
+        ``k`` passed the filter (``short``, ``note()``).
+
+    Example:
+        >>> emotions = load_class_dataset("emotions")  # doctest: +SKIP
+        >>> train, _, test = emotions.split(0, validation=0.0, test=1 / 3)  # doctest: +SKIP
+        >>> profile = class_profile(model, load_embedded_sae(6), train)  # doctest: +SKIP
+        >>> print(distinctive_recognition(model, profile, test))  # doctest: +SKIP
+    """
+    if not isinstance(profile, SAEClassProfile) or profile.sae is None:
+        raise TypeError(
+            f"profile must be an SAEClassProfile from class_profile (it holds the dictionary that "
+            f"reads the held-out examples), got {type(profile).__name__}"
+        )
+    if not isinstance(held_out, ClassDataset):
+        raise TypeError(f"held_out must be a ClassDataset, got {type(held_out).__name__}")
+    if set(held_out.classes) != set(profile.classes):
+        raise ValueError(
+            f"held_out has classes {list(held_out.classes)} but the profile has {list(profile.classes)}; "
+            "give held-out examples of the profile's classes"
+        )
+    if space not in ("raw", "feature"):
+        profile.means(space)  # raises the profile's own message on an unknown space
+    found = profile.sae
+    feature = space == "feature"
+    reads = class_reads(
+        model,
+        held_out,
+        profile.hook_name,
+        read=read,
+        transform=(lambda rows: found.encode(rows).float().to(rows.device)) if feature else None,
+        d_out=found.width if feature else found.d_model,
+        batch_size=batch_size,
+    )
+    return recognise(
+        profile,
+        reads,
+        k=k,
+        space=space,
+        rank_by=rank_by,
+        stable_only=stable_only,
+        min_stability=min_stability,
+        score=score,
     )

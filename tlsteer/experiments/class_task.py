@@ -60,13 +60,12 @@ def _generate_rows(
     return [list(n) for n in out.new_tokens]
 
 
-def _judged(judge: Any, classes: list[str], texts: list[str]) -> np.ndarray:
-    """One-hot class labels ``[n, K]``; a text the judge calls degenerate (any label that is not a
-    class, e.g. ``"other"``) gets an all-zero row."""
-    eye = np.eye(len(classes))
-    zero = np.zeros(len(classes))
-    return np.array([eye[classes.index(c)] if c in classes else zero for c in judge.predict(texts)]).reshape(
-        len(texts), len(classes)
+def _one_hot(labels: Sequence[str], classes: list[str]) -> np.ndarray:
+    """One-hot class labels ``[n, K]``; a label that is not a class (the judge's degenerate-text
+    outcome, ``"other"``) gets an all-zero row."""
+    eye, zero = np.eye(len(classes)), np.zeros(len(classes))
+    return np.array([eye[classes.index(c)] if c in classes else zero for c in labels]).reshape(
+        len(labels), len(classes)
     )
 
 
@@ -115,54 +114,53 @@ class ClassCells:
         unsteered rows are the same for every target that shares the prompts and are generated
         once.
         """
-        new: dict[str, list[list[int]]] = {t: [[] for _ in self.rows[t]] for t in self.targets}
         shared = all(self.own[t] == self.own[self.targets[0]] for t in self.targets)
         if shared and all(st.is_unsteered for sts in steerings.values() for st in sts):
+            first = self.targets[0]
             once = _generate_rows(
                 self.model,
                 Steering(),
                 self.pool,
-                self.rows[self.targets[0]],
+                self.rows[first],
                 self.max_new_tokens,
                 self.temperature,
                 self.batch_size,
             )
-            new = {t: [list(n) for n in once] for t in self.targets}
-        else:
-            for t in self.targets:
-                draws = steerings[t]
-                for j, st in enumerate(draws):
-                    mine = [k for k, (p, _) in enumerate(self.rows[t]) if p % len(draws) == j]
-                    if not mine:
-                        continue
-                    out = _generate_rows(
-                        self.model,
-                        st,
-                        self.pool,
-                        [self.rows[t][k] for k in mine],
-                        self.max_new_tokens,
-                        self.temperature,
-                        self.batch_size,
-                    )
-                    for k, tokens in zip(mine, out, strict=True):
-                        new[t][k] = tokens
+            scored = self._score(first, [list(n) for n in once])
+            return {t: scored for t in self.targets}  # the same rows, texts and labels for every target
         by_target = {}
         for t in self.targets:
-            where = [int(p) for p, _ in self.rows[t]]
-            texts = [decode_tokens(self.model, n, skip_special_tokens=True) for n in new[t]]
-            ppl = perplexities_from_cache(self.model, self.cache, where, new[t], max_rows=self.max_rows)
-            fluent = (
-                np.array([label in self.classes for label in self.judge.predict(texts)])
-                if texts
-                else np.zeros(0)
-            )
-            by_target[t] = {
-                "labels": _judged(self.judge, self.classes, texts),
-                "ppl": ppl,
-                "texts": texts,
-                "fluent": fluent,
-            }
+            new: list[list[int]] = [[] for _ in self.rows[t]]
+            draws = steerings[t]
+            for j, st in enumerate(draws):
+                mine = [k for k, (p, _) in enumerate(self.rows[t]) if p % len(draws) == j]
+                if not mine:
+                    continue
+                out = _generate_rows(
+                    self.model,
+                    st,
+                    self.pool,
+                    [self.rows[t][k] for k in mine],
+                    self.max_new_tokens,
+                    self.temperature,
+                    self.batch_size,
+                )
+                for k, tokens in zip(mine, out, strict=True):
+                    new[k] = tokens
+            by_target[t] = self._score(t, new)
         return by_target
+
+    def _score(self, target: str, new: list[list[int]]) -> dict[str, Any]:
+        """A target's generations: texts, one-hot labels (judged once), fluency, perplexity."""
+        where = [int(p) for p, _ in self.rows[target]]
+        texts = [decode_tokens(self.model, n, skip_special_tokens=True) for n in new]
+        labels = list(self.judge.predict(texts)) if texts else []
+        return {
+            "labels": _one_hot(labels, self.classes),
+            "ppl": perplexities_from_cache(self.model, self.cache, where, new, max_rows=self.max_rows),
+            "texts": texts,
+            "fluent": np.array([label in self.classes for label in labels], dtype=bool),
+        }
 
 
 @dataclass(frozen=True)

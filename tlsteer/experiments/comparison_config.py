@@ -94,8 +94,9 @@ class ComparisonConfig:
             ``"neutral"``: every position of neutral text (the runs before the verdict plan).
             Other datasets calibrate on neutral text.
         n_calibration_prompts: Class sets, ``calibration="reply"``: calibration prompts.
-        n_random: Random directions per target (``random.<j>``, spread over the test prompts;
-            1 gives the single method ``random``).
+        n_random: Class sets: random directions per target (``random.<j>``, spread over the
+            test prompts; 1 gives the single method ``random``). A/B and analogy tasks use one
+            random direction.
 
     ``n_prompts``, ``targets``, ``seeds`` and ``max_new_tokens`` are read by class sets only (a
     run on another dataset refuses ``targets``); all are recorded in a result's settings.

@@ -52,6 +52,10 @@ __all__ = ["applicable_methods", "builtin_instructions", "feature_vs_caa"]
 
 LOG = logging.getLogger(__name__)
 
+GENERATION = {"temperature": 0.7, "batch_size": 32, "max_rows": 128}
+"""How a class set's cells generate, in process and in every worker alike (sampling temperature,
+rows per generation batch, rows per perplexity pass)."""
+
 
 def builtin_instructions() -> dict[str, Any]:
     """The prompting baseline's instructions: per built-in class set, per class; per CAA behaviour."""
@@ -375,7 +379,11 @@ def _class_set(
                 f"calibration prompts must be disjoint from the test prompts; both hold {overlap[0]!r}"
             )
         setting = ReplySetting.sample(
-            model, calibration_prompts, max_new_tokens=config.max_new_tokens, seed=10_000
+            model,
+            calibration_prompts,
+            max_new_tokens=config.max_new_tokens,
+            temperature=GENERATION["temperature"],
+            seed=10_000,
         )
         log(f"{dataset.name}: {len(calibration_prompts)} calibration replies sampled")
     built, calibrations = {}, {}
@@ -412,9 +420,9 @@ def _class_set(
             tuple((t, tuple(range(len(pool)))) for t in targets),
             tuple(config.seeds),
             config.max_new_tokens,
-            0.7,
-            32,
-            128,
+            GENERATION["temperature"],
+            GENERATION["batch_size"],
+            GENERATION["max_rows"],
         )
     with torch.no_grad():
         cells, examples, units = run_class_task(
@@ -426,6 +434,7 @@ def _class_set(
             seeds=config.seeds,
             max_new_tokens=config.max_new_tokens,
             n_resamples=config.n_resamples,
+            **GENERATION,
             mmlu=mmlu,
             executor=executor,
             setup=setup,

@@ -54,7 +54,7 @@ from tlsteer.experiments.executor import make_executor
 from tlsteer.experiments.plan import AnalysisPlan, load_plan
 from tlsteer.experiments.verdict import Verdict, verdict
 
-PLAN = Path(__file__).parent / "plans" / "verdict-1.toml"
+PLAN = Path(__file__).parent / "plans" / "verdict-2.toml"
 SMALL = {
     "sets": ["speaking_styles"],
     "targets": ["formal", "pirate"],

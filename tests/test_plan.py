@@ -9,12 +9,16 @@ import pytest
 
 from tlsteer.experiments.plan import load_plan
 
-COMMITTED = Path(__file__).parents[1] / "benchmarks" / "plans" / "verdict-1.toml"
+PLANS = Path(__file__).parents[1] / "benchmarks" / "plans"
+COMMITTED = PLANS / "verdict-1.toml"
 
 
-def test_the_committed_plan_loads_and_its_hash_is_the_files() -> None:
-    plan = load_plan(COMMITTED)
-    assert plan.sha256 == hashlib.sha256(COMMITTED.read_bytes()).hexdigest()
+@pytest.mark.parametrize("name", ["verdict-1", "verdict-2"])
+def test_the_committed_plans_load_and_their_hash_is_the_files(name: str) -> None:
+    path = PLANS / f"{name}.toml"
+    plan = load_plan(path)
+    assert plan.name == name
+    assert plan.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert plan.record() == {"path": plan.path, "sha256": plan.sha256}
     assert plan.analysis["correction"] == "holm" and plan.analysis["reference"] == "caa"
     config = plan.config()

@@ -27,8 +27,9 @@ def vec(model, seed, layer=1):
     return SteeringVector({f"blocks.{layer}.hook_resid_post": d / d.norm()})
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("do_sample", [True, False])
-def test_rows_equal_generate_tokens_alone(tiny, do_sample):
+def test_rows_equal_generate_tokens_alone(tiny, do_sample, fast):
     ids = tokenize_prompts(tiny, PROMPTS)
     pc = prompt_cache(tiny, ids)
     last = Positions.last()
@@ -41,7 +42,7 @@ def test_rows_equal_generate_tokens_alone(tiny, do_sample):
     seeds = [0, 1, 2, 3, 4, 5]
     groups = [RowGroup(tuple(rows), tuple(seeds), s) for s in settings]
     got = generate_from_cache(
-        tiny, pc, groups, max_new_tokens=6, do_sample=do_sample, temperature=0.8, max_rows=5
+        tiny, pc, groups, max_new_tokens=6, do_sample=do_sample, temperature=0.8, max_rows=5, fast=fast
     )
     for group, setting in zip(got, settings, strict=True):
         alone = generate_tokens(
@@ -53,6 +54,7 @@ def test_rows_equal_generate_tokens_alone(tiny, do_sample):
             temperature=0.8,
             seed=seeds,
             stop_at_eos=True,
+            fast=fast,
         )
         assert group == [list(t) for t in alone.new_tokens]
     assert got[0] != got[1]  # steering changed something, so the check can fail
@@ -61,6 +63,23 @@ def test_rows_equal_generate_tokens_alone(tiny, do_sample):
         tiny, pc, groups[::-1], max_new_tokens=6, do_sample=do_sample, temperature=0.8, max_rows=128
     )
     assert again[::-1] == got
+
+
+def test_the_fast_path_from_a_cache_equals_transformer_lens_forward(tiny_llama):
+    """The fast decoder started from the prompt cache (FastDecoder.load) gives the same steps as
+    TransformerLens's forward with that cache: greedy tokens equal, on a model the path covers."""
+    from tlsteer.decode import decode_path
+
+    assert decode_path(tiny_llama) == "fast"
+    pc = prompt_cache(tiny_llama, tokenize_prompts(tiny_llama, PROMPTS))
+    steering = Steering.from_vectors([(vec(tiny_llama, 4), 4.0)], positions=Positions.last())
+    groups = [RowGroup((0, 1, 2, 3), (0, 1, 2, 3)), RowGroup((3, 2, 1, 0), (0, 1, 2, 3), steering)]
+    runs = [
+        generate_from_cache(tiny_llama, pc, groups, max_new_tokens=8, do_sample=False, fast=fast)
+        for fast in (True, False)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0][0] != runs[0][1][::-1]  # the steering changed tokens: the check can fail
 
 
 def test_perplexities_from_cache_equal_the_full_run(tiny):

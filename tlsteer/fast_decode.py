@@ -229,17 +229,29 @@ class FastDecoder:
         model = self.model
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
         logits = model(tokens, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
-        width = tokens.shape[1]
+        self.load(cache)
+        return logits
+
+    def load(self, cache: TransformerLensKeyValueCache) -> None:
+        """Start from a TransformerLens KV cache of left-padded prompts (one row per decoder row),
+        as :meth:`prefill` leaves it; the next :meth:`step` feeds the token after them."""
+        mask = cache.previous_attention_mask
+        n_rows, width = mask.shape
+        if n_rows != self.mask.shape[0] or width >= self.capacity:
+            raise ValueError(
+                f"a cache of {n_rows} rows x {width} positions does not fit a decoder of "
+                f"{self.mask.shape[0]} rows x {self.capacity} positions"
+            )
         for layer, entry, keys, values in zip(
             self.layers, cache.entries, self.keys, self.values, strict=True
         ):
-            rotated = layer.attn.apply_rotary(entry.past_keys, 0, attention_mask)
+            rotated = layer.attn.apply_rotary(entry.past_keys, 0, mask)
             keys[:, :, :width] = rotated.transpose(1, 2)
             values[:, :, :width] = entry.past_values.transpose(1, 2)
-        self.mask[:, 0, 0, :width] = attention_mask.bool()
+        self.mask[:, 0, 0, :width] = mask.bool()
+        self.mask[:, 0, 0, width:] = False
         self.length = width
-        self.seen = attention_mask.sum(1).long()
-        return logits
+        self.seen = mask.sum(1).long()
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]

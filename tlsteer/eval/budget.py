@@ -23,6 +23,7 @@ from transformer_lens import HookedTransformer
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.data import chat_prompt
 from tlsteer.eval.bootstrap import bootstrap_ci, paired_difference_ci
+from tlsteer.eval.prefix_generation import prompt_cache
 from tlsteer.hooks import edit_hooks
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering, as_steering
@@ -217,6 +218,7 @@ def _steered_kl(
     positions: Positions,
     at: torch.Tensor,
     cols: list[int],
+    past_kv_cache: Any = None,
 ) -> torch.Tensor:
     """Per-token KL(clean || steered) at rows ``at`` and columns ``cols`` of one steered batch."""
     with torch.no_grad():
@@ -224,9 +226,9 @@ def _steered_kl(
             hooks = edit_hooks(model, edits, positions)
             # TransformerLens types fwd_hooks as an invariant list[tuple[str | Callable, Callable]]
             with model.hooks(fwd_hooks=hooks):  # pyright: ignore[reportArgumentType]
-                steered = model(tokens, attention_mask=mask)
+                steered = model(tokens, attention_mask=mask, past_kv_cache=past_kv_cache)
         else:
-            steered = model(tokens, attention_mask=mask)
+            steered = model(tokens, attention_mask=mask, past_kv_cache=past_kv_cache)
         steered_lp = steered[at, torch.tensor(cols, device=at.device)].float().log_softmax(-1)
     return (clean_lp.exp() * (clean_lp - steered_lp)).sum(-1).clamp_min(0.0).double().cpu()
 
@@ -253,6 +255,9 @@ def reply_kl_stats(
     replies, made once). The steering's edits act from the prompt's last token on, as
     ``steering.at(Positions.last())`` acts in generation, and its prefix (an instruction, the
     prompting method) goes inside the user turn, ``steering.instruct(prompt)``, as in generation.
+    Without a prefix, the positions before each prompt's last token (the same steered or not)
+    run once into a KV cache, kept in ``cache``, and each forward runs only the last prompt token
+    and the reply.
     The KL is taken at every position that predicts a reply token (the prompt's last token and
     each reply token but the last) and pooled over prompts.
 
@@ -298,8 +303,10 @@ def reply_kl_stats(
         if steering.prefix
         else clean_prompt
     )
-    per_token: list[torch.Tensor] = []
     edits = list(steering.edits)
+    if not steering.prefix:
+        return _reply_kl_from_cache(model, edits, clean_prompt, reply_ids, batch_size, cache)
+    per_token: list[torch.Tensor] = []
     for first in range(0, len(prompts), batch_size):
         rows = range(first, min(first + batch_size, len(prompts)))
         clean_ids = [clean_prompt[i] + reply_ids[i] for i in rows]
@@ -325,6 +332,49 @@ def reply_kl_stats(
         # the edits act from each row's last prompt token on
         positions = Positions("from", 0, (), tuple(len(steered_prompt[i]) - 1 for i in rows))
         per_token.append(_steered_kl(model, clean_lp, tokens, mask, edits, positions, at, steered_col))
+    return _pooled(per_token)
+
+
+def _reply_kl_from_cache(
+    model: HookedTransformer,
+    edits: list,
+    prompt_ids: list[list[int]],
+    reply_ids: list[list[int]],
+    batch_size: int,
+    cache: dict | None,
+) -> KLStats:
+    """:func:`reply_kl_stats` without a prefix: every position before the last prompt token is the
+    same steered or not, so it runs once, unsteered, into a KV cache
+    (:func:`~tlsteer.eval.prefix_generation.prompt_cache`, kept in ``cache``); each forward runs only
+    the last prompt token and the reply (all steered), on a copy of that cache."""
+    key = ("reply-prompts", tuple(tuple(p) for p in prompt_ids))
+    pc = cache.get(key) if cache is not None else None
+    if pc is None:
+        pc = prompt_cache(model, prompt_ids)
+        if cache is not None:
+            cache[key] = pc
+    per_token: list[torch.Tensor] = []
+    for first in range(0, len(prompt_ids), batch_size):
+        rows = list(range(first, min(first + batch_size, len(prompt_ids))))
+        seqs = [[pc.last_tokens[i], *reply_ids[i][:-1]] for i in rows]
+        index_row = [r for r, i in enumerate(rows) for _ in reply_ids[i]]
+        cols = [j for i in rows for j in range(len(reply_ids[i]))]
+        at = torch.tensor(index_row, device=model.cfg.device)
+        tokens, mask = right_pad(model, seqs)
+        clean_key = ("reply-suffix", first, tuple(tuple(s) for s in seqs), key)
+        with torch.no_grad():
+            if cache is not None and clean_key in cache:
+                clean_lp = cache[clean_key]
+            else:
+                clean = model(tokens, attention_mask=mask, past_kv_cache=pc.rows(rows))
+                clean_lp = clean[at, torch.tensor(cols, device=at.device)].float().log_softmax(-1)
+                if cache is not None:
+                    cache[clean_key] = clean_lp
+        per_token.append(
+            _steered_kl(
+                model, clean_lp, tokens, mask, edits, Positions.all(), at, cols, past_kv_cache=pc.rows(rows)
+            )
+        )
     return _pooled(per_token)
 
 

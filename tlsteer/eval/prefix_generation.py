@@ -26,7 +26,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from tlsteer._types import is_int
-from tlsteer.decode import choose_next_tokens
+from tlsteer.decode import choose_next_tokens, decode_path
+from tlsteer.fast_decode import FastDecoder
 from tlsteer.hooks import edit_hooks
 from tlsteer.positions import Positions
 from tlsteer.steering import Steering
@@ -175,12 +176,15 @@ def generate_from_cache(
     top_p: float | None = None,
     stop_at_eos: bool = True,
     max_rows: int = 128,
+    fast: bool = True,
 ) -> list[list[list[int]]]:
     """New tokens of every row of every group, steered from the last prompt token on.
 
     Rows run together in chunks of at most ``max_rows`` (a group may span chunks); each row draws
     from its own generator seeded by its seed, so a row is the same in any chunk and equals
-    :func:`tlsteer.generate_tokens` steered at ``Positions.last()`` with that seed.
+    :func:`tlsteer.generate_tokens` steered at ``Positions.last()`` with that seed. ``fast``
+    decodes with :mod:`tlsteer.fast_decode` where it covers the model and its hooks
+    (:func:`~tlsteer.decode.decode_path`), as :func:`~tlsteer.generate_tokens` does.
 
     Returns:
         ``out[g][r]``: the new token ids of row ``r`` of group ``g`` (ending at EOS if it stopped).
@@ -211,14 +215,14 @@ def generate_from_cache(
                 blocks.append((1, tuple(groups[g].edits), g))
         hooks = _block_hooks(model, [(n, e) for n, e, _ in blocks])
         tokens = _run_chunk(
-            model, cache, chunk, hooks, max_new_tokens, do_sample, temperature, top_k, top_p, eos
+            model, cache, chunk, hooks, max_new_tokens, do_sample, temperature, top_k, top_p, eos, fast
         )
         for (g, r, _, _), new in zip(chunk, tokens, strict=True):
             out[g][r] = new
     return out
 
 
-def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperature, top_k, top_p, eos):
+def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperature, top_k, top_p, eos, fast):
     n = len(chunk)
     kv = cache.rows([p for _, _, p, _ in chunk])
     device = kv.previous_attention_mask.device
@@ -229,7 +233,16 @@ def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperatur
     out: list[list[int]] = [[] for _ in chunk]
     pad_id = pad_token_id(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(feed, attention_mask=ones, past_kv_cache=kv)[:, -1]
+        if fast and decode_path(model) == "fast":  # the same step, weights laid out once
+            decoder = FastDecoder(model, n, kv.previous_attention_mask.shape[1] + max_new_tokens)
+            decoder.load(kv)
+            forward = decoder.step
+        else:
+
+            def forward(tokens: Tensor) -> Tensor:
+                return model(tokens, attention_mask=ones, past_kv_cache=kv)[:, -1]
+
+        logits = forward(feed)
         for step in range(max_new_tokens):
             chosen = choose_next_tokens(logits, do_sample, float(temperature), top_k, top_p, gens)
             for r in range(n):
@@ -240,7 +253,7 @@ def _run_chunk(model, cache, chunk, hooks, max_new_tokens, do_sample, temperatur
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             feed = torch.where(done, torch.full_like(chosen, pad_id), chosen)[:, None]
-            logits = model(feed, attention_mask=ones, past_kv_cache=kv)[:, -1]
+            logits = forward(feed)
     return out
 
 

@@ -197,6 +197,24 @@ class ReplySetting:
 
     prompts: tuple[str, ...]
     replies: tuple[tuple[int, ...], ...] = field(repr=False)
+    _kl_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def kl_cache(self, model: HookedTransformer) -> dict:
+        """What every measurement on this setting shares, kept between methods: the unsteered
+        prompts' KV cache and log-probabilities on ``model`` (made again after any of its
+        parameters changes, as an in-place weight edit does)."""
+        stamp = (id(model), tuple((p.data_ptr(), p._version) for p in model.parameters()))
+        if self._kl_cache.get("stamp") != stamp:
+            self._kl_cache.clear()
+            self._kl_cache["stamp"] = stamp
+        return self._kl_cache
+
+    def __getstate__(self) -> dict:  # a worker gets the setting, not this process's cache
+        return {"prompts": self.prompts, "replies": self.replies, "_kl_cache": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def __post_init__(self) -> None:
         if not self.prompts or len(self.prompts) != len(self.replies):
@@ -276,8 +294,9 @@ def calibrate_method(
     :func:`~tlsteer.eval.budget.calibrate_to_kl`). Prompting has no strength: its KL is measured once
     and reported for every budget (``reached`` says whether it is within 10% of the budget).
     """
+    shared = neutral.kl_cache(model) if isinstance(neutral, ReplySetting) else {}
     if not method.has_strength:
-        stats = _kl(model, method.at(None), neutral, batch_size, {})
+        stats = _kl(model, method.at(None), neutral, batch_size, shared)
         return {
             b: {
                 "strength": None,
@@ -288,7 +307,7 @@ def calibrate_method(
             for b in budgets
         }
     memo: dict[float, Any] = {}
-    clean: dict = {}
+    clean = shared
 
     def stats_at(strength: float) -> Any:
         if strength not in memo:

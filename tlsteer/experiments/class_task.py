@@ -23,7 +23,12 @@ from transformer_lens import HookedTransformer
 
 from tlsteer.data import ABItem, chat_prompt
 from tlsteer.decode import generate_tokens
-from tlsteer.eval.prefix_generation import perplexities_from_cache, prompt_cache
+from tlsteer.eval.prefix_generation import (
+    RowGroup,
+    generate_from_cache,
+    perplexities_from_cache,
+    prompt_cache,
+)
 from tlsteer.experiments.ab_task import steered_ab_scores
 from tlsteer.experiments.cells import UNSTEERED, Cell, CellKey, Interval, cell_steerings, interval
 from tlsteer.experiments.executor import Executor, InProcess
@@ -109,46 +114,64 @@ class ClassCells:
     def generate(self, steerings: Mapping[str, Sequence[Steering]]) -> dict[str, Any]:
         """Each target's rows; row ``(p, s)`` steered by draw ``p % len(steerings[t])``.
 
-        Rows are generated with :func:`~tlsteer.generate_tokens` (its fast decoding path where
-        the model has one), one call per (target, draw), each row seeded by its seed; the
-        unsteered rows are the same for every target that shares the prompts and are generated
-        once.
+        Steerings without an instruction start from the test prompts' unsteered KV cache (every
+        position before the last prompt token is the same steered or not) and run together, one
+        block of rows per (target, draw) (:func:`~tlsteer.eval.prefix_generation.generate_from_cache`,
+        on the fast decoding path where the model has one); an instruction changes the prompt, so
+        those rows are generated whole by :func:`~tlsteer.generate_tokens`. Each row is seeded by
+        its seed, so it is the same in any batch. The unsteered rows are the same for every
+        target that shares the prompts and are generated once.
         """
         shared = all(self.own[t] == self.own[self.targets[0]] for t in self.targets)
         if shared and all(st.is_unsteered for sts in steerings.values() for st in sts):
             first = self.targets[0]
-            once = _generate_rows(
-                self.model,
-                Steering(),
-                self.pool,
-                self.rows[first],
-                self.max_new_tokens,
-                self.temperature,
-                self.batch_size,
-            )
-            scored = self._score(first, [list(n) for n in once])
+            (once,) = self._from_cache([RowGroup(*self._columns(self.rows[first]), Steering())])
+            scored = self._score(first, once)
             return {t: scored for t in self.targets}  # the same rows, texts and labels for every target
-        by_target = {}
+        new = {t: [[] for _ in self.rows[t]] for t in self.targets}
+        groups, where = [], []
         for t in self.targets:
-            new: list[list[int]] = [[] for _ in self.rows[t]]
             draws = steerings[t]
             for j, st in enumerate(draws):
                 mine = [k for k, (p, _) in enumerate(self.rows[t]) if p % len(draws) == j]
                 if not mine:
                     continue
-                out = _generate_rows(
-                    self.model,
-                    st,
-                    self.pool,
-                    [self.rows[t][k] for k in mine],
-                    self.max_new_tokens,
-                    self.temperature,
-                    self.batch_size,
-                )
+                rows = [self.rows[t][k] for k in mine]
+                if st.prefix:
+                    out = _generate_rows(
+                        self.model,
+                        st,
+                        self.pool,
+                        rows,
+                        self.max_new_tokens,
+                        self.temperature,
+                        self.batch_size,
+                    )
+                    for k, tokens in zip(mine, out, strict=True):
+                        new[t][k] = tokens
+                else:
+                    groups.append(RowGroup(*self._columns(rows), st.at(Positions.last())))
+                    where.append((t, mine))
+        if groups:
+            for (t, mine), out in zip(where, self._from_cache(groups), strict=True):
                 for k, tokens in zip(mine, out, strict=True):
-                    new[k] = tokens
-            by_target[t] = self._score(t, new)
-        return by_target
+                    new[t][k] = tokens
+        return {t: self._score(t, new[t]) for t in self.targets}
+
+    @staticmethod
+    def _columns(rows: Sequence[tuple[int, int]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(p for p, _ in rows), tuple(s for _, s in rows)
+
+    def _from_cache(self, groups: list[RowGroup]) -> list[list[list[int]]]:
+        return generate_from_cache(
+            self.model,
+            self.cache,
+            groups,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=True,
+            temperature=self.temperature,
+            max_rows=self.batch_size,
+        )
 
     def _score(self, target: str, new: list[list[int]]) -> dict[str, Any]:
         """A target's generations: texts, one-hot labels (judged once), fluency, perplexity."""

@@ -70,7 +70,16 @@ TINY = {
     "sets": ["speaking_styles"],
     "targets": ["formal", "pirate"],
     "analogies": ["number_successor"],
-    "methods": ["caa", "feature_full", "feature_topk", "caa_projected", "random", "prompting"],
+    "methods": [
+        "caa",
+        "feature_full",
+        "feature_topk",
+        "caa_projected",
+        "random",
+        "prompting",
+        "codes_add",
+        "codes_bottleneck",
+    ],
     "ks": [2],
     "n_prompts": 4,
     "n_calibration_prompts": 2,
@@ -110,6 +119,22 @@ def plan_commit(path: Path) -> dict[str, Any]:
         "committed_at": commit[1] if len(commit) > 1 else None,
         "uncommitted_changes": bool(dirty) or not commit,
     }
+
+
+def load_codebook_arm(args: Any, model: Any, layer: int) -> Any:
+    """The shipped codebook at ``layer`` (with ``--tiny``: a random one at the tiny SAE's hook)."""
+    if not args.tiny:
+        from tlsteer.codebook import load_embedded_codebook
+
+        return load_embedded_codebook(layer)
+    import torch
+
+    from tlsteer.codebook import Codebook
+
+    gen = torch.Generator().manual_seed(layer)
+    return Codebook(
+        torch.randn(32, model.cfg.d_model, generator=gen), k=4, hook_name=f"blocks.{layer}.hook_resid_post"
+    )
 
 
 def judge_check(dataset: Any, embedder: Any, minimum: float) -> dict[str, Any]:
@@ -260,6 +285,9 @@ def body(args) -> Path:
     }
     model = common.load_model(args)
     sae = common.load_sae(args, model, layer)
+    codebook = None
+    if any(m.startswith("codes_") for m in methods):  # the codebook arm: the shipped codebook at the layer
+        codebook = load_codebook_arm(args, model, layer)
     executor = make_executor(args.executor, workers=args.workers)
     model_loader = None
     if args.executor == "ray":
@@ -298,6 +326,7 @@ def body(args) -> Path:
             plan=plan,
             executor=executor,
             model_loader=model_loader,
+            codebook=codebook,
         )
         results[result.dataset] = result
         info["datasets"][result.dataset] = {"seconds": round(time.perf_counter() - t0, 1)}
@@ -316,7 +345,7 @@ def body(args) -> Path:
             **({"ks": tuple(deviations["ks"])} if "ks" in deviations else {}),
         )
         t0 = time.perf_counter()
-        result = feature_vs_caa(model, sae, task, config, out_dir=args.out, plan=plan)
+        result = feature_vs_caa(model, sae, task, config, out_dir=args.out, plan=plan, codebook=codebook)
         results[result.dataset] = result
         info["datasets"][result.dataset] = {"seconds": round(time.perf_counter() - t0, 1)}
     verdicts = {name: tables(result, plan, budget) for name, result in results.items()}

@@ -264,7 +264,11 @@ def test_methods_that_do_not_apply_are_refused_not_dropped(tiny_llama, sae):
     # the default is every method that applies
     assert "mean_centred" not in applicable_methods(task) and "prompting" in applicable_methods(task)
     assert "prompting" not in applicable_methods(bare)
-    assert set(applicable_methods(task)) == set(METHODS) - {"mean_centred"}
+    codes = {"codes_add", "codes_bottleneck"}
+    assert set(applicable_methods(task)) == set(METHODS) - {"mean_centred"} - codes
+    assert codes <= set(applicable_methods(task, codebook=object()))
+    with pytest.raises(ValueError, match="method 'codes_add' does not apply .* pass codebook="):
+        feature_vs_caa(tiny_llama, sae, task, ComparisonConfig(methods=["caa", "codes_add"]), neutral=NEUTRAL)
 
 
 def test_contrast_reps_use_class_means_for_mean_centred():
@@ -345,6 +349,80 @@ def test_feature_vs_caa_on_a_class_set_steers_each_target_and_judges_among_all(t
         feature_vs_caa(
             tiny_llama, sae, ds, ComparisonConfig(methods=["caa"], targets=["calm", "nope"]), neutral=NEUTRAL
         )
+
+
+def test_code_methods_add_the_rising_codes_and_force_the_top_ones(tiny_llama, sae):
+    """Planted code firing rates: codes 3 and 5 rise, 7 falls; codes_add is their rows weighted by
+    the rise, codes_bottleneck forces the top k // 2 of them (here code 3) and has no strength."""
+    from tlsteer.codebook import Codebook
+
+    d = tiny_llama.cfg.d_model
+    book = Codebook(torch.randn(10, d, generator=torch.Generator().manual_seed(2)), k=2, hook_name=HOOK)
+    pos, neg = torch.zeros(4, 10), torch.zeros(4, 10)
+    pos[:, 3], pos[:2, 5], neg[:, 7] = 1.0, 1.0, 1.0
+    raw = torch.randn(8, d, generator=torch.Generator().manual_seed(3))
+    reps = ContrastReps.from_rows(
+        raw[:4], raw[4:], torch.rand(4, 24), torch.rand(4, 24), hook_name=HOOK, dictionary="x"
+    )
+    code_reps = ContrastReps.from_rows(raw[:4], raw[4:], pos, neg, hook_name=HOOK, dictionary="book")
+    stats = feature_stats(tiny_llama, sae, NEUTRAL)
+    built = build_methods(
+        tiny_llama,
+        sae,
+        HOOK,
+        reps,
+        1.0,
+        stats,
+        methods=["codes_add", "codes_bottleneck"],
+        codebook=book,
+        code_reps=code_reps,
+    )
+    want = 1.0 * book.vectors[3] / 2 + 0.5 * book.vectors[5] / 2
+    got = built["codes_add"].direction[HOOK]
+    torch.testing.assert_close(got, want / want.norm())
+    bottleneck = built["codes_bottleneck"]
+    assert bottleneck.features == (3,) and not bottleneck.has_strength and bottleneck.kind == "fixed"
+    x = torch.randn(1, 5, d)
+    steered = bottleneck.at(None)
+    assert steered.edits and steered.edits[0][0] == HOOK
+    torch.testing.assert_close(x + steered.edits[0][1](x), book.reconstruct(x, [3]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="need codebook= .* and code_reps="):
+        build_methods(tiny_llama, sae, HOOK, reps, 1.0, stats, methods=["codes_add"])
+
+
+def test_the_codebook_arm_joins_a_class_set_comparison(tiny_llama, sae):
+    pytest.importorskip("sentence_transformers", reason="the judge extra is not installed")
+    from tlsteer.codebook import Codebook
+
+    book = Codebook(
+        torch.randn(16, tiny_llama.cfg.d_model, generator=torch.Generator().manual_seed(5)),
+        k=4,
+        hook_name=HOOK,
+    )
+    config = ComparisonConfig(
+        methods=["caa", "codes_add", "codes_bottleneck"],
+        budgets=[0.1],
+        n_prompts=3,
+        targets=["calm", "loud"],
+        max_new_tokens=3,
+        n_resamples=100,
+        n_calibration_prompts=3,
+    )
+    result = feature_vs_caa(
+        tiny_llama,
+        sae,
+        toy_class_dataset(),
+        config,
+        prompts=["Say something.", "Tell a story.", "Hello?"],
+        neutral=NEUTRAL,
+        codebook=book,
+        calibration_prompts=["One.", "Two.", "Three."],
+    )
+    assert set(result.cells) == {UNSTEERED, ("caa", 0.1), ("codes_add", 0.1), ("codes_bottleneck", None)}
+    bottleneck = result.cells["codes_bottleneck", None]
+    assert bottleneck.strength == (None, None) and bottleneck.kl_mean > 0
+    assert result.cells["codes_add", 0.1].cosine is not None
+    assert len(result.cells["codes_bottleneck", None].outcomes or ()) == 6
 
 
 class LengthJudge:

@@ -4,8 +4,8 @@ Layers, each importing only those below it (``../shared/STYLE.md``, "A layout th
 architecture"):
 
 - ``core``: the top-level modules ``tlsteer/*.py``; they import only the core;
-- ``eval`` (``tlsteer.eval``) and ``sae`` (``tlsteer.sae``), side by side: each imports the core
-  and itself, never the other and never experiments;
+- ``eval`` (``tlsteer.eval``), ``sae`` (``tlsteer.sae``) and ``codebook`` (``tlsteer.codebook``),
+  side by side: each imports the core and itself, never another and never experiments;
 - ``experiments`` (``tlsteer.experiments``): may import all of the above;
 - the entry points (``tlsteer.cli``, ``tlsteer.demo``, ``tlsteer.__main__``): the console command
   runs the whole package, so it may import any layer.
@@ -31,8 +31,9 @@ MAY_IMPORT = {
     "core": {"core"},
     "eval": {"core", "eval"},
     "sae": {"core", "sae"},
-    "experiments": {"core", "eval", "sae", "experiments"},
-    "entry": {"core", "eval", "sae", "experiments", "entry"},
+    "codebook": {"core", "codebook"},
+    "experiments": {"core", "eval", "sae", "codebook", "experiments"},
+    "entry": {"core", "eval", "sae", "codebook", "experiments", "entry"},
 }
 """Each layer and the layers its modules may import."""
 
@@ -83,7 +84,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) <= 2 and module not in package_inits() - {"tlsteer"}:
         return "core"
-    if parts[1] in ("eval", "sae", "experiments"):
+    if parts[1] in ("eval", "sae", "codebook", "experiments"):
         return parts[1]
     raise AssertionError(f"{module} is in no layer: add its subpackage to MAY_IMPORT in tests/test_layout.py")
 
@@ -127,7 +128,13 @@ def without_package_inits(edges: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 def test_every_package_is_a_known_layer():
-    assert package_inits() == {"tlsteer", "tlsteer.eval", "tlsteer.sae", "tlsteer.experiments"}
+    assert package_inits() == {
+        "tlsteer",
+        "tlsteer.eval",
+        "tlsteer.sae",
+        "tlsteer.codebook",
+        "tlsteer.experiments",
+    }
     assert {layer(m) for m in graph()} == set(MAY_IMPORT)
 
 

@@ -13,7 +13,7 @@ PLANS = Path(__file__).parents[1] / "benchmarks" / "plans"
 COMMITTED = PLANS / "verdict-1.toml"
 
 
-@pytest.mark.parametrize("name", ["verdict-1", "verdict-2"])
+@pytest.mark.parametrize("name", ["verdict-1", "verdict-2", "codebooks-1"])
 def test_the_committed_plans_load_and_their_hash_is_the_files(name: str) -> None:
     path = PLANS / f"{name}.toml"
     plan = load_plan(path)

@@ -51,7 +51,6 @@ from tlsteer.experiments.cells import UNSTEERED, Cell, CellKey, Interval, calibr
 from tlsteer.experiments.contrasts import ContrastReps, contrast_from_pairs
 from tlsteer.experiments.methods import Method
 from tlsteer.positions import Positions
-from tlsteer.sae.adapter import SAELike
 from tlsteer.steering import Steering
 from tlsteer.tokens import model_tokenizer, pad_token_id, tokenize_prompts
 
@@ -146,10 +145,11 @@ def _check_task(task: Any) -> AnalogyTask:
 
 
 def contrast_from_analogy(
-    model: HookedTransformer, sae: SAELike, task: Any, hook_name: str, batch_size: int = 8
+    model: HookedTransformer, sae: object, task: Any, hook_name: str, batch_size: int = 8
 ) -> ContrastReps:
     """Paired reps at ``hook_name``: each training x's few-shot prompt (positive) against its
-    neutral prompt (negative), read at the last token, raw and SAE-encoded (``paired=True``).
+    neutral prompt (negative), read at the last token, raw and encoded by ``sae`` (an SAE or any
+    :class:`~tlsteer.dictionary.FeatureDictionary`; ``paired=True``).
 
     Prompts are raw text (no chat template), read in left-padded batches
     (:func:`~tlsteer.experiments.contrasts.contrast_from_pairs`); row i of both sides is training pair i.

@@ -31,7 +31,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tlsteer.classes import ClassDataset
+from tlsteer.codebook.codebook import Codebook
 from tlsteer.data import ABItem, load_heldout_prompts, load_neutral_text
+from tlsteer.dictionary import check_feature_dictionary
 from tlsteer.errors import format_options
 from tlsteer.eval.judge import Embedder
 from tlsteer.eval.sweeps import residual_norms
@@ -64,9 +66,16 @@ def builtin_instructions() -> dict[str, Any]:
     return data
 
 
-def _inapplicable(dataset: Any, instructions: Mapping[str, str] | None) -> dict[str, str]:
+def _inapplicable(
+    dataset: Any, instructions: Mapping[str, str] | None, codebook: Any = None
+) -> dict[str, str]:
     """``{method: why it does not apply to dataset}``."""
     why = {}
+    if codebook is None:
+        for m in ("codes_add", "codes_bottleneck"):
+            why[m] = (
+                "it steers by codebook codes; pass codebook= (a tlsteer.codebook.Codebook at the SAE's hook)"
+            )
     if not isinstance(dataset, ClassDataset):
         why["mean_centred"] = "it has two sides (positive and negative), not K class means"
     if isinstance(dataset, ClassDataset) and instructions is None:
@@ -80,12 +89,15 @@ def _describe(dataset: Any) -> str:
     return f"{type(dataset).__name__} {dataset.name!r}"
 
 
-def applicable_methods(dataset: Any, instructions: Mapping[str, str] | None = None) -> tuple[str, ...]:
+def applicable_methods(
+    dataset: Any, instructions: Mapping[str, str] | None = None, codebook: Any = None
+) -> tuple[str, ...]:
     """The method families of :data:`~tlsteer.experiments.methods.METHODS` that apply to ``dataset``.
 
     ``mean_centred`` needs a class set (K class means); ``prompting`` needs an instruction (a class
-    set's ``instructions`` or its built-in ones; an ABTask's or AnalogyTask's own). This is the
-    default method list of :func:`feature_vs_caa`.
+    set's ``instructions`` or its built-in ones; an ABTask's or AnalogyTask's own); ``codes_add``
+    and ``codes_bottleneck`` need a ``codebook``. This is the default method list of
+    :func:`feature_vs_caa`.
 
     Example:
         >>> applicable_methods(ABTask("toy", pairs, items))  # doctest: +SKIP
@@ -94,7 +106,7 @@ def applicable_methods(dataset: Any, instructions: Mapping[str, str] | None = No
     _check_dataset(dataset)
     if isinstance(dataset, ClassDataset) and instructions is None:
         instructions = builtin_instructions().get(dataset.name)
-    why = _inapplicable(dataset, instructions)
+    why = _inapplicable(dataset, instructions, codebook)
     return tuple(m for m in METHODS if m not in why)
 
 
@@ -106,10 +118,13 @@ def _check_dataset(dataset: Any) -> None:
 
 
 def _check_methods(
-    methods: tuple[str, ...] | None, dataset: Any, instructions: Mapping[str, str] | None
+    methods: tuple[str, ...] | None,
+    dataset: Any,
+    instructions: Mapping[str, str] | None,
+    codebook: Any = None,
 ) -> tuple[str, ...]:
     """The config's methods (``None``: every one that applies), each applicable to ``dataset``."""
-    why = _inapplicable(dataset, instructions)
+    why = _inapplicable(dataset, instructions, codebook)
     valid = tuple(m for m in METHODS if m not in why)
     if methods is None:
         return valid
@@ -150,6 +165,7 @@ def feature_vs_caa(
     plan: Any = None,
     executor: Executor | None = None,
     model_loader: Callable[[], HookedTransformer] | None = None,
+    codebook: Codebook | None = None,
 ) -> ComparisonResult:
     """Compare steering methods on one dataset at matched KL budgets (see the module docstring).
 
@@ -195,6 +211,8 @@ def feature_vs_caa(
         model_loader: With an executor whose workers are other processes, a picklable
             zero-argument callable that loads ``model`` in each worker (e.g.
             ``functools.partial(tlsteer.load_model)``); each worker also trains the set's judge.
+        codebook: A :class:`~tlsteer.codebook.Codebook` at the SAE's hook, for the codebook arm
+            (``codes_add``, ``codes_bottleneck``): the same contrast is read through it.
 
     Returns:
         A :class:`~tlsteer.experiments.comparison_result.ComparisonResult`: its cells keyed by
@@ -245,9 +263,17 @@ def feature_vs_caa(
         raise ValueError(f"mmlu= does not apply to AnalogyTask {dataset.name!r} (top-k accuracy only)")
     if isinstance(dataset, ClassDataset) and instructions is None:
         instructions = builtin_instructions().get(dataset.name)
-    config = replace(config, methods=_check_methods(config.methods, dataset, instructions))
+    config = replace(config, methods=_check_methods(config.methods, dataset, instructions, codebook))
     methods, budgets = list(config.methods), list(config.budgets)
     hook = check_sae(model, sae, hook_name)
+    if codebook is not None:
+        if not isinstance(codebook, Codebook):
+            raise TypeError(f"codebook must be a tlsteer.codebook.Codebook, got {type(codebook).__name__}")
+        check_feature_dictionary(codebook, model)
+        if codebook.hook_name != hook:
+            raise ValueError(
+                f"the codebook reads {codebook.hook_name!r} but the SAE reads {hook!r}; give both at one hook"
+            )
     neutral = list(neutral or load_neutral_text())
     scale = float(residual_norms(model, neutral, [hook])[hook])
     stats = feature_stats(model, sae, neutral, hook_name=hook)
@@ -270,12 +296,18 @@ def feature_vs_caa(
             calibration_prompts=calibration_prompts,
             executor=executor,
             model_loader=model_loader,
+            codebook=codebook,
         )
     else:
+        code_reps = None
         if isinstance(dataset, AnalogyTask):
             reps = contrast_from_analogy(model, sae, dataset, hook)
+            if codebook is not None:
+                code_reps = contrast_from_analogy(model, codebook, dataset, hook)
         else:
             reps = contrast_from_pairs(model, sae, dataset.train_pairs, hook)
+            if codebook is not None:
+                code_reps = contrast_from_pairs(model, codebook, dataset.train_pairs, hook)
         built = build_methods(
             model,
             sae,
@@ -286,6 +318,8 @@ def feature_vs_caa(
             instruction=dataset.instruction,
             methods=methods,
             ks=config.ks,
+            codebook=codebook,
+            code_reps=code_reps,
         )
         log(f"{dataset.name}: {len(built)} methods built")
         calibrations = {n: calibrate_method(model, m, neutral, budgets) for n, m in built.items()}
@@ -343,6 +377,7 @@ def _class_set(
     calibration_prompts: Sequence[str] | None = None,
     executor: Executor | None = None,
     model_loader: Callable[[], HookedTransformer] | None = None,
+    codebook: Codebook | None = None,
 ) -> tuple[dict[CellKey, Cell], dict[str, Any]]:
     """A class set's cells, and what a class-set result adds (classes, targets, judge, features)."""
     methods = list(config.methods or ())
@@ -365,6 +400,9 @@ def _class_set(
 
     train, _, _ = dataset.split(seed=config.split_seed)
     profile = class_profile(model, sae, train, n_bootstrap=0, hook_name=hook)
+    code_profile = (
+        None if codebook is None else class_profile(model, codebook, train, n_bootstrap=0, hook_name=hook)
+    )
     judge = class_judge(dataset, embedder)
     log(f"{dataset.name}: profile and judge (held-out accuracy {judge.held_out_accuracy:.3f})")
     setting: Any = neutral
@@ -401,6 +439,8 @@ def _class_set(
             ks=config.ks,
             n_random=config.n_random,
             seed=1000 * (i + 1),
+            codebook=codebook,
+            code_reps=None if code_profile is None else contrast_from_profile(code_profile, c),
         )
         calibrations[c] = {
             n: calibrate_method(model, m, setting, list(config.budgets)) for n, m in built[c].items()

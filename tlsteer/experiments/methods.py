@@ -39,6 +39,13 @@ prompt prefix):
   (``random.0``, ``random.1``, ...), which a task spreads over its units (a distribution of
   directions, not one draw);
 - ``prompting``: an instruction before the prompt (no strength; the reference to beat).
+- ``codes_add`` (with a :class:`~tlsteer.codebook.Codebook` and the contrast's code reps): the
+  ``n_codes`` codes whose firing rate rises most from negative to positive, their rows
+  (``vectors / k``) weighted by that rise, added as one direction (the activation, the codebook's
+  error term included, kept: comparable with feature steering);
+- ``codes_bottleneck``: the paper's way: the codebook spliced in at its hook with the ``n_forced``
+  codes that rise most forced on (:func:`tlsteer.codebook.bottleneck_steering`); codes are on or
+  off, so it has no strength and is reported at the KL it reaches, as prompting is.
 
 Vector methods are unit-norm directions; strength is in units of ``scale`` (the mean residual norm
 at the hook). Clamp strength is in units of each feature's typical activation. A prompt prefix goes
@@ -56,6 +63,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tlsteer._types import is_int
+from tlsteer.codebook.codebook import Codebook
+from tlsteer.codebook.steering import bottleneck_steering
 from tlsteer.errors import format_options
 from tlsteer.experiments.contrasts import ContrastReps
 from tlsteer.operators import check_multiplier
@@ -81,6 +90,8 @@ METHODS: tuple[str, ...] = (
     "caa_encoded",
     "random",
     "prompting",
+    "codes_add",
+    "codes_bottleneck",
 )
 """Method families; ``feature_topk`` and ``caa_projected`` expand to one method per ``k``
 (``feature_top<k>``, ``caa_proj_top<k>``); ``random`` to ``n_random`` draws (``random.<j>``) when
@@ -105,7 +116,7 @@ class Method:
 
     name: str
     kind: str
-    """``"vector"`` (strength x ``scale`` on a unit direction), ``"clamp"`` or ``"prompt"``."""
+    """``"vector"`` (strength x ``scale`` on a unit direction), ``"clamp"``, ``"prompt"`` or ``"fixed"``."""
     direction: SteeringVector | None = None
     features: tuple[int, ...] = ()
     off_features: tuple[int, ...] = ()
@@ -117,14 +128,20 @@ class Method:
     hook_name: str = ""
     cosine: float | None = None
     """The cosine of the method's direction with CAA's (``None`` without a direction or a CAA)."""
+    fixed: Steering | None = field(default=None, repr=False)
+    """The steering of a ``"fixed"`` method (no strength: a codebook bottleneck with codes forced on)."""
 
     @property
     def has_strength(self) -> bool:
-        return self.kind != "prompt"
+        return self.kind not in ("prompt", "fixed")
 
     def at(self, strength: Any) -> Steering:
         if self.kind == "prompt":
             return Steering.from_prompt(self.prefix or "")
+        if self.kind == "fixed":
+            if self.fixed is None:
+                raise ValueError(f"method {self.name!r} of kind 'fixed' has no steering")
+            return self.fixed
         s = float(check_multiplier(strength))
         if self.kind == "vector":
             if self.direction is None:
@@ -174,6 +191,10 @@ def build_methods(
     score_prompts: Sequence[str] | None = None,
     seed: int = 0,
     n_random: int = 1,
+    codebook: Codebook | None = None,
+    code_reps: ContrastReps | None = None,
+    n_codes: int = 8,
+    n_forced: int | None = None,
 ) -> dict[str, Method]:
     """Every requested method built from ``reps`` (see the module docstring).
 
@@ -192,6 +213,10 @@ def build_methods(
         score_prompts: Prompts for the output scores (default: those of ``output_scores``).
         seed: Seeds the random directions (draw ``j`` uses ``seed + j``).
         n_random: Random directions: 1 gives the method ``random``; more give ``random.<j>``.
+        codebook, code_reps: For ``codes_add`` and ``codes_bottleneck``: a codebook at
+            ``hook_name`` and the same contrast read through it (its code firing rates).
+        n_codes, n_forced: The codes ``codes_add`` adds; the codes ``codes_bottleneck`` forces
+            on (default: half the codebook's ``k``).
 
     Every vector method's :attr:`Method.cosine` is its cosine with the CAA direction.
     """
@@ -290,4 +315,50 @@ def build_methods(
             vector("random" if n_random == 1 else f"random.{j}", torch.randn(raw.shape[0], generator=gen))
     if "prompting" in methods:
         out["prompting"] = Method("prompting", "prompt", prefix=instruction, hook_name=hook_name)
+    if {"codes_add", "codes_bottleneck"} & set(methods):
+        book, rise = _code_contrast(codebook, code_reps, hook_name)
+        if "codes_add" in methods:
+            top = _top_rising(rise, int(n_codes), "codes_add")
+            vector("codes_add", book.decode_change(rise[top], top))
+        if "codes_bottleneck" in methods:
+            forced = _top_rising(
+                rise, max(1, book.k // 2) if n_forced is None else int(n_forced), "codes_bottleneck"
+            )
+            out["codes_bottleneck"] = Method(
+                "codes_bottleneck",
+                "fixed",
+                features=tuple(int(c) for c in forced),
+                hook_name=hook_name,
+                fixed=bottleneck_steering(book, forced.tolist()),
+            )
     return out
+
+
+def _code_contrast(codebook: Any, code_reps: Any, hook_name: str) -> tuple[Codebook, Tensor]:
+    """The codebook and each code's rise in firing rate (positive minus negative) of the contrast."""
+    if not isinstance(codebook, Codebook) or not isinstance(code_reps, ContrastReps):
+        raise ValueError(
+            "codes_add and codes_bottleneck need codebook= (a tlsteer.codebook.Codebook) and code_reps= "
+            f"(the contrast read through it), got {type(codebook).__name__} and {type(code_reps).__name__}"
+        )
+    if codebook.hook_name != hook_name or code_reps.hook_name != hook_name:
+        raise ValueError(
+            f"the codebook reads {codebook.hook_name!r} and its reps {code_reps.hook_name!r}; the "
+            f"methods steer at {hook_name!r}: give a codebook at the same hook"
+        )
+    rise = code_reps.feature_difference().float()
+    if rise.shape != (codebook.n_codes,):
+        raise ValueError(
+            f"code_reps hold {tuple(rise.shape)} features, not the codebook's {codebook.n_codes} codes"
+        )
+    return codebook, rise
+
+
+def _top_rising(rise: Tensor, n: int, name: str) -> Tensor:
+    if n < 1:
+        raise ValueError(f"{name} needs at least one code, got {n}")
+    values, ids = rise.topk(min(n, rise.numel()))
+    ids = ids[values > 0]
+    if ids.numel() == 0:
+        raise ValueError(f"{name}: no code fires more often on the positive side than on the negative")
+    return ids

@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from tlsteer._types import check_batch_size, is_int
 from tlsteer.reading import token_mask
-from tlsteer.sae.adapter import SAELike, check_sae, sae_dims
+from tlsteer.sae.adapter import as_feature_dictionary
 from tlsteer.tokens import left_pad, tokenize_prompts
 
 __all__ = ["QualityTargets", "SAEQuality", "sae_quality"]
@@ -134,7 +134,7 @@ def _replace(where: Tensor, replacement: Tensor) -> Any:
 
 def sae_quality(
     model: HookedTransformer,
-    sae: SAELike,
+    sae: Any,
     texts: Sequence[str],
     *,
     batch_size: int = 8,
@@ -143,19 +143,23 @@ def sae_quality(
 ) -> SAEQuality:
     """Explained variance, L0, dead features and CE loss score of ``sae`` on ``texts``.
 
+    ``sae`` is a sae-lens SAE or any :class:`~tlsteer.dictionary.FeatureDictionary` (a codebook:
+    its L0 is its ``k``, its dead share the codes never chosen), read through
+    :func:`~tlsteer.sae.adapter.as_feature_dictionary` with the same definitions.
+
     Keeps one ``d_model`` row per evaluated token (for the per-token explained variance); all
     other statistics are running sums.
 
     Example:
         >>> print(sae_quality(model, sae, tlsteer.load_neutral_text()))  # doctest: +SKIP
     """
-    hook = check_sae(model, sae, hook_name)
-    _, d_sae = sae_dims(sae)
+    dictionary = as_feature_dictionary(sae, hook_name, model)
+    hook, d_sae = dictionary.hook_name, dictionary.width
     batch_size = check_batch_size(batch_size)
     if not is_int(skip_first) or skip_first < 0:
         raise ValueError(f"skip_first must be an int >= 0, got {skip_first!r}")
     ids = tokenize_prompts(model, texts)
-    device = sae.W_dec.device
+    device = dictionary.decoder_rows(torch.tensor([0])).device
     fires = torch.zeros(d_sae, dtype=torch.float64)
     sum_h = torch.zeros(model.cfg.d_model, dtype=torch.float64)
     sum_sq = sum_res = l0_sum = 0.0
@@ -171,8 +175,8 @@ def sae_quality(
             out_logits, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[hook])
             logits = cast(Tensor, out_logits)  # TransformerLens annotates it as its Output tuple
             h = cache[hook]
-            feats = sae.encode(h[evaluated].to(device))
-            h_hat = sae.decode(feats).to(h.device, h.dtype)
+            feats = dictionary.encode(h[evaluated].to(device))
+            h_hat = dictionary.decode(feats).to(h.device, h.dtype)
             recon = torch.zeros_like(h)
             recon[evaluated] = h_hat
             where = evaluated[..., None]

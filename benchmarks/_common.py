@@ -219,6 +219,24 @@ def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:
     return random_sae(model.cfg.d_model, f"blocks.{layer}.hook_resid_post", d_sae=64, k=8, seed=layer)
 
 
+def load_codebook(args: Any, model: Any, layer: int | None = None) -> Any:
+    """The shipped codebook at ``layer`` (default: the lowest), or with ``--tiny`` a random one at the
+    tiny SAE's hook (32 codes, k 4)."""
+    if not args.tiny:
+        from tlsteer.codebook import load_embedded_codebook
+
+        return load_embedded_codebook(layer)
+    import torch
+
+    from tlsteer.codebook import Codebook
+
+    layer = TINY_SAE_LAYERS[0] if layer is None else layer
+    gen = torch.Generator().manual_seed(layer)
+    return Codebook(
+        torch.randn(32, model.cfg.d_model, generator=gen), k=4, hook_name=f"blocks.{layer}.hook_resid_post"
+    )
+
+
 def load_embedder(args: Any) -> Any:
     """The judge's sentence embedder, or with ``--tiny`` the hashing stand-in (no model to load)."""
     from tlsteer.eval.judge import HashingEmbedder, load_embedder

@@ -18,7 +18,11 @@ For each class set (default: ``speaking_styles`` and ``attitude_domain``) at the
 Writes ``benchmarks/results/class_profiles.{json,txt}`` and per set
 ``class_<set>_features.png``, ``class_<set>_map.png``, ``class_<set>_similarity.png``.
 
-    python benchmarks/class_profiles.py [--sets speaking_styles attitude_domain] [--layer 6] [--tiny]
+With ``--codebook`` the dictionary is the shipped codebook at the layer instead of the SAE (a
+feature is a code, its activation 1 when it is among the token's k, so a class mean is a firing
+rate); the files are ``class_profiles_codebook.{json,txt}`` and ``class_<set>_codebook_*.png``.
+
+    python benchmarks/class_profiles.py [--sets speaking_styles attitude_domain] [--layer 6] [--codebook]
 """
 
 from __future__ import annotations
@@ -108,21 +112,30 @@ def profile_set(model, sae, ds, embedder, args) -> tuple[dict, list[str], object
 def body(args) -> Path:
     start = time.perf_counter()
     model = common.load_model(args)
-    sae = common.load_sae(args, model, args.layer)
+    sae = (
+        common.load_codebook(args, model, args.layer)
+        if args.codebook
+        else common.load_sae(args, model, args.layer)
+    )
     embedder = common.load_embedder(args)
-    out: dict = {"hook": sae.cfg.metadata.hook_name, "sets": {}}
+    suffix = "_codebook" if args.codebook else ""
+    out: dict = {
+        "hook": as_feature_dictionary(sae).hook_name,
+        "dictionary": "codebook" if args.codebook else "sae",
+        "sets": {},
+    }
     text: list[str] = []
     for name in args.sets:
         row, lines, profile = profile_set(model, sae, common.load_class_dataset(args, name), embedder, args)
-        plot_class_features(profile, k=3, path=args.out / f"class_{name}_features.png")
-        plot_class_map(profile, path=args.out / f"class_{name}_map.png")
-        plot_class_similarity(profile, centred=True, path=args.out / f"class_{name}_similarity.png")
+        plot_class_features(profile, k=3, path=args.out / f"class_{name}{suffix}_features.png")
+        plot_class_map(profile, path=args.out / f"class_{name}{suffix}_map.png")
+        plot_class_similarity(profile, centred=True, path=args.out / f"class_{name}{suffix}_similarity.png")
         out["sets"][name] = row
         text += lines
         common.log.info("%s", "\n".join(text[-4:]))
     out["seconds"] = round(time.perf_counter() - start, 1)
-    path = common.write_json(args.out / "class_profiles.json", out)
-    (args.out / "class_profiles.txt").write_text("\n".join(text) + "\n")
+    path = common.write_json(args.out / f"class_profiles{suffix}.json", out)
+    (args.out / f"class_profiles{suffix}.txt").write_text("\n".join(text) + "\n")
     common.log.info("done in %.0f s", out["seconds"])
     return path
 
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--layer", type=int, default=None, help="default: the lowest shipped SAE")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--bootstrap", type=int, default=50)
+    p.add_argument("--codebook", action="store_true", help="the shipped codebook instead of the SAE")
     return common.run(body, p, argv, TINY)
 
 

@@ -92,9 +92,16 @@ TINY = {
 }
 
 
-def applicable(methods: list[str], dataset: Any) -> tuple[str, ...]:
-    """The plan's method families that apply to ``dataset`` (``mean_centred`` needs classes)."""
-    valid = applicable_methods(dataset)
+def applicable(methods: list[str], dataset: Any, codebook: Any, info: dict[str, Any]) -> tuple[str, ...]:
+    """The plan's method families that apply to ``dataset`` (``mean_centred`` needs classes, the
+    ``codes_*`` methods a codebook); the ones left out are logged and recorded in ``info``."""
+    valid = applicable_methods(dataset, codebook=codebook)
+    left_out = [m for m in methods if m not in valid]
+    if left_out:
+        common.log.info(
+            "%s: %s do not apply (tlsteer.experiments.applicable_methods)", dataset.name, left_out
+        )
+        info["left_out"][dataset.name] = left_out
     return tuple(m for m in methods if m in valid)
 
 
@@ -119,22 +126,6 @@ def plan_commit(path: Path) -> dict[str, Any]:
         "committed_at": commit[1] if len(commit) > 1 else None,
         "uncommitted_changes": bool(dirty) or not commit,
     }
-
-
-def load_codebook_arm(args: Any, model: Any, layer: int) -> Any:
-    """The shipped codebook at ``layer`` (with ``--tiny``: a random one at the tiny SAE's hook)."""
-    if not args.tiny:
-        from tlsteer.codebook import load_embedded_codebook
-
-        return load_embedded_codebook(layer)
-    import torch
-
-    from tlsteer.codebook import Codebook
-
-    gen = torch.Generator().manual_seed(layer)
-    return Codebook(
-        torch.randn(32, model.cfg.d_model, generator=gen), k=4, hook_name=f"blocks.{layer}.hook_resid_post"
-    )
 
 
 def judge_check(dataset: Any, embedder: Any, minimum: float) -> dict[str, Any]:
@@ -287,7 +278,7 @@ def body(args) -> Path:
     sae = common.load_sae(args, model, layer)
     codebook = None
     if any(m.startswith("codes_") for m in methods):  # the codebook arm: the shipped codebook at the layer
-        codebook = load_codebook_arm(args, model, layer)
+        codebook = common.load_codebook(args, model, layer)
     executor = make_executor(args.executor, workers=args.workers)
     model_loader = None
     if args.executor == "ray":
@@ -300,6 +291,7 @@ def body(args) -> Path:
         "deviations": deviations,
         "executor": args.executor if args.executor == "inprocess" else f"ray x{args.workers}",
         "judges": {},
+        "left_out": {},
         "datasets": {},
     }
     results: dict[str, ComparisonResult] = {}
@@ -312,7 +304,9 @@ def body(args) -> Path:
             common.log.info("%s leaves the verdict: %s", name, check["why"])
             continue
         config = plan.config(
-            methods=applicable(methods, dataset), targets=deviations.get("targets"), **overrides
+            methods=applicable(methods, dataset, codebook, info),
+            targets=deviations.get("targets"),
+            **overrides,
         )
         t0 = time.perf_counter()
         result = feature_vs_caa(
@@ -340,7 +334,7 @@ def body(args) -> Path:
             domain, n_shots=args.shots or 5, k=1, instruction=analogy_instructions.get(name)
         )
         config = plan.config(
-            methods=applicable(methods, task),
+            methods=applicable(methods, task, codebook, info),
             n_resamples=overrides.get("n_resamples", plan.analysis["n_resamples"]),
             **({"ks": tuple(deviations["ks"])} if "ks" in deviations else {}),
         )

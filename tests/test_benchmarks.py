@@ -134,3 +134,32 @@ def test_tables_script_prints_every_table(benchmarks_on_path, capsys):
     report = importlib.import_module("report")
     for name in report.TABLES:
         assert f"### {name} " in printed
+
+
+def test_class_profiles_reads_codes_with_the_codebook_flag(benchmarks_on_path, tmp_path):
+    """``class_profiles.py --codebook``: the same report with the codebook as the dictionary, its own files."""
+    script = importlib.import_module("class_profiles")
+    path = script.main(["--tiny", "--codebook", "--sets", "speaking_styles", "--out", str(tmp_path)])
+    assert path == tmp_path / "class_profiles_codebook.json"
+    out = json.loads(path.read_text())
+    assert out["dictionary"] == "codebook"
+    assert (tmp_path / "class_speaking_styles_codebook_features.png").is_file()
+    assert not (tmp_path / "class_profiles.json").exists()
+    rows = [
+        r for c, table in out["sets"]["speaking_styles"]["distinctive"].items() if ":" not in c for r in table
+    ]
+    assert all(0 <= r["feature"] < 32 and 0 <= r["frequency_in"] <= 1 for r in rows)
+
+
+def test_verdict_runs_every_planned_method_that_applies(benchmarks_on_path, tmp_path):
+    """The plan's codebook methods reach the verdict tables of every dataset (a first codebooks-1 run
+    lost them to a method filter that never saw the codebook); what does not apply is recorded."""
+    script = importlib.import_module("verdict")
+    path = script.main(["--tiny", "--out", str(tmp_path)])
+    out = json.loads(path.read_text())
+    assert {"codes_add", "codes_bottleneck"} <= set(script.TINY["methods"])
+    assert len(out["datasets"]) == 2
+    for name, entry in out["datasets"].items():
+        rows = {row["method"].split("@")[0] for row in entry["verdict"]["pooled"]["rows"]}
+        assert {"codes_add", "codes_bottleneck", "feature_full", "random", "prompting"} <= rows, (name, rows)
+    assert out["left_out"] == {}  # every TINY method applies to both datasets

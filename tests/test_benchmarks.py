@@ -137,7 +137,7 @@ def test_tables_script_prints_every_table(benchmarks_on_path, capsys):
 
 
 def test_class_profiles_reads_codes_with_the_codebook_flag(benchmarks_on_path, tmp_path):
-    """``class_profiles.py --codebook``: the same report with the codebook as the dictionary, its own files."""
+    """``class_profiles.py --codebook``: the same report with the codebook as the dictionary, own files."""
     script = importlib.import_module("class_profiles")
     path = script.main(["--tiny", "--codebook", "--sets", "speaking_styles", "--out", str(tmp_path)])
     assert path == tmp_path / "class_profiles_codebook.json"

@@ -29,6 +29,7 @@ head or block), inner-product similarity.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -38,6 +39,7 @@ from typing import Any
 
 import _common as common
 import torch
+import train_sae  # sibling benchmark: its tiny corpus
 
 from tlsteer.codebook import Codebook, kmeans, next_token_step, train_codebook
 from tlsteer.sae import sae_quality
@@ -94,19 +96,11 @@ def parser():
     return p
 
 
-def tiny_corpus(args) -> Path:
-    import sae_corpus  # sibling benchmark
-
-    folder = args.out / "corpus"
-    sae_corpus.main(["--tiny", "--out", str(folder), "--seed", str(args.seed), "--heldout-fraction", "0.3"])
-    return folder
-
-
 def body(args) -> Path:
     if args.layer is None:
         raise SystemExit("--layer is required: train at blocks.L.hook_resid_post")
     if args.corpus is None:
-        args.corpus = tiny_corpus(args)
+        args.corpus = train_sae.tiny_corpus(args)
     if not (args.corpus / "manifest.json").exists():
         raise SystemExit(
             f"no corpus in {args.corpus}; build it with: "
@@ -256,15 +250,7 @@ def next_token_training(args, model, book: Codebook, corpus) -> dict:
         for p in model.parameters():
             p.requires_grad_(True)
     seconds = time.perf_counter() - t0
-    trained = Codebook(
-        vectors.detach().clone(),
-        book.k,
-        book.hook_name,
-        book.similarity,
-        book.layer_norm,
-        book.eps,
-        book.model_name,
-    )
+    trained = dataclasses.replace(book, vectors=vectors.detach().clone(), info=dict(book.info))
     return {
         "codebook": trained,
         "steps": args.next_token_steps,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -227,16 +227,7 @@ def train_codebook(
     record.steps = steps
     record.dead_at_end = int((counts == 0).sum()) if counts.sum() else codebook.n_codes
     record.seconds = time.perf_counter() - start
-    trained = Codebook(
-        vectors.detach().clone(),
-        codebook.k,
-        codebook.hook_name,
-        codebook.similarity,
-        codebook.layer_norm,
-        codebook.eps,
-        codebook.model_name,
-        dict(codebook.info),
-    )
+    trained = replace(codebook, vectors=vectors.detach().clone(), info=dict(codebook.info))
     return trained, record
 
 

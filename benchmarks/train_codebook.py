@@ -25,6 +25,8 @@ head or block), inner-product similarity.
 
     python benchmarks/train_codebook.py --layer 6 && python benchmarks/train_codebook.py --layer 12
     python benchmarks/train_codebook.py --tiny   # seconds: a tiny corpus and model
+    python benchmarks/train_codebook.py --layer 6 --from-shipped --next-token-steps 300 \
+        --next-token-lr 1e-3 --next-token-reconstruction-weight 0   # the next-token objective alone
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ def parser():
     p.add_argument("--next-token-steps", type=int, default=0, help="steps of the next-token objective")
     p.add_argument("--next-token-rows", type=int, default=4, help="corpus rows per next-token step")
     p.add_argument("--next-token-lr", type=float, default=1e-4)
+    p.add_argument(
+        "--next-token-reconstruction-weight",
+        type=float,
+        default=1.0,
+        help="weight of the reconstruction error beside the next-token loss (1: the paper's aeloss)",
+    )
+    p.add_argument(
+        "--from-shipped",
+        action="store_true",
+        help="only the next-token objective, from the shipped codebook at --layer; writes "
+        "next_token_layer_L.json (default folder: benchmarks/results/codebook_next_token), never the weights",
+    )
     p.add_argument("--eval-texts", type=int, default=200, help="held-out conversations to evaluate on")
     p.add_argument("--corpus", type=Path, default=BUILD / "sae_corpus")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: build/sae_activations/layer_L")
@@ -109,6 +123,8 @@ def body(args) -> Path:
     wall = time.perf_counter()
     corpus = load_corpus(args.corpus)
     model = common.load_model(args)
+    if args.from_shipped:
+        return next_token_from_shipped(args, model, corpus, wall)
     hook = f"blocks.{args.layer}.hook_resid_post"
     out = args.out / f"layer_{args.layer}"
     folder = args.cache_dir or ((args.out / "activations") if args.tiny else BUILD / "sae_activations") / (
@@ -238,7 +254,12 @@ def next_token_training(args, model, book: Codebook, corpus) -> dict:
                 first = (step * args.next_token_rows) % (len(rows) - args.next_token_rows)
                 batch = rows[first : first + args.next_token_rows].long()
                 loss, parts = next_token_step(
-                    model, book, vectors, batch, skip_first=int(TRAINING_SEQPOS[0] or 0)
+                    model,
+                    book,
+                    vectors,
+                    batch,
+                    skip_first=int(TRAINING_SEQPOS[0] or 0),
+                    reconstruction_weight=args.next_token_reconstruction_weight,
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -255,11 +276,43 @@ def next_token_training(args, model, book: Codebook, corpus) -> dict:
         "codebook": trained,
         "steps": args.next_token_steps,
         "rows_per_step": args.next_token_rows,
+        "lr": args.next_token_lr,
+        "reconstruction_weight": args.next_token_reconstruction_weight,
         "tokens": tokens,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1),
         "losses": log,
     }
+
+
+def next_token_from_shipped(args, model, corpus, wall: float) -> Path:
+    """``--from-shipped``: the next-token objective alone, from the shipped codebook; the quality of
+    the codebook before and after on the held-out conversations, in one JSON."""
+    if args.next_token_steps < 1:
+        raise SystemExit(f"--from-shipped needs --next-token-steps >= 1, got {args.next_token_steps}")
+    out = args.out
+    if out == WEIGHTS:  # never beside the shipped weights
+        out = common.RESULTS / "codebook_next_token"
+    shipped = common.load_codebook(args, model, args.layer)
+    run = next_token_training(args, model, shipped, corpus)
+    tuned = run.pop("codebook")
+    texts = spread(list(corpus.heldout), args.eval_texts)
+    quality = {
+        name: sae_quality(model, book, texts, skip_first=EVAL_SKIP_FIRST).to_dict()
+        for name, book in (("shipped", shipped), ("after_next_token", tuned))
+    }
+    moved = float((tuned.vectors - shipped.vectors).norm() / shipped.vectors.norm())
+    result = {
+        "command": shlex.join(args.command),
+        "hook_name": shipped.hook_name,
+        "next_token_training": run,
+        "relative_change_of_the_codes": moved,
+        "quality": quality,
+        "texts": len(texts),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+    }
+    common.log.info("%s", json.dumps(quality, indent=1))
+    return common.write_json(out / f"next_token_layer_{args.layer}.json", result)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -163,3 +163,18 @@ def test_verdict_runs_every_planned_method_that_applies(benchmarks_on_path, tmp_
         rows = {row["method"].split("@")[0] for row in entry["verdict"]["pooled"]["rows"]}
         assert {"codes_add", "codes_bottleneck", "feature_full", "random", "prompting"} <= rows, (name, rows)
     assert out["left_out"] == {}  # every TINY method applies to both datasets
+
+
+def test_train_codebook_from_shipped_trains_the_next_token_objective_alone(benchmarks_on_path, tmp_path):
+    """``--from-shipped``: the codes move under the next-token loss only, the weights folder is untouched."""
+    script = importlib.import_module("train_codebook")
+    path = script.main(
+        ["--tiny", "--from-shipped", "--next-token-lr", "0.05", "--next-token-reconstruction-weight", "0"]
+        + ["--out", str(tmp_path)]
+    )
+    assert path == tmp_path / "next_token_layer_1.json"
+    out = json.loads(path.read_text())
+    assert out["next_token_training"]["reconstruction_weight"] == 0.0
+    assert out["relative_change_of_the_codes"] > 0
+    assert set(out["quality"]) == {"shipped", "after_next_token"}
+    assert not (tmp_path / "layer_1").exists()

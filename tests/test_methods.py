@@ -74,10 +74,10 @@ def test_every_direction_equals_its_definition(tiny_llama, setup):
         n_candidates=3,
         max_density=0.1,
     )
-    assert set(methods) == {m for m in METHODS if m not in ("feature_topk", "caa_projected")} | {
-        "feature_top2",
-        "caa_proj_top2",
-    }
+    # the default: every family but the codebook's two (no codebook given), top-k expanded per k
+    assert set(methods) == {
+        m for m in METHODS if m not in ("feature_topk", "caa_projected", "codes_add", "codes_bottleneck")
+    } | {"feature_top2", "caa_proj_top2"}
     W = sae.W_dec.detach()
     raw = reps.raw_pos.mean(0) - reps.raw_neg.mean(0)
     diff = reps.feat_pos.mean(0) - reps.feat_neg.mean(0)
@@ -151,6 +151,8 @@ def test_build_methods_bad_input(tiny_llama, setup):
         build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["steer"])
     with pytest.raises(ValueError, match="non-empty instruction"):
         build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["prompting"])
+    with pytest.raises(ValueError, match="codes_add and codes_bottleneck need codebook="):
+        build_methods(tiny_llama, sae, HOOK, reps, 3.0, stats, methods=["codes_add"])
     pairs = ContrastReps(
         ContrastActivations(*[{HOOK: reps.raw_pos}] * 2, paired=True),
         ContrastActivations(*[{HOOK: reps.feat_pos}] * 2, paired=True, dictionary=reps.features.dictionary),

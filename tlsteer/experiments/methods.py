@@ -96,6 +96,8 @@ METHODS: tuple[str, ...] = (
 """Method families; ``feature_topk`` and ``caa_projected`` expand to one method per ``k``
 (``feature_top<k>``, ``caa_proj_top<k>``); ``random`` to ``n_random`` draws (``random.<j>``) when
 more than one is asked for."""
+CODE_METHODS: tuple[str, ...] = ("codes_add", "codes_bottleneck")
+"""The method families that steer by codebook codes (they need a codebook)."""
 
 
 def method_family(name: str) -> tuple[str, int | None]:
@@ -183,7 +185,7 @@ def build_methods(
     stats: FeatureStats,
     *,
     instruction: str | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     ks: Sequence[int] = (8, 32),
     k_output: int = 8,
     n_candidates: int = 40,
@@ -206,7 +208,8 @@ def build_methods(
         stats: :func:`~tlsteer.sae.feature_stats` on neutral text (density, first-token features,
             typical activation).
         instruction: The prompt prefix of ``prompting`` (required if it is requested).
-        methods: Method families from :data:`METHODS`.
+        methods: Method families from :data:`METHODS` (default: all of them, less ``codes_add``
+            and ``codes_bottleneck`` when no ``codebook`` is given).
         ks, k_output, n_candidates, max_density: Feature selection: the ``k`` of each top-k
             method; how many features the output score keeps of the ``n_candidates`` largest
             positive ones; the density above which a feature is dropped.
@@ -220,6 +223,8 @@ def build_methods(
 
     Every vector method's :attr:`Method.cosine` is its cosine with the CAA direction.
     """
+    if methods is None:
+        methods = tuple(m for m in METHODS if codebook is not None or m not in CODE_METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; valid: {format_options(METHODS)}")

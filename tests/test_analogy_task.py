@@ -348,4 +348,5 @@ def test_methods_that_do_not_apply_to_an_analogy_are_refused(tiny_llama, sae):
         feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(methods=["caa"]), mmlu=[], neutral=NEUTRAL)
     with pytest.raises(ValueError, match=r"split_seed .* carries its own seed \(AnalogyTask\(seed=...\)\)"):
         feature_vs_caa(tiny_llama, sae, bare, ComparisonConfig(split_seed=3), neutral=NEUTRAL)
-    assert applicable_methods(bare) == tuple(m for m in METHODS if m not in ("mean_centred", "prompting"))
+    no_codebook = ("mean_centred", "prompting", "codes_add", "codes_bottleneck")
+    assert applicable_methods(bare) == tuple(m for m in METHODS if m not in no_codebook)

@@ -308,6 +308,12 @@ def _write(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (no machine paths in results)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def write_json(path: Path, data: Any, **kwargs: Any) -> Path:
     """Write ``data`` as indented JSON (a trailing newline) and return ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,12 @@ def body(args) -> Path:
         result = ComparisonResult.load(path)
         tables[result.dataset] = contrasts(result, args.n_resamples)
         common.log.info("%s: %d references", result.dataset, len(tables[result.dataset]))
-    out = {"exploratory": True, "results": str(results), "margin": MARGIN, "datasets": tables}
+    out = {
+        "exploratory": True,
+        "results": common.repo_relative(results),
+        "margin": MARGIN,
+        "datasets": tables,
+    }
     path = common.write_json(args.out / "codebook_contrasts.json", out)
     (args.out / "codebook_contrasts.md").write_text("\n".join(render(tables)) + "\n")
     return path

@@ -197,7 +197,7 @@ def body(args) -> Path:
         "layer": args.layer,
         "seqpos_slice": list(TRAINING_SEQPOS),
         "corpus": {
-            "path": str(args.corpus),
+            "path": common.repo_relative(args.corpus),
             "rows_sha256": corpus.rows_sha256,
             "manifest_sha256": corpus.manifest_sha256,
         },

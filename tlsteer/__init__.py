@@ -20,10 +20,12 @@ from tlsteer.contrast import ContrastActivations
 from tlsteer.data import (
     ContrastPair,
     ContrastSet,
+    PlainFormat,
     chat_prompt,
     load_builtin_dataset,
     load_caa_dataset,
     load_neutral_text,
+    use_plain_format,
 )
 from tlsteer.decode import generate, generate_tokens
 from tlsteer.extract import extract_activations, read_activations
@@ -44,6 +46,7 @@ __all__ = [
     "ContrastActivations",
     "ContrastPair",
     "ContrastSet",
+    "PlainFormat",
     "Positions",
     "Read",
     "Steering",
@@ -70,5 +73,6 @@ __all__ = [
     "read_activations",
     "remove_all_steering",
     "tokenize",
+    "use_plain_format",
     "train_steering_vector",
 ]

@@ -32,7 +32,12 @@ __all__ = [
     "answer_letter",
     "as_contrast_data",
     "builtin_dataset_path",
+    "PLAIN_MARK",
+    "QUESTION_ANSWER",
+    "PlainFormat",
     "chat_prompt",
+    "is_plain_format",
+    "use_plain_format",
     "data_hash",
     "load_ab_items",
     "load_builtin_dataset",
@@ -162,18 +167,108 @@ def data_hash(data: list[ContrastPair] | ContrastSet) -> str:
     return digest.hexdigest()[:16]
 
 
+PLAIN_MARK = "{#- tlsteer plain format -#}"
+"""Opens the chat template that :func:`use_plain_format` sets (a Jinja comment: it renders nothing)."""
+
+
+@dataclass(frozen=True)
+class PlainFormat:
+    """A plain-text format for the turns of a model without a chat template (a base model).
+
+    A user turn renders as ``question + text + answer``; an assistant turn as ``" " + text``
+    (the answer label ends the user turn, so a generated reply starts with its own space token);
+    turns after the first are separated by ``separator``. The default,
+    :data:`QUESTION_ANSWER`, renders ``"Question: Why is the sky blue?\\nAnswer:"``.
+    """
+
+    question: str = "Question: "
+    answer: str = "\nAnswer:"
+    separator: str = "\n\n"
+
+    def __post_init__(self) -> None:
+        for name in ("question", "answer", "separator"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"PlainFormat.{name} must be a string, got {value!r}")
+            if "{" in value or "}" in value:
+                raise ValueError(f"PlainFormat.{name} may not contain braces (Jinja syntax), got {value!r}")
+        if not self.answer.strip():
+            raise ValueError(
+                f"PlainFormat.answer must hold a visible label such as '\\nAnswer:', got {self.answer!r}"
+            )
+
+    def template(self) -> str:
+        """The format as a Jinja chat template (what :func:`use_plain_format` sets)."""
+        q, a, sep = (json.dumps(x) for x in (self.question, self.answer, self.separator))
+        return (
+            PLAIN_MARK + "{% for m in messages %}{% if not loop.first and m['role'] != 'assistant' %}"
+            "{{ " + sep + " }}{% endif %}{% if m['role'] == 'user' %}{{ " + q + " }}{{ m['content'] }}"
+            "{{ " + a + " }}{% elif m['role'] == 'assistant' %} {{ m['content'] }}{% else %}"
+            "{{ m['content'] }}{% endif %}{% endfor %}"
+        )
+
+
+QUESTION_ANSWER = PlainFormat()
+"""``"Question: {user}\\nAnswer: {reply}"``: the plain format a base model is most often asked in."""
+
+
+def use_plain_format(model: HookedTransformer, plain: PlainFormat = QUESTION_ANSWER) -> None:
+    """Let a model without a chat template (a base model) be used where tlsteer formats chat turns.
+
+    tlsteer never applies a chat format a model was not given: :func:`chat_prompt` (and so
+    ``chat=True`` generation, A/B evaluation, class datasets' conversations, the SAE corpus)
+    refuses a tokenizer without a chat template. This sets ``plain`` as the tokenizer's chat
+    template, so every one of them renders turns in that format. A model that has a chat
+    template of its own is refused (replace it yourself if you mean to).
+
+    Example:
+        >>> model = tlsteer.load_model("gemma-3-270m")  # doctest: +SKIP
+        >>> tlsteer.use_plain_format(model)  # doctest: +SKIP
+        >>> tlsteer.chat_prompt(model, "Why is the sky blue?", "Because")  # doctest: +SKIP
+        'Question: Why is the sky blue?\\nAnswer: Because'
+    """
+    if not isinstance(plain, PlainFormat):
+        raise TypeError(f"plain must be a tlsteer.PlainFormat, got {type(plain).__name__}")
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer; attach one before choosing its plain format")
+    current = getattr(tokenizer, "chat_template", None)
+    if current and not str(current).startswith(PLAIN_MARK):
+        raise ValueError(
+            f"{model.cfg.model_name!r} has a chat template of its own; use_plain_format is for models "
+            "without one (set tokenizer.chat_template yourself to replace it)"
+        )
+    tokenizer.chat_template = plain.template()
+
+
+def is_plain_format(model: HookedTransformer) -> bool:
+    """Whether ``model``'s chat template is a :class:`PlainFormat` that :func:`use_plain_format` set."""
+    template = getattr(model.tokenizer, "chat_template", None)
+    return bool(template) and str(template).startswith(PLAIN_MARK)
+
+
 def chat_prompt(model: HookedTransformer, user: str, assistant_prefix: str = "") -> str:
     """``user`` formatted as one user turn with the model's chat template, then the assistant turn.
 
-    Models without a chat template get ``"Question: {user}\\nAnswer: {assistant_prefix}"``.
+    A model without a chat template (a base model such as gemma-3-270m) is refused with an error
+    that says how to choose a plain format (:func:`use_plain_format`); with one chosen, a
+    non-empty ``assistant_prefix`` follows the answer label after a space.
     """
     tokenizer = model.tokenizer
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"{model.cfg.model_name!r} has no chat template (a base model?), and tlsteer applies no "
+            "other model's: call tlsteer.use_plain_format(model) to format turns as 'Question: "
+            "...\\nAnswer: ...' (or pass a tlsteer.PlainFormat), or give raw text (chat=False)"
+        )
+    text = str(
+        tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
-        return str(text) + assistant_prefix
-    return f"Question: {user}\nAnswer: {assistant_prefix}"
+    )
+    if assistant_prefix and is_plain_format(model):
+        return text + " " + assistant_prefix
+    return text + assistant_prefix
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,21 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-__all__ = ["MIN_SHARED_HEAD", "common_prefix_length", "head_cache", "repeat_cache"]
+__all__ = ["MIN_SHARED_HEAD", "common_prefix_length", "has_local_attention", "head_cache", "repeat_cache"]
 
 MIN_SHARED_HEAD = 4
 """Run a head common to every row (e.g. a chat template's system turn) once from this length."""
+
+
+def has_local_attention(model: HookedTransformer) -> bool:
+    """Whether any layer of ``model`` attends through a sliding window (Gemma 2/3, Mistral-style).
+
+    TransformerLens's window counts columns of the attention scores, not token positions, so
+    padding inside a row (a shared head, then left-padded prefixes) would let a query see keys
+    that lie outside its window. Callers that would pad inside rows run such models without
+    the shared head: exact, and slower.
+    """
+    return bool(model.cfg.use_local_attn) or any(t == "local" for t in (model.cfg.attn_types or []))
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

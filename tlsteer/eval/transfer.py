@@ -45,7 +45,10 @@ def source_prompts(
     """
     tokenizer = model.tokenizer
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("source_prompts needs a model whose tokenizer has a chat template")
+        raise ValueError(
+            "source_prompts needs a model whose tokenizer has a chat template; for a base model, "
+            "choose a plain format first: tlsteer.use_plain_format(model)"
+        )
     out = {}
     for c in dataset.classes:
         rows = [e for e in dataset.examples[c] if e.prompt is not None]

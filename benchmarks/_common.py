@@ -45,6 +45,9 @@ TINY_EXAMPLES = 10
 TINY_JUDGE_TEXTS = 12
 """Judge texts per class of a class set under ``--tiny`` (the first ones)."""
 
+MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+"""The embedded models a benchmark can run (``--model``); the first is the default."""
+
 log = logging.getLogger("benchmarks")
 T = TypeVar("T")
 
@@ -62,7 +65,21 @@ def parser(
     )
     p.add_argument("--out", type=Path, default=None, help=out_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the global generators (default 0)")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=MODELS[0],
+        help="the embedded model to run (default %(default)s); gemma-3-270m is a base model, run in "
+        "tlsteer's plain question/answer format (tlsteer.use_plain_format); with --tiny the tiny "
+        "Gemma-3-like model stands in for it",
+    )
     return p
+
+
+def model_tag(args: Any) -> str:
+    """``""`` for the default model, else ``"_<model>"``: the suffix of its build folders and results."""
+    model = getattr(args, "model", MODELS[0])
+    return "" if model == MODELS[0] else f"_{model}"
 
 
 def parse(
@@ -135,14 +152,29 @@ def run(
 
 
 def load_model(args: Any, device: str | None = None, tiny_layers: int = TINY_LAYERS) -> Any:
-    """The embedded model, or with ``--tiny`` a tiny random Llama-style model (seeded by ``--seed``)
-    with ``tiny_layers`` blocks."""
+    """The embedded model ``--model``, or with ``--tiny`` a tiny random model of its architecture
+    (Llama-style, or Gemma-3-like for gemma-3-270m; seeded by ``--seed``) with ``tiny_layers``
+    blocks. A base model (gemma-3-270m) gets the plain question/answer format."""
+
+    return load_named_model(args, getattr(args, "model", MODELS[0]), device, tiny_layers)
+
+
+def load_named_model(args: Any, name: str, device: str | None = None, tiny_layers: int = TINY_LAYERS) -> Any:
+    """:func:`load_model` for the embedded model ``name`` whatever ``--model`` says (a script that
+    compares the two models loads both); with ``--tiny`` its tiny stand-in."""
     import tlsteer
     from tlsteer.models import tiny_model
 
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; the embedded models: {MODELS}")
     if args.tiny:
-        return tiny_model("llama", seed=args.seed, n_layers=tiny_layers, n_ctx=TINY_N_CTX)
-    return tlsteer.load_model(device=device)
+        arch = "gemma3" if name == "gemma-3-270m" else "llama"
+        model = tiny_model(arch, seed=args.seed, n_layers=tiny_layers, n_ctx=TINY_N_CTX)
+    else:
+        model = tlsteer.load_model(name, device=device)
+    if not model.tokenizer.chat_template:
+        tlsteer.use_plain_format(model)
+    return model
 
 
 def sae_layers(args: Any) -> tuple[int, ...]:
@@ -208,11 +240,15 @@ def hf_twin(model: Any) -> Any:
 
 
 def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:
-    """The shipped SAE at ``layer`` (default: the lowest), or with ``--tiny`` a random TopK SAE there."""
+    """The shipped SAE at ``layer`` (default: the lowest) of ``model`` (an embedded model: the SAEs
+    shipped for it), or with ``--tiny`` a random TopK SAE there."""
     if not args.tiny:
-        from tlsteer.sae import load_embedded_sae
+        from tlsteer.sae.embedded import SAE_MODELS, load_embedded_sae
 
-        return load_embedded_sae(layer)
+        names = [name for name, cfg_name in SAE_MODELS.items() if cfg_name == model.cfg.model_name]
+        if not names:
+            raise ValueError(f"no SAEs are shipped for {model.cfg.model_name!r}")
+        return load_embedded_sae(layer, model=names[0])
     from tlsteer.sae.random import random_sae
 
     layer = TINY_SAE_LAYERS[0] if layer is None else layer

@@ -82,7 +82,7 @@ def parser():
         __doc__, out_help="the folder the SAE is saved in (default: tlsteer/sae/weights/layer_L)"
     )
     p.add_argument("--layer", type=int, default=None, help="train on blocks.L.hook_resid_post (required)")
-    p.add_argument("--width", type=int, default=4608, help="d_sae (8x d_model by default)")
+    p.add_argument("--width", type=int, default=None, help="d_sae (default 8x d_model: 4608 for SmolLM2)")
     p.add_argument("--k", type=int, default=64, help="active features per token (TopK)")
     p.add_argument("--training-tokens", type=int, default=1_500_000)
     p.add_argument("--batch-size", type=int, default=4096, help="training batch, in tokens")
@@ -127,8 +127,11 @@ def tiny_corpus(args) -> Path:
 def body(args) -> Path:
     if args.layer is None:
         raise SystemExit("--layer is required: train on blocks.L.hook_resid_post")
+    tag = common.model_tag(args)
     if args.corpus is None:
         args.corpus = tiny_corpus(args)
+    elif args.corpus == BUILD / "sae_corpus" and tag:  # the second model's own corpus
+        args.corpus = BUILD / f"sae_corpus{tag}"
     if args.training_tokens < args.batch_size:
         raise SystemExit(
             f"--training-tokens {args.training_tokens} is less than one batch ({args.batch_size})"
@@ -142,13 +145,18 @@ def body(args) -> Path:
         )
     corpus = load_corpus(args.corpus)
     model = common.load_model(args)
+    if args.width is None:
+        args.width = 8 * model.cfg.d_model
     if not 0 <= args.layer < model.cfg.n_layers:
         raise SystemExit(f"--layer {args.layer} is not a layer of the model (0..{model.cfg.n_layers - 1})")
     hook = f"blocks.{args.layer}.hook_resid_post"
     # the SAE's own folder (save_sae replaces it); a --tiny --out also holds the corpus and the cache
-    out = args.out / f"layer_{args.layer}" if args.out == WEIGHTS or args.tiny else args.out
+    # the second model's SAEs live in weights/<model>/ (tlsteer.sae.load_embedded_sae(L, model=...))
+    weights = WEIGHTS / args.model if tag else WEIGHTS
+    out = (weights if args.out == WEIGHTS else args.out) / f"layer_{args.layer}"
+    out = out if args.out == WEIGHTS or args.tiny else args.out
     default_cache = (
-        args.out / "activations" if args.tiny else BUILD / "sae_activations"
+        args.out / "activations" if args.tiny else BUILD / f"sae_activations{tag}"
     ) / f"layer_{args.layer}"
     cache = None
     if not args.no_cache:

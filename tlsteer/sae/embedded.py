@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_SAE_MODEL",
+    "SAE_MODELS",
     "embedded_sae_layers",
     "embedded_sae_path",
     "embedded_sae_provenance",
@@ -35,33 +36,47 @@ __all__ = [
 ]
 
 EMBEDDED_SAE_MODEL = "SmolLM2-135M-Instruct"
-"""The model (``model.cfg.model_name``) every shipped SAE was trained on."""
+"""The model (``model.cfg.model_name``) the default shipped SAEs were trained on."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SAE_MODELS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct", "gemma-3-270m": "gemma-3-270m"}
+"""Embedded model name (``tlsteer.load_model(name)``) -> its ``cfg.model_name``, for each model with
+shipped SAEs. The default model's SAEs live in ``weights/layer_L``, another's in
+``weights/<name>/layer_L``."""
+
+
+def _weights_dir(model: str) -> Path:
+    if model not in SAE_MODELS:
+        raise ValueError(f"no SAEs are shipped for model {model!r}; models with SAEs: {sorted(SAE_MODELS)}")
+    return WEIGHTS_DIR if model == DEFAULT_MODEL else WEIGHTS_DIR / model
+
+
 BUILD_COMMAND = "python benchmarks/rebuild_saes.py --caa-dir ../shared/caa"
 _INSTALL_HINT = 'loading an SAE needs sae-lens; install it with: pip install "tlsteer[sae]"'
 _LAYER_FOLDER = re.compile(r"^layer_(\d+)$")
 
 
-def embedded_sae_layers() -> tuple[int, ...]:
-    """The layers with a shipped SAE, lowest first (empty when none has been built).
+def embedded_sae_layers(model: str = DEFAULT_MODEL) -> tuple[int, ...]:
+    """The layers with a shipped SAE for ``model``, lowest first (empty when none has been built).
 
     Example:
         >>> embedded_sae_layers()  # doctest: +SKIP
         (6, 12)
     """
-    if not WEIGHTS_DIR.is_dir():
+    weights = _weights_dir(model)
+    if not weights.is_dir():
         return ()
     layers = []
-    for folder in WEIGHTS_DIR.iterdir():
+    for folder in weights.iterdir():
         match = _LAYER_FOLDER.match(folder.name)
         if match and (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file():
             layers.append(int(match.group(1)))
     return tuple(sorted(layers))
 
 
-def embedded_sae_path(layer: int | None = None) -> Path:
-    """The folder of the SAE shipped for ``layer`` (``None``: the lowest shipped layer).
+def embedded_sae_path(layer: int | None = None, model: str = DEFAULT_MODEL) -> Path:
+    """The folder of the SAE shipped for ``layer`` of ``model`` (``None``: the lowest shipped layer).
 
     Raises:
         FileNotFoundError: No SAE is shipped; the message gives the command that builds them.
@@ -69,31 +84,41 @@ def embedded_sae_path(layer: int | None = None) -> Path:
     """
     if layer is not None and (not is_int(layer)):
         raise TypeError(f"layer must be an int or None, got {layer!r}")
-    layers = embedded_sae_layers()
+    layers = embedded_sae_layers(model)
+    weights = _weights_dir(model)
     if not layers:
+        build = BUILD_COMMAND if model == DEFAULT_MODEL else _build_command(model)
         raise FileNotFoundError(
-            f"no SAE is shipped in {str(WEIGHTS_DIR)!r}; build them from a source checkout with: "
-            f"{BUILD_COMMAND}"
+            f"no SAE is shipped in {str(weights)!r}; build them from a source checkout with: {build}"
         )
     if layer is None:
         layer = layers[0]
     if layer not in layers:
         shipped = ", ".join(str(n) for n in layers)
-        raise ValueError(f"no SAE is shipped for layer {layer}; shipped layers: {shipped}")
-    return WEIGHTS_DIR / f"layer_{int(layer)}"
+        raise ValueError(f"no SAE is shipped for layer {layer} of {model}; shipped layers: {shipped}")
+    return weights / f"layer_{int(layer)}"
 
 
-def embedded_sae_provenance(layer: int | None = None) -> dict[str, Any]:
-    """How the SAE for ``layer`` was built: the contents of its ``provenance.json``."""
-    return json.loads((embedded_sae_path(layer) / "provenance.json").read_text())
+def _build_command(model: str) -> str:
+    return (
+        f"python benchmarks/sae_corpus.py --model {model} --caa-dir ../shared/caa && "
+        f"python benchmarks/train_sae.py --model {model} --layer L"
+    )
+
+
+def embedded_sae_provenance(layer: int | None = None, model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """How the SAE for ``layer`` of ``model`` was built: the contents of its ``provenance.json``."""
+    return json.loads((embedded_sae_path(layer, model) / "provenance.json").read_text())
 
 
 def load_embedded_sae(
     layer: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    *,
+    model: str = DEFAULT_MODEL,
 ) -> SAE:
-    """A shipped SAE for the embedded model, loaded offline with sae-lens.
+    """A shipped SAE for an embedded model, loaded offline with sae-lens.
 
     The SAE reads ``blocks.{layer}.hook_resid_post`` (``sae.cfg.metadata.hook_name``); its
     metadata also names the model, the training context size and ``seqpos_slice``. Position 0 of
@@ -102,6 +127,9 @@ def load_embedded_sae(
 
     Args:
         layer: A layer from :func:`embedded_sae_layers` (``None``: the lowest shipped layer).
+        model: The embedded model the SAE was trained on: ``"smollm2-135m-instruct"`` (the
+            default) or ``"gemma-3-270m"`` (its SAEs are under the Gemma Terms of Use, like the
+            model: :func:`tlsteer.models.gemma_terms`).
         device: Where to put the SAE.
         dtype: Its dtype (weights stored in float16 are widened to float32 by default).
 
@@ -112,7 +140,7 @@ def load_embedded_sae(
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-    folder = embedded_sae_path(layer)
+    folder = embedded_sae_path(layer, model)
     try:
         from sae_lens import SAE
     except ModuleNotFoundError as err:

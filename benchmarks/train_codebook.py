@@ -80,7 +80,9 @@ def parser():
         __doc__, out_help="the folder the codebook is saved in (default: tlsteer/codebook/weights)"
     )
     p.add_argument("--layer", type=int, default=None, help="train at blocks.L.hook_resid_post (required)")
-    p.add_argument("--codes", type=int, default=4608, help="codebook size (the SAEs' width)")
+    p.add_argument(
+        "--codes", type=int, default=None, help="codebook size (default 8x d_model, the SAEs' width)"
+    )
     p.add_argument("--k", type=int, default=8, help="codes per token (the paper library's default)")
     p.add_argument("--similarity", choices=("inner_product", "euclidean"), default="inner_product")
     p.add_argument("--epochs", type=float, default=4.0, help="passes over the cached activations")
@@ -115,6 +117,8 @@ def body(args) -> Path:
         raise SystemExit("--layer is required: train at blocks.L.hook_resid_post")
     if args.corpus is None:
         args.corpus = train_sae.tiny_corpus(args)
+    elif args.corpus == BUILD / "sae_corpus" and common.model_tag(args):  # the second model's corpus
+        args.corpus = BUILD / f"sae_corpus{common.model_tag(args)}"
     if not (args.corpus / "manifest.json").exists():
         raise SystemExit(
             f"no corpus in {args.corpus}; build it with: "
@@ -123,12 +127,18 @@ def body(args) -> Path:
     wall = time.perf_counter()
     corpus = load_corpus(args.corpus)
     model = common.load_model(args)
+    tag = common.model_tag(args)
+    if args.codes is None:
+        args.codes = 8 * model.cfg.d_model
     if args.from_shipped:
         return next_token_from_shipped(args, model, corpus, wall)
     hook = f"blocks.{args.layer}.hook_resid_post"
-    out = args.out / f"layer_{args.layer}"
-    folder = args.cache_dir or ((args.out / "activations") if args.tiny else BUILD / "sae_activations") / (
-        f"layer_{args.layer}"
+    # the second model's codebooks live in weights/<model>/ (load_embedded_codebook(L, model=...))
+    out = (WEIGHTS / args.model if tag and args.out == WEIGHTS else args.out) / f"layer_{args.layer}"
+    folder = (
+        args.cache_dir
+        or ((args.out / "activations") if args.tiny else BUILD / f"sae_activations{tag}")
+        / f"layer_{args.layer}"
     )
     t0 = time.perf_counter()
     cache = cache_activations(

@@ -233,6 +233,13 @@ def body(args) -> Path:
     start = time.perf_counter()
     plan = load_plan(args.plan)
     design = dict(plan.design)
+    if args.model != plan.model and not args.tiny:  # the plan fixes the model; --model confirms it
+        raise SystemExit(
+            f"the plan {args.plan} is for {plan.model!r}; run it with --model {plan.model} "
+            f"(got {args.model!r})"
+        )
+    if args.out == common.RESULTS / "verdict" and common.model_tag(args):
+        args.out = common.RESULTS / f"verdict{common.model_tag(args)}"
     deviations = {}
     for key in (
         "sets",
@@ -286,6 +293,7 @@ def body(args) -> Path:
     embedder = common.load_embedder(args)
     info: dict[str, Any] = {
         "plan": plan.record() | plan_commit(Path(args.plan)),
+        "model": model.cfg.model_name,
         "design": design,
         "analysis": plan.analysis,
         "deviations": deviations,

@@ -19,6 +19,7 @@ from tlsteer import (
     load_class_dataset,
     raw_class_profile,
 )
+from tlsteer.classes import class_reads_by_hook
 from tlsteer.data import reply_span
 from tlsteer.profile import auroc
 from tlsteer.sae import SAEClassProfile, class_profile
@@ -155,6 +156,32 @@ def test_class_reads_equal_one_example_at_a_time(tiny):
         class_reads(tiny, ds, HOOK, read="mean")
     with pytest.raises(KeyError, match="out of range"):
         class_reads(tiny, ds, "blocks.9.hook_resid_post")
+
+
+def test_class_reads_by_hook_equal_class_reads_per_hook(tiny):
+    ds = toy()
+    hooks = ["blocks.2.hook_resid_post", HOOK, "blocks.0.hook_resid_pre"]
+    got = class_reads_by_hook(tiny, ds, hooks, batch_size=2)
+    assert list(got) == hooks
+    for hook in hooks:
+        want = class_reads(tiny, ds, hook, batch_size=3)
+        assert list(got[hook]) == list(ds.classes)
+        for c in ds.classes:
+            torch.testing.assert_close(got[hook][c], want[c], atol=1e-6, rtol=1e-6)
+    double = class_reads_by_hook(tiny, ds, hooks[:2], transform=lambda rows: 2 * rows, d_out=tiny.cfg.d_model)
+    torch.testing.assert_close(double[HOOK]["calm"], 2 * got[HOOK]["calm"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(KeyError, match="out of range"):
+        class_reads_by_hook(tiny, ds, [HOOK, "blocks.9.hook_resid_post"])
+    with pytest.raises(KeyError, match="closest"):
+        class_reads_by_hook(tiny, ds, ["blocks.1.hook_resid_psot"])
+    with pytest.raises(TypeError, match="list of hook names"):
+        class_reads_by_hook(tiny, ds, HOOK)
+    with pytest.raises(ValueError, match="empty"):
+        class_reads_by_hook(tiny, ds, [])
+    with pytest.raises(ValueError, match="twice"):
+        class_reads_by_hook(tiny, ds, [HOOK, HOOK])
+    with pytest.raises(ValueError, match="d_out"):
+        class_reads_by_hook(tiny, ds, [HOOK], d_out=3)
 
 
 def test_two_classes_reproduce_the_caa_class_mean_formula(tiny_llama):

@@ -28,6 +28,20 @@ def test_the_committed_plans_load_and_their_hash_is_the_files(name: str) -> None
     assert "speaking_styles" in plan.design["class_sets"]
 
 
+def test_a_plan_names_its_model_or_is_the_first_models() -> None:
+    assert load_plan(COMMITTED).model == "smollm2-135m-instruct"  # the plans before the second model
+    gemma = load_plan(PLANS / "gemma-ranking-1.toml")
+    assert gemma.model == "gemma-3-270m" and gemma.design["layer"] == 3
+    assert "model" not in gemma.design and gemma.design["class_sets"] == ["speaking_styles"]
+
+
+def test_an_unknown_model_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(COMMITTED.read_text().replace("[design]", '[design]\nmodel = "gpt-5"', 1))
+    with pytest.raises(ValueError, match=r"\[design\] model must be one of .*'gemma-3-270m'.*got 'gpt-5'"):
+        load_plan(bad)
+
+
 def test_one_changed_byte_changes_the_hash(tmp_path: Path) -> None:
     text = COMMITTED.read_text()
     copy = tmp_path / "p.toml"

@@ -39,6 +39,7 @@ __all__ = [
     "ClassDataset",
     "ClassExample",
     "class_reads",
+    "class_reads_by_hook",
     "load_class_dataset",
 ]
 
@@ -404,11 +405,48 @@ def class_reads(
     ``read`` defaults to :meth:`Read.reply <tlsteer.Read.reply>`: the mean over the reply tokens
     (a plain text: every token but the first); any position or mean read works too.
     ``transform`` maps activation rows before the mean (an SAE's ``encode``); ``d_out``, when
-    given, is checked against the width it returns. All classes are read in one batched stream.
+    given, is checked against the width it returns. All classes are read in one batched stream
+    (:func:`class_reads_by_hook` with one hook).
+    """
+    return class_reads_by_hook(
+        model, dataset, [hook], read=read, transform=transform, d_out=d_out, batch_size=batch_size
+    )[hook]
+
+
+def class_reads_by_hook(
+    model: HookedTransformer,
+    dataset: ClassDataset,
+    hooks: Sequence[str],
+    *,
+    read: Read | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    d_out: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, dict[str, Float[Tensor, "n d"]]]:
+    """:func:`class_reads` at several hooks in one batched stream: ``{hook: {class: [n_class, d]}}``.
+
+    Each hook's entry equals ``class_reads(model, dataset, hook, ...)``; the examples go through
+    the model once (up to the deepest hook) for all of them. ``transform`` (and ``d_out``) apply
+    at every hook. Hooks come back in the order given; a hook named twice is refused.
+
+    Example:
+        >>> hooks = [f"blocks.{layer}.hook_resid_post" for layer in (3, 6)]  # doctest: +SKIP
+        >>> reads = class_reads_by_hook(model, load_class_dataset("emotions"), hooks)  # doctest: +SKIP
+        >>> reads["blocks.6.hook_resid_post"]["joy"].shape  # doctest: +SKIP
+        torch.Size([45, 576])
     """
     if not isinstance(dataset, ClassDataset):
         raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
-    validate_hook_name(model, hook)
+    if isinstance(hooks, str) or not isinstance(hooks, Sequence):
+        raise TypeError(
+            f"hooks must be a list of hook names like ['blocks.3.hook_resid_post'], got {hooks!r:.80}"
+        )
+    if not hooks:
+        raise ValueError("hooks is empty; give at least one hook name")
+    hooks = [validate_hook_name(model, hook) for hook in hooks]
+    twice = [hook for i, hook in enumerate(hooks) if hook in hooks[:i]]
+    if twice:
+        raise ValueError(f"hook {twice[0]!r} is named twice in hooks; name each hook once")
     batch_size = check_batch_size(batch_size)
     examples = [e for c in dataset.classes for e in dataset.examples[c]]
     texts = [e.text(model) for e in examples]
@@ -417,12 +455,15 @@ def class_reads(
         plan = plan_reads(model, texts, Read.mean(_response_span(model, dataset)))
     else:
         plan = plan_reads(model, texts, read)
-    rows = read_all(model, plan, [hook], transform=transform, batch_size=batch_size)[hook]
-    if d_out is not None and rows.shape[1] != d_out:
-        raise ValueError(f"the transform returns rows of width {rows.shape[1]}, but d_out={d_out}")
-    out, at = {}, 0
-    for c in dataset.classes:
-        n = len(dataset.examples[c])
-        out[c] = rows[at : at + n]
-        at += n
+    rows = read_all(model, plan, hooks, transform=transform, batch_size=batch_size)
+    width = rows[hooks[0]].shape[1]
+    if d_out is not None and width != d_out:
+        raise ValueError(f"the transform returns rows of width {width}, but d_out={d_out}")
+    out: dict[str, dict[str, Tensor]] = {}
+    for hook in hooks:
+        out[hook], at = {}, 0
+        for c in dataset.classes:
+            n = len(dataset.examples[c])
+            out[hook][c] = rows[hook][at : at + n]
+            at += n
     return out

@@ -13,7 +13,8 @@ The file's sections::
     name = "verdict-1"
     [design]      # class_sets, analogy_domains, methods, budget, n_test_prompts,
                   # n_calibration_prompts, seed, max_new_tokens, temperature,
-                  # n_random_directions, ks, layer
+                  # n_random_directions, ks, layer; optional: model (an embedded
+                  # model's name, default "smollm2-135m-instruct")
     [analysis]    # primary_metric, reference, margin, alpha, equivalence_level,
                   # correction ("holm"), n_resamples, judge_min_accuracy
 """
@@ -30,7 +31,10 @@ import tomllib
 
 from tlsteer.experiments.comparison_config import ComparisonConfig
 
-__all__ = ["AnalysisPlan", "load_plan"]
+__all__ = ["DEFAULT_MODEL", "AnalysisPlan", "load_plan"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The model of a plan whose [design] names none (every plan before the second model)."""
 
 _DESIGN = {
     "class_sets": list,
@@ -68,6 +72,7 @@ class AnalysisPlan:
     design: dict[str, Any]
     analysis: dict[str, Any]
     notes: str = ""
+    model: str = DEFAULT_MODEL
 
     def record(self) -> dict[str, str]:
         """``{"path", "sha256"}``: what a result records of the plan it answers."""
@@ -143,6 +148,18 @@ def load_plan(path: str | Path) -> AnalysisPlan:
         raise ValueError(
             f"{where}: unknown top-level key {unknown[0]!r}; keys: name, notes, design, analysis"
         )
+    raw_design = data.get("design")
+    model = DEFAULT_MODEL
+    if isinstance(raw_design, dict) and "model" in raw_design:
+        raw_design = dict(raw_design)
+        model = raw_design.pop("model")
+        from tlsteer.models import EMBEDDED_MODELS
+
+        if model not in EMBEDDED_MODELS:
+            raise ValueError(
+                f"{where}: [design] model must be one of {sorted(EMBEDDED_MODELS)}, got {model!r}"
+            )
+        data = {**data, "design": raw_design}
     design = _section(data, "design", _DESIGN, where)
     analysis = _section(data, "analysis", _ANALYSIS, where)
     if analysis["correction"] != "holm":
@@ -165,6 +182,7 @@ def load_plan(path: str | Path) -> AnalysisPlan:
         design=design,
         analysis=analysis,
         notes=str(data.get("notes", "")),
+        model=model,
     )
     plan.config()  # the design's values pass ComparisonConfig's checks now, not at the run
     return plan

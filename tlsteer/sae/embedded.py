@@ -95,7 +95,8 @@ def embedded_sae_path(layer: int | None = None, model: str = DEFAULT_MODEL) -> P
         layer = layers[0]
     if layer not in layers:
         shipped = ", ".join(str(n) for n in layers)
-        raise ValueError(f"no SAE is shipped for layer {layer} of {model}; shipped layers: {shipped}")
+        of = "" if model == DEFAULT_MODEL else f" of {model}"
+        raise ValueError(f"no SAE is shipped for layer {layer}{of}; shipped layers: {shipped}")
     return weights / f"layer_{int(layer)}"
 
 

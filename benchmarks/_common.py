@@ -183,7 +183,7 @@ def sae_layers(args: Any) -> tuple[int, ...]:
         return TINY_SAE_LAYERS
     from tlsteer.sae import embedded_sae_layers
 
-    return tuple(embedded_sae_layers())
+    return tuple(embedded_sae_layers(getattr(args, "model", MODELS[0])))
 
 
 def load_hf_model(args: Any, model: Any) -> Any:

@@ -19,6 +19,7 @@ With ``--tiny``: random SAEs on the tiny model, scored on a few of the shipped c
 standing in for the corpus's held-out split unless ``--heldout`` names one).
 
     python benchmarks/sae_quality.py [--texts 200] [--tiny]
+    python benchmarks/sae_quality.py --model gemma-3-270m   # sae_quality_gemma-3-270m.json
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ def shipped_texts(args, layer: int) -> list[str]:
         return json.loads((embedded_sae_path(min(embedded_sae_layers())) / "heldout_texts.json").read_text())[
             : args.texts
         ]
-    return json.loads((embedded_sae_path(layer) / "heldout_texts.json").read_text())
+    return json.loads((embedded_sae_path(layer, args.model) / "heldout_texts.json").read_text())
 
 
 def body(args) -> Path:
     start = time.perf_counter()
     model = common.load_model(args)
+    tag = common.model_tag(args)
+    if args.heldout == HELDOUT and tag:  # the second model's corpus
+        args.heldout = common.BUILD / f"sae_corpus{tag}" / "heldout.json"
     sets = {}
     if args.heldout is not None and args.heldout.exists():
         sets["heldout"] = spread(json.loads(args.heldout.read_text()), args.texts)
@@ -64,7 +68,7 @@ def body(args) -> Path:
         common.log.info(
             "no held-out corpus (%s; build the corpus first); only the shipped sample", args.heldout
         )
-    out = {"targets": TARGETS.to_dict(), "layers": {}}
+    out = {"model": model.cfg.model_name, "targets": TARGETS.to_dict(), "layers": {}}
     for layer in common.sae_layers(args):
         sae = common.load_sae(args, model, layer)
         rows = {}
@@ -74,7 +78,7 @@ def body(args) -> Path:
             rows[name] = summary(quality)
         out["layers"][layer] = rows
     out["seconds"] = round(time.perf_counter() - start, 1)
-    path = common.write_json(args.out / "sae_quality.json", out)
+    path = common.write_json(args.out / f"sae_quality{tag}.json", out)
     common.log.info("wrote %s in %.0f s", path, out["seconds"])
     return path
 

@@ -1,0 +1,70 @@
+"""The dictionaries shipped for gemma-3-270m (marked ``gemma``): SAEs at layers 3 and 7, the same
+relative depths as SmolLM2's 6 and 12, loaded offline, fitting the model, and as good on their
+held-out texts as their provenance records."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+from tlsteer.sae import embedded as emb
+from tlsteer.tokens import tokenize
+
+pytestmark = pytest.mark.gemma
+
+MODEL = "gemma-3-270m"
+LAYERS = (3, 7)
+EV_FLOOR = 0.85
+"""Explained variance every shipped SAE must reach on its held-out texts (SmolLM2's floor)."""
+
+
+def test_gemma_saes_are_shipped_at_the_matched_depths():
+    assert emb.embedded_sae_layers(MODEL) == LAYERS
+    assert emb.embedded_sae_path(model=MODEL).name == "layer_3"
+    with pytest.raises(
+        ValueError, match=r"no SAE is shipped for layer 6 of gemma-3-270m; shipped layers: 3, 7"
+    ):
+        emb.load_embedded_sae(6, model=MODEL)
+    with pytest.raises(ValueError, match=r"no SAEs are shipped for model 'gpt2'"):
+        emb.embedded_sae_layers("gpt2")
+
+
+def test_gemma_saes_load_offline_and_fit_the_model(gemma, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access while loading a shipped SAE: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    for layer in LAYERS:
+        sae = emb.load_embedded_sae(layer, model=MODEL)
+        meta = sae.cfg.metadata
+        assert meta.hook_name == f"blocks.{layer}.hook_resid_post" and meta.hook_name in gemma.hook_dict
+        assert meta.model_name == gemma.cfg.model_name == MODEL
+        assert meta.seqpos_slice[0] >= 1  # <bos>, the attention sink, was never trained on
+        assert sae.cfg.d_in == gemma.cfg.d_model == 640 and sae.cfg.d_sae == 8 * 640
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_gemma_sae_explained_variance_on_heldout_texts(gemma, layer):
+    sae = emb.load_embedded_sae(layer, model=MODEL)
+    texts = json.loads((emb.embedded_sae_path(layer, MODEL) / "heldout_texts.json").read_text())
+    hook = sae.cfg.metadata.hook_name
+    acts = []
+    with torch.no_grad():
+        for text in texts:
+            tokens = torch.tensor([tokenize(gemma, text)])
+            assert tokens[0, 0] == gemma.tokenizer.bos_token_id
+            _, cache = gemma.run_with_cache(tokens, names_filter=[hook], stop_at_layer=layer + 1)
+            acts.append(cache[hook][0, 1:])  # position 0 (<bos>, the attention sink) was never trained on
+        x = torch.cat(acts)
+        recon = sae.decode(sae.encode(x))
+    ev = float(1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    recorded = emb.embedded_sae_provenance(layer, MODEL)["evaluation"]["shipped_sample"]["explained_variance"]
+    print(
+        f"gemma layer {layer}: explained variance {ev:.4f} on {x.shape[0]} held-out tokens"
+        f" (recorded {recorded})"
+    )
+    assert ev >= EV_FLOOR
+    assert ev == pytest.approx(recorded, abs=0.01)

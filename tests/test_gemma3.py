@@ -144,3 +144,15 @@ def test_gemma_invariants_across_its_window(gemma, where):
     )
     print(report)
     assert report.passed, str(report)
+
+
+@pytest.mark.gemma
+def test_gemma_prefix_shared_extraction_equals_plain_reads(gemma):
+    pairs = tlsteer.load_builtin_dataset("sentiment", gemma, limit=6)
+    assert pairs[0].positive.startswith("Question: ")  # the plain format: no other model's template
+    plain = tlsteer.extract_activations(gemma, pairs, layers=[3, 7], share_prefix=False, batch_size=3)
+    shared = tlsteer.extract_activations(gemma, pairs, layers=[3, 7], share_prefix=True, batch_size=3)
+    for hook in plain.hooks:
+        for side in ("positive", "negative"):
+            a, b = getattr(plain, side)[hook], getattr(shared, side)[hook]
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, float(a.norm(dim=-1).max()))

@@ -10,7 +10,10 @@ script writes what is between them:
     <!-- /table -->
 
 A table's name is the key of its renderer in ``TABLES``, which also names the JSON files it reads
-(under ``benchmarks/results/``); the files scanned are README.md and docs/**/*.md.
+(under ``benchmarks/results/``); the files scanned are README.md and docs/**/*.md. Every table must be
+placed in a page, except a table registered with ``pending=True``: one whose benchmark has not had its
+real run yet (its renderer is tested on the ``--tiny`` JSON meanwhile); drop the flag when its
+markers go in.
 
     python benchmarks/report.py            # rewrite every marked table from the JSON
     python benchmarks/report.py --check    # exit 1 with a diff where a table differs from its JSON
@@ -31,6 +34,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,21 +53,31 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Table:
-    """A rendered table: its name in the markers, the JSON files it reads, and its renderer."""
+    """A rendered table: its name in the markers, the JSON files it reads, and its renderer.
+
+    ``pending``: not placed in any page yet (its benchmark's real run is still to come); the check
+    does not ask for it to be placed.
+    """
 
     name: str
     sources: tuple[str, ...]
     render: Callable[..., list[str]]
+    pending: bool = False
 
 
 TABLES: dict[str, Table] = {}
 
 
-def table(name: str, *sources: str) -> Callable[[Callable[..., list[str]]], Callable[..., list[str]]]:
-    """Register a renderer; it gets the parsed JSON of ``sources``, in order, and returns lines."""
+def table(
+    name: str, *sources: str, pending: bool = False
+) -> Callable[[Callable[..., list[str]]], Callable[..., list[str]]]:
+    """Register a renderer; it gets the parsed JSON of ``sources``, in order, and returns lines.
+
+    ``pending``: the table need not be placed in a page yet (see :class:`Table`).
+    """
 
     def register(fn: Callable[..., list[str]]) -> Callable[..., list[str]]:
-        TABLES[name] = Table(name, sources, fn)
+        TABLES[name] = Table(name, sources, fn, pending)
         return fn
 
     return register
@@ -79,6 +93,18 @@ def _header(*names: str) -> list[str]:
 
 def _ci(ci: dict) -> str:
     return f"{ci['value']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    """``x`` formatted, or "n/a" where the JSON has null (a NaN the benchmark wrote as null)."""
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _interval(d: dict, fmt: str = ".3f") -> str:
+    """``value [low, high]`` from a dict with those keys (3 decimals: rates); "n/a" for a null."""
+    if d["value"] is None:
+        return "n/a"
+    return f"{_num(d['value'], fmt)} [{_num(d['low'], fmt)}, {_num(d['high'], fmt)}]"
 
 
 # ---- speed (docs/results/speed.md, README) ------------------------------------------------------
@@ -241,6 +267,27 @@ def load_model(r: dict) -> list[str]:
             f"{r['cold_load_s']:.1f}",
         ),
         _row(f"warm: from the cache, {len(warm)} runs", ", ".join(f"{s:.2f}" for s in warm)),
+    ]
+
+
+@table("load_model_gemma", "load_model_gemma-3-270m.json", pending=True)
+def load_model_gemma(r: dict) -> list[str]:
+    """One row: cold and warm loads, and the logits against transformers' (a real run measures them)."""
+    warm = r["warm_load_s"]
+    agreement = r.get("logit_agreement")
+    logits = (
+        "not measured"
+        if agreement is None
+        else f"{_num(agreement['max_abs_logit_diff'], '.1e')} over {agreement['positions']} positions"
+    )
+    return [
+        *_header(
+            "model",
+            "cold load s",
+            f"warm load s (max of {len(warm)})",
+            "max \\|logit diff\\| vs transformers",
+        ),
+        _row(f"`{r['model']}`", f"{r['cold_load_s']:.1f}", f"{r['warm_load_s_max']:.2f}", logits),
     ]
 
 
@@ -503,8 +550,8 @@ def feature_vs_caa_speaking_styles(summary: dict, *parts: dict) -> list[str]:
 # ---- SAE features (docs/guide/sae-features.md) --------------------------------------------------
 
 
-@table("sae_quality", "sae_quality.json")
-def sae_quality(r: dict) -> list[str]:
+def _sae_quality(r: dict) -> list[str]:
+    """Every SAE of one model (``benchmarks/sae_quality.py``'s JSON, either model)."""
     out = _header(
         "SAE",
         "texts (tokens)",
@@ -529,6 +576,10 @@ def sae_quality(r: dict) -> list[str]:
                 )
             )
     return out
+
+
+table("sae_quality", "sae_quality.json")(_sae_quality)
+table("sae_quality_gemma", "sae_quality_gemma-3-270m.json", pending=True)(_sae_quality)
 
 
 @table("sae_layer_choice", "sae_layer_choice.json")
@@ -596,6 +647,260 @@ def sae_overhead(r: dict) -> list[str]:
             f"{100 * r['feature_steering_overhead']:+.1f}%",
         ),
     ]
+
+
+# ---- the two models (pages to come: the markers go in after the real runs) ----------------------
+
+MODEL_LABELS = {"smollm2": "SmolLM2", "gemma": "gemma"}
+"""universality.json's model keys -> the names in the tables."""
+SPACE_LABELS = {"raw": "raw residual", "sae": "SAE features", "codebook": "codebook codes"}
+
+
+def _model(name: str) -> str:
+    return MODEL_LABELS.get(name, name)
+
+
+def _pair(key: str) -> str:
+    """``"smollm2 6 vs gemma 3"`` -> ``"SmolLM2 6 vs gemma 3"`` (universality.json's pair keys)."""
+    sides = (side.strip().partition(" ") for side in key.split(" vs "))
+    return " vs ".join(f"{_model(name)} {layer}".strip() for name, _, layer in sides)
+
+
+def _direction(key: str) -> str:
+    """``"smollm2->gemma"`` -> ``"SmolLM2 → gemma"``."""
+    return " → ".join(_model(side) for side in key.split("->"))
+
+
+def _layer_map(layers: list[int], best: list[int | None]) -> str:
+    """``"0–3→2, 4→3"``: each layer of A and its best layer of B, consecutive layers with the same
+    best one in one run."""
+    runs: list[list] = []
+    for a, b in zip(layers, best, strict=True):
+        if runs and runs[-1][2] == b and runs[-1][1] + 1 == a:
+            runs[-1][1] = a
+        else:
+            runs.append([a, a, b])
+    return ", ".join(f"{lo if lo == hi else f'{lo}–{hi}'}→{'n/a' if b is None else b}" for lo, hi, b in runs)
+
+
+def _monotone(best: list[int | None]) -> str:
+    if any(b is None for b in best):
+        return "n/a"
+    if all(x <= y for x, y in pairwise(best)):
+        return "non-decreasing"
+    drops = sum(x > y for x, y in pairwise(best))
+    return f"not monotone: {drops} step{'s' if drops > 1 else ''} down"
+
+
+@table("universality_cka", "universality.json", pending=True)
+def universality_cka(r: dict) -> list[str]:
+    cka, settings = r["cka"], r["settings"]
+    a, b = cka["layers"]  # model A, model B
+    la, lb = _model(a), _model(b)
+    n_perm = {m["n_perm"] for m in cka["matched"].values()}
+    out = [
+        f"Linear CKA between the two models' reads of the same {settings['n_examples']} examples; "
+        f"shuffled: biased CKA with the examples shuffled ({', '.join(map(str, sorted(n_perm)))} "
+        f"shuffles), its mean, q95 and the p-value. Best {lb} layer: the one of highest CKA with "
+        f"that {la} layer (debiased in parentheses).",
+        "",
+    ]
+    out += _header(
+        f"{la} layer",
+        f"{lb} layer",
+        "CKA",
+        "debiased CKA",
+        "shuffled mean",
+        "shuffled q95",
+        "p-value",
+        f"best {lb} layer",
+    )
+    for m in cka["matched"].values():
+        out.append(
+            _row(
+                m[a],
+                m[b],
+                _num(m["cka"]),
+                _num(m["cka_debiased"]),
+                _num(m["null_mean"]),
+                _num(m["null_q95"]),
+                _num(m["p_value"]),
+                f"{_num(m['best_in_row'], 'd')} ({_num(m['best_in_row_debiased'], 'd')})",
+            )
+        )
+    key = f"best_{b}_layer_per_{a}_layer"
+    biased, debiased = cka["biased"][key], cka["debiased"][key]
+    layers = cka["layers"][a]
+    summary = f"{_layer_map(layers, biased)} ({_monotone(biased)})"
+    summary += (
+        "; debiased the same"
+        if debiased == biased
+        else f"; debiased: {_layer_map(layers, debiased)} ({_monotone(debiased)})"
+    )
+    out.append(_row(f"**every {la} layer**", "", "", "", "", "", "", summary))
+    return out
+
+
+@table("universality_geometry", "universality.json", pending=True)
+def universality_geometry(r: dict) -> list[str]:
+    g, settings = r["geometry"], r["settings"]
+    skipped = f" ({', '.join(g['skipped_sets'])} left out: fewer than 4 classes)" if g["skipped_sets"] else ""
+    out = [
+        "Spearman r between the two class-similarity matrices (centred cosines of the class means); "
+        f"95% interval: {settings['n_boot']} bootstrap resamples of examples within classes; "
+        f"Mantel test over {settings['n_mantel']} relabellings, its p-value and the null's q95 "
+        f"(chance). Scopes: every class pooled and each set{skipped}.",
+        "",
+    ]
+    out += _header("", "layers", "space", "classes", "r", "95% interval", "Mantel p", "null q95", "K")
+    for kind, label in (("across", "across the models"), ("within", "within one model")):
+        for pair, by_space in g[kind].items():
+            for space, by_scope in by_space.items():
+                for scope, x in by_scope.items():
+                    out.append(
+                        _row(
+                            label,
+                            _pair(pair),
+                            SPACE_LABELS.get(space, space),
+                            "all, pooled" if scope == "all" else scope,
+                            _num(x["r"]),
+                            f"[{_num(x['ci_low'])}, {_num(x['ci_high'])}]",
+                            _num(x["p_value"]),
+                            _num(x["null_q95"]),
+                            x["n_classes"],
+                        )
+                    )
+    return out
+
+
+@table("universality_correspondence", "universality.json", pending=True)
+def universality_correspondence(r: dict) -> list[str]:
+    c = r["correspondence"]
+    out = [
+        f"Each class's {c['top']} most distinctive columns in the first model (pooled over the "
+        f"classes), each matched to its best-correlated column of the other model (Pearson over all "
+        f"examples); a match has r >= {c['threshold']:g}. Shuffled: the examples shuffled "
+        f"({c['n_perm']} shuffles).",
+        "",
+    ]
+    out += _header(
+        "layers",
+        "space",
+        "direction",
+        "features",
+        "share with a match",
+        "shuffled share mean (q95)",
+        "mean best r (shuffled mean)",
+    )
+    for pair, by_space in c.items():
+        if not isinstance(by_space, dict):  # threshold, top, n_perm
+            continue
+        for space, by_direction in by_space.items():
+            for direction, x in by_direction.items():
+                out.append(
+                    _row(
+                        _pair(pair),
+                        SPACE_LABELS.get(space, space),
+                        _direction(direction),
+                        x["n_features"],
+                        _num(x["share"]),
+                        f"{_num(x['null_share_mean'])} ({_num(x['null_share_q95'])})",
+                        f"{_num(x['mean_best_r'])} ({_num(x['null_r_mean'])})",
+                    )
+                )
+    return out
+
+
+def _method(name: str) -> str:
+    return name if name == "unsteered" else f"`{name}`"
+
+
+@table("steering_transfer", "steering_transfer.json", pending=True)
+def steering_transfer(r: dict) -> list[str]:
+    s = r["settings"]
+    out = [
+        f"`{s['source_model']}` → `{s['target_model']}` ({s['source_hook']} → {s['target_hook']}), "
+        f"{s['dataset']}, every direction at KL {s['kl']:g}; {s['test_prompts']} test prompts × "
+        f"{len(s['targets'])} target classes. Hit rate: judged as the steered class (exact 95% "
+        "interval); differences: paired, 95% bootstrap over prompts.",
+        "",
+        *_header("method", "pooled hit rate [95% interval]", "hits / n"),
+    ]
+    for m, h in r["hit_rates"].items():
+        p = h["pooled"]
+        out.append(_row(_method(m), _interval(p), f"{p['successes']} / {p['n']}"))
+    out += ["", *_header("paired difference", "pooled [95% interval]", "interval excludes 0")]
+    for d, x in r["differences"].items():
+        p = x["pooled"]
+        label = " − ".join(_method(m) for m in d.split("-"))
+        out.append(_row(label, _interval(p, "+.3f"), "yes" if p["excludes_zero"] else "no"))
+    pooled = r["maps"]["pooled"]
+    out += [
+        "",
+        f"Held-out R² of the maps (source → target reads, ridge chosen by leave-one-class-out "
+        f"cross-validation): pooled map (every class) {_num(pooled['r2_held_out'])}; per target "
+        "class, the map fitted without it:",
+        "",
+        *_header(
+            "target class",
+            "R² held out, that class",
+            "R² held out, the other classes",
+            "cosine own vs mapped (unseen-class map)",
+            "cosine own vs mapped (pooled map)",
+            "cosine own vs random (max \\|cos\\|)",
+        ),
+    ]
+    for c in s["targets"]:
+        m, cos = r["maps"]["unseen"][c], r["cosines"][c]
+        out.append(
+            _row(
+                c,
+                _num(m["r2_held_out_unseen_class"]),
+                _num(m["r2_held_out_seen_classes"]),
+                _num(cos["own_vs_mapped_unseen"], ".2f"),
+                _num(cos["own_vs_mapped_pooled"], ".2f"),
+                f"{_num(cos['own_vs_random'], '.2f')} ({_num(cos['own_vs_random_abs_max'], '.2f')})",
+            )
+        )
+    keys = ("own_vs_mapped_unseen", "own_vs_mapped_pooled", "own_vs_random")
+    cosines = {k: [r["cosines"][c][k] for c in s["targets"]] for k in keys}
+    mean = {k: None if None in v else statistics.fmean(v) for k, v in cosines.items()}
+    out.append(_row("**mean**", "", "", *(_num(mean[k], ".2f") for k in keys)))
+    return out
+
+
+@table("method_ranking", "method_ranking.json", pending=True)
+def method_ranking(r: dict) -> list[str]:
+    s, rho = r["settings"], r["spearman"]
+    a, b = r["inputs"]["a"]["model"], r["inputs"]["b"]["model"]
+    agree = r["words_agree"]
+    out = [
+        f"{s['set']}, the first {s['n_prompts']} test prompts in both runs; success: the mean over "
+        "targets of the per-target mean outcome; rank 1 the highest. Words: each model's verdict "
+        f"against CAA (they agree in {agree['agree']} of {agree['compared']} cells). Spearman r: 95% "
+        f"bootstrap over prompts ({rho['n_resamples']} resamples, {rho['dropped_resamples']} dropped).",
+        "",
+        *_header(
+            "cell",
+            f"`{a}` success (rank)",
+            f"`{b}` success (rank)",
+            f"`{a}` vs CAA",
+            f"`{b}` vs CAA",
+        ),
+    ]
+    for cell in r["cells"]:
+        row, words = r["table"][cell], r["words"].get(cell, {})
+        out.append(
+            _row(
+                f"`{cell}`",
+                f"{_num(row['success_a'])} ({_num(row['rank_a'], 'g')})",
+                f"{_num(row['success_b'])} ({_num(row['rank_b'], 'g')})",
+                words.get("a") or "n/a",
+                words.get("b") or "n/a",
+            )
+        )
+    out.append(_row("**Spearman r**", _interval(rho, "+.3f"), f"**{rho['word']}**", "", ""))
+    return out
 
 
 # ---- equivalence classes (docs/guide/equivalence-classes.md) ------------------------------------
@@ -706,7 +1011,7 @@ def run(root: Path, check: bool) -> int:
         else:
             path.write_text(new)
             print(f"wrote {rel}: {', '.join(dict.fromkeys(names))}")
-    unplaced = sorted(set(TABLES) - placed)
+    unplaced = sorted(name for name, t in TABLES.items() if name not in placed and not t.pending)
     if unplaced:
         print(f"tables not placed in any page (add '<!-- table:NAME -->' markers): {', '.join(unplaced)}")
         return 1
@@ -739,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, places in where(args.root).items():
             sources = ", ".join(TABLES[name].sources) if name in TABLES else "(unknown table)"
-            print(f"{name}: {sources} -> {', '.join(places) or '(not placed)'}")
+            pending = " (pending)" if name in TABLES and TABLES[name].pending else ""
+            print(f"{name}: {sources} -> {', '.join(places) or '(not placed)'}{pending}")
         return 0
     try:
         return run(args.root, args.check)

@@ -57,9 +57,25 @@ def test_every_table_in_the_pages_matches_its_json():
 
 def test_every_table_is_placed_in_a_page():
     placed = report.where(ROOT)
-    assert {name for name, places in placed.items() if places} == set(report.TABLES)
+    unplaced = sorted(name for name, t in report.TABLES.items() if not t.pending and not placed[name])
+    assert not unplaced, f"tables in no page (markers missing, and not pending): {unplaced}"
     unknown = sorted(set(placed) - set(report.TABLES))
     assert not unknown, f"markers name tables that do not exist: {unknown}"
+
+
+def test_only_a_pending_table_may_be_left_out_of_the_pages(repo_copy: Path, monkeypatch, capsys):
+    """A table whose benchmark awaits its real run is registered ``pending=True``: no page has it
+    yet and the check passes; without the flag the check names it."""
+    tables = dict(report.TABLES)
+    monkeypatch.setattr(report, "TABLES", tables)
+    tables["not_yet"] = report.Table("not_yet", ("load_model.json",), report.load_model, pending=True)
+    assert report.run(repo_copy, check=True) == 0
+    tables["not_yet"] = report.Table("not_yet", ("load_model.json",), report.load_model)
+    assert report.run(repo_copy, check=True) == 1
+    assert (
+        "tables not placed in any page (add '<!-- table:NAME -->' markers): not_yet"
+        in capsys.readouterr().out
+    )
 
 
 def test_changing_one_json_value_fails_the_check(repo_copy: Path, capsys):

@@ -749,7 +749,9 @@ def universality_geometry(r: dict) -> list[str]:
         "Spearman r between the two class-similarity matrices (centred cosines of the class means); "
         f"95% interval: {settings['n_boot']} bootstrap resamples of examples within classes; "
         f"Mantel test over {settings['n_mantel']} relabellings, its p-value and the null's q95 "
-        f"(chance). Scopes: every class pooled and each set{skipped}.",
+        f"(chance). Scopes: every class pooled; every class pooled but only the pairs inside one "
+        f"class set correlated, relabelled within sets (the geometry the split between sets cannot "
+        f"carry); and each set{skipped}.",
         "",
     ]
     out += _header("", "layers", "space", "classes", "r", "95% interval", "Mantel p", "null q95", "K")
@@ -762,7 +764,7 @@ def universality_geometry(r: dict) -> list[str]:
                             label,
                             _pair(pair),
                             SPACE_LABELS.get(space, space),
-                            "all, pooled" if scope == "all" else scope,
+                            {"all": "all, pooled", "within_sets": "all, pairs within sets"}.get(scope, scope),
                             _num(x["r"]),
                             f"[{_num(x['ci_low'])}, {_num(x['ci_high'])}]",
                             _num(x["p_value"]),

@@ -258,12 +258,16 @@ def plot_cka(tables: dict[str, pd.DataFrame], pairs: tuple, path: Path) -> None:
 
 
 # -- b. class geometry --------------------------------------------------------------------------------
-def geometry_row(args: Any, reps_a: dict, reps_b: dict, classes: list[str]) -> dict[str, Any]:
+def geometry_row(
+    args: Any, reps_a: dict, reps_b: dict, classes: list[str], strata: list[str] | None = None
+) -> dict[str, Any]:
     sub_a, sub_b = {c: reps_a[c] for c in classes}, {c: reps_b[c] for c in classes}
     _, sim_a = class_similarity(sub_a)
     _, sim_b = class_similarity(sub_b)
-    mantel = similarity_correlation(sim_a, sim_b, n_perm=args.n_mantel, seed=args.seed)
-    _, low, high = bootstrap_similarity_correlation(sub_a, sub_b, n_boot=args.n_boot, seed=args.seed)
+    mantel = similarity_correlation(sim_a, sim_b, n_perm=args.n_mantel, seed=args.seed, strata=strata)
+    _, low, high = bootstrap_similarity_correlation(
+        sub_a, sub_b, n_boot=args.n_boot, seed=args.seed, strata=strata
+    )
     return {
         "r": mantel.r,
         "p_value": mantel.p_value,
@@ -287,14 +291,18 @@ def part_geometry(args: Any, reads: dict, groups: dict[str, list[str]], pairs: t
         "matrices": {},
     }
 
+    # "within_sets": every class pooled, but only pairs inside one class set correlated and classes
+    # relabelled within their set: the geometry that the block structure between sets cannot carry
+    strata = [name for name, cs in groups.items() for _ in cs]
+
     def compare(side_a: str, layer_a: int, side_b: str, layer_b: int) -> dict:
-        return {
-            label: {
-                scope: geometry_row(args, reads[side_a][key][layer_a], reads[side_b][key][layer_b], cs)
-                for scope, cs in scopes.items()
-            }
-            for label, key in spaces.items()
-        }
+        out = {}
+        for label, key in spaces.items():
+            ra, rb = reads[side_a][key][layer_a], reads[side_b][key][layer_b]
+            out[label] = {scope: geometry_row(args, ra, rb, cs) for scope, cs in scopes.items()}
+            if len(groups) > 1:
+                out[label]["within_sets"] = geometry_row(args, ra, rb, pooled, strata)
+        return out
 
     for la, lb in pairs:
         row = out["across"][pair_label(la, lb)] = compare(A, la, B, lb)

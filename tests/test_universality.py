@@ -446,3 +446,42 @@ def test_bad_inputs_get_clear_errors():
         class_similarity({"a": randn(3, 2), "b": randn(3, 3)})
     with pytest.raises(ValueError, match="x has 4 columns but the map is from a space of 3"):
         fit_linear_map(x, x)(randn(2, 4))
+
+
+def test_strata_test_the_geometry_inside_groups_not_between_them():
+    """Two groups of 4 classes: both models separate the groups (a shared block structure), but
+    within the groups model B's geometry is unrelated to A's. Without strata the block structure
+    alone makes the matrices correlate; with strata only within-group pairs count and the
+    relabelling stays within groups, so the test sees no shared geometry."""
+    gen = torch.Generator().manual_seed(3)
+    k = 8
+    strata = ["s"] * 4 + ["t"] * 4
+    block = torch.tensor([[1.0 if strata[i] == strata[j] else -1.0 for j in range(k)] for i in range(k)])
+
+    def noisy():
+        x = torch.randn(k, k, generator=gen) * 0.3
+        return block + (x + x.T) / 2
+
+    a, b = noisy(), noisy()
+    pooled = similarity_correlation(a, b, n_perm=500)
+    within = similarity_correlation(a, b, n_perm=500, strata=strata)
+    assert pooled.r > 0.5 and pooled.p_value < 0.01
+    assert within.p_value > 0.05
+    # the within-group pairs alone: 6 + 6 of the 28
+    i, j = torch.triu_indices(k, k, offset=1)
+    keep = [strata[p] == strata[q] for p, q in zip(i.tolist(), j.tolist(), strict=True)]
+    from scipy.stats import spearmanr
+
+    expected = spearmanr(a[i, j][keep].numpy(), b[i, j][keep].numpy()).statistic
+    assert within.r == pytest.approx(float(expected), abs=1e-12)
+    same = similarity_correlation(a, a, n_perm=200, strata=strata)
+    assert same.r == pytest.approx(1.0) and same.p_value < 0.05
+
+
+def test_strata_bad_input():
+    m = torch.eye(5) + 0.1 * torch.arange(25.0).reshape(5, 5)
+    m = (m + m.T) / 2
+    with pytest.raises(ValueError, match="strata must be a sequence of K = 5 group labels"):
+        similarity_correlation(m, m, strata=["a", "b"])
+    with pytest.raises(ValueError, match="leave 0 pairs of classes inside a group"):
+        similarity_correlation(m, m, strata=["a", "b", "c", "d", "e"])

@@ -457,6 +457,29 @@ def _upper(m: Tensor) -> np.ndarray:
     return m[..., i, j].double().numpy()
 
 
+def _strata_pairs(strata: Any, k: int) -> tuple[np.ndarray | None, list[list[int]]]:
+    """The pairs (as a mask over :func:`_upper`'s entries) inside one stratum, and each stratum's
+    class positions; ``(None, [[0..k-1]])`` without strata."""
+    if strata is None:
+        return None, [list(range(k))]
+    if isinstance(strata, (str, bytes)) or not isinstance(strata, Sequence) or len(strata) != k:
+        raise ValueError(
+            f"strata must be a sequence of K = {k} group labels (one per class, in the classes' order), "
+            f"got {strata!r}"
+        )
+    groups: dict[Any, list[int]] = {}
+    for position, label in enumerate(strata):
+        groups.setdefault(label, []).append(position)
+    i, j = torch.triu_indices(k, k, offset=1)
+    inside = np.array([strata[a] == strata[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)])
+    if inside.sum() < 3:
+        raise ValueError(
+            f"strata {list(strata)} leave {int(inside.sum())} pairs of classes inside a group; "
+            "a correlation over them needs at least 3"
+        )
+    return inside, list(groups.values())
+
+
 def _row_corr(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
     """Correlation of each row of ``a`` with the same row of ``b`` (broadcast); NaN for a constant row."""
     if method == "spearman":
@@ -505,7 +528,13 @@ class MantelResult:
 
 
 def similarity_correlation(
-    sim_a: Tensor, sim_b: Tensor, *, n_perm: int = 1000, seed: int = 0, method: str = "spearman"
+    sim_a: Tensor,
+    sim_b: Tensor,
+    *,
+    n_perm: int = 1000,
+    seed: int = 0,
+    method: str = "spearman",
+    strata: Sequence[Any] | None = None,
 ) -> MantelResult:
     """Correlation of two class similarity matrices (same classes, same order), with a Mantel test.
 
@@ -520,13 +549,18 @@ def similarity_correlation(
         n_perm: Relabellings, an int >= 1.
         seed: Seed of the relabellings, an int >= 0.
         method: ``"spearman"`` (rank; the default) or ``"pearson"``.
+        strata: One group label per class (e.g. the class set each class comes from), or ``None``.
+            With strata only the pairs of classes inside one group are correlated, and the null
+            relabels classes within their group: the test then asks about the geometry *within*
+            groups, which a block structure between groups (every model tells class sets apart)
+            cannot carry. At least 3 such pairs are needed.
 
     Returns:
         A :class:`MantelResult`.
 
     Raises:
         ValueError: Shapes that are not the same K x K, K < 4, non-finite values, an unknown method,
-            or a matrix whose entries above the diagonal are all equal (no correlation).
+            bad strata, or a matrix whose entries above the diagonal are all equal (no correlation).
 
     Example:
         >>> import torch
@@ -544,21 +578,35 @@ def similarity_correlation(
     n_perm = _check_int(n_perm, "n_perm", 1)
     seed = _check_int(seed, "seed", 0)
     method = _check_method(method)
-    upper_a, upper_b = _upper(sim_a), _upper(sim_b)
-    for name, upper in (("sim_a", upper_a), ("sim_b", upper_b)):
-        if np.all(upper == upper[0]):
+    k = sim_a.shape[0]
+    inside, groups = _strata_pairs(strata, k)
+
+    def upper(m: Tensor) -> np.ndarray:
+        values = _upper(m)
+        return values if inside is None else values[..., inside]
+
+    upper_a, upper_b = upper(sim_a), upper(sim_b)
+    for name, values in (("sim_a", upper_a), ("sim_b", upper_b)):
+        if np.all(values == values[0]):
             raise ValueError(
-                f"{name}'s entries above the diagonal are all {upper[0]}; a correlation is undefined"
+                f"{name}'s entries above the diagonal are all {values[0]}; a correlation is undefined"
             )
     r = float(_row_corr(upper_a, upper_b, method))
-    k = sim_a.shape[0]
-    perms = torch.stack(_perms(k, n_perm, seed))
+    if inside is None:
+        perms = torch.stack(_perms(k, n_perm, seed))
+    else:  # relabel within each group: the k-th draw permutes every group's positions among themselves
+        generator = torch.Generator().manual_seed(seed)
+        perms = torch.arange(k).repeat(n_perm, 1)
+        for g in groups:
+            pos = torch.tensor(g)
+            for row in range(n_perm):
+                perms[row, pos] = pos[torch.randperm(len(g), generator=generator)]
     null = []
     step = max(1, _BLOCK // (k * k))
     for start in range(0, n_perm, step):
         chunk = perms[start : start + step]
         relabelled = sim_b[chunk[:, :, None], chunk[:, None, :]]
-        null.append(np.nan_to_num(_row_corr(upper_a, _upper(relabelled), method), nan=0.0))
+        null.append(np.nan_to_num(_row_corr(upper_a, upper(relabelled), method), nan=0.0))
     values = np.concatenate(null)
     return MantelResult(
         r=r,
@@ -578,6 +626,7 @@ def bootstrap_similarity_correlation(
     seed: int = 0,
     method: str = "spearman",
     confidence: float = 0.95,
+    strata: Sequence[Any] | None = None,
 ) -> tuple[float, float, float]:
     """``(estimate, low, high)``: the correlation of two models' class geometries, with a percentile interval.
 
@@ -594,6 +643,8 @@ def bootstrap_similarity_correlation(
         seed: Seed of the resamples, an int >= 0.
         method: ``"spearman"`` (the default) or ``"pearson"``.
         confidence: Coverage of the interval, in (0, 1).
+        strata: One group label per class, or ``None``: with strata only the pairs of classes
+            inside one group are correlated (as in :func:`similarity_correlation`).
 
     Returns:
         The estimate, then the interval's ends (the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
@@ -623,8 +674,14 @@ def bootstrap_similarity_correlation(
     if not _real(confidence) or not 0 < float(confidence) < 1:
         raise ValueError(f"confidence must be a number in (0, 1), e.g. 0.95, got {confidence!r}")
 
+    inside, _ = _strata_pairs(strata, len(a))
+
+    def upper(m: Tensor) -> np.ndarray:
+        values = _upper(m)
+        return values if inside is None else values[..., inside]
+
     def correlation(means_a: Tensor, means_b: Tensor) -> np.ndarray:
-        return _row_corr(_upper(_centred_cosine(means_a)), _upper(_centred_cosine(means_b)), method)
+        return _row_corr(upper(_centred_cosine(means_a)), upper(_centred_cosine(means_b)), method)
 
     a64 = [rep.double() for rep in a.values()]
     b64 = [rep.double() for rep in b.values()]

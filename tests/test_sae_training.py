@@ -168,6 +168,30 @@ def test_cache_errors_name_the_bad_value(tiny_llama, tmp_path):
         load_activation_cache(tmp_path / "nothing")
 
 
+def test_activations_beyond_float16_are_refused_not_cached_as_inf(tiny_llama, tmp_path):
+    """gemma-3-270m's layer-7 residual passes float16's 65,504; the overflow would be cached as inf."""
+    dataset = token_rows(8, 8, tiny_llama.cfg.d_vocab)
+    with (
+        tiny_llama.hooks(fwd_hooks=[(HOOK, lambda act, hook: act * 1e5)]),
+        pytest.raises(
+            ValueError,
+            match=r"cached values of blocks\.\d\.hook_resid_post are not finite.*"
+            r"overflow float16.*dtype=torch\.float32",
+        ),
+    ):
+        cache_activations(
+            tiny_llama, dataset, hook_name=HOOK, folder=tmp_path / "acts", rows_sha256="x",
+            dtype=torch.float16, model_batch=4,
+        )  # fmt: skip
+    assert not (tmp_path / "acts").exists()
+    with tiny_llama.hooks(fwd_hooks=[(HOOK, lambda act, hook: act * 1e5)]):
+        cache = cache_activations(
+            tiny_llama, dataset, hook_name=HOOK, folder=tmp_path / "acts", rows_sha256="x",
+            dtype=torch.float32, model_batch=4,
+        )  # fmt: skip
+    assert cache.tokens == 8 * 6 and torch.isfinite(next(iter_activations(tmp_path / "acts")).acts).all()
+
+
 # --- training on a planted signal, and folding ---
 
 

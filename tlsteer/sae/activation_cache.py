@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 from unittest import mock
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -172,6 +173,36 @@ def iter_activations(
         )
 
 
+def _check_finite(folder: Path, hook_name: str, dtype: torch.dtype) -> None:
+    """Refuse (and delete) a cache with a value that is not finite: in float16, activations beyond
+    its range (65,504) overflow to inf when written (gemma-3-270m's residual stream reaches that by
+    layer 7), and an SAE trained on them turns its loss to NaN."""
+    import datasets
+
+    data = datasets.load_from_disk(str(folder))
+    data.set_format("numpy", columns=[hook_name])
+    bad, largest = 0, 0.0
+    for start in range(0, len(data), 256):
+        block = np.asarray(data[start : start + 256][hook_name], dtype=np.float32)
+        finite = np.isfinite(block)
+        bad += int((~finite).sum())
+        if finite.any():
+            largest = max(largest, float(np.abs(block[finite]).max()))
+    if bad:
+        del data
+        shutil.rmtree(folder, ignore_errors=True)
+        hint = (
+            f"they overflow {str(dtype).removeprefix('torch.')} (its largest value is "
+            f"{torch.finfo(dtype).max:,.0f}): cache with dtype=torch.float32"
+            if dtype != torch.float32
+            else "the model itself produced them"
+        )
+        raise ValueError(
+            f"{bad} cached values of {hook_name} are not finite (the largest finite |value| is "
+            f"{largest:,.0f}); {hint}. The cache in {folder} was deleted."
+        )
+
+
 def _plan_shards(
     n_rows: int, batch_rows: int, row_tokens: int, bytes_per_token: int, max_gb: float
 ) -> tuple[int, int, int]:
@@ -297,6 +328,7 @@ def cache_activations(
         with mock.patch.object(car, "load_model", lambda **_: model):
             runner = sae_lens.CacheActivationsRunner(cfg, override_dataset=dataset.select(range(rows)))
         runner.run()
+    _check_finite(folder, hook_name, dtype)
     seconds = time.perf_counter() - start
     tokens = rows * row_tokens
     info = {

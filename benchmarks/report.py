@@ -579,7 +579,7 @@ def _sae_quality(r: dict) -> list[str]:
 
 
 table("sae_quality", "sae_quality.json")(_sae_quality)
-table("sae_quality_gemma", "sae_quality_gemma-3-270m.json", pending=True)(_sae_quality)
+table("sae_quality_gemma", "sae_quality_gemma-3-270m.json")(_sae_quality)
 
 
 @table("sae_layer_choice", "sae_layer_choice.json")

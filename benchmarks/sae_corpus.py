@@ -118,6 +118,8 @@ def generation_requests(
 
 
 def body(args) -> Path:
+    if args.out == DEFAULT_OUT and common.model_tag(args):  # the second model's own corpus folder
+        args.out = DEFAULT_OUT.with_name(f"sae_corpus{common.model_tag(args)}")
     caa_dir = common.caa_dir(args)
     start = time.perf_counter()
     model = common.load_model(args)
@@ -188,16 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--regenerate", action="store_true", help="ignore the cached answers")
-    return common.run(body, p, argv, TINY, default_out=_default_out(argv))
-
-
-def _default_out(argv: list[str] | None) -> Path:
-    """``benchmarks/build/sae_corpus``, or ``..._gemma-3-270m`` for ``--model gemma-3-270m``."""
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    model = args[args.index("--model") + 1] if "--model" in args[:-1] else common.MODELS[0]
-    return DEFAULT_OUT if model == common.MODELS[0] else DEFAULT_OUT.with_name(f"sae_corpus_{model}")
+    return common.run(body, p, argv, TINY, default_out=DEFAULT_OUT)
 
 
 if __name__ == "__main__":

@@ -701,7 +701,8 @@ def universality_cka(r: dict) -> list[str]:
     out = [
         f"Linear CKA between the two models' reads of the same {settings['n_examples']} examples; "
         f"shuffled: biased CKA with the examples shuffled ({', '.join(map(str, sorted(n_perm)))} "
-        f"shuffles), its mean, q95 and the p-value. Best {lb} layer: the one of highest CKA with "
+        f"shuffles), its mean, q95 and the p-value; within classes: shuffled only inside each class "
+        f"(what the class labels alone explain). Best {lb} layer: the one of highest CKA with "
         f"that {la} layer (debiased in parentheses).",
         "",
     ]
@@ -710,9 +711,10 @@ def universality_cka(r: dict) -> list[str]:
         f"{lb} layer",
         "CKA",
         "debiased CKA",
-        "shuffled mean",
-        "shuffled q95",
-        "p-value",
+        "shuffled mean (q95)",
+        "shuffled p",
+        "within classes mean (q95)",
+        "within classes p",
         f"best {lb} layer",
     )
     for m in cka["matched"].values():
@@ -722,9 +724,10 @@ def universality_cka(r: dict) -> list[str]:
                 m[b],
                 _num(m["cka"]),
                 _num(m["cka_debiased"]),
-                _num(m["null_mean"]),
-                _num(m["null_q95"]),
+                f"{_num(m['null_mean'])} ({_num(m['null_q95'])})",
                 _num(m["p_value"]),
+                f"{_num(m['within_class_null_mean'])} ({_num(m['within_class_null_q95'])})",
+                _num(m["within_class_p_value"]),
                 f"{_num(m['best_in_row'], 'd')} ({_num(m['best_in_row_debiased'], 'd')})",
             )
         )
@@ -737,7 +740,7 @@ def universality_cka(r: dict) -> list[str]:
         if debiased == biased
         else f"; debiased: {_layer_map(layers, debiased)} ({_monotone(debiased)})"
     )
-    out.append(_row(f"**every {la} layer**", "", "", "", "", "", "", summary))
+    out.append(_row(f"**every {la} layer**", "", "", "", "", "", "", "", summary))
     return out
 
 
@@ -782,7 +785,9 @@ def universality_correspondence(r: dict) -> list[str]:
         f"Each class's {c['top']} most distinctive columns in the first model (pooled over the "
         f"classes), each matched to its best-correlated column of the other model (Pearson over all "
         f"examples); a match has r >= {c['threshold']:g}. Shuffled: the examples shuffled "
-        f"({c['n_perm']} shuffles).",
+        f"({c['n_perm']} shuffles); within classes: shuffled only inside each class, so a column "
+        "that only tells the classes apart still matches (a share above it needs agreement on "
+        "individual examples).",
         "",
     ]
     out += _header(
@@ -792,7 +797,8 @@ def universality_correspondence(r: dict) -> list[str]:
         "features",
         "share with a match",
         "shuffled share mean (q95)",
-        "mean best r (shuffled mean)",
+        "within classes share mean (q95)",
+        "mean best r (shuffled; within classes)",
     )
     for pair, by_space in c.items():
         if not isinstance(by_space, dict):  # threshold, top, n_perm
@@ -807,7 +813,10 @@ def universality_correspondence(r: dict) -> list[str]:
                         x["n_features"],
                         _num(x["share"]),
                         f"{_num(x['null_share_mean'])} ({_num(x['null_share_q95'])})",
-                        f"{_num(x['mean_best_r'])} ({_num(x['null_r_mean'])})",
+                        f"{_num(x['within_class_null_share_mean'])} "
+                        f"({_num(x['within_class_null_share_q95'])})",
+                        f"{_num(x['mean_best_r'])} "
+                        f"({_num(x['null_r_mean'])}; {_num(x['within_class_null_r_mean'])})",
                     )
                 )
     return out

@@ -11,7 +11,9 @@ a. Layer to layer (``cka``): linear CKA, biased and debiased (``cka_matrix``), b
    SmolLM2 layer and every gemma layer, over all examples pooled; the best-matching gemma layer
    for each SmolLM2 layer (and back). At the matched pairs (6, 3) and (12, 7) (after 7/30 and 4/18,
    13/30 and 8/18 blocks: the shipped SAEs' layers) the baseline is ``permutation_null``: biased
-   CKA with the examples shuffled (``--n-perm`` shuffles), its mean, q95 and p-value.
+   CKA with the examples shuffled (``--n-perm`` shuffles), its mean, q95 and p-value; and the same
+   with the examples shuffled only within their class (``groups``), a null that keeps what the class
+   labels alone explain (CKA above it needs the models to agree on examples inside a class).
 b. Class geometry (``geometry``): at the matched pairs, each model's ``class_similarity`` (centred
    cosines of the class means) of all classes pooled and of each set with K >= 4 (emotions has 3),
    in raw residual space and in the dictionary's feature space; ``similarity_correlation``
@@ -29,7 +31,9 @@ c. Feature correspondence (``correspondence``): at the matched pairs, each class
    ``--threshold``), both directions. Done for the SAE features and for raw residual dimensions
    (the same rule, matched among the other model's dimensions), so the two compare. Reported: the
    share with a match, the shuffled baseline (share's mean and q95 over ``--n-perm`` shuffles of
-   the examples), the mean best r and its shuffled mean, the share per class and every match.
+   the examples) and the within-class one (shuffles inside each class: a feature of B that only
+   tells the classes apart still matches under it, so a share above it needs agreement on
+   individual examples), the mean best r and its shuffled means, the share per class and every match.
 
 With ``--codebook`` the dictionary is each model's shipped codebook at those layers instead of its
 SAE (a feature is a code; an example's value its firing rate over the reply), written to
@@ -186,6 +190,11 @@ def stacked(reads: dict[str, torch.Tensor], classes: list[str]) -> torch.Tensor:
     return torch.cat([reads[c] for c in classes])
 
 
+def row_classes(reads: dict[str, torch.Tensor], classes: list[str]) -> list[str]:
+    """The class of each row of ``stacked(reads, classes)``: the groups of the within-class nulls."""
+    return [c for c in classes for _ in range(reads[c].shape[0])]
+
+
 # -- a. layer to layer --------------------------------------------------------------------------------
 def part_cka(args: Any, reads: dict, classes: list[str], pairs: tuple) -> tuple[dict, dict]:
     reps = {side: {i: stacked(r, classes) for i, r in reads[side]["raw"].items()} for side in MODELS}
@@ -205,8 +214,12 @@ def part_cka(args: Any, reads: dict, classes: list[str], pairs: tuple) -> tuple[
             "depth_of_best": [[(la + 1) / n_a, (best_b[la] + 1) / n_b] for la in best_b],
         }
     out["matched"] = {}
+    labels = row_classes(next(iter(reads[A]["raw"].values())), classes)
     for la, lb in pairs:
         null = permutation_null(linear_cka, reps[A][la], reps[B][lb], n_perm=args.n_perm, seed=args.seed)
+        inside = permutation_null(
+            linear_cka, reps[A][la], reps[B][lb], n_perm=args.n_perm, seed=args.seed, groups=labels
+        )
         biased, debiased = tables["biased"], tables["debiased"]
         out["matched"][pair_label(la, lb)] = {
             A: la,
@@ -219,9 +232,13 @@ def part_cka(args: Any, reads: dict, classes: list[str], pairs: tuple) -> tuple[
             "null_q95": null.null_q95,
             "p_value": null.p_value,
             "n_perm": null.n_perm,
+            "within_class_null_mean": inside.null_mean,
+            "within_class_null_q95": inside.null_q95,
+            "within_class_p_value": inside.p_value,
         }
         common.log.info(
-            "CKA %s %d vs %s %d: %.3f (debiased %.3f), shuffled mean %.3f q95 %.3f, p %.3g",
+            "CKA %s %d vs %s %d: %.3f (debiased %.3f), shuffled mean %.3f q95 %.3f, p %.3g; "
+            "shuffled within classes mean %.3f q95 %.3f, p %.3g",
             A,
             la,
             B,
@@ -231,6 +248,9 @@ def part_cka(args: Any, reads: dict, classes: list[str], pairs: tuple) -> tuple[
             null.null_mean,
             null.null_q95,
             null.p_value,
+            inside.null_mean,
+            inside.null_q95,
+            inside.p_value,
         )
     return out, tables
 
@@ -401,6 +421,15 @@ def part_correspondence(args: Any, reads: dict, classes: list[str], pairs: tuple
                 result = correspondence(
                     acts_src, acts_dst, features, threshold=args.threshold, n_perm=args.n_perm, seed=args.seed
                 )
+                inside = correspondence(
+                    acts_src,
+                    acts_dst,
+                    features,
+                    threshold=args.threshold,
+                    n_perm=args.n_perm,
+                    seed=args.seed,
+                    groups=row_classes(reads[src][key][layer[src]], classes),
+                )
                 matches = result.matches
                 hit = dict(zip(matches.feature_a, matches.r >= args.threshold, strict=True))
                 per_class = {c: float(np.mean([hit[f] for f in features if c in owners[f]])) for c in classes}
@@ -410,6 +439,9 @@ def part_correspondence(args: Any, reads: dict, classes: list[str], pairs: tuple
                     "null_share_q95": result.null_share_q95,
                     "mean_best_r": float(matches.r.mean()),
                     "null_r_mean": result.null_r_mean,
+                    "within_class_null_share_mean": inside.null_share_mean,
+                    "within_class_null_share_q95": inside.null_share_q95,
+                    "within_class_null_r_mean": inside.null_r_mean,
                     "n_features": len(features),
                     "n_candidates": int(acts_dst.shape[1]),
                     "share_per_class": per_class,
@@ -422,7 +454,8 @@ def part_correspondence(args: Any, reads: dict, classes: list[str], pairs: tuple
                 }
                 common.log.info(
                     "correspondence %s %d vs %s %d, %s %s->%s (%d features among %d): share %.3f "
-                    "(shuffled mean %.3f, q95 %.3f), mean best r %.3f (shuffled %.3f)",
+                    "(shuffled mean %.3f, q95 %.3f; within classes %.3f, q95 %.3f), mean best r %.3f "
+                    "(shuffled %.3f; within classes %.3f)",
                     A,
                     la,
                     B,
@@ -435,8 +468,11 @@ def part_correspondence(args: Any, reads: dict, classes: list[str], pairs: tuple
                     result.share,
                     result.null_share_mean,
                     result.null_share_q95,
+                    inside.null_share_mean,
+                    inside.null_share_q95,
                     matches.r.mean(),
                     result.null_r_mean,
+                    inside.null_r_mean,
                 )
     return out
 

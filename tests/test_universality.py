@@ -370,6 +370,77 @@ def test_correspondence_baseline_is_best_matches_on_shuffled_rows_of_b(monkeypat
     assert result.null_share_mean == pytest.approx((rs >= 0.2).mean(), abs=1e-12)
 
 
+def class_driven(
+    n_per: int, k: int, seed: int, shared: float
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Two models' features over k classes of n_per examples: column 0 of each is the class indicator
+    of class 0 plus the model's own noise, column 1 of each adds an example-level signal (weight
+    ``shared``) that both models carry; B has 40 more columns of noise."""
+    labels = [c for c in range(k) for _ in range(n_per)]
+    n = len(labels)
+    indicator = torch.tensor([1.0 if c == 0 else 0.0 for c in labels])
+    common = randn(n, seed=seed)
+    a, b = randn(n, 2, seed=seed + 1) * 0.3, randn(n, 42, seed=seed + 2) * 0.3
+    for m in (a, b):
+        m[:, 0] += indicator
+        m[:, 1] += indicator + shared * common
+    return a, b, labels
+
+
+def test_grouped_null_keeps_what_the_class_labels_explain():
+    a, b, labels = class_driven(n_per=30, k=5, seed=40, shared=0.0)
+    plain = correspondence(a, b, [0, 1], threshold=0.5, n_perm=40)
+    grouped = correspondence(a, b, [0, 1], threshold=0.5, n_perm=40, groups=labels)
+    # both columns track only the class: they match, far above the plain shuffles ...
+    assert plain.share == 1.0 and plain.null_share_q95 == 0.0
+    # ... and the within-class shuffles keep the match: the labels explain it all
+    assert grouped.null_share_mean == 1.0
+    cka = permutation_null(linear_cka, a, b, n_perm=40, groups=labels)
+    assert cka.p_value > 0.1 and cka.null_mean > 0.5 * cka.observed
+    assert permutation_null(linear_cka, a, b, n_perm=40).p_value == pytest.approx(1 / 41)
+
+
+def test_grouped_null_sees_agreement_on_examples_within_classes():
+    a, b, labels = class_driven(n_per=30, k=5, seed=50, shared=1.0)
+    grouped = correspondence(a, b, [1], threshold=0.6, n_perm=40, groups=labels)
+    assert grouped.share == 1.0 and grouped.null_share_q95 == 0.0
+    assert grouped.matches["feature_b"].tolist() == [1]
+    assert permutation_null(
+        linear_cka, a[:, 1:], b[:, 1:2], n_perm=40, groups=labels
+    ).p_value == pytest.approx(1 / 41)
+
+
+def test_grouped_shuffles_stay_in_their_groups_and_one_group_is_the_plain_shuffle():
+    labels = ["x", "y", "x", "z", "y", "x", "z", "z"]
+    rows = uni._check_groups(labels, 8)
+    for perm in uni._perms(8, 20, 5, rows):
+        assert sorted(perm.tolist()) == list(range(8))
+        assert all(labels[int(j)] == labels[i] for i, j in enumerate(perm))
+    one = uni._check_groups(np.zeros(8), 8)
+    assert all(torch.equal(p, q) for p, q in zip(uni._perms(8, 5, 3, one), uni._perms(8, 5, 3), strict=True))
+    x, y = randn(8, seed=1), randn(8, seed=2)
+    assert permutation_null(lambda u, v: float(u @ v), x, y, n_perm=5, groups=["g"] * 8) == permutation_null(
+        lambda u, v: float(u @ v), x, y, n_perm=5
+    )
+
+
+@pytest.mark.parametrize(
+    ("groups", "error", "match"),
+    [
+        ([0, 1, 2], ValueError, "one label per row: 6 rows, got 3"),
+        (list(range(6)), ValueError, "group of its own"),
+        ("aabbcc", TypeError, "sequence of one label per row"),
+        ([[0], [0], [1], [1], [2], [2]], TypeError, "hashable"),
+    ],
+)
+def test_grouped_null_bad_groups(groups, error, match):
+    a, b = randn(6, 2, seed=3), randn(6, 3, seed=4)
+    with pytest.raises(error, match=match):
+        correspondence(a, b, [0], groups=groups)
+    with pytest.raises(error, match=match):
+        permutation_null(linear_cka, a, b, groups=groups)
+
+
 # -- linear maps ---------------------------------------------------------------------------------------
 def test_fit_linear_map_recovers_a_planted_map_exactly():
     x_a = randn(60, 8, seed=30)

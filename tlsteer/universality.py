@@ -154,9 +154,43 @@ def _number(value: Any, what: str) -> float:
     return out
 
 
-def _perms(n: int, n_perm: int, seed: int) -> list[Tensor]:
+def _check_groups(groups: Any, n: int) -> list[Tensor] | None:
+    """Row positions of each group (in order of first appearance), or ``None`` without groups."""
+    if groups is None:
+        return None
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (Sequence, np.ndarray, Tensor)):
+        raise TypeError(f"groups must be a sequence of one label per row (n = {n}) or None, got {groups!r}")
+    labels = groups.tolist() if isinstance(groups, (np.ndarray, Tensor)) else list(groups)
+    if len(labels) != n:
+        raise ValueError(f"groups must give one label per row: {n} rows, got {len(labels)} labels")
+    positions: dict[Any, list[int]] = {}
+    for row, label in enumerate(labels):
+        try:
+            positions.setdefault(label, []).append(row)
+        except TypeError as err:
+            raise TypeError(f"groups' labels must be hashable, got {label!r} at row {row}") from err
+    if all(len(rows) == 1 for rows in positions.values()):
+        raise ValueError(
+            f"groups put every one of the {n} rows in a group of its own: a shuffle within groups "
+            "would move nothing (give fewer labels than rows, e.g. each example's class)"
+        )
+    return [torch.tensor(rows) for rows in positions.values()]
+
+
+def _perms(n: int, n_perm: int, seed: int, groups: list[Tensor] | None = None) -> list[Tensor]:
+    """``n_perm`` seeded shuffles of ``n`` rows; with groups (from :func:`_check_groups`), rows move
+    only within their group (one ``torch.randperm`` per group, in order). One group of every row gives
+    the plain shuffles."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randperm(n, generator=generator) for _ in range(n_perm)]
+    if groups is None:
+        return [torch.randperm(n, generator=generator) for _ in range(n_perm)]
+    perms = []
+    for _ in range(n_perm):
+        perm = torch.arange(n)
+        for rows in groups:
+            perm[rows] = rows[torch.randperm(len(rows), generator=generator)]
+        perms.append(perm)
+    return perms
 
 
 def _p_value(null: np.ndarray, observed: float) -> float:
@@ -333,12 +367,15 @@ def permutation_null(
     *,
     n_perm: int = 200,
     seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | Tensor | None = None,
 ) -> NullResult:
     """A statistic of paired representations against shuffles of which example is which.
 
     Each shuffle permutes the rows of ``y`` (the k-th permutation is the k-th ``torch.randperm(n)`` of
     a generator seeded with ``seed``), keeping each representation intact but breaking row i = same
-    example.
+    example. With ``groups`` (e.g. each example's class) rows are shuffled only within their group:
+    the null then keeps what the labels alone explain (two models that both separate the classes
+    stay alike under it), and a statistic above it needs agreement on individual examples.
 
     Args:
         stat: ``(x, y) -> number``, e.g. :func:`linear_cka`; larger means more alike.
@@ -346,6 +383,9 @@ def permutation_null(
         y: ``[n]`` or ``[n, d2]`` values of model B, the same examples in the same order.
         n_perm: Shuffles, an int >= 1; the smallest possible p-value is ``1 / (n_perm + 1)``.
         seed: Seed of the shuffles, an int >= 0.
+        groups: ``None`` (shuffle all rows), or one hashable label per row: rows move only within
+            their label's group (groups are shuffled in order of first appearance, so one label for
+            every row gives exactly the plain shuffles).
 
     Returns:
         A :class:`NullResult`.
@@ -363,10 +403,10 @@ def permutation_null(
     _same_rows(x, y, "x", "y")
     n_perm = _check_int(n_perm, "n_perm", 1)
     seed = _check_int(seed, "seed", 0)
+    rows = _check_groups(groups, x.shape[0])
     observed = _number(stat(x, y), "the data as given")
-    null = np.array(
-        [_number(stat(x, y[perm]), f"shuffle {k}") for k, perm in enumerate(_perms(x.shape[0], n_perm, seed))]
-    )
+    perms = _perms(x.shape[0], n_perm, seed, rows)
+    null = np.array([_number(stat(x, y[perm]), f"shuffle {k}") for k, perm in enumerate(perms)])
     return NullResult(
         observed=observed,
         null_mean=float(null.mean()),
@@ -855,6 +895,7 @@ def correspondence(
     threshold: float = 0.5,
     n_perm: int = 100,
     seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | Tensor | None = None,
 ) -> CorrespondenceResult:
     """The share of A's features with a match in B (best r >= ``threshold``), against a shuffled baseline.
 
@@ -862,7 +903,10 @@ def correspondence(
     the k-th ``torch.randperm(n)`` of a generator seeded with ``seed``). With many candidate features
     the best correlation of unrelated features is well above 0, so the share only means something
     against this baseline. (Computed by permuting A's standardised columns by the inverse shuffle,
-    which gives the same correlations, with all shuffles scored in a few passes over B.)
+    which gives the same correlations, with all shuffles scored in a few passes over B.) With
+    ``groups`` (e.g. each example's class) rows are shuffled only within their group: a feature of B
+    that only tells the classes apart still matches under that null, so a share above it needs
+    agreement on individual examples, beyond the labels the two models share.
 
     Args:
         acts_a: ``[n, F_a]`` feature activations of model A.
@@ -871,6 +915,8 @@ def correspondence(
         threshold: The correlation a match needs, in [-1, 1].
         n_perm: Shuffles, an int >= 1.
         seed: Seed of the shuffles, an int >= 0.
+        groups: ``None`` (shuffle all rows), or one hashable label per row (see
+            :func:`permutation_null`).
 
     Returns:
         A :class:`CorrespondenceResult`.
@@ -881,10 +927,11 @@ def correspondence(
     threshold = float(threshold)
     n_perm = _check_int(n_perm, "n_perm", 1)
     seed = _check_int(seed, "seed", 0)
+    rows = _check_groups(groups, a.shape[0])
     matches = _matches(a, b, features)
     queries = _standardise(a[:, features])
     n, m = queries.shape
-    inverse = [torch.argsort(perm) for perm in _perms(n, n_perm, seed)]
+    inverse = [torch.argsort(perm) for perm in _perms(n, n_perm, seed, rows)]
     group = max(1, _BLOCK // (n * m))
     null = []
     for start in range(0, n_perm, group):

@@ -109,6 +109,12 @@ def parser():
     p.add_argument("--eval-texts", type=int, default=200, help="held-out conversations to evaluate on")
     p.add_argument("--corpus", type=Path, default=BUILD / "sae_corpus")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: build/sae_activations/layer_L")
+    p.add_argument(
+        "--cache-dtype",
+        choices=("float32", "float16"),
+        default="float16",
+        help="on disk, as train_sae.py's (gemma-3-270m's layer 7 passes float16's range: float32)",
+    )
     return p
 
 
@@ -148,7 +154,7 @@ def body(args) -> Path:
         folder=folder,
         rows_sha256=corpus.rows_sha256,
         seqpos_slice=TRAINING_SEQPOS,
-        dtype=torch.float16,
+        dtype=getattr(torch, args.cache_dtype),
         model_batch=8 if args.tiny else 16,
         max_shard_gb=0.01 if args.tiny else 0.5,
         seed=args.seed,

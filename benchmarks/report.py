@@ -270,7 +270,7 @@ def load_model(r: dict) -> list[str]:
     ]
 
 
-@table("load_model_gemma", "load_model_gemma-3-270m.json", pending=True)
+@table("load_model_gemma", "load_model_gemma-3-270m.json")
 def load_model_gemma(r: dict) -> list[str]:
     """One row: cold and warm loads, and the logits against transformers' (a real run measures them)."""
     warm = r["warm_load_s"]
@@ -692,7 +692,7 @@ def _monotone(best: list[int | None]) -> str:
     return f"not monotone: {drops} step{'s' if drops > 1 else ''} down"
 
 
-@table("universality_cka", "universality.json", pending=True)
+@table("universality_cka", "universality.json")
 def universality_cka(r: dict) -> list[str]:
     cka, settings = r["cka"], r["settings"]
     a, b = cka["layers"]  # model A, model B
@@ -744,7 +744,7 @@ def universality_cka(r: dict) -> list[str]:
     return out
 
 
-@table("universality_geometry", "universality.json", pending=True)
+@table("universality_geometry", "universality.json")
 def universality_geometry(r: dict) -> list[str]:
     g, settings = r["geometry"], r["settings"]
     skipped = f" ({', '.join(g['skipped_sets'])} left out: fewer than 4 classes)" if g["skipped_sets"] else ""
@@ -778,7 +778,7 @@ def universality_geometry(r: dict) -> list[str]:
     return out
 
 
-@table("universality_correspondence", "universality.json", pending=True)
+@table("universality_correspondence", "universality.json")
 def universality_correspondence(r: dict) -> list[str]:
     c = r["correspondence"]
     out = [
@@ -826,7 +826,7 @@ def _method(name: str) -> str:
     return name if name == "unsteered" else f"`{name}`"
 
 
-@table("steering_transfer", "steering_transfer.json", pending=True)
+@table("steering_transfer", "steering_transfer.json")
 def steering_transfer(r: dict) -> list[str]:
     s = r["settings"]
     out = [
@@ -880,7 +880,7 @@ def steering_transfer(r: dict) -> list[str]:
     return out
 
 
-@table("method_ranking", "method_ranking.json", pending=True)
+@table("method_ranking", "method_ranking.json")
 def method_ranking(r: dict) -> list[str]:
     s, rho = r["settings"], r["spearman"]
     a, b = r["inputs"]["a"]["model"], r["inputs"]["b"]["model"]

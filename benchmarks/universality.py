@@ -50,6 +50,7 @@ number; ``--tiny`` writes to ``--out``), ``universality_cka.png`` (both CKA matr
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import shlex
@@ -418,18 +419,17 @@ def part_correspondence(args: Any, reads: dict, classes: list[str], pairs: tuple
                 features, owners = distinctive(reads[src][key][layer[src]], classes, args.top)
                 acts_src = stacked(reads[src][key][layer[src]], classes)
                 acts_dst = stacked(reads[dst][key][layer[dst]], classes)
-                result = correspondence(
-                    acts_src, acts_dst, features, threshold=args.threshold, n_perm=args.n_perm, seed=args.seed
-                )
-                inside = correspondence(
+                match = functools.partial(
+                    correspondence,
                     acts_src,
                     acts_dst,
                     features,
                     threshold=args.threshold,
                     n_perm=args.n_perm,
                     seed=args.seed,
-                    groups=row_classes(reads[src][key][layer[src]], classes),
                 )
+                result = match()  # the examples shuffled
+                inside = match(groups=row_classes(reads[src][key][layer[src]], classes))  # within classes
                 matches = result.matches
                 hit = dict(zip(matches.feature_a, matches.r >= args.threshold, strict=True))
                 per_class = {c: float(np.mean([hit[f] for f in features if c in owners[f]])) for c in classes}

@@ -256,12 +256,16 @@ def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:
 
 
 def load_codebook(args: Any, model: Any, layer: int | None = None) -> Any:
-    """The shipped codebook at ``layer`` (default: the lowest), or with ``--tiny`` a random one at the
-    tiny SAE's hook (32 codes, k 4)."""
+    """The shipped codebook at ``layer`` (default: the lowest) of ``model`` (an embedded model: the
+    codebooks shipped for it), or with ``--tiny`` a random one at the tiny SAE's hook (32 codes, k 4)."""
     if not args.tiny:
         from tlsteer.codebook import load_embedded_codebook
+        from tlsteer.sae.embedded import SAE_MODELS
 
-        return load_embedded_codebook(layer)
+        names = [name for name, cfg_name in SAE_MODELS.items() if cfg_name == model.cfg.model_name]
+        if not names:
+            raise ValueError(f"no codebooks are shipped for {model.cfg.model_name!r}")
+        return load_embedded_codebook(layer, model=names[0])
     import torch
 
     from tlsteer.codebook import Codebook

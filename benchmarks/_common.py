@@ -239,16 +239,23 @@ def hf_twin(model: Any) -> Any:
     return hf_model
 
 
+def embedded_name(model: Any, what: str) -> str:
+    """The embedded model's name (``"gemma-3-270m"``, ...) whose dictionaries fit ``model``."""
+    from tlsteer.sae.embedded import SAE_MODELS
+
+    names = [name for name, cfg_name in SAE_MODELS.items() if cfg_name == model.cfg.model_name]
+    if not names:
+        raise ValueError(f"no {what} are shipped for {model.cfg.model_name!r}")
+    return names[0]
+
+
 def load_sae(args: Any, model: Any, layer: int | None = None) -> Any:
     """The shipped SAE at ``layer`` (default: the lowest) of ``model`` (an embedded model: the SAEs
     shipped for it), or with ``--tiny`` a random TopK SAE there."""
     if not args.tiny:
-        from tlsteer.sae.embedded import SAE_MODELS, load_embedded_sae
+        from tlsteer.sae.embedded import load_embedded_sae
 
-        names = [name for name, cfg_name in SAE_MODELS.items() if cfg_name == model.cfg.model_name]
-        if not names:
-            raise ValueError(f"no SAEs are shipped for {model.cfg.model_name!r}")
-        return load_embedded_sae(layer, model=names[0])
+        return load_embedded_sae(layer, model=embedded_name(model, "SAEs"))
     from tlsteer.sae.random import random_sae
 
     layer = TINY_SAE_LAYERS[0] if layer is None else layer
@@ -260,12 +267,8 @@ def load_codebook(args: Any, model: Any, layer: int | None = None) -> Any:
     codebooks shipped for it), or with ``--tiny`` a random one at the tiny SAE's hook (32 codes, k 4)."""
     if not args.tiny:
         from tlsteer.codebook import load_embedded_codebook
-        from tlsteer.sae.embedded import SAE_MODELS
 
-        names = [name for name, cfg_name in SAE_MODELS.items() if cfg_name == model.cfg.model_name]
-        if not names:
-            raise ValueError(f"no codebooks are shipped for {model.cfg.model_name!r}")
-        return load_embedded_codebook(layer, model=names[0])
+        return load_embedded_codebook(layer, model=embedded_name(model, "codebooks"))
     import torch
 
     from tlsteer.codebook import Codebook

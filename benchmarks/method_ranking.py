@@ -19,16 +19,24 @@ The pre-registered analysis of ``benchmarks/plans/gemma-ranking-1.toml`` ("Quest
   resample in which either model's rates are all equal has no correlation: it is dropped and counted.
 - Reading: the ranking "holds" if the interval's lower bound is above 0, is "reversed" if its upper
   bound is below 0, and is "undecided" otherwise.
+- A model's side may be several runs (``--a`` / ``--b`` take several folders; gemma-ranking-2's
+  Question 2 adds the codes arm this way): they are read as one only if they hold the same units and
+  every cell they share has the same outcomes unit for unit, or the script refuses; a cell's word
+  comes from the first run whose ``verdict.json`` has one.
 - Beside it, not tested: each cell's success in both models (on the shared prompts), each method's
   word against CAA in each model as its ``verdict.json`` has it (SmolLM2's on its 120 prompts,
   gemma's on 48), and how many words agree.
 
-Writes ``method_ranking.json`` (the command, the plan's path and SHA-256, the inputs, the settings,
-the per-cell table, the correlation with its interval and word, the words) and ``method_ranking.png``
-(each cell's success in model A against model B, the diagonal, the correlation in the title) into
-``--out`` (default ``benchmarks/results``).
+Writes ``<name>.json`` (``--name``, default ``method_ranking``: the command, the plan's path and
+SHA-256, the inputs, the settings, the per-cell table, the correlation with its interval and word,
+the words) and ``<name>.png`` (each cell's success in model A against model B, the diagonal, the
+correlation in the title) into ``--out`` (default ``benchmarks/results``).
 
     python benchmarks/method_ranking.py        # after both verdict runs; about a second
+    python benchmarks/method_ranking.py --plan benchmarks/plans/gemma-ranking-2.toml \\
+        --a benchmarks/results/verdict benchmarks/results/codebooks_verdict \\
+        --b benchmarks/results/verdict_gemma-3-270m benchmarks/results/verdict_gemma-3-270m_codes \\
+        --name method_ranking_codes            # gemma-ranking-2's Question 2: the codes added
     python benchmarks/method_ranking.py --tiny # two small synthetic verdict folders: checks the script
 """
 
@@ -246,6 +254,56 @@ def ranks(values: np.ndarray) -> list[float]:
     return [float(r) for r in rankdata(-np.asarray(values))]
 
 
+def merge_runs(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One model's runs read as one: the union of their scored cells (first seen first).
+
+    The runs must hold the same targets and units in the same order, and every cell two runs share
+    must have the same outcomes unit for unit (seeded runs of one design reproduce each other);
+    otherwise ``ValueError`` names the runs and the cell. One run is returned as it is.
+    """
+    if len(results) != len(names):
+        raise ValueError(f"{len(results)} runs but {len(names)} names")
+    first, merged = results[0], dict(results[0])
+    if len(results) == 1:
+        return first
+    cells: dict[str, Any] = {c: first["cells"][c] for c in scored_cells(first)}
+    origin = dict.fromkeys(cells, names[0])
+    for result, name in zip(results[1:], names[1:], strict=True):
+        same = {
+            "targets": list(result.get("targets", ())) == list(first.get("targets", ())),
+            "units": [list(u) for u in result.get("units", ())] == [list(u) for u in first.get("units", ())],
+        }
+        for key, ok in same.items():
+            if not ok:
+                raise ValueError(
+                    f"{name} and {names[0]} hold different {key}; only runs of the same units can be merged"
+                )
+        for cell in scored_cells(result):
+            outcomes = result["cells"][cell]
+            if cell not in cells:
+                cells[cell], origin[cell] = outcomes, name
+                continue
+            x, y = np.asarray(cells[cell]["outcomes"]), np.asarray(outcomes["outcomes"])
+            if x.shape != y.shape or not np.array_equal(x, y):
+                differ = int((x != y).sum()) if x.shape == y.shape else f"{x.size} vs {y.size}"
+                raise ValueError(
+                    f"cell {cell!r} has different outcomes in {origin[cell]} and {name} ({differ} units "
+                    "differ): the runs are not the same design, so they cannot be read as one"
+                )
+    merged["cells"] = cells
+    merged["plan"] = [r.get("plan") for r in results]
+    return merged
+
+
+def merge_words(verdicts: list[dict[str, Any]], dataset: str) -> dict[str, str]:
+    """Each cell's word against the reference, from the first verdict that has one."""
+    words: dict[str, str] = {}
+    for verdict in verdicts:
+        for cell, w in verdict_words(verdict, dataset).items():
+            words.setdefault(cell, w)
+    return words
+
+
 def read_run(folder: Path, dataset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A verdict folder's ``feature_vs_caa_<dataset>.json`` and its ``verdict.json`` (``{}`` if absent)."""
     path = folder / f"feature_vs_caa_{dataset}.json"
@@ -320,14 +378,15 @@ def plot(out: dict[str, Any], path: Path) -> None:
 
 def command(args: Any) -> str:
     """The command line, its paths repo-relative (no machine paths in results)."""
-    argv, out = list(args.argv), []
-    paths = ("--out", "--a", "--b", "--plan")
-    for i, arg in enumerate(argv):
+    out, paths, current = [], ("--out", "--a", "--b", "--plan"), None
+    for arg in args.argv:
         flag, eq, value = arg.partition("=")
-        if i and argv[i - 1] in paths:
+        if arg.startswith("-"):
+            current = flag if flag in paths and not eq else None
+            if eq and flag in paths:
+                arg = f"{flag}={common.repo_relative(Path(value))}"
+        elif current is not None:  # a path after --a (several may follow), --b, --out or --plan
             arg = common.repo_relative(Path(arg))
-        elif eq and flag in paths:
-            arg = f"{flag}={common.repo_relative(Path(value))}"
         out.append(arg)
     return shlex.join(["python", "benchmarks/method_ranking.py", *out])
 
@@ -340,17 +399,22 @@ def body(args: Any) -> Path:
         raise SystemExit(
             f"need --n-prompts >= 2 and --n-resamples >= 100, got {n_prompts}, {args.n_resamples}"
         )
-    folder_a, folder_b = args.a, args.b
-    if args.tiny and folder_a is None and folder_b is None:
-        folder_a, folder_b = write_tiny_runs(args.out, n_prompts, args.seed)
-    folder_a = DEFAULT_A if folder_a is None else folder_a
-    folder_b = DEFAULT_B if folder_b is None else folder_b
-    result_a, verdict_a = read_run(folder_a, args.set)
-    result_b, verdict_b = read_run(folder_b, args.set)
+    folders_a, folders_b = args.a, args.b
+    if args.tiny and folders_a is None and folders_b is None:
+        folders_a, folders_b = (list(x) for x in zip(write_tiny_runs(args.out, n_prompts, args.seed)))
+    folders_a = [DEFAULT_A] if folders_a is None else folders_a
+    folders_b = [DEFAULT_B] if folders_b is None else folders_b
+    sides = {}
     try:
+        for side, folders in (("a", folders_a), ("b", folders_b)):
+            runs = [read_run(f, args.set) for f in folders]
+            names = [f"run {side.upper()} ({common.repo_relative(f)})" for f in folders]
+            result = merge_runs([r for r, _ in runs], names)
+            sides[side] = (folders, result, [v for _, v in runs], " + ".join(names))
+        result_a, result_b = sides["a"][1], sides["b"][1]
         cells = shared_cells(scored_cells(result_a), scored_cells(result_b))
-        table_a = outcome_table(result_a, cells, n_prompts, f"run A ({common.repo_relative(folder_a)})")
-        table_b = outcome_table(result_b, cells, n_prompts, f"run B ({common.repo_relative(folder_b)})")
+        table_a = outcome_table(result_a, cells, n_prompts, sides["a"][3])
+        table_b = outcome_table(result_b, cells, n_prompts, sides["b"][3])
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if table_a.targets != table_b.targets:
@@ -359,16 +423,14 @@ def body(args: Any) -> Path:
     success_a, success_b = success(table_a), success(table_b)
     rank_a, rank_b = ranks(success_a), ranks(success_b)
     words, agreement = words_table(
-        cells, verdict_words(verdict_a, args.set), verdict_words(verdict_b, args.set)
+        cells, merge_words(sides["a"][2], args.set), merge_words(sides["b"][2], args.set)
     )
     inputs = {}
-    for side, folder, result, verdict, table in (
-        ("a", folder_a, result_a, verdict_a, table_a),
-        ("b", folder_b, result_b, verdict_b, table_b),
-    ):
+    for side, table in (("a", table_a), ("b", table_b)):
+        folders, result, verdicts, _ = sides[side]
         inputs[side] = {
-            "folder": common.repo_relative(folder),
-            "model": model_name(verdict),
+            "folders": [common.repo_relative(f) for f in folders],
+            "model": model_name(verdicts[0]),
             "plan": result.get("plan"),
             "targets": list(table.targets),
             "units_used": int(table.counts.sum()),
@@ -404,8 +466,8 @@ def body(args: Any) -> Path:
         "words_agree": agreement,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    path = common.write_json(args.out / "method_ranking.json", out)
-    plot(out, args.out / "method_ranking.png")
+    path = common.write_json(args.out / f"{args.name}.json", out)
+    plot(out, args.out / f"{args.name}.png")
     value = "undefined" if rho["value"] is None else f"{rho['value']:+.3f}"
     interval = "none" if rho["low"] is None else f"[{rho['low']:+.3f}, {rho['high']:+.3f}]"
     common.log.info(
@@ -424,14 +486,20 @@ def body(args: Any) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     p = common.parser(__doc__)
     p.add_argument(
-        "--a", type=Path, default=None, help="model A's verdict folder (default benchmarks/results/verdict)"
+        "--a",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="model A's verdict folder, or several runs read as one (default benchmarks/results/verdict)",
     )
     p.add_argument(
         "--b",
         type=Path,
+        nargs="+",
         default=None,
-        help="model B's verdict folder (default benchmarks/results/verdict_gemma-3-270m)",
+        help="model B's verdict folder(s) (default benchmarks/results/verdict_gemma-3-270m)",
     )
+    p.add_argument("--name", default="method_ranking", help="the output files' stem (default %(default)s)")
     p.add_argument("--set", default="speaking_styles", help="the class set (default %(default)s)")
     p.add_argument("--plan", type=Path, default=PLAN, help="the committed plan (default gemma-ranking-1)")
     p.add_argument(

@@ -745,7 +745,9 @@ def universality_cka(r: dict) -> list[str]:
 
 
 @table("universality_geometry", "universality.json")
-def universality_geometry(r: dict) -> list[str]:
+def universality_geometry(r: dict, spaces: tuple[str, ...] | None = None) -> list[str]:
+    """``spaces``: only those rows (the codebook run's table shows its codebook rows: its raw ones
+    are the SAE run's)."""
     g, settings = r["geometry"], r["settings"]
     skipped = f" ({', '.join(g['skipped_sets'])} left out: fewer than 4 classes)" if g["skipped_sets"] else ""
     out = [
@@ -761,6 +763,8 @@ def universality_geometry(r: dict) -> list[str]:
     for kind, label in (("across", "across the models"), ("within", "within one model")):
         for pair, by_space in g[kind].items():
             for space, by_scope in by_space.items():
+                if spaces is not None and space not in spaces:
+                    continue
                 for scope, x in by_scope.items():
                     out.append(
                         _row(
@@ -779,7 +783,8 @@ def universality_geometry(r: dict) -> list[str]:
 
 
 @table("universality_correspondence", "universality.json")
-def universality_correspondence(r: dict) -> list[str]:
+def universality_correspondence(r: dict, spaces: tuple[str, ...] | None = None) -> list[str]:
+    """``spaces``: only those rows, as in :func:`universality_geometry`."""
     c = r["correspondence"]
     out = [
         f"Each class's {c['top']} most distinctive columns in the first model (pooled over the "
@@ -804,6 +809,8 @@ def universality_correspondence(r: dict) -> list[str]:
         if not isinstance(by_space, dict):  # threshold, top, n_perm
             continue
         for space, by_direction in by_space.items():
+            if spaces is not None and space not in spaces:
+                continue
             for direction, x in by_direction.items():
                 out.append(
                     _row(
@@ -820,6 +827,16 @@ def universality_correspondence(r: dict) -> list[str]:
                     )
                 )
     return out
+
+
+@table("universality_codebook_geometry", "universality_codebook.json")
+def universality_codebook_geometry(r: dict) -> list[str]:
+    return universality_geometry(r, spaces=("codebook",))
+
+
+@table("universality_codebook_correspondence", "universality_codebook.json")
+def universality_codebook_correspondence(r: dict) -> list[str]:
+    return universality_correspondence(r, spaces=("codebook",))
 
 
 def _method(name: str) -> str:
@@ -912,6 +929,9 @@ def method_ranking(r: dict) -> list[str]:
         )
     out.append(_row("**Spearman r**", _interval(rho, "+.3f"), f"**{rho['word']}**", "", ""))
     return out
+
+
+table("method_ranking_codes", "method_ranking_codes.json")(method_ranking)
 
 
 # ---- equivalence classes (docs/guide/equivalence-classes.md) ------------------------------------

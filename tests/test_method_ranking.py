@@ -195,3 +195,60 @@ def test_main_on_written_runs(mr, tmp_path):
     assert (tmp_path / "out" / "method_ranking.png").is_file()
     with pytest.raises(SystemExit):  # fewer prompts in the runs than asked
         mr.main(["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--out", str(tmp_path / "out")])
+
+
+def split_runs(out: np.ndarray) -> tuple[dict, dict]:
+    """The cells of one run split into two runs that share CAA (and ``unsteered``)."""
+    first, second = [0, 1], [0, 2, 3]  # caa in both
+    return (
+        result(out[first], cells=[CELLS[i] for i in first]),
+        result(out[second], cells=[CELLS[i] for i in second]),
+    )
+
+
+def test_merged_runs_equal_the_run_they_were_split_from(mr):
+    out, other = ranked_outcomes(seed=0), ranked_outcomes(seed=5)
+    merged = mr.merge_runs(list(split_runs(out)), ["first", "second"])
+    assert [c for c in mr.scored_cells(merged) if c != "unsteered"] == CELLS  # first seen first
+    assert "unsteered" in merged["cells"]
+    whole = mr.outcome_table(result(out), CELLS, 12)
+    table = mr.outcome_table(merged, CELLS, 12)
+    np.testing.assert_array_equal(table.sums, whole.sums)
+    b = mr.outcome_table(result(other), CELLS, 12)
+    assert mr.ranking_test(table, b, 300, 0) == mr.ranking_test(whole, b, 300, 0)
+    assert mr.merge_runs([result(out)], ["only"]) == result(out)  # one run: as it is
+
+
+def test_merging_refuses_runs_that_disagree(mr):
+    out = ranked_outcomes()
+    first, second = split_runs(out)
+    changed = json.loads(json.dumps(second))
+    changed["cells"]["caa@0.5"]["outcomes"][3] = 1.0 - changed["cells"]["caa@0.5"]["outcomes"][3]
+    with pytest.raises(ValueError, match=r"'caa@0.5' has different outcomes in first and second \(1 units"):
+        mr.merge_runs([first, changed], ["first", "second"])
+    fewer = json.loads(json.dumps(second))
+    fewer["units"] = fewer["units"][:-1]
+    with pytest.raises(ValueError, match="different units"):
+        mr.merge_runs([first, fewer], ["first", "second"])
+    renamed = json.loads(json.dumps(second))
+    renamed["targets"] = renamed["targets"][::-1]
+    with pytest.raises(ValueError, match="different targets"):
+        mr.merge_runs([first, renamed], ["first", "second"])
+
+
+def test_main_merges_several_folders_per_model(mr, tmp_path):
+    out = ranked_outcomes()
+    for name, data in zip(("a1", "a2"), split_runs(out), strict=True):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "feature_vs_caa_speaking_styles.json").write_text(json.dumps(data))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "feature_vs_caa_speaking_styles.json").write_text(json.dumps(result(out)))
+    path = mr.main(
+        ["--a", str(tmp_path / "a1"), str(tmp_path / "a2"), "--b", str(tmp_path / "b"), "--n-prompts", "12"]
+        + ["--n-resamples", "200", "--out", str(tmp_path / "out"), "--name", "ranking_merged"]
+    )
+    assert path.name == "ranking_merged.json" and (tmp_path / "out" / "ranking_merged.png").is_file()
+    written = json.loads(path.read_text())
+    assert written["cells"] == CELLS and written["spearman"]["value"] == pytest.approx(1.0)
+    assert len(written["inputs"]["a"]["folders"]) == 2
+    assert str(tmp_path / "a2") in written["command"]

@@ -103,6 +103,17 @@ def _no_leftover_hooks(request):
             assert count_hooks(model) == 0, f"{name} has hooks left after {request.node.name}"
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket connection fails the test: what is shipped must load offline."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access in an offline test: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
 def count_hooks(model: HookedTransformer) -> int:
     lens = sum(len(p._forward_hooks) for p in model.hook_dict.values())
     pre = sum(len(b._forward_pre_hooks) for b in model.blocks)
@@ -122,3 +133,25 @@ def step_logits(model: HookedTransformer, tokens: torch.Tensor, use_cache: bool,
         stop_at_eos=False,
     )
     return torch.stack(out.logits, dim=1), out.sequences
+
+
+def heldout_explained_variance(model: HookedTransformer, layer: int, texts, *dictionaries) -> tuple:
+    """Pooled explained variance of each dictionary (anything with ``reconstruct``, or an SAE with
+    ``encode``/``decode``) on ``model``'s ``blocks.<layer>.hook_resid_post`` over ``texts`` (position 0,
+    the attention sink, left out), and the number of tokens: ``(ev_1, ..., ev_n, n_tokens)``."""
+    from tlsteer.tokens import tokenize
+
+    hook = f"blocks.{layer}.hook_resid_post"
+    acts = []
+    with torch.no_grad():
+        for text in texts:
+            tokens = torch.tensor([tokenize(model, text)])
+            _, cache = model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=layer + 1)
+            acts.append(cache[hook][0, 1:])
+        x = torch.cat(acts)
+        total = (x - x.mean(0)).pow(2).sum()
+        evs = []
+        for d in dictionaries:
+            recon = d.reconstruct(x) if hasattr(d, "reconstruct") else d.decode(d.encode(x))
+            evs.append(float(1 - (x - recon).pow(2).sum() / total))
+    return (*evs, len(x))

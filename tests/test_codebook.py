@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from tests.conftest import heldout_explained_variance
 from tlsteer.codebook import (
     Codebook,
     bottleneck_steering,
@@ -271,14 +272,13 @@ def test_bad_input_is_refused(tiny_llama):
 
 
 @pytest.mark.embedded
-def test_shipped_codebooks_load_offline_and_reconstruct_heldout_conversations(embedded, monkeypatch):
+def test_shipped_codebooks_load_offline_and_reconstruct_heldout_conversations(embedded, no_network):
     """Each shipped codebook loads without the network, fits the model, and explains about the
     variance its provenance records, below the SAE at the same layer (8 codes per token against 64
     features). Measured on the 20 held-out conversations shipped with the SAE (pooled definition,
     position 0 left out), not the provenance's 200: on this smaller sample the SAE itself sits up to
     0.04 below its own record, hence the tolerance of 0.1."""
     import json
-    import socket
 
     from tlsteer.codebook import (
         embedded_codebook_layers,
@@ -287,12 +287,7 @@ def test_shipped_codebooks_load_offline_and_reconstruct_heldout_conversations(em
     )
     from tlsteer.sae import load_embedded_sae
     from tlsteer.sae.embedded import embedded_sae_path
-    from tlsteer.tokens import tokenize
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access while loading a shipped codebook: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
     assert embedded_codebook_layers() == (6, 12)
     for layer in embedded_codebook_layers():
         book = load_embedded_codebook(layer)
@@ -301,22 +296,11 @@ def test_shipped_codebooks_load_offline_and_reconstruct_heldout_conversations(em
         assert book.model_name == embedded.cfg.model_name
         texts = json.loads((embedded_sae_path(layer) / "heldout_texts.json").read_text())
         sae = load_embedded_sae(layer)
-        acts = []
-        with torch.no_grad():
-            for text in texts:
-                _, cache = embedded.run_with_cache(
-                    torch.tensor([tokenize(embedded, text)]),
-                    names_filter=[book.hook_name],
-                    stop_at_layer=layer + 1,
-                )
-                acts.append(cache[book.hook_name][0, 1:])
-            x = torch.cat(acts)
-            total = (x - x.mean(0)).pow(2).sum()
-            ev_book = float(1 - (x - book.reconstruct(x)).pow(2).sum() / total)
-            ev_sae = float(1 - (x - sae.decode(sae.encode(x))).pow(2).sum() / total)
+        ev_book, ev_sae, n_tokens = heldout_explained_variance(embedded, layer, texts, book, sae)
         recorded = embedded_codebook_provenance(layer)["quality"]["codebook"]["explained_variance"]
         print(
-            f"layer {layer}: codebook {ev_book:.4f} (recorded {recorded}), SAE {ev_sae:.4f}, {len(x)} tokens"
+            f"layer {layer}: codebook {ev_book:.4f} (recorded {recorded}), "
+            f"SAE {ev_sae:.4f}, {n_tokens} tokens"
         )
         assert ev_book == pytest.approx(recorded, abs=0.1)
         assert 0.5 < ev_book < ev_sae

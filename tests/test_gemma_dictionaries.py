@@ -5,11 +5,11 @@ held-out texts as their provenance records."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 
+from tests.conftest import heldout_explained_variance
 from tlsteer.sae import embedded as emb
 from tlsteer.tokens import tokenize
 
@@ -32,11 +32,7 @@ def test_gemma_saes_are_shipped_at_the_matched_depths():
         emb.embedded_sae_layers("gpt2")
 
 
-def test_gemma_saes_load_offline_and_fit_the_model(gemma, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access while loading a shipped SAE: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+def test_gemma_saes_load_offline_and_fit_the_model(gemma, no_network):
     for layer in LAYERS:
         sae = emb.load_embedded_sae(layer, model=MODEL)
         meta = sae.cfg.metadata
@@ -70,7 +66,7 @@ def test_gemma_sae_explained_variance_on_heldout_texts(gemma, layer):
     assert ev == pytest.approx(recorded, abs=0.01)
 
 
-def test_gemma_codebooks_load_offline_and_reconstruct_heldout_texts(gemma, monkeypatch):
+def test_gemma_codebooks_load_offline_and_reconstruct_heldout_texts(gemma, no_network):
     """Each codebook shipped for gemma-3-270m loads without the network, fits the model (5,120 codes,
     8 × d_model, the SAEs' width; k = 8), and explains about the variance its provenance records on
     the SAE's shipped held-out texts (position 0 left out; a sample of 2 texts, hence the tolerance),
@@ -81,12 +77,8 @@ def test_gemma_codebooks_load_offline_and_reconstruct_heldout_texts(gemma, monke
         load_embedded_codebook,
     )
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access while loading a shipped codebook: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
     layers = embedded_codebook_layers(MODEL)
-    assert layers and set(layers) <= set(LAYERS)  # only at the SAEs' matched depths
+    assert list(layers) == list(LAYERS)  # both of the SAEs' depths, and only those
     for layer in layers:
         book = load_embedded_codebook(layer, model=MODEL)
         assert book.hook_name == f"blocks.{layer}.hook_resid_post" and book.k == 8
@@ -94,22 +86,11 @@ def test_gemma_codebooks_load_offline_and_reconstruct_heldout_texts(gemma, monke
         assert book.model_name == gemma.cfg.model_name == MODEL
         sae = emb.load_embedded_sae(layer, model=MODEL)
         texts = json.loads((emb.embedded_sae_path(layer, MODEL) / "heldout_texts.json").read_text())
-        acts = []
-        with torch.no_grad():
-            for text in texts:
-                tokens = torch.tensor([tokenize(gemma, text)])
-                _, cache = gemma.run_with_cache(
-                    tokens, names_filter=[book.hook_name], stop_at_layer=layer + 1
-                )
-                acts.append(cache[book.hook_name][0, 1:])
-            x = torch.cat(acts)
-            total = (x - x.mean(0)).pow(2).sum()
-            ev_book = float(1 - (x - book.reconstruct(x)).pow(2).sum() / total)
-            ev_sae = float(1 - (x - sae.decode(sae.encode(x))).pow(2).sum() / total)
+        ev_book, ev_sae, n_tokens = heldout_explained_variance(gemma, layer, texts, book, sae)
         recorded = embedded_codebook_provenance(layer, MODEL)["quality"]["codebook"]["explained_variance"]
         print(
             f"gemma layer {layer}: codebook {ev_book:.4f} (recorded {recorded}), "
-            f"SAE {ev_sae:.4f}, {len(x)} tokens"
+            f"SAE {ev_sae:.4f}, {n_tokens} tokens"
         )
         assert ev_book == pytest.approx(recorded, abs=0.1)
         assert 0.5 < ev_book < ev_sae

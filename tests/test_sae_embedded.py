@@ -7,7 +7,6 @@ skip, saying how to build them, until ``tlsteer/sae/weights/layer_{L}/`` exists.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -63,11 +62,7 @@ def test_no_weights_says_how_to_build_them(tmp_path, monkeypatch):
 
 
 @needs_weights
-def test_shipped_saes_load_offline_and_fit_the_model(embedded, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access while loading a shipped SAE: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+def test_shipped_saes_load_offline_and_fit_the_model(embedded, no_network):
     for layer in emb.embedded_sae_layers():
         sae = emb.load_embedded_sae(layer)
         meta = sae.cfg.metadata
@@ -120,3 +115,10 @@ def test_quality_numbers_of_the_readme_reproduce(embedded, layer):
     assert quality.l0 == pytest.approx(recorded["l0"], abs=0.5)
     assert quality.ce_loss_score == pytest.approx(recorded["ce_loss_score"], abs=0.005)
     assert quality.added_loss == pytest.approx(recorded["added_loss"], abs=0.005)
+
+
+def test_the_no_network_fixture_refuses_connections(no_network):
+    import socket
+
+    with socket.socket() as sock, pytest.raises(AssertionError, match="network access in an offline test"):
+        sock.connect(("127.0.0.1", 9))

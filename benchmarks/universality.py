@@ -38,7 +38,7 @@ c. Feature correspondence (``correspondence``): at the matched pairs, each class
 With ``--codebook`` the dictionary is each model's shipped codebook at those layers instead of its
 SAE (a feature is a code; an example's value its firing rate over the reply), written to
 ``universality_codebook*``; it needs gemma codebooks (``load_embedded_codebook(layer,
-model="gemma-3-270m")``): only layer 3's exists yet. ``--model`` is ignored: both models run.
+model="gemma-3-270m")``, shipped at layers 3 and 7). ``--model`` is ignored: both models run.
 
 Writes ``benchmarks/results/universality.json`` (the command, settings, seconds per part, every
 number; ``--tiny`` writes to ``--out``), ``universality_cka.png`` (both CKA matrices) and

@@ -263,7 +263,7 @@ def merge_runs(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any
     """
     if len(results) != len(names):
         raise ValueError(f"{len(results)} runs but {len(names)} names")
-    first, merged = results[0], dict(results[0])
+    first = results[0]
     if len(results) == 1:
         return first
     cells: dict[str, Any] = {c: first["cells"][c] for c in scored_cells(first)}
@@ -290,9 +290,7 @@ def merge_runs(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any
                     f"cell {cell!r} has different outcomes in {origin[cell]} and {name} ({differ} units "
                     "differ): the runs are not the same design, so they cannot be read as one"
                 )
-    merged["cells"] = cells
-    merged["plan"] = [r.get("plan") for r in results]
-    return merged
+    return {**first, "cells": cells, "plan": [r.get("plan") for r in results]}
 
 
 def merge_words(verdicts: list[dict[str, Any]], dataset: str) -> dict[str, str]:
@@ -401,7 +399,8 @@ def body(args: Any) -> Path:
         )
     folders_a, folders_b = args.a, args.b
     if args.tiny and folders_a is None and folders_b is None:
-        folders_a, folders_b = (list(x) for x in zip(write_tiny_runs(args.out, n_prompts, args.seed)))
+        tiny_a, tiny_b = write_tiny_runs(args.out, n_prompts, args.seed)
+        folders_a, folders_b = [tiny_a], [tiny_b]
     folders_a = [DEFAULT_A] if folders_a is None else folders_a
     folders_b = [DEFAULT_B] if folders_b is None else folders_b
     sides = {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.conftest import heldout_explained_variance
 from tlsteer.sae import embedded as emb
@@ -46,20 +45,12 @@ def test_gemma_saes_load_offline_and_fit_the_model(gemma, no_network):
 def test_gemma_sae_explained_variance_on_heldout_texts(gemma, layer):
     sae = emb.load_embedded_sae(layer, model=MODEL)
     texts = json.loads((emb.embedded_sae_path(layer, MODEL) / "heldout_texts.json").read_text())
-    hook = sae.cfg.metadata.hook_name
-    acts = []
-    with torch.no_grad():
-        for text in texts:
-            tokens = torch.tensor([tokenize(gemma, text)])
-            assert tokens[0, 0] == gemma.tokenizer.bos_token_id
-            _, cache = gemma.run_with_cache(tokens, names_filter=[hook], stop_at_layer=layer + 1)
-            acts.append(cache[hook][0, 1:])  # position 0 (<bos>, the attention sink) was never trained on
-        x = torch.cat(acts)
-        recon = sae.decode(sae.encode(x))
-    ev = float(1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    # position 0 (<bos>, the attention sink, never trained on) is what the helper leaves out
+    assert all(tokenize(gemma, text)[0] == gemma.tokenizer.bos_token_id for text in texts)
+    ev, n_tokens = heldout_explained_variance(gemma, layer, texts, sae)
     recorded = emb.embedded_sae_provenance(layer, MODEL)["evaluation"]["shipped_sample"]["explained_variance"]
     print(
-        f"gemma layer {layer}: explained variance {ev:.4f} on {x.shape[0]} held-out tokens"
+        f"gemma layer {layer}: explained variance {ev:.4f} on {n_tokens} held-out tokens"
         f" (recorded {recorded})"
     )
     assert ev >= EV_FLOOR

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import heldout_explained_variance
 from tlsteer.sae import embedded as emb
 from tlsteer.sae import sae_quality
-from tlsteer.tokens import tokenize
 
 pytestmark = pytest.mark.embedded
 
@@ -84,18 +84,9 @@ def test_explained_variance_on_heldout_conversations(embedded, layer):
     sae = emb.load_embedded_sae(layer)
     folder = emb.embedded_sae_path(layer)
     texts = json.loads((folder / "heldout_texts.json").read_text())
-    hook = sae.cfg.metadata.hook_name
-    acts = []
-    with torch.no_grad():
-        for text in texts:
-            tokens = torch.tensor([tokenize(embedded, text)])
-            _, cache = embedded.run_with_cache(tokens, names_filter=[hook], stop_at_layer=layer + 1)
-            acts.append(cache[hook][0, 1:])  # position 0 (the attention sink) was never trained on
-        x = torch.cat(acts)
-        recon = sae.decode(sae.encode(x))
-    ev = float(1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    ev, n_tokens = heldout_explained_variance(embedded, layer, texts, sae)  # position 0 left out
     recorded = emb.embedded_sae_provenance(layer)["evaluation"]["shipped_sample"]["explained_variance"]
-    print(f"layer {layer}: explained variance {ev:.4f} on {x.shape[0]} held-out tokens (recorded {recorded})")
+    print(f"layer {layer}: explained variance {ev:.4f} on {n_tokens} held-out tokens (recorded {recorded})")
     assert ev >= EV_FLOOR
     assert ev == pytest.approx(recorded, abs=0.01)
 
